@@ -1,0 +1,5 @@
+"""Built-in blocks. Each module is a plugin: it implements ``ssmgraph_blocks()``.
+
+The contract every block follows (ports, shape rules, the mixer state/step protocol,
+optimizer hints, testing expectations) is in docs/block-contract.md.
+"""

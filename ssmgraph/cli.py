@@ -1,0 +1,196 @@
+"""The ``ssmgraph`` command line: a thin face over the library.
+
+Every command is a call into the library; a mistake in the user's input prints a located
+message on stderr and exits with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ssmgraph.errors import SsmgraphError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="ssmgraph",
+    help=(
+        "Build, train and merge sequence models declared as YAML blueprints.\n\n"
+        "Start with `ssmgraph build gpt` (a shipped blueprint), `ssmgraph blocks` (the blocks you can use) "
+        "and docs/blueprint.md (the format)."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="markdown",
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def user_errors(fn: F) -> F:
+    """Print an SsmgraphError (the user's to fix) on stderr and exit 2, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SsmgraphError as exc:
+            err.print(exc.render(), markup=False, highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from ssmgraph import __version__
+        from ssmgraph.registry.plugins import get_registry
+
+        plugins = [p for p in get_registry().plugins.values() if p.dist != "ssmgraph (built-in)"]
+        extra = ", ".join(f"{p.dist}-{p.version}" + ("" if p.status == "loaded" else f" ({p.status})") for p in plugins)
+        out.print(f"ssmgraph {__version__}" + (f" (plugins: {extra})" if extra else ""), highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and installed plugins.")] = False,
+) -> None:
+    """ssmgraph: sequence models as YAML blueprints."""
+
+
+def _warn_plugin_problems() -> None:
+    from ssmgraph.registry.plugins import get_registry
+
+    for problem in get_registry().problems:
+        err.print(f"warning: {problem} (skipped; `ssmgraph plugins` shows details)", markup=False, highlight=False)
+
+
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a blueprint parameter, e.g. `--set d_model=256` (repeatable)."),
+]
+
+
+@app.command()
+@user_errors
+def build(
+    blueprint: Annotated[str, typer.Argument(help="A blueprint file, or the name of a shipped one (e.g. `gpt`, `lstm`).")],
+    set_: SetOption = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Build one named view of a multi-model blueprint.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Save the built model here (resolved blueprint + safetensors).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")] = False,
+    graph: Annotated[Optional[Path], typer.Option("--graph", "-g", help="Draw the graph: .dot, .mmd, or .svg/.png (needs Graphviz).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed for the initial weights.")] = 0,
+) -> None:
+    """Check a blueprint, build its model and show a summary.
+
+    Every mistake in the file is reported with its file:line:col. Examples:
+
+    * `ssmgraph build gpt`
+    * `ssmgraph build my.yaml --set d_model=256 --set layers=8 --out runs/init`
+    * `ssmgraph build pair --model lstm --graph pair.mmd`
+    """
+    import torch
+
+    from ssmgraph import save
+    from ssmgraph.blueprint import load_blueprint, parse_overrides
+    from ssmgraph.graph.compile import compile_blueprint
+    from ssmgraph.graph.export import write_graph
+    from ssmgraph.graph.summary import summarize, summary_table
+
+    _warn_plugin_problems()
+    torch.manual_seed(seed)
+    compiled = compile_blueprint(load_blueprint(blueprint, parse_overrides(set_ or [])), model=model)
+    if as_json:
+        sys.stdout.write(json.dumps(summarize(compiled), indent=2) + "\n")
+    else:
+        out.print(summary_table(compiled))
+    if graph is not None:
+        write_graph(compiled, graph)
+        err.print(f"graph written to {graph}", highlight=False)
+    if out_dir is not None:
+        save(compiled, out_dir)
+        err.print(f"model saved to {out_dir}", highlight=False)
+
+
+@app.command()
+@user_errors
+def blocks(
+    pattern: Annotated[str, typer.Argument(help="A block name (shows its parameters), or a pattern such as `mix.*` or `attn`.")] = "*",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: a list of {name, role, plugin, params, ...}.")] = False,
+) -> None:
+    """List the blocks you can use in a blueprint, or show one block's parameters."""
+    from ssmgraph.errors import did_you_mean
+    from ssmgraph.registry.plugins import get_registry
+
+    registry = get_registry()
+    _warn_plugin_problems()
+    exact = registry.get(pattern)
+    specs = [exact] if exact else registry.search(pattern)
+    if as_json:
+        sys.stdout.write(json.dumps([s.to_json() for s in specs], indent=2) + "\n")
+        return
+    if not specs:
+        raise SsmgraphError(f"no block matches {pattern!r}; {did_you_mean(pattern, registry.blocks)}")
+    if exact:
+        _show_block(exact)
+        return
+    table = Table(title=f"{len(specs)} blocks")
+    for column in ("name", "role", "plugin", "step", "description"):
+        table.add_column(column, style="cyan" if column == "name" else None)
+    for spec in specs:
+        step = spec.step if isinstance(spec.step, bool) else "by args"
+        table.add_row(spec.name, spec.role, spec.plugin, str(step).lower(), spec.doc)
+    out.print(table)
+    out.print("Show one block's parameters with `ssmgraph blocks NAME`.", style="dim")
+
+
+def _show_block(spec: Any) -> None:
+    info = spec.to_json()
+    out.print(f"[bold cyan]{spec.name}[/] ({spec.role}, from {spec.plugin}): {spec.doc}")
+    if spec.reference:
+        out.print(f"reference: {spec.reference}", highlight=False)
+    caps = ", ".join(f"{k}: {str(v).lower()}" for k, v in info["capabilities"].items())
+    out.print(f"inputs: {', '.join(spec.inputs)}{' (two or more)' if spec.variadic else ''} · {caps}", highlight=False)
+    table = Table()
+    for column in ("parameter", "type", "default", "range", "description"):
+        table.add_column(column, style="cyan" if column == "parameter" else None)
+    for param in info["params"]:
+        default = "required" if param["required"] else json.dumps(param["default"])
+        table.add_row(param["name"], param["type"], default, param["range"] or "", param["doc"])
+    out.print(table)
+
+
+@app.command()
+@user_errors
+def plugins(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: name, package, version, status, error, blocks.")] = False,
+) -> None:
+    """List plugins (built-in and installed through the `ssmgraph` entry-point group)."""
+    from ssmgraph.registry.plugins import get_registry
+
+    records = list(get_registry().plugins.values())
+    if as_json:
+        sys.stdout.write(json.dumps([r.to_json() for r in records], indent=2) + "\n")
+        return
+    table = Table(title="plugins")
+    for column in ("plugin", "package", "version", "status", "blocks"):
+        table.add_column(column, style="cyan" if column == "plugin" else None)
+    for record in records:
+        status = record.status if not record.error else f"{record.status}: {record.error}"
+        table.add_row(record.name, record.dist, record.version, status, ", ".join(record.blocks))
+    out.print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,257 @@
+"""Blueprint → :class:`CompiledModel`: expand, check, infer, instantiate, tie, generate code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import networkx as nx
+import torch
+from torch import nn
+
+from ssmgraph.blueprint.model import Blueprint
+from ssmgraph.errors import Collector, did_you_mean
+from ssmgraph.graph.codegen import generate
+from ssmgraph.graph.expand import Expanded, TapInstance, expand
+from ssmgraph.graph.infer import TypedNode, check_args, infer
+from ssmgraph.graph.model import CompiledModel, Container, NodeInfo
+from ssmgraph.registry.plugins import Registry, get_registry
+from ssmgraph.registry.specs import ShapeError, TensorType
+
+TAPS_ROOT = "taps"
+
+
+def compile_blueprint(blueprint: Blueprint, *, model: str | None = None, registry: Registry | None = None) -> CompiledModel:
+    """Build the module a blueprint describes (``model=`` picks one view of a multi-model file)."""
+    registry = registry or get_registry()
+    errors = Collector()
+    expanded = expand(blueprint, errors)
+    errors.raise_if_any()
+    typed = infer(blueprint, expanded, registry, errors)
+    outputs, tap_instances = _select_view(blueprint, expanded, model, errors)
+    errors.raise_if_any()
+
+    needed = _ancestors(expanded.graph, list(outputs.values()) + [t.value for t in tap_instances.values()])
+    tie_sources = {target for node in expanded.nodes.values() if node.path in needed for _, target, _, _ in node.ties}
+    keep = [p for p in nx.topological_sort(expanded.graph) if p in typed and (p in needed or p in tie_sources)]
+
+    root = _Root()
+    modules: dict[str, nn.Module] = {}
+    for path in keep:
+        item = typed[path]
+        module_path = item.node.module_path
+        if module_path in modules:
+            continue
+        module = _instantiate(item, errors)
+        if module is not None:
+            modules[module_path] = module
+            _install(root, module_path, module)
+    errors.raise_if_any()
+    tied = _apply_ties(expanded, typed, keep, modules, errors)
+    tap_modules = _tap_projections(tap_instances, typed, expanded, registry, root, errors)
+    errors.raise_if_any()
+
+    input_names = list(blueprint.inputs)
+    calls = [(p, typed[p].node.module_path, _input_order(typed[p])) for p in keep if p in needed]
+    result: Any = next(iter(outputs.values())) if len(outputs) == 1 else dict(outputs)
+    forward_fn, source = generate(blueprint.name, input_names, calls, result)
+    taps_fn = None
+    if tap_instances:
+        tap_calls = list(calls)
+        tap_values: dict[str, str] = {}
+        for name, inst in tap_instances.items():
+            if name in tap_modules:
+                value = f"{TAPS_ROOT}.{name}"
+                tap_calls.append((value, tap_modules[name], (inst.value,)))
+                tap_values[name] = value
+            else:
+                tap_values[name] = inst.value
+        taps_fn, _ = generate(blueprint.name + ":taps", input_names, tap_calls, (result, tap_values))
+
+    infos = {
+        p: NodeInfo(p, typed[p].spec.name, typed[p].node.module_path, tuple(_input_order(typed[p])), typed[p].out_type, typed[p].caps, typed[p].spec.plugin)
+        for p in keep
+    }
+    compiled = CompiledModel(
+        blueprint,
+        view=model,
+        input_types={name: TensorType(decl.shape, decl.dtype) for name, decl in blueprint.inputs.items()},
+        outputs=outputs,
+        taps={name: inst.value for name, inst in tap_instances.items()},
+        nodes=infos,
+        order=keep,
+        tied=tied,
+        forward_fn=forward_fn,
+        taps_fn=taps_fn,
+        source=source,
+    )
+    for name, child in root.named_children():
+        compiled.add_module(name, child)
+    return compiled
+
+
+class _Root(Container):
+    pass
+
+
+def _input_order(item: TypedNode) -> list[str]:
+    node, spec = item.node, item.spec
+    if any(port for port, _ in node.inputs):
+        by_port = dict(node.inputs)
+        return [by_port[p] for p in spec.inputs]
+    return [value for _, value in node.inputs]
+
+
+def _ancestors(graph: nx.DiGraph, targets: list[str]) -> set[str]:
+    found: set[str] = set()
+    for target in targets:
+        found.add(target)
+        found |= nx.ancestors(graph, target)
+    return found
+
+
+def _select_view(blueprint: Blueprint, expanded: Expanded, model: str | None, errors: Collector) -> tuple[dict[str, str], dict[str, TapInstance]]:
+    if model is None:
+        return dict(expanded.outputs), dict(expanded.taps)
+    view = blueprint.models.get(model)
+    if view is None:
+        errors.add("E210", f"blueprint {blueprint.name!r} has no model view {model!r}", None, "--model", did_you_mean(model, blueprint.models) if blueprint.models else "this blueprint defines no models: section")
+        return {}, {}
+    outputs = {name: expanded.outputs[name] for name in view.outputs if name in expanded.outputs}
+    taps = {name: inst for name, inst in expanded.taps.items() if any(name == t or name.startswith(t + ".") for t in view.taps)}
+    return outputs, taps
+
+
+def _instantiate(item: TypedNode, errors: Collector) -> nn.Module | None:
+    try:
+        module = item.spec.factory(item.in_types, **item.args)
+    except ShapeError as exc:
+        errors.add("E220", f"{item.spec.name}: {exc}", item.node.mark, item.node.path)
+        return None
+    except Exception as exc:  # a factory belongs to a plugin; report, don't crash
+        errors.add("E240", f"block {item.spec.name} (from {item.spec.plugin}) failed to build: {type(exc).__name__}: {exc}", item.node.mark, item.node.path, "this is a bug in the block or an argument it does not support")
+        return None
+    if not isinstance(module, nn.Module):
+        errors.add("E240", f"block {item.spec.name} (from {item.spec.plugin}) returned {type(module).__name__}, not an nn.Module", item.node.mark, item.node.path)
+        return None
+    return module
+
+
+def _install(root: nn.Module, path: str, module: nn.Module) -> None:
+    *parents, leaf = path.split(".")
+    holder = root
+    for part in parents:
+        child = holder._modules.get(part)
+        if child is None:
+            child = Container()
+            holder.add_module(part, child)
+        holder = child
+    holder.add_module(leaf, module)
+
+
+def _apply_ties(expanded: Expanded, typed: dict[str, TypedNode], keep: list[str], modules: dict[str, nn.Module], errors: Collector) -> dict[str, str]:
+    """Alias parameters (``tie:``); returns {alias state-dict key: owning key}."""
+    tied: dict[str, str] = {}
+    for path in keep:
+        node = expanded.nodes[path]
+        for attr, target_path, target_attr, mark in node.ties:
+            where = f"{path}.tie.{attr}"
+            module = modules.get(node.module_path)
+            target_node = expanded.nodes[target_path]
+            owner = modules.get(target_node.module_path)
+            if module is None or owner is None:
+                continue
+            try:
+                source = owner.get_parameter(target_attr)
+            except AttributeError:
+                names = [n for n, _ in owner.named_parameters()]
+                errors.add("E230", f"{target_path} ({target_node.block}) has no parameter {target_attr!r}", mark, where, did_you_mean(target_attr, names))
+                continue
+            try:
+                own = module.get_parameter(attr)
+            except AttributeError:
+                names = [n for n, _ in module.named_parameters()]
+                errors.add("E230", f"{path} ({node.block}) has no parameter {attr!r} to tie", mark, where, did_you_mean(attr, names))
+                continue
+            if own.shape != source.shape:
+                errors.add("E230", f"cannot tie {path}.{attr} {tuple(own.shape)} to {target_path}.{target_attr} {tuple(source.shape)}: shapes differ", mark, where, "tied parameters must have exactly the same shape")
+                continue
+            *parents, leaf = attr.split(".")
+            holder = module.get_submodule(".".join(parents)) if parents else module
+            setattr(holder, leaf, source)
+            tied[f"{node.module_path}.{attr}"] = f"{target_node.module_path}.{target_attr}"
+    return tied
+
+
+def _tap_projections(taps: dict[str, TapInstance], typed: dict[str, TypedNode], expanded: Expanded, registry: Registry, root: nn.Module, errors: Collector) -> dict[str, str]:
+    """Learnable projections of taps into a common space; returns {tap name: module path}."""
+    paths: dict[str, str] = {}
+    for name, inst in taps.items():
+        if inst.project_block is None or inst.value not in typed:
+            continue
+        spec = registry.get(inst.project_block)
+        where = f"taps.{name.split('.')[0]}.project"
+        if spec is None:
+            errors.add("E201", f"unknown block {inst.project_block!r}", inst.mark, where, registry.suggest(inst.project_block))
+            continue
+        probe = _ProjectionNode(inst, spec.name)
+        args = check_args(probe, spec, errors)  # type: ignore[arg-type]
+        if args is None:
+            continue
+        in_types = [typed[inst.value].out_type]
+        try:
+            spec.shape(in_types, **args)
+            module = spec.factory(in_types, **args)
+        except ShapeError as exc:
+            errors.add("E220", f"{spec.name}: {exc}", inst.mark, where)
+            continue
+        module_path = f"{TAPS_ROOT}.{name}"
+        _install(root, module_path, module)
+        paths[name] = module_path
+    return paths
+
+
+class _ProjectionNode:
+    """Adapts a tap projection to what :func:`check_args` reads from a graph node."""
+
+    def __init__(self, inst: TapInstance, block: str):
+        from ssmgraph.blueprint.model import NodeDecl
+
+        self.path = f"taps.{inst.name}.project"
+        self.block = block
+        self.args = inst.project_args
+        self.decl = NodeDecl(name=inst.name, mark=inst.mark)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Parameters counted once each, however often they are tied or shared."""
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+
+
+def shapes_for(model: CompiledModel, **sizes: int) -> dict[str, tuple[int, ...]]:
+    """Concrete output shapes of every node for the given symbol sizes (batch=2, seq=16)."""
+    return {p: tuple(sizes.get(d, d) if isinstance(d, str) else d for d in info.out_type.shape) for p, info in model.nodes.items()}  # type: ignore[misc]
+
+
+def example_inputs(model: CompiledModel, *, batch: int = 2, seq: int = 16, vocab: int | None = None, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Random inputs that fit the model's declared inputs."""
+    sizes = {"batch": batch, "seq": seq}
+    out = []
+    for name, ttype in model.input_types.items():
+        shape = tuple(sizes.get(d, seq) if isinstance(d, str) else d for d in ttype.shape)
+        if ttype.dtype == "int":
+            high = vocab or _vocab_for(model, name)
+            out.append(torch.randint(0, high, shape, generator=generator))
+        else:
+            out.append(torch.randn(shape, generator=generator))
+    return out
+
+
+def _vocab_for(model: CompiledModel, input_name: str) -> int:
+    """The smallest vocabulary among embeddings reading ``input_name`` (so ids are valid)."""
+    sizes = []
+    for info in model.nodes.values():
+        if input_name in info.inputs:
+            module = model.get_submodule(info.module_path)
+            if isinstance(getattr(module, "num_embeddings", None), int):
+                sizes.append(module.num_embeddings)
+    return min(sizes) if sizes else 2

@@ -1,0 +1,70 @@
+"""Pictures of a compiled graph: Graphviz dot, Mermaid, and SVG/PNG through Graphviz."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from ssmgraph.errors import SsmgraphError
+from ssmgraph.graph.model import CompiledModel
+
+FORMATS = (".dot", ".gv", ".mmd", ".md", ".svg", ".png")
+
+
+def _id(value: str) -> str:
+    return value.replace(".", "_")
+
+
+def _shape(model: CompiledModel, value: str) -> str:
+    ttype = model.nodes[value].out_type if value in model.nodes else model.input_types[value]
+    return "×".join(str(d) for d in ttype.shape)
+
+
+def to_dot(model: CompiledModel) -> str:
+    lines = [f'digraph "{model.blueprint.name}" {{', "  rankdir=TB;", '  node [shape=box, fontname="Helvetica"];']
+    for name in model.input_types:
+        lines.append(f'  {_id(name)} [label="{name}\\n{_shape(model, name)}", shape=oval];')
+    for path, info in model.nodes.items():
+        lines.append(f'  {_id(path)} [label="{path}\\n{info.block}\\n{_shape(model, path)}"];')
+        for source in info.inputs:
+            lines.append(f"  {_id(source)} -> {_id(path)};")
+    for name, value in model.outputs.items():
+        lines.append(f'  out_{_id(name)} [label="{name}", shape=oval];')
+        lines.append(f"  {_id(value)} -> out_{_id(name)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def to_mermaid(model: CompiledModel) -> str:
+    lines = ["flowchart TD"]
+    for name in model.input_types:
+        lines.append(f'  {_id(name)}(["{name} {_shape(model, name)}"])')
+    for path, info in model.nodes.items():
+        lines.append(f'  {_id(path)}["{path}<br/>{info.block}<br/>{_shape(model, path)}"]')
+        for source in info.inputs:
+            lines.append(f"  {_id(source)} --> {_id(path)}")
+    for name, value in model.outputs.items():
+        lines.append(f'  out_{_id(name)}(["{name}"])')
+        lines.append(f"  {_id(value)} --> out_{_id(name)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_graph(model: CompiledModel, path: Path) -> Path:
+    """Write the graph in the format the suffix names (.dot, .mmd, .svg, .png)."""
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise SsmgraphError(f"--graph {path}: unknown format {suffix!r}; use one of {', '.join(FORMATS)}")
+    if suffix in (".dot", ".gv"):
+        path.write_text(to_dot(model), encoding="utf-8")
+    elif suffix in (".mmd", ".md"):
+        text = to_mermaid(model)
+        path.write_text(f"```mermaid\n{text}```\n" if suffix == ".md" else text, encoding="utf-8")
+    else:
+        dot = shutil.which("dot")
+        if dot is None:
+            raise SsmgraphError(f"--graph {path}: drawing {suffix} needs Graphviz's `dot` program (apt-get install graphviz); or write .dot or .mmd instead")
+        result = subprocess.run([dot, f"-T{suffix[1:]}", "-o", str(path)], input=to_dot(model), text=True, capture_output=True, check=False)
+        if result.returncode != 0:
+            raise SsmgraphError(f"--graph {path}: graphviz failed: {result.stderr.strip()}")
+    return path

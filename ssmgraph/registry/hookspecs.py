@@ -1,0 +1,32 @@
+"""The hooks a plugin may implement (pluggy project name ``ssmgraph``).
+
+Each hook *returns* records rather than receiving a registry: implementations stay pure
+(``list(plugin.ssmgraph_blocks())`` in a test) and the host calls them one plugin at a
+time, so every record and every failure is attributed to the package it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from ssmgraph.registry.specs import BlockSpec
+
+PROJECT = "ssmgraph"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def ssmgraph_blocks() -> Iterable[BlockSpec]:
+    """Return the block specs this plugin provides.
+
+    Example::
+
+        @ssmgraph.hookimpl
+        def ssmgraph_blocks():
+            return [BlockSpec(name="mix.my_mixer", role="mix", ...)]
+    """

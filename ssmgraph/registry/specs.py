@@ -1,0 +1,246 @@
+"""Typed records that plugins return from their hooks (contract: docs/block-contract.md).
+
+A block plugin returns :class:`BlockSpec` records from ``ssmgraph_blocks()``. A spec says
+everything the compiler needs *before* any tensor exists: the parameter schema (checked
+against the blueprint), the input ports, a shape rule, capabilities, and a factory.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from torch import nn
+
+ROLES = ("embed", "mix", "ffn", "norm", "head", "struct", "stitch")
+CONTRACT_VERSION = 1
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?$")
+
+Dim = Union[int, str]
+"""A tensor dimension: a concrete size, or a symbol such as ``"batch"`` or ``"seq"``."""
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """The static type of an edge: symbolic shape and dtype kind (``"int"`` or ``"float"``)."""
+
+    shape: tuple[Dim, ...]
+    dtype: str = "float"
+
+    @property
+    def dim(self) -> int:
+        """The feature (last) dimension; raises ShapeError when it is symbolic."""
+        last = self.shape[-1] if self.shape else None
+        if not isinstance(last, int):
+            raise ShapeError(f"expected a feature dimension, got a tensor of shape {self}")
+        return last
+
+    def with_dim(self, dim: int) -> TensorType:
+        """Same shape with the last dimension replaced by ``dim`` (float dtype)."""
+        return TensorType(tuple(self.shape[:-1]) + (dim,), "float")
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+
+
+class ShapeError(ValueError):
+    """Raised by a shape rule when its inputs do not fit; the message is shown to the user."""
+
+
+_MISSING: Any = object()
+REQUIRED: Any = _MISSING
+"""Default of a parameter the blueprint must give."""
+
+ParamType = Union[type, tuple[type, ...]]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One block parameter: its type, default, one-line doc, and allowed values."""
+
+    name: str
+    type: ParamType
+    default: Any = REQUIRED
+    doc: str = ""
+    choices: tuple[Any, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+    nullable: bool = False
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    @property
+    def type_name(self) -> str:
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        name = " | ".join(t.__name__ for t in types)
+        return f"{name} | null" if self.nullable else name
+
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        """Return ``(coerced value, None)`` or ``(value, problem)`` for a user-given value."""
+        if value is None:
+            return (None, None) if self.nullable else (value, f"expected {self.type_name}, got null")
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        if float in types and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and bool not in types:
+            return value, f"expected {self.type_name}, got a boolean ({value!r})"
+        if not isinstance(value, types):
+            return value, f"expected {self.type_name}, got {type(value).__name__} {value!r}"
+        if self.choices is not None and value not in self.choices:
+            allowed = ", ".join(repr(c) for c in self.choices)
+            return value, f"{value!r} is not one of {allowed}"
+        if self.min is not None and isinstance(value, (int, float)) and value < self.min:
+            return value, f"{value!r} is below the minimum {self.min:g}"
+        if self.max is not None and isinstance(value, (int, float)) and value > self.max:
+            return value, f"{value!r} is above the maximum {self.max:g}"
+        return value, None
+
+    def describe_range(self) -> str:
+        if self.choices is not None:
+            return " | ".join(repr(c) for c in self.choices)
+        if self.min is None and self.max is None:
+            return ""
+        lo = "-inf" if self.min is None else f"{self.min:g}"
+        hi = "inf" if self.max is None else f"{self.max:g}"
+        return f"[{lo}, {hi}]"
+
+
+Capability = Union[bool, Callable[[Mapping[str, Any]], bool]]
+ShapeRule = Callable[..., TensorType]
+Factory = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a configured block can do.
+
+    causal: output at t depends only on inputs at positions <= t.
+    bidirectional: output at t may depend on later positions.
+    step: the module has ``init_state(batch, device=, dtype=)`` and ``step(x_t, state)``
+        (x_t of shape B×D) for O(1)-per-token recurrent decoding.
+    pointwise: each position is processed independently (norm, FFN, embedding lookup,
+        heads): a step is the forward on a length-1 sequence.
+    """
+
+    causal: bool
+    bidirectional: bool
+    step: bool
+    pointwise: bool
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """A block kind as the registry knows it.
+
+    ``shape(in_types, **args)`` maps input types to the output type (raise ShapeError on
+    a mismatch) and ``factory(in_types, **args)`` builds the module; both receive every
+    parameter, defaults filled in. ``inputs`` names the ports; with ``variadic`` the block
+    takes two or more tensors in the single port list order.
+    """
+
+    name: str
+    role: str
+    doc: str
+    params: tuple[Param, ...]
+    factory: Factory
+    shape: ShapeRule
+    inputs: tuple[str, ...] = ("x",)
+    variadic: bool = False
+    causal: Capability = True
+    bidirectional: Capability = False
+    step: Capability = False
+    pointwise: Capability = False
+    reference: str = ""
+    contract: int = CONTRACT_VERSION
+    perm_spaces: tuple[str, ...] = field(default=())
+    plugin: str = ""
+    """Filled in by the registry: the plugin (distribution) that provided the spec."""
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params if not p.required}
+
+    def capabilities(self, args: Mapping[str, Any]) -> Capabilities:
+        def get(c: Capability) -> bool:
+            return bool(c(args) if callable(c) else c)
+
+        return Capabilities(
+            causal=get(self.causal),
+            bidirectional=get(self.bidirectional),
+            step=get(self.step),
+            pointwise=get(self.pointwise),
+        )
+
+    def validate(self) -> list[str]:
+        """Problems that make this record malformed (empty when it is well-formed)."""
+        problems = []
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            problems.append(f"name {self.name!r} is not of the form 'role.impl' (lowercase)")
+        if self.role not in ROLES:
+            problems.append(f"role {self.role!r} is not one of {', '.join(ROLES)}")
+        if self.contract != CONTRACT_VERSION:
+            problems.append(f"contract {self.contract} is not the supported {CONTRACT_VERSION}")
+        if not callable(self.factory) or not callable(self.shape):
+            problems.append("factory and shape must be callables")
+        if not self.doc:
+            problems.append("doc is empty")
+        seen = set()
+        for p in self.params:
+            if not isinstance(p, Param):
+                problems.append(f"params holds {p!r}, not a Param")
+                continue
+            if p.name in seen:
+                problems.append(f"parameter {p.name!r} is declared twice")
+            seen.add(p.name)
+            if not p.doc:
+                problems.append(f"parameter {p.name!r} has no doc")
+        if not self.inputs:
+            problems.append("a block takes at least one input port")
+        return problems
+
+    def to_json(self) -> dict[str, Any]:
+        caps = {
+            k: (v if isinstance(v, bool) else "depends on args")
+            for k, v in (
+                ("causal", self.causal),
+                ("bidirectional", self.bidirectional),
+                ("step", self.step),
+                ("pointwise", self.pointwise),
+            )
+        }
+        return {
+            "name": self.name,
+            "role": self.role,
+            "plugin": self.plugin,
+            "doc": self.doc,
+            "reference": self.reference,
+            "inputs": list(self.inputs),
+            "variadic": self.variadic,
+            "capabilities": caps,
+            "params": [
+                {
+                    "name": p.name,
+                    "type": p.type_name,
+                    "required": p.required,
+                    "default": None if p.required else p.default,
+                    "doc": p.doc,
+                    "range": p.describe_range() or None,
+                }
+                for p in self.params
+            ],
+        }
+
+
+def same_as_input(in_types: Sequence[TensorType], **_: Any) -> TensorType:
+    """Shape rule of blocks that map B×L×D to B×L×D (mixers, norms, FFNs)."""
+    (x,) = in_types
+    if x.dtype != "float":
+        raise ShapeError(f"expects float features, got {x} (token ids need an embed block first)")
+    x.dim  # noqa: B018 - raises a ShapeError for a symbolic feature dim
+    return x
