@@ -44,7 +44,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except SsmgraphError as exc:
-            err.print(exc.render(), markup=False, highlight=False)
+            sys.stderr.write(exc.render() + "\n")  # plain: editors parse file:line:col
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]

@@ -117,16 +117,22 @@ class Collector:
 
     def raise_if_any(self) -> None:
         if self.diagnostics:
-            raise BlueprintError(self.diagnostics)
+            raise BlueprintError(sorted(self.diagnostics, key=_position))
+
+
+def _position(diagnostic: Diagnostic) -> tuple[int, str, int, int]:
+    mark = diagnostic.mark
+    return (0, mark.file, mark.line, mark.col) if mark else (1, "", 0, 0)
 
 
 class SsmgraphError(Exception):
     """Base of the errors that are the user's to fix; the CLI prints them without a traceback."""
 
     exit_code = 2
+    code: str | None = None
 
     def render(self) -> str:
-        return str(self)
+        return f"error[{self.code}]: {self}" if self.code else f"error: {self}"
 
 
 class BlueprintError(SsmgraphError):

@@ -37,6 +37,8 @@ FORMAT = "ssmgraph-model/1"
 class CheckpointError(SsmgraphError):
     """A model directory that cannot be loaded; the message says why and what to do."""
 
+    code = "E400"
+
 
 @contextmanager
 def atomic_directory(target: Path) -> Iterator[Path]:

@@ -25,7 +25,6 @@ def compile_blueprint(blueprint: Blueprint, *, model: str | None = None, registr
     registry = registry or get_registry()
     errors = Collector()
     expanded = expand(blueprint, errors)
-    errors.raise_if_any()
     typed = infer(blueprint, expanded, registry, errors)
     outputs, tap_instances = _select_view(blueprint, expanded, model, errors)
     errors.raise_if_any()

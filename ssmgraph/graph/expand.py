@@ -33,6 +33,8 @@ class GraphNode:
     ties: list[tuple[str, str, str, Mark | None]] = field(default_factory=list)
     """(own attribute, target node path, target attribute, mark)."""
     share_of: str | None = None
+    broken: bool = False
+    """An input reference failed to resolve (already reported)."""
 
     @property
     def mark(self) -> Mark | None:
@@ -178,27 +180,29 @@ class _Expander:
         return _Entry(value=path, decl=decl)
 
     def bind(self, scope: _Scope, decl: NodeDecl, body: Body, path: str, carry: str | None) -> dict[str, str] | None:
+        """Body input name → value id, from the node's ``in`` (by name, positional, or the carry)."""
         refs = decl.inputs
-        bindings: dict[str, str] = {}
         if any(r.port for r in refs):
-            for ref in refs:
-                if ref.port not in body.inputs:
-                    self.errors.add("E210", f"the body has no input {ref.port!r}", ref.mark, f"{path}.in", did_you_mean(str(ref.port), body.inputs))
-                    continue
-                value, _ = self.resolve(scope, ref, f"{path}.in")
-                if value is not None:
-                    bindings[ref.port] = value
+            pairs = [(ref.port, ref) for ref in refs]
+            for port, ref in pairs:
+                if port not in body.inputs:
+                    self.errors.add("E210", f"the body has no input {port!r}", ref.mark, f"{path}.in", did_you_mean(str(port), body.inputs))
         elif len(refs) == 1 and (carry or len(body.inputs) == 1):
-            value, _ = self.resolve(scope, refs[0], f"{path}.in")
-            if value is not None:
-                bindings[carry or body.inputs[0]] = value
+            pairs = [(carry or body.inputs[0], refs[0])]
         elif len(refs) == len(body.inputs):
-            for name, ref in zip(body.inputs, refs):
+            pairs = list(zip(body.inputs, refs))
+        else:
+            pairs = []
+        bindings: dict[str, str] = {}
+        failed = False
+        for port, ref in pairs:
+            if port in body.inputs:
                 value, _ = self.resolve(scope, ref, f"{path}.in")
+                failed |= value is None
                 if value is not None:
-                    bindings[name] = value
+                    bindings[str(port)] = value
         missing = [name for name in body.inputs if name not in bindings]
-        if missing and not self.errors.diagnostics:
+        if missing and not failed:
             self.errors.add(
                 "E210",
                 f"body inputs {', '.join(missing)} are not bound",
@@ -236,7 +240,9 @@ class _Expander:
         for node, scope, refs in self.pending:
             for ref in refs:
                 value, _ = self.resolve(scope, ref, f"{node.path}.in")
-                if value is not None:
+                if value is None:
+                    node.broken = True
+                else:
                     node.inputs.append((ref.port, value))
                     self.graph.add_edge(value, node.path)
         for node, scope, ref in self.pending_shares:
@@ -277,7 +283,7 @@ def expand(blueprint: Blueprint, errors: Collector) -> Expanded:
         value, _ = expander.resolve(top, ref, f"outputs.{name}")
         if value is not None:
             outputs[name] = value
-    taps = _expand_taps(blueprint, expander, errors)
+    taps = _expand_taps(blueprint, expander, top, errors)
     _check_cycles(expander, errors)
     return Expanded(expander.graph, expander.nodes, outputs, taps, list(blueprint.inputs))
 
@@ -286,7 +292,7 @@ def _natural_key(path: str) -> list[Any]:
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.split(".")]
 
 
-def _expand_taps(blueprint: Blueprint, expander: _Expander, errors: Collector) -> dict[str, TapInstance]:
+def _expand_taps(blueprint: Blueprint, expander: _Expander, top: _Scope, errors: Collector) -> dict[str, TapInstance]:
     taps: dict[str, TapInstance] = {}
     candidates = sorted(expander.nodes, key=_natural_key)
     for tap in blueprint.taps.values():
@@ -294,7 +300,7 @@ def _expand_taps(blueprint: Blueprint, expander: _Expander, errors: Collector) -
         regex = re.compile("^" + r"\.".join("([^.]+)" if s == "*" else re.escape(s) for s in segments) + "$")
         matches = [p for p in candidates if regex.match(p)] if "*" in segments else []
         if "*" not in segments:
-            value, _ = expander.resolve(_Scope(expander, blueprint.body, "", "", {}), Ref(tap.at, tap.mark), f"taps.{tap.name}", quiet=True)
+            value, _ = expander.resolve(top, Ref(tap.at, tap.mark), f"taps.{tap.name}", quiet=True)
             matches = [value] if value is not None else []
         if not matches:
             near = fnmatch.filter(candidates, tap.at.split(".")[0] + "*")[:5]

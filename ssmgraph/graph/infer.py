@@ -92,7 +92,7 @@ def infer(blueprint: Blueprint, expanded: Expanded, registry: Registry, errors: 
                 errors.add("E201", f"unknown block {node.block!r}", node.decl.mark_of("block"), f"{path}.block", registry.suggest(node.block))
             continue
         args = check_args(node, spec, errors)
-        inputs = _ordered_inputs(node, spec, errors)
+        inputs = None if node.broken else _ordered_inputs(node, spec, errors)
         if args is not None and inputs is not None:
             checked[path] = (spec, args, inputs)
     errors.raise_if_any()
@@ -111,7 +111,8 @@ def infer(blueprint: Blueprint, expanded: Expanded, registry: Registry, errors: 
             out = spec.shape(in_types, **args)
         except ShapeError as exc:
             shown = ", ".join(f"{value}: {types[value]}" for value in inputs)
-            errors.add("E220", f"{spec.name}: {exc}", node.decl.mark_of("in") or node.mark, path, f"inputs are {shown}")
+            message = str(exc) if str(exc).startswith(spec.name) else f"{spec.name}: {exc}"
+            errors.add("E220", message, node.decl.mark_of("in") or node.mark, path, f"inputs are {shown}")
             continue
         except Exception as exc:  # a plugin's shape rule is not ours to trust
             errors.add("E240", f"the shape rule of {spec.name} (from {spec.plugin}) failed: {type(exc).__name__}: {exc}", node.mark, path)
@@ -127,7 +128,10 @@ def _check_shares(expanded: Expanded, typed: dict[str, TypedNode], errors: Colle
     for path, node in expanded.nodes.items():
         if node.share_of and path in typed and node.share_of in typed:
             mine, theirs = typed[path].in_types, typed[node.share_of].in_types
-            if [t.shape[-1] for t in mine] != [t.shape[-1] for t in theirs] or [t.dtype for t in mine] != [t.dtype for t in theirs]:
+            def signature(types: list[TensorType]) -> list[tuple[str, object]]:
+                return [(t.dtype, t.shape[-1] if t.dtype == "float" else None) for t in types]
+
+            if signature(mine) != signature(theirs):
                 errors.add(
                     "E230",
                     f"shares the module of {node.share_of!r}, which reads {', '.join(map(str, theirs))}, but this call site feeds {', '.join(map(str, mine))}",

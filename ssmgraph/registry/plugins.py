@@ -46,6 +46,8 @@ BUILTIN = "ssmgraph (built-in)"
 class PluginError(SsmgraphError):
     """A plugin problem that cannot be skipped (a duplicate name, strict mode)."""
 
+    code = "E300"
+
 
 @dataclass
 class PluginRecord:

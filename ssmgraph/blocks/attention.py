@@ -1,0 +1,268 @@
+"""Multi-head self-attention and cross-attention.
+
+``mix.attention`` is scaled dot-product attention (Vaswani et al. 2017) with a fused
+``qkv`` projection (GPT-2's ``c_attn``, nanoGPT's ``CausalSelfAttention``), optional
+grouped-query attention (Ainslie et al. 2023: ``kv_heads`` key/value heads, each shared by
+``heads / kv_heads`` query heads, as Llama's ``repeat_kv``) and optional rotary position
+embedding (Su et al. 2021, RoFormer) in the half-split convention of GPT-NeoX and
+Hugging Face Llama: feature i is rotated with feature i + head_dim/2 by the angle
+pos · base^(-2i/head_dim). The kernel is ``torch.nn.functional.scaled_dot_product_attention``.
+
+Recurrent state (causal only): ``(k_cache, v_cache, key_valid)`` with
+``k_cache, v_cache`` of shape (B, kv_heads, S, head_dim) and ``key_valid`` (B, S) bool, the
+cache entries that are real tokens (not right padding). The cache grows by concatenation.
+The RoPE position of the next token of sequence b is ``key_valid[b].sum()``, so a batch that
+was right-padded in one chunk continues each sequence at its own position, and padded
+entries are never attended to.
+
+``mix.cross_attention`` attends from x (queries) to a second input ``memory`` (keys,
+values), as the decoder of Vaswani et al. 2017 does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ssmgraph.registry.hookspecs import hookimpl
+from ssmgraph.registry.specs import BlockSpec, Param, ShapeError, TensorType, same_as_input
+
+AttentionState = tuple[Tensor, Tensor, Tensor]
+
+
+def rope_angles(positions: Tensor, head_dim: int, base: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos and sin of pos · base^(-2i/head_dim), i < head_dim/2, computed in at least fp32."""
+    compute = torch.promote_types(dtype, torch.float32)
+    i = torch.arange(head_dim // 2, device=positions.device, dtype=compute)
+    inv_freq = base ** (-2.0 * i / head_dim)
+    angle = positions.to(compute).unsqueeze(-1) * inv_freq
+    return angle.cos(), angle.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (x_i, x_{i+d/2}) of ``x`` (..., L, d) by the angles behind cos/sin (..., L, d/2)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return rotated.to(x.dtype)
+
+
+def _split_heads(t: Tensor, heads: int) -> Tensor:
+    """(B, L, H·d) -> (B, H, L, d)."""
+    b, length, _ = t.shape
+    return t.view(b, length, heads, -1).transpose(1, 2)
+
+
+def _merge_heads(t: Tensor) -> Tensor:
+    """(B, H, L, d) -> (B, L, H·d)."""
+    b, _, length, _ = t.shape
+    return t.transpose(1, 2).reshape(b, length, -1)
+
+
+class Attention(nn.Module):
+    """Multi-head (grouped-query) self-attention with an optional KV cache."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        heads: int,
+        kv_heads: int | None = None,
+        causal: bool = True,
+        rope: bool = False,
+        rope_base: float = 10000.0,
+        bias: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.dim, self.heads = dim, heads
+        self.kv_heads = heads if kv_heads is None else kv_heads
+        self.head_dim = dim // heads
+        self.causal, self.rope, self.rope_base, self.dropout = causal, rope, rope_base, dropout
+        kv_dim = self.kv_heads * self.head_dim
+        self.qkv = nn.Linear(dim, dim + 2 * kv_dim, bias=bias)
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        state: AttentionState | None = None,
+        return_state: bool = False,
+        mask: Tensor | None = None,
+    ) -> Tensor | tuple[Tensor, AttentionState]:
+        if (state is not None or return_state) and not self.causal:
+            raise ValueError("a bidirectional mix.attention has no recurrent state (set causal: true)")
+        batch, length, _ = x.shape
+        kv_dim = self.kv_heads * self.head_dim
+        q, k, v = self.qkv(x).split((self.dim, kv_dim, kv_dim), dim=-1)
+        q, k, v = _split_heads(q, self.heads), _split_heads(k, self.kv_heads), _split_heads(v, self.kv_heads)
+
+        valid = torch.ones(batch, length, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
+        past = 0 if state is None else state[0].shape[2]
+        if self.rope:
+            start = 0 if state is None else state[2].sum(dim=1, keepdim=True)
+            positions = (start + torch.arange(length, device=x.device)).expand(batch, length)
+            cos, sin = rope_angles(positions, self.head_dim, self.rope_base, q.dtype)
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if state is not None:
+            k_cache, v_cache, cache_valid = state
+            k = torch.cat((k_cache.to(k.dtype), k), dim=2)
+            v = torch.cat((v_cache.to(v.dtype), v), dim=2)
+            valid = torch.cat((cache_valid, valid), dim=1)
+        new_state = (k, v, valid)
+
+        y = self._attend(q, k, v, valid if (mask is not None or past) else None, past)
+        y = self.out_proj(_merge_heads(y))
+        return (y, new_state) if return_state else y
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor | None, past: int) -> Tensor:
+        """SDPA of queries at cache positions past..past+L-1 over all cached keys."""
+        if self.kv_heads != self.heads:
+            k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
+            v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
+        p = self.dropout if self.training else 0.0
+        if key_valid is None:  # no padding, no cache: the fused kernels' own causal mask
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)
+        length, total = q.shape[2], k.shape[2]
+        q_idx = torch.arange(past, past + length, device=q.device).unsqueeze(1)
+        k_idx = torch.arange(total, device=q.device).unsqueeze(0)
+        allowed = key_valid[:, None, None, :]  # (B, 1, 1, S)
+        if self.causal:
+            allowed = allowed & (k_idx <= q_idx)
+        # Every query may see its own key, so a padded query never has an empty row (no NaN);
+        # valid queries are unaffected (their own key is valid and allowed already).
+        allowed = allowed | (k_idx == q_idx)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
+
+    def init_state(self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None) -> AttentionState:
+        """An empty cache: (k, v) of shape (B, kv_heads, 0, head_dim) and no valid keys."""
+        dtype = dtype if dtype is not None else self.qkv.weight.dtype
+        device = device if device is not None else self.qkv.weight.device
+        empty = torch.zeros(batch, self.kv_heads, 0, self.head_dim, device=device, dtype=dtype)
+        return empty, empty.clone(), torch.zeros(batch, 0, dtype=torch.bool, device=device)
+
+    def step(self, x_t: Tensor, state: AttentionState) -> tuple[Tensor, AttentionState]:
+        y, new_state = self.forward(x_t.unsqueeze(1), state=state, return_state=True)
+        return y.squeeze(1), new_state
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, heads={self.heads}, kv_heads={self.kv_heads}, causal={self.causal}, "
+            f"rope={self.rope}, dropout={self.dropout}"
+        )
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from x (queries) to ``memory`` (keys and values)."""
+
+    def __init__(self, dim: int, memory_dim: int, *, heads: int, bias: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.dim, self.heads, self.dropout = dim, heads, dropout
+        self.q_proj = nn.Linear(dim, dim, bias=bias)
+        self.kv_proj = nn.Linear(memory_dim, 2 * dim, bias=bias)
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
+
+    def forward(self, x: Tensor, memory: Tensor, *, mask: Tensor | None = None, memory_mask: Tensor | None = None) -> Tensor:
+        """``memory_mask``: optional (B, S) bool, True = a real memory token (keys to attend to).
+
+        ``mask`` (padding of x, the mixer protocol's argument) needs no handling: each query is
+        computed independently of the other positions of x, so padding cannot reach valid outputs.
+        """
+        q = _split_heads(self.q_proj(x), self.heads)
+        k, v = (_split_heads(t, self.heads) for t in self.kv_proj(memory).chunk(2, dim=-1))
+        attn_mask = None if memory_mask is None else memory_mask[:, None, None, :]
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        return self.out_proj(_merge_heads(y))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.heads}, dropout={self.dropout}"
+
+
+def _check_heads(dim: int, heads: int, name: str) -> None:
+    if dim % heads:
+        raise ShapeError(f"{name}: dim {dim} is not divisible by heads {heads}")
+
+
+def _attention_shape(in_types: Sequence[TensorType], *, heads: int, kv_heads: int | None, rope: bool, **_: Any) -> TensorType:
+    x = same_as_input(in_types)
+    _check_heads(x.dim, heads, "mix.attention")
+    if kv_heads is not None and heads % kv_heads:
+        raise ShapeError(f"mix.attention: heads {heads} is not a multiple of kv_heads {kv_heads}")
+    if rope and (x.dim // heads) % 2:
+        raise ShapeError(f"mix.attention: rope needs an even head dimension, got {x.dim // heads}")
+    return x
+
+
+def _cross_shape(in_types: Sequence[TensorType], *, heads: int, **_: Any) -> TensorType:
+    if len(in_types) != 2:
+        raise ShapeError(f"mix.cross_attention takes inputs x and memory, got {len(in_types)} inputs")
+    x, memory = in_types
+    same_as_input([x])
+    same_as_input([memory])
+    if len(x.shape) != 3 or len(memory.shape) != 3:
+        raise ShapeError(f"mix.cross_attention expects (batch, seq, dim) inputs, got x {x} and memory {memory}")
+    bx, bm = x.shape[0], memory.shape[0]
+    if isinstance(bx, int) and isinstance(bm, int) and bx != bm:
+        raise ShapeError(f"mix.cross_attention: batch of x ({bx}) differs from batch of memory ({bm})")
+    _check_heads(x.dim, heads, "mix.cross_attention")
+    return x
+
+
+def _build_attention(in_types: Sequence[TensorType], **args: Any) -> Attention:
+    return Attention(in_types[0].dim, **args)
+
+
+def _build_cross(in_types: Sequence[TensorType], **args: Any) -> CrossAttention:
+    return CrossAttention(in_types[0].dim, in_types[1].dim, **args)
+
+
+_HEADS = Param("heads", int, 4, "number of attention (query) heads; must divide dim", min=1)
+_BIAS = Param("bias", bool, False, "learn biases in the projections")
+_DROPOUT = Param("dropout", float, 0.0, "dropout on the attention probabilities (training only)", min=0.0, max=1.0)
+
+ATTENTION = BlockSpec(
+    name="mix.attention",
+    role="mix",
+    doc="Multi-head scaled dot-product self-attention (causal or bidirectional), optional GQA and RoPE.",
+    params=(
+        _HEADS,
+        Param("kv_heads", int, None, "key/value heads for grouped-query attention (null = heads)", min=1, nullable=True),
+        Param("causal", bool, True, "mask future positions (decoder); false = bidirectional (encoder)"),
+        Param("rope", bool, False, "rotary position embedding on queries and keys"),
+        Param("rope_base", float, 10000.0, "RoPE base of the rotation frequencies", min=1.0),
+        _BIAS,
+        _DROPOUT,
+    ),
+    factory=_build_attention,
+    shape=_attention_shape,
+    causal=lambda a: a["causal"],
+    bidirectional=lambda a: not a["causal"],
+    step=lambda a: a["causal"],
+    reference=(
+        "Vaswani et al. 2017, Attention Is All You Need; Ainslie et al. 2023, GQA; Su et al. 2021, RoFormer (rotary embedding)"
+    ),
+)
+
+CROSS_ATTENTION = BlockSpec(
+    name="mix.cross_attention",
+    role="mix",
+    doc="Multi-head attention from x (queries) to memory (keys, values), e.g. an encoder's output.",
+    params=(_HEADS, _BIAS, _DROPOUT),
+    factory=_build_cross,
+    shape=_cross_shape,
+    inputs=("x", "memory"),
+    causal=True,
+    reference="Vaswani et al. 2017, Attention Is All You Need (encoder-decoder attention)",
+)
+
+
+@hookimpl
+def ssmgraph_blocks() -> list[BlockSpec]:
+    return [ATTENTION, CROSS_ATTENTION]

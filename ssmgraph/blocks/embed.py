@@ -1,0 +1,184 @@
+"""Input embeddings: token ids or continuous features to B×L×D, and positional embeddings.
+
+* ``embed.token``: a lookup table (nn.Embedding semantics) whose ``weight`` has shape
+  (vocab, dim), so a blueprint can tie an LM head (``head.lm``) to it (Press & Wolf 2017).
+  Initialised N(0, 0.02²) as GPT-2 and state-spaces/mamba (``_init_weights``) do.
+* ``embed.linear``: a linear projection of continuous features (e.g. pixels of sequential
+  MNIST, as the S4 reference encoders do).
+* ``embed.position``: learned absolute positions (GPT-2's ``wpe``) or the fixed
+  sinusoids of Vaswani et al. 2017, §3.5:
+  PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)).
+  The output is the positional embedding alone; a ``struct.add`` node adds it to the token
+  embedding. It carries a state (the next position, int64 of shape (B,)), so chunked
+  processing and recurrent ``step`` continue counting positions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ssmgraph.registry.hookspecs import hookimpl
+from ssmgraph.registry.specs import BlockSpec, Param, ShapeError, TensorType, same_as_input
+
+EMBED_INIT_STD = 0.02
+
+
+class TokenEmbedding(nn.Module):
+    """Lookup of token ids (any integer dtype, any shape) in a (vocab, dim) table."""
+
+    def __init__(self, vocab: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(vocab, dim))
+        nn.init.normal_(self.weight, std=EMBED_INIT_STD)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return F.embedding(ids, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"vocab={self.weight.shape[0]}, dim={self.weight.shape[1]}"
+
+
+def sinusoidal(positions: Tensor, dim: int, dtype: torch.dtype) -> Tensor:
+    """Vaswani et al.'s table at ``positions`` (any shape): even features sin, odd features cos.
+
+    Angles are computed in at least fp32 and the result is cast to ``dtype``; an odd ``dim``
+    keeps the last sine feature.
+    """
+    compute = torch.promote_types(dtype, torch.float32)
+    i = torch.arange((dim + 1) // 2, device=positions.device, dtype=compute)
+    inv_freq = torch.exp(i * (-2.0 * math.log(10000.0) / dim))
+    angle = positions.to(compute).unsqueeze(-1) * inv_freq
+    table = torch.stack((angle.sin(), angle.cos()), dim=-1).flatten(-2)
+    return table[..., :dim].to(dtype)
+
+
+class PositionEmbedding(nn.Module):
+    """Absolute position embedding of the positions of a (B, L) or (B, L, F) input.
+
+    State: the position of the next token, an int64 tensor of shape (B,). With a right-padding
+    ``mask`` the final state counts valid tokens only.
+    """
+
+    def __init__(self, max_len: int, dim: int, kind: str):
+        super().__init__()
+        self.max_len, self.dim, self.kind = max_len, dim, kind
+        if kind == "learned":
+            self.weight = nn.Parameter(torch.empty(max_len, dim))
+            nn.init.normal_(self.weight, std=EMBED_INIT_STD)
+
+    def _embed(self, positions: Tensor, x: Tensor) -> Tensor:
+        if self.kind == "learned":
+            return F.embedding(positions, self.weight)
+        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+        return sinusoidal(positions, self.dim, dtype)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        state: Tensor | None = None,
+        return_state: bool = False,
+        mask: Tensor | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        batch, length = x.shape[0], x.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"sequence of length {length} exceeds max_len {self.max_len}")
+        if state is None:
+            state = self.init_state(batch, device=x.device)
+        positions = state.unsqueeze(1) + torch.arange(length, device=x.device)
+        out = self._embed(positions, x)
+        if not return_state:
+            return out
+        advance = length if mask is None else mask.sum(dim=1)
+        return out, state + advance
+
+    def init_state(self, batch: int, *, device: torch.device | None = None, dtype: Any = None) -> Tensor:
+        """Position 0 for every sequence; ``dtype`` is ignored (positions are int64)."""
+        if device is None and self.kind == "learned":
+            device = self.weight.device
+        return torch.zeros(batch, dtype=torch.long, device=device)
+
+    def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """``x_t``: (B,) token ids or (B, F) features; returns ((B, dim), next position)."""
+        return self._embed(state, x_t), state + 1
+
+    def extra_repr(self) -> str:
+        return f"max_len={self.max_len}, dim={self.dim}, kind={self.kind!r}"
+
+
+def _token_shape(in_types: Sequence[TensorType], *, dim: int, **_: Any) -> TensorType:
+    (x,) = in_types
+    if x.dtype != "int":
+        raise ShapeError(f"embed.token expects integer token ids, got {x}")
+    return TensorType(tuple(x.shape) + (dim,), "float")
+
+
+def _linear_shape(in_types: Sequence[TensorType], *, dim: int, **_: Any) -> TensorType:
+    return same_as_input(in_types).with_dim(dim)
+
+
+def _position_shape(in_types: Sequence[TensorType], *, max_len: int, dim: int, **_: Any) -> TensorType:
+    (x,) = in_types
+    want = 2 if x.dtype == "int" else 3
+    if len(x.shape) != want:
+        layout = "(batch, seq) token ids" if x.dtype == "int" else "(batch, seq, features)"
+        raise ShapeError(f"embed.position expects {layout}, got {x}")
+    seq = x.shape[1]
+    if isinstance(seq, int) and seq > max_len:
+        raise ShapeError(f"sequence length {seq} exceeds max_len {max_len}")
+    return TensorType((x.shape[0], seq, dim), "float")
+
+
+TOKEN = BlockSpec(
+    name="embed.token",
+    role="embed",
+    doc="Token-id lookup table: int ids (...) -> float (..., dim); `weight` is (vocab, dim).",
+    params=(
+        Param("vocab", int, doc="number of token ids (table rows)", min=1),
+        Param("dim", int, doc="embedding dimension", min=1),
+    ),
+    factory=lambda in_types, *, vocab, dim: TokenEmbedding(vocab, dim),
+    shape=_token_shape,
+    pointwise=True,
+    reference="Press & Wolf 2017, Using the Output Embedding to Improve Language Models",
+)
+
+LINEAR = BlockSpec(
+    name="embed.linear",
+    role="embed",
+    doc="Linear embedding of continuous features: B×L×F -> B×L×dim.",
+    params=(
+        Param("dim", int, doc="embedding dimension", min=1),
+        Param("bias", bool, True, "learn an additive bias"),
+    ),
+    factory=lambda in_types, *, dim, bias: nn.Linear(in_types[0].dim, dim, bias=bias),
+    shape=_linear_shape,
+    pointwise=True,
+    reference="Gu et al. 2022, Efficiently Modeling Long Sequences with Structured State Spaces (linear encoder)",
+)
+
+POSITION = BlockSpec(
+    name="embed.position",
+    role="embed",
+    doc="Absolute position embedding (learned or sinusoidal) of a sequence, to be added to its embedding.",
+    params=(
+        Param("max_len", int, doc="largest sequence length (rows of the learned table)", min=1),
+        Param("dim", int, doc="embedding dimension", min=1),
+        Param("kind", str, "learned", "learned table (GPT-2) or fixed sinusoids (Vaswani)", choices=("learned", "sinusoidal")),
+    ),
+    factory=lambda in_types, *, max_len, dim, kind: PositionEmbedding(max_len, dim, kind),
+    shape=_position_shape,
+    step=True,
+    reference="Vaswani et al. 2017, Attention Is All You Need, §3.5; Radford et al. 2019 (GPT-2, learned)",
+)
+
+
+@hookimpl
+def ssmgraph_blocks() -> list[BlockSpec]:
+    return [TOKEN, LINEAR, POSITION]

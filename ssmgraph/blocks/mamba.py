@@ -1,0 +1,276 @@
+"""``mix.mamba``: the Mamba block, a selective state space model (S6) mixer.
+
+Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces" (§3.4,
+Fig. 3), following state-spaces/mamba ``mamba_ssm/modules/mamba_simple.py`` (parameter
+names, shapes and initialisation are the same, so upstream state dicts load as they are).
+With E = expand·d_model channels and N = d_state::
+
+    x, z = in_proj(u)                                  (B, L, E) each
+    x    = silu(causal depthwise conv1d(x))            kernel d_conv
+    δ, B, C = x_proj(x)                                (R, N, N) per token, R = dt_rank
+    Δ    = softplus(dt_proj(δ))                        (B, L, E), the bias holds softplus⁻¹(dt₀)
+    h_t  = exp(Δ_t A) ⊙ h_{t-1} + Δ_t x_t B_t          A = -exp(A_log), h_t of shape (E, N)
+    y_t  = h_t C_t + D ⊙ x_t
+    out  = out_proj(y ⊙ silu(z))
+
+Discretisation is upstream's: zero-order hold for A, Euler (ΔB) for B. The scan runs in
+fp32 with autocast disabled (fp64 models stay fp64) through
+:func:`ssmgraph.blocks.selective_scan.selective_scan`; ``scan`` picks its CPU algorithm.
+
+Initialisation (upstream's): Linear and Conv1d layers keep PyTorch's defaults; dt_proj's
+weight is U(±dt_scale/√R) (or the constant dt_scale/√R); dt_proj's bias is softplus⁻¹(dt₀)
+with dt₀ = exp(U[log dt_min, log dt_max]) clamped to ≥ dt_init_floor, computed with the
+stable inverse dt₀ + log(-expm1(-dt₀)); A_log = log(1..N) in every row (S4D-Real); D = 1.
+A_log and D are fp32 parameters with no weight decay (``mark_optim``; ``ssm_lr`` sets their
+learning rate, null keeps the group's as upstream does). The model-level init of the
+upstream LM (out_proj rescaled by 1/√n_layer, biases zeroed) belongs to the model, not to
+this block.
+
+Re-initialisation: upstream's LM init zeroes every Linear bias except those flagged
+``_no_reinit``. We set the same flag, ``dt_proj.bias._no_reinit = True``, so an init pass
+that zeroes biases must skip flagged parameters; :meth:`Mamba.reset_parameters` redraws the
+whole block init (dt bias included), so calling it after any generic re-init restores the
+reference initialisation.
+
+Recurrent state: ``(conv_state, ssm_state)`` as in upstream ``step``: conv_state
+(B, E, d_conv) holds the last d_conv pre-conv inputs (oldest first), ssm_state (B, E, N) is
+h (fp32, or fp64 for fp64 models). ``forward(state=...)`` prepends the last d_conv - 1
+entries of conv_state to the conv input, so chunked processing equals one pass. With
+``mask`` (right padding), Δ is zero at padded positions, which leaves h unchanged there; the
+final conv_state is read at each sequence's own end, and outputs at padded positions are 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssmgraph.blocks._optim import mark_optim
+from ssmgraph.blocks.selective_scan import METHODS, selective_scan
+from ssmgraph.registry.hookspecs import hookimpl
+from ssmgraph.registry.specs import BlockSpec, Param, ShapeError, TensorType, same_as_input
+
+MambaState = tuple[Tensor, Tensor]
+
+
+def resolve_dt_rank(dt_rank: str | int, d_model: int) -> int:
+    """``"auto"`` means ceil(d_model / 16), as upstream."""
+    if dt_rank == "auto":
+        return math.ceil(d_model / 16)
+    if isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1:
+        raise ValueError(f"dt_rank must be 'auto' or a positive int, got {dt_rank!r}")
+    return dt_rank
+
+
+def inverse_softplus(y: Tensor) -> Tensor:
+    """softplus⁻¹(y) = y + log(1 - exp(-y)), stable for small y (pytorch/pytorch#72759)."""
+    return y + torch.log(-torch.expm1(-y))
+
+
+class Mamba(nn.Module):
+    """The Mamba mixer over B×L×D (``mamba_simple.Mamba`` without the CUDA fast paths)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: float = 2,
+        dt_rank: str | int = "auto",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        ssm_lr: float | None = None,
+        scan: str = "auto",
+    ):
+        super().__init__()
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        if scan not in METHODS:
+            raise ValueError(f"scan must be one of {', '.join(METHODS)}, got {scan!r}")
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = resolve_dt_rank(dt_rank, d_model)
+        self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
+        self.dt_init, self.dt_scale = dt_init, dt_scale
+        self.scan = scan
+        e, n = self.d_inner, d_state
+        self.in_proj = nn.Linear(d_model, 2 * e, bias=bias)
+        # padding is explicit in forward (the carried conv state, or zeros)
+        self.conv1d = nn.Conv1d(e, e, kernel_size=d_conv, groups=e, bias=conv_bias)
+        self.x_proj = nn.Linear(e, self.dt_rank + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, e, bias=True)
+        self.dt_proj.bias._no_reinit = True  # type: ignore[attr-defined]  # upstream's flag, see module doc
+        self.A_log = nn.Parameter(torch.empty(e, n, dtype=torch.float32))
+        self.D = nn.Parameter(torch.empty(e, dtype=torch.float32))
+        for p in (self.A_log, self.D):
+            mark_optim(p, lr=ssm_lr, weight_decay=0.0)
+            p._no_weight_decay = True  # type: ignore[attr-defined]  # upstream's flag, for ported training code
+        self.out_proj = nn.Linear(e, d_model, bias=bias)
+        self._init_ssm()
+
+    def _init_ssm(self) -> None:
+        """The Mamba-specific init: dt_proj (weight and softplus⁻¹ bias), A_log, D."""
+        std = self.dt_rank**-0.5 * self.dt_scale
+        with torch.no_grad():
+            if self.dt_init == "constant":
+                nn.init.constant_(self.dt_proj.weight, std)
+            else:
+                nn.init.uniform_(self.dt_proj.weight, -std, std)
+            lo, hi = math.log(self.dt_min), math.log(self.dt_max)
+            dt = torch.exp(torch.rand(self.d_inner) * (hi - lo) + lo).clamp(min=self.dt_init_floor)
+            self.dt_proj.bias.copy_(inverse_softplus(dt))
+            n = torch.arange(1, self.d_state + 1, dtype=torch.float32)
+            self.A_log.copy_(torch.log(n).expand(self.d_inner, -1))
+            self.D.fill_(1.0)
+
+    def reset_parameters(self) -> None:
+        """Redraw the whole reference initialisation (the dt bias included)."""
+        for m in (self.in_proj, self.conv1d, self.x_proj, self.dt_proj, self.out_proj):
+            m.reset_parameters()
+        self._init_ssm()
+
+    def init_state(
+        self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> MambaState:
+        """Zero (conv_state (B, E, d_conv), ssm_state (B, E, N)); ssm_state is at least fp32."""
+        ref = self.in_proj.weight
+        device = ref.device if device is None else device
+        dtype = ref.dtype if dtype is None else dtype
+        conv_state = torch.zeros(batch, self.d_inner, self.d_conv, device=device, dtype=dtype)
+        ssm_state = torch.zeros(
+            batch, self.d_inner, self.d_state, device=device, dtype=torch.promote_types(dtype, torch.float32)
+        )
+        return conv_state, ssm_state
+
+    def _ssm_inputs(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(δ projected to E channels without bias, B, C) from the conv output u (..., E)."""
+        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return F.linear(dt, self.dt_proj.weight), B, C
+
+    def forward(
+        self, x: Tensor, *, state: MambaState | None = None, return_state: bool = False, mask: Tensor | None = None
+    ) -> Tensor | tuple[Tensor, MambaState]:
+        batch, length, _ = x.shape
+        xi, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
+        xi = xi.transpose(1, 2)  # (B, E, L) for the depthwise conv
+        if state is None:
+            conv_state, h0 = xi.new_zeros(batch, self.d_inner, self.d_conv), None
+        else:
+            conv_state, h0 = state
+            conv_state = conv_state.to(xi.dtype)
+        u = F.silu(self.conv1d(torch.cat([conv_state[..., 1:], xi], dim=-1)))  # (B, E, L)
+        dt, B, C = self._ssm_inputs(u.transpose(1, 2))
+        cdt = torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            delta = F.softplus(dt.to(cdt) + self.dt_proj.bias.to(cdt))  # (B, L, E)
+            if mask is not None:
+                delta = delta * mask.unsqueeze(-1).to(cdt)  # Δ = 0: h passes padding unchanged
+            y, h_last = selective_scan(
+                u.to(cdt),
+                delta.transpose(1, 2),
+                -torch.exp(self.A_log.to(cdt)),
+                B.to(cdt).transpose(1, 2),
+                C.to(cdt).transpose(1, 2),
+                D=self.D.to(cdt),
+                z=z.transpose(1, 2),
+                return_last_state=True,
+                initial_state=h0,
+                method=self.scan,
+            )
+        out = self.out_proj(y.transpose(1, 2).to(xi.dtype))
+        if mask is not None:
+            out = out * mask.unsqueeze(-1).to(out.dtype)
+        if not return_state:
+            return out
+        inputs = torch.cat([conv_state, xi], dim=-1)  # (B, E, d_conv + L)
+        if mask is None:
+            conv_last = inputs[..., -self.d_conv :]
+        else:
+            ends = mask.sum(dim=1, keepdim=True) + torch.arange(self.d_conv, device=x.device)  # (B, d_conv)
+            conv_last = inputs.gather(2, ends.unsqueeze(1).expand(-1, self.d_inner, -1))
+        return out, (conv_last, h_last)
+
+    def step(self, x_t: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
+        """One token: x_t (B, D) -> (y_t (B, D), new state); no in-place updates."""
+        conv_state, h = state
+        xi, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E)
+        conv_state = torch.cat([conv_state[..., 1:].to(xi.dtype), xi.unsqueeze(-1)], dim=-1)
+        u = F.silu(self.conv1d(conv_state).squeeze(-1))  # (B, E)
+        dt, B, C = self._ssm_inputs(u)
+        cdt = torch.promote_types(x_t.dtype, torch.float32)
+        with torch.autocast(device_type=x_t.device.type, enabled=False):
+            u, B, C = u.to(cdt), B.to(cdt), C.to(cdt)
+            delta = F.softplus(dt.to(cdt) + self.dt_proj.bias.to(cdt))
+            A = -torch.exp(self.A_log.to(cdt))
+            h = torch.exp(delta.unsqueeze(-1) * A) * h.to(cdt) + (delta * u).unsqueeze(-1) * B.unsqueeze(1)
+            y = (h * C.unsqueeze(1)).sum(-1) + self.D.to(cdt) * u
+            y = y * F.silu(z.to(cdt))
+        return self.out_proj(y.to(xi.dtype)), (conv_state, h)
+
+
+def _shape(in_types: Sequence[TensorType], **args: Any) -> TensorType:
+    out = same_as_input(in_types)
+    d_model = out.dim
+    try:
+        resolve_dt_rank(args["dt_rank"], d_model)
+    except ValueError as e:
+        raise ShapeError(str(e)) from None
+    if int(args["expand"] * d_model) < 1:
+        raise ShapeError(f"expand {args['expand']} × d_model {d_model} leaves no inner channel")
+    if args["dt_min"] <= 0:
+        raise ShapeError(f"dt_min must be above 0 (Δ is initialised log-uniformly), got {args['dt_min']:g}")
+    if args["dt_min"] > args["dt_max"]:
+        raise ShapeError(f"dt_min {args['dt_min']:g} is above dt_max {args['dt_max']:g}")
+    return out
+
+
+def _build(in_types: Sequence[TensorType], **args: Any) -> Mamba:
+    return Mamba(in_types[0].dim, **args)
+
+
+MAMBA = BlockSpec(
+    name="mix.mamba",
+    role="mix",
+    doc="Mamba selective SSM block (S6): expand, causal conv + SiLU, input-dependent Δ/B/C scan, SiLU(z) gate.",
+    params=(
+        Param("d_state", int, 16, "SSM state size N per channel", min=1),
+        Param("d_conv", int, 4, "width of the causal depthwise convolution", min=1),
+        Param("expand", (int, float), 2, "inner width E = int(expand · d_model)", min=0),
+        Param("dt_rank", (str, int), "auto", "rank R of the Δ projection: 'auto' = ceil(d_model / 16), or an int"),
+        Param("dt_min", float, 1e-3, "smallest initial Δ (log-uniform init)", min=0),
+        Param("dt_max", float, 1e-1, "largest initial Δ (log-uniform init)", min=0),
+        Param("dt_init", str, "random", "dt_proj weight init: U(±dt_scale/√R) or the constant dt_scale/√R", choices=("random", "constant")),
+        Param("dt_scale", float, 1.0, "scale of the dt_proj weight init", min=0),
+        Param("dt_init_floor", float, 1e-4, "lower clamp of the initial Δ", min=0),
+        Param("conv_bias", bool, True, "bias in the depthwise convolution"),
+        Param("bias", bool, False, "biases in in_proj and out_proj"),
+        Param("ssm_lr", float, None, "learning rate of A_log and D (null: the group's, as upstream)", min=0, nullable=True),
+        Param("scan", str, "auto", "selective-scan algorithm (auto picks by shape; see docs/blocks/mamba.md)", choices=METHODS),
+    ),
+    factory=_build,
+    shape=_shape,
+    causal=True,
+    bidirectional=False,
+    step=True,
+    pointwise=False,
+    reference=(
+        "Gu & Dao 2023, Mamba: Linear-Time Sequence Modeling with Selective State Spaces; "
+        "state-spaces/mamba mamba_ssm/modules/mamba_simple.py"
+    ),
+)
+
+
+@hookimpl
+def ssmgraph_blocks() -> list[BlockSpec]:
+    return [MAMBA]

@@ -1,0 +1,82 @@
+"""Normalisation blocks.
+
+* ``norm.layer``: LayerNorm (Ba, Kiros & Hinton 2016), torch's ``nn.LayerNorm`` (fused
+  ``F.layer_norm``; autocast runs it in fp32); ``bias: false`` is nanoGPT's
+  ``LayerNorm(bias=False)``.
+* ``norm.rms``: RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x²) + eps) · weight, computed
+  in (at least) fp32 and cast back to the input dtype before the weight, as Llama's
+  ``RMSNorm`` does (``self._norm(x.float()).type_as(x) * self.weight``). Uses the fused
+  ``F.rms_norm`` (torch >= 2.4) when present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ssmgraph.registry.hookspecs import hookimpl
+from ssmgraph.registry.specs import BlockSpec, Param, TensorType, same_as_input
+
+
+def _rms_norm(x: Tensor, dim: int, eps: float) -> Tensor:
+    if hasattr(F, "rms_norm"):
+        return F.rms_norm(x, (dim,), eps=eps)
+    return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x²) + eps) · weight over the last dimension."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        compute = torch.promote_types(x.dtype, torch.float32)
+        return _rms_norm(x.to(compute), self.dim, self.eps).to(x.dtype) * self.weight
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}"
+
+
+def _build_layer(in_types: Sequence[TensorType], *, eps: float, bias: bool) -> nn.LayerNorm:
+    return nn.LayerNorm(in_types[0].dim, eps=eps, bias=bias)
+
+
+def _build_rms(in_types: Sequence[TensorType], *, eps: float) -> RMSNorm:
+    return RMSNorm(in_types[0].dim, eps=eps)
+
+
+LAYER = BlockSpec(
+    name="norm.layer",
+    role="norm",
+    doc="LayerNorm over the feature dimension (weight, optional bias).",
+    params=(
+        Param("eps", float, 1e-5, "added to the variance for numerical stability", min=0.0),
+        Param("bias", bool, True, "learn an additive bias"),
+    ),
+    factory=_build_layer,
+    shape=same_as_input,
+    pointwise=True,
+    reference="Ba, Kiros & Hinton 2016, Layer Normalization",
+)
+
+RMS = BlockSpec(
+    name="norm.rms",
+    role="norm",
+    doc="RMSNorm: x / sqrt(mean(x^2) + eps) * weight, computed in fp32.",
+    params=(Param("eps", float, 1e-6, "added to the mean square for numerical stability", min=0.0),),
+    factory=_build_rms,
+    shape=same_as_input,
+    pointwise=True,
+    reference="Zhang & Sennrich 2019, Root Mean Square Layer Normalization; Touvron et al. 2023, LLaMA",
+)
+
+
+@hookimpl
+def ssmgraph_blocks() -> list[BlockSpec]:
+    return [LAYER, RMS]
