@@ -55,7 +55,7 @@ def _version(value: bool) -> None:
         from ssmgraph import __version__
         from ssmgraph.registry.plugins import get_registry
 
-        plugins = [p for p in get_registry().plugins.values() if p.dist != "ssmgraph (built-in)"]
+        plugins = [p for p in get_registry().plugins.values() if not p.builtin]
         extra = ", ".join(f"{p.dist}-{p.version}" + ("" if p.status == "loaded" else f" ({p.status})") for p in plugins)
         out.print(f"ssmgraph {__version__}" + (f" (plugins: {extra})" if extra else ""), highlight=False)
         raise typer.Exit()
@@ -188,7 +188,8 @@ def plugins(
         table.add_column(column, style="cyan" if column == "plugin" else None)
     for record in records:
         status = record.status if not record.error else f"{record.status}: {record.error}"
-        table.add_row(record.name, record.dist, record.version, status, ", ".join(record.blocks))
+        name = record.name.removeprefix("ssmgraph.") + (" (built-in)" if record.builtin else "")
+        table.add_row(name, record.dist, record.version, status, ", ".join(record.blocks))
     out.print(table)
 
 

@@ -147,7 +147,7 @@ def _check_plugins(meta: Mapping[str, Any], directory: Path) -> None:
 
 
 def _plugin_versions(model: CompiledModel) -> dict[str, str]:
-    records = {r.dist if r.dist != "ssmgraph (built-in)" else "ssmgraph": r.version for r in get_registry().plugins.values()}
+    records = {r.dist: r.version for r in get_registry().plugins.values()}
     return {info.plugin: records.get(info.plugin, "unknown") for info in model.nodes.values()}
 
 

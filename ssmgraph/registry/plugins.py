@@ -40,7 +40,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "ssmgraph.blocks.heads",
     "ssmgraph.blocks.stitch",
 )
-BUILTIN = "ssmgraph (built-in)"
 
 
 class PluginError(SsmgraphError):
@@ -60,6 +59,7 @@ class PluginRecord:
     error: str = ""
     blocks: list[str] = field(default_factory=list)
     entry_point: str = ""
+    builtin: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +70,7 @@ class PluginRecord:
             "error": self.error or None,
             "blocks": list(self.blocks),
             "entry_point": self.entry_point or None,
+            "builtin": self.builtin,
         }
 
 
@@ -100,7 +101,8 @@ class Registry:
         if autoload is None:
             autoload = os.environ.get("SSMGRAPH_DISABLE_PLUGIN_AUTOLOAD") != "1"
         for module_name in BUILTIN_PLUGINS:
-            self.register(importlib.import_module(module_name), module_name, BUILTIN, _version("ssmgraph"))
+            self.register(importlib.import_module(module_name), module_name, "ssmgraph", _version("ssmgraph"))
+            self.plugins[module_name].builtin = True
         if autoload:
             self.load_entry_points()
         self.collect()
@@ -171,7 +173,7 @@ class Registry:
                         f"and by {record.name} ({label}); uninstall one of them or disable it with "
                         f"SSMGRAPH_DISABLE_PLUGINS={record.name}"
                     )
-                self.blocks[spec.name] = replace(spec, plugin=record.dist if record.dist != BUILTIN else "ssmgraph")
+                self.blocks[spec.name] = replace(spec, plugin=record.dist)
                 providers[spec.name] = record
                 record.blocks.append(spec.name)
 
@@ -180,13 +182,13 @@ class Registry:
         return self.blocks.get(name)
 
     def suggest(self, name: str) -> str:
-        """Help for an unknown block: a close name, or the plugin that failed to provide it."""
+        """Help for an unknown block: a close name, and any plugin that failed to load."""
+        hint = did_you_mean(name, self.blocks) + " (`ssmgraph blocks` lists installed blocks)"
         failed = [p for p in self.plugins.values() if p.status == "failed"]
-        hint = did_you_mean(name, self.blocks)
-        if failed and not hint.startswith("did you mean"):
-            names = ", ".join(f"{p.dist} {p.version} ({p.error})" for p in failed)
-            return f"it may come from a plugin that failed to load: {names}"
-        return hint + " (`ssmgraph blocks` lists installed blocks)"
+        if failed:
+            names = "; ".join(f"{p.dist} {p.version} ({p.error})" for p in failed)
+            hint += f"; it may come from a plugin that failed to load: {names}"
+        return hint
 
     def search(self, pattern: str = "*") -> list[BlockSpec]:
         import fnmatch
