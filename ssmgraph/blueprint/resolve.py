@@ -45,7 +45,11 @@ IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 # Names that would shadow nn.Module attributes or the compiled model's own members.
 RESERVED = frozenset(
-    {"taps", "forward", "step", "init_state", "generate", "training", "state_dict", "blueprint", "summary"}
+    {
+        "taps", "forward", "step", "init_state", "generate", "training", "state_dict", "blueprint", "view",
+        "input_types", "outputs", "tap_sources", "tap_names", "nodes", "order", "tied", "generated_source",
+        "supports_step",
+    }
 ) | frozenset(n for n in dir(__import__("torch").nn.Module) if not n.startswith("__"))
 
 _BAD = object()  # the value of something that already produced an error

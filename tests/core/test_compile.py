@@ -2,75 +2,25 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import ssmgraph
 from ssmgraph.blueprint import load_blueprint
 from ssmgraph.graph.compile import compile_blueprint, count_parameters
+from ssmgraph.testing.reference import GPT
 
 D, HEADS, LAYERS, VOCAB, CTX = 32, 4, 2, 50, 64
-
-
-class HandBlock(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
-        self.qkv = nn.Linear(D, 3 * D, bias=False)
-        self.proj = nn.Linear(D, D, bias=False)
-        self.fc1, self.fc2 = nn.Linear(D, 4 * D), nn.Linear(4 * D, D)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, length, _ = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(D, dim=-1)
-        q, k, v = (t.view(b, length, HEADS, D // HEADS).transpose(1, 2) for t in (q, k, v))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(D // HEADS)
-        future = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
-        att = scores.masked_fill(future, float("-inf")).softmax(-1) @ v
-        x = x + self.proj(att.transpose(1, 2).reshape(b, length, D))
-        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
-
-
-class HandGPT(nn.Module):
-    """nanoGPT-style reference, written without ssmgraph."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.wte, self.wpe = nn.Embedding(VOCAB, D), nn.Embedding(CTX, D)
-        self.h = nn.ModuleList(HandBlock() for _ in range(LAYERS))
-        self.ln_f = nn.LayerNorm(D)
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-        for block in self.h:
-            x = block(x)
-        return self.ln_f(x) @ self.wte.weight.T
 
 
 def gpt(**params: int) -> ssmgraph.CompiledModel:
     return ssmgraph.build("gpt", **{"vocab": VOCAB, "d_model": D, "layers": LAYERS, "heads": HEADS, "max_len": CTX, **params})
 
 
-def copy_into_hand(model: ssmgraph.CompiledModel, hand: HandGPT) -> None:
-    names = {"wte.weight": "embed.weight", "wpe.weight": "pos.weight", "ln_f.weight": "norm_f.weight", "ln_f.bias": "norm_f.bias"}
-    for i in range(LAYERS):
-        for mine, theirs in (("ln1", "norm1"), ("ln2", "norm2"), ("qkv", "mix.qkv"), ("proj", "mix.out_proj"), ("fc1", "ffn.fc1"), ("fc2", "ffn.fc2")):
-            for kind in ("weight", "bias"):
-                key = f"h.{i}.{mine}.{kind}"
-                if key in hand.state_dict():
-                    names[key] = f"blocks.{i}.{theirs}.{kind}"
-    source = model.state_dict()
-    hand.load_state_dict({k: source[v] for k, v in names.items()})
-
-
 def test_compiled_gpt_equals_hand_written_gpt_with_same_weights() -> None:
     torch.manual_seed(0)
-    model, hand = gpt().double(), HandGPT().double()
-    copy_into_hand(model, hand)
+    model, hand = gpt().double(), GPT(VOCAB, D, LAYERS, HEADS, CTX).double()
+    hand.load_from_blueprint_model(model)
     tokens = torch.randint(0, VOCAB, (3, 17))
     torch.testing.assert_close(model(tokens), hand(tokens), rtol=1e-12, atol=1e-12)
     grads_model = torch.autograd.grad(model(tokens).square().sum(), model.embed.weight)[0]
@@ -232,3 +182,11 @@ def test_param_groups_follow_hints() -> None:
     decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
     assert id(model.get_submodule("blocks.0.mix.qkv").weight) in decayed
     assert id(model.norm_f.weight) not in decayed
+
+
+def test_reserved_names_cover_the_compiled_model_members() -> None:
+    from ssmgraph.blueprint.resolve import RESERVED
+
+    members = {n for n in vars(ssmgraph.CompiledModel) if not n.startswith("_")}
+    instance = {n for n in vars(gpt()) if not n.startswith("_")}
+    assert members | instance <= RESERVED
