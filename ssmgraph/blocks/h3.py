@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ssmgraph.blocks.s4 import DPLRSSM
 from ssmgraph.blocks.s4d import DiagSSM, check_ssm_args
-from ssmgraph.blocks.ssm_kernels import mask_lengths, register_ssm_param, right_align, ssm_dtype
+from ssmgraph.blocks.ssm_kernels import fft_conv, mask_lengths, register_ssm_param, right_align, ssm_dtype
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import BlockSpec, Param, ShapeError, TensorType, same_as_input
 
@@ -41,7 +41,7 @@ H3State = tuple[Tensor, Tensor]
 
 
 def causal_fir(u: Tensor, w: Tensor) -> Tensor:
-    """``y_t = Σ_i w[:, i] u_{t-i}`` per channel: ``u (..., D, L)``, ``w (D, W)`` (exact, no FFT)."""
+    """``y_t = Σ_i w[:, i] u_{t-i}`` per channel: ``u (..., D, L)``, ``w (D, W)`` (direct; for short L)."""
     D, L = u.shape[-2], u.shape[-1]
     width = w.shape[-1]
     flat = F.pad(u.reshape(-1, D, L), (width - 1, 0))
@@ -83,7 +83,7 @@ class ShiftSSM(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """``u (B, ..., D, L)`` → ``(y, state after the last valid token or None)``."""
         L, N = u.shape[-1], self.N
-        y = causal_fir(u, self.kernel())
+        y = fft_conv(u, self.kernel())  # FFT, as the reference (CPU depthwise conv1d backward is very slow)
         if x0 is not None:  # C S^(t+1) x0 = Σ_m C_{m+t+1} x0_m, nonzero for t < N-1
             resp = torch.einsum("dtm,...dm->...dt", self._windows()[:, 1:N], x0)[..., :L]
             y = y + F.pad(resp, (0, L - resp.shape[-1]))
@@ -100,7 +100,8 @@ class ShiftSSM(nn.Module):
         return y, state
 
     def init_state(self, batch_shape: tuple[int, ...], device=None, dtype=None) -> Tensor:
-        return torch.zeros(*batch_shape, self.D, self.N, dtype=dtype or self.C.dtype, device=device or self.C.device)
+        dtype = torch.promote_types(dtype or self.C.dtype, torch.float32)  # never below fp32
+        return torch.zeros(*batch_shape, self.D, self.N, dtype=dtype, device=device or self.C.device)
 
     def step(self, u: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         x = F.pad(x, (1, -1)) + self.B * u.unsqueeze(-1)
@@ -221,7 +222,10 @@ H3 = BlockSpec(
     "HazyResearch/H3 src/models/ssm/h3.py",
     params=(
         Param("d_state", int, 64, "state size N of both SSMs (shift width; N/2 complex modes inside)", min=2),
-        Param("heads", int, None, "number of heads H (head size dim/H); null = dim (head size 1, H3's default)", min=1, nullable=True),
+        Param(
+            "heads", int, None, "number of heads H (head size dim/H); null = dim (head size 1, H3's default)",
+            min=1, nullable=True,
+        ),
         Param("inner", str, "s4d", "SSM on K·V: S4D (Lin init, bilinear) or S4 (DPLR, LegS)", choices=("s4d", "s4")),
         Param("l_max", int, 1024, "kernel length of the S4 inner SSM (ignored for s4d)", min=1),
         Param("dt_min", float, 1e-3, "smallest initial step size Δ of the inner SSM", min=0.0),

@@ -103,31 +103,46 @@ class DPLRSSM(nn.Module):
         self._step_cache: tuple[tuple, StepMats] | None = None
 
     def params(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """``(Δ (H), Λ (H, N/2), P (R, H, N/2), B (H, N/2), C̃ (c', H, N/2))``."""
-        dt = torch.exp(self.log_dt)
-        Lam = torch.complex(-torch.exp(self.log_A_real), -self.A_imag)
-        return dt, Lam, torch.view_as_complex(self.P), torch.view_as_complex(self.B), torch.view_as_complex(self.C)
+        """``(Δ (H), Λ (H, N/2), P (R, H, N/2), B (H, N/2), C̃ (c', H, N/2))`` in float64.
+
+        The structured math (generating function, dense matrices) runs in float64 whatever
+        the parameter dtype: its Cauchy/Woodbury terms cancel at low frequencies (with
+        FouT's near-zero eigenvalue pair the resolvent sums reach ~1e7) and ``I - Ā^l_max``
+        can be ill-conditioned. It depends on the parameters only (O(H·N·l_max)), not on
+        the batch; results are cast back to the parameter dtype.
+        """
+        f64 = torch.float64
+        dt = torch.exp(self.log_dt.to(f64))
+        Lam = torch.complex(-torch.exp(self.log_A_real.to(f64)), -self.A_imag.to(f64))
+        P, B, C = (torch.view_as_complex(t.to(f64)) for t in (self.P, self.B, self.C))
+        return dt, Lam, P, B, C
+
+    def _complex(self) -> torch.dtype:
+        return complex_dtype(self.C.dtype)
 
     def dense(self) -> tuple[Tensor, Tensor]:
         """The dense discretised ``Ā (H, N, N)`` and ``B̄ (H, N)`` on the full conjugate-pair state."""
         dt, Lam, P, B, _ = self.params()
-        return bilinear_dense(dplr_dense(Lam, P), conj_full(B), dt)
+        dA, dB = bilinear_dense(dplr_dense(Lam, P), conj_full(B), dt)
+        return dA.to(self._complex()), dB.to(self._complex())
 
     def kernel(self, L: int | None = None) -> Tensor:
         """The kernel ``K (c', H, L)`` (``L <= l_max``; default ``l_max``), ``K_l = C Ā^l B̄``."""
         dt, Lam, P, B, C = self.params()
-        return dplr_kernel(Lam, P, B[None], C, dt, self.l_max)[0, ..., : L or self.l_max]
+        k = dplr_kernel(Lam, P, B[None], C, dt, self.l_max)[0, ..., : L or self.l_max]
+        return k.to(self.C.dtype)
 
     def _state_response(self, x: Tensor, L: int) -> Tensor:
         """``Re(C Ā^(t+1) x)`` for t < L: ``x (B, ..., H, N/2)`` → ``(B, ..., c, H, L)``."""
         dt, Lam, P, _, C = self.params()
+        x = x.to(Lam.dtype)
         # A x on the full state: Λ x - P (P^* x_full), with P^* x_full = 2 Re(Σ conj(P) x).
         px = 2 * torch.einsum("rhn,...hn->...rh", P.conj(), x).real
         Ax = Lam * x - torch.einsum("rhn,...rh->...hn", P, px.to(P.dtype))
         bs = x / dt.unsqueeze(-1) + Ax / 2  # bilinear B̄ of this is Ā x
         batch = x.shape[:-2]
         k = dplr_kernel(Lam, P, bs.reshape(-1, self.H, self.N2), C[: self.channels], dt, self.l_max)
-        return k[..., :L].reshape(*batch, self.channels, self.H, L)
+        return k[..., :L].reshape(*batch, self.channels, self.H, L).to(self.C.dtype)
 
     def forward(
         self,
@@ -175,11 +190,13 @@ class DPLRSSM(nn.Module):
         key = tuple((id(t), t._version, t.dtype, t.device) for t in tensors)
         if cacheable and self._step_cache is not None and self._step_cache[0] == key:
             return self._step_cache[1]
-        dA, dB = self.dense()
-        C = conj_full(self.params()[4][: self.channels])
+        dt, Lam, P, B, C = self.params()
+        dA, dB = bilinear_dense(dplr_dense(Lam, P), conj_full(B), dt)
         AL = torch.linalg.matrix_power(dA, self.l_max)
         eye = torch.eye(dA.shape[-1], dtype=dA.dtype, device=dA.device)
+        C = conj_full(C[: self.channels])
         dC = torch.linalg.solve((eye - AL).transpose(-1, -2), C.permute(1, 2, 0)).permute(2, 0, 1)
+        dA, dB, dC = (t.to(self._complex()) for t in (dA, dB, dC))
         mats = (dA, dB, dC)
         self._step_cache = (key, mats) if cacheable else None
         return mats

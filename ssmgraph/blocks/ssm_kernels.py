@@ -311,19 +311,25 @@ def dplr_dense(Lambda: Tensor, P: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------
 
 
+def cexp(z: Tensor) -> Tensor:
+    """``exp(z)`` for complex z as ``polar(exp(Re z), Im z)``: same values, 2-3x faster than
+    the complex ``exp`` kernel on CPU."""
+    return torch.polar(torch.exp(z.real), z.imag)
+
+
 def vandermonde(v: Tensor, log_a: Tensor, L: int) -> Tensor:
     """``Σ_n v[..., n] exp(log_a[..., n] * l)`` for l = 0..L-1 (complex, shape (..., L)).
 
     Materialises the (..., N, L) Vandermonde matrix (the reference's "naive" backend).
     """
     pos = torch.arange(L, device=log_a.device, dtype=log_a.real.dtype)
-    return torch.einsum("...n,...nl->...l", v, torch.exp(log_a.unsqueeze(-1) * pos))
+    return torch.einsum("...n,...nl->...l", v, cexp(log_a.unsqueeze(-1) * pos))
 
 
 def vandermonde_transpose(u: Tensor, log_a: Tensor) -> Tensor:
     """``Σ_l u[..., l] exp(log_a[n] * l)``: ``u (..., H, L)`` real or complex, ``log_a (H, N)`` → (..., H, N)."""
     pos = torch.arange(u.shape[-1], device=log_a.device, dtype=log_a.real.dtype)
-    return torch.einsum("...hl,hnl->...hn", u.to(log_a.dtype), torch.exp(log_a.unsqueeze(-1) * pos))
+    return torch.einsum("...hl,hnl->...hn", u.to(log_a.dtype), cexp(log_a.unsqueeze(-1) * pos))
 
 
 def _woodbury(r: Tensor, nb: int, nc: int, beta: Tensor) -> Tensor:
@@ -434,7 +440,7 @@ def diag_final_state(
     if x0 is not None:
         n = torch.full((u.shape[0],), L, device=u.device) if lengths is None else lengths
         n = n.view(-1, *([1] * (x0.dim() - 1))).to(log_dA.real.dtype)
-        x = x + torch.exp(n * log_dA) * x0
+        x = x + cexp(n * log_dA) * x0
     return x
 
 
@@ -455,10 +461,10 @@ def dense_final_state(
     """
     L = u.shape[-1]
     u = right_align(u, lengths).to(dA.dtype)
-    S = min(block, L)
+    S = L if L <= block else 1 << (block - 1).bit_length()  # one block, or power-of-two blocks
     T = -(-L // S)
     u = F.pad(u, (T * S - L, 0))  # zeros in front do not change the final state
-    # W[h, :, j] = dA^j dB for j < S, by doubling.
+    # W[h, :, j] = dA^j dB for j < S, by doubling; afterwards Ap = dA^(2^k) with 2^k >= S.
     W, Ap = dB.unsqueeze(-1), dA
     while W.shape[-1] < S:
         W = torch.cat([W, Ap @ W], dim=-1)
@@ -469,7 +475,7 @@ def dense_final_state(
     # Combine block states: x = Σ_t (dA^S)^(T-1-t) s_t, pairwise, padding T to a power of two in front.
     T2 = 1 << (T - 1).bit_length()
     states = F.pad(states, (0, 0, 0, 0, T2 - T, 0)) if T2 > T else states
-    M = torch.linalg.matrix_power(dA, S)
+    M = Ap  # = dA^S whenever T > 1 (S is then a power of two)
     while states.shape[-3] > 1:
         left, right = states[..., 0::2, :, :], states[..., 1::2, :, :]
         states = torch.einsum("hmn,...thn->...thm", M, left) + right
@@ -493,8 +499,10 @@ def _power_apply(dA: Tensor, x0: Tensor, L: int, lengths: Tensor | None) -> Tens
 
 
 def complex_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The complex dtype matching a real one (float64 → complex128, others → complex64)."""
-    return torch.complex128 if dtype == torch.float64 else torch.complex64
+    """The complex dtype of an SSM state for a requested dtype: float64/complex128 →
+    complex128; anything else (float32, bfloat16, float16, complex64) → complex64 — states
+    are never kept below single precision."""
+    return torch.complex128 if dtype in (torch.float64, torch.complex128) else torch.complex64
 
 
 def register_ssm_param(module: torch.nn.Module, name: str, tensor: Tensor, lr: float) -> None:

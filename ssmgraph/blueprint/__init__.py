@@ -9,7 +9,7 @@ from typing import Any
 from ssmgraph.blueprint.model import Blueprint, Body, InputDecl, ModelView, NodeDecl, Ref, TapDecl
 from ssmgraph.blueprint.resolve import Resolver
 from ssmgraph.blueprint.yamlsafe import load_file, load_yaml
-from ssmgraph.errors import Collector, Mark
+from ssmgraph.errors import Collector, Mark, did_you_mean
 
 __all__ = [
     "Blueprint",
@@ -76,6 +76,16 @@ def load_blueprint(
     """Load and resolve a blueprint file (or ``text``, named ``source`` in errors)."""
     path = find_blueprint(source) if text is None else Path(source)
     display = str(source) if text is not None else str(path)
+    if text is None and not path.exists() and path.suffix == "" and len(path.parts) == 1:
+        errors = Collector()
+        shipped = builtin_blueprints()
+        errors.add(
+            "E100",
+            f"no blueprint file or shipped blueprint named {str(source)!r}",
+            Mark(display, 1, 1),
+            help=did_you_mean(str(source), shipped) if shipped else "give the path of a .yaml file",
+        )
+        errors.raise_if_any()
     raw = load_yaml(text, display) if text is not None else load_file(path, display)
     errors = Collector()
     resolver = Resolver(errors, fragment_dirs=blueprint_dirs())

@@ -39,6 +39,11 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "ssmgraph.blocks.lstm",
     "ssmgraph.blocks.heads",
     "ssmgraph.blocks.stitch",
+    "ssmgraph.blocks.s4",
+    "ssmgraph.blocks.s4d",
+    "ssmgraph.blocks.s5",
+    "ssmgraph.blocks.h3",
+    "ssmgraph.blocks.gated_mlp",
 )
 
 

@@ -167,11 +167,17 @@ def test_forward_is_generated_straight_line_code() -> None:
     assert "for " not in source and "getattr(self.blocks, \"1\").mix" in source
 
 
-def test_torch_compile_fullgraph() -> None:
-    model = gpt()
-    tokens = torch.randint(0, VOCAB, (2, 8))
-    compiled = torch.compile(model, fullgraph=True, backend="eager")
-    torch.testing.assert_close(compiled(tokens), model(tokens))
+@pytest.mark.parametrize("name", ["gpt", "lstm", "seq2seq", "pair"])
+def test_torch_compile_fullgraph(name: str) -> None:
+    """Dynamo traces every shipped model in one graph (nn.LSTM needs its experimental RNN flag)."""
+    from ssmgraph.graph.compile import example_inputs
+
+    model = ssmgraph.build(name, d_model=32)
+    inputs = example_inputs(model, seq=8)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(allow_rnn=True):
+        compiled = torch.compile(model, fullgraph=True, backend="eager")
+        torch.testing.assert_close(compiled(*inputs), model(*inputs))
 
 
 def test_param_groups_follow_hints() -> None:
