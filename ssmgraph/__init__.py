@@ -21,6 +21,7 @@ from ssmgraph.optim import param_groups
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import BlockSpec, Param, ShapeError, TensorType
 from ssmgraph.serialization import load, save
+from ssmgraph.zoo import create_model
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,7 @@ __all__ = [
     "SsmgraphError",
     "TensorType",
     "build",
+    "create_model",
     "hookimpl",
     "load",
     "load_blueprint",

@@ -125,6 +125,42 @@ def build(
 
 @app.command()
 @user_errors
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="A saved model directory (`ssmgraph build ... --out DIR`, or a training run).")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue; encoded as UTF-8 bytes (byte-level models, vocab 256).")] = "",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1, help="How many tokens to sample.")] = 200,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature; 0 picks the most likely token.")] = 0.8,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample among the k most likely tokens only.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed for sampling.")] = 0,
+) -> None:
+    """Continue a text prompt with a saved byte-level language model.
+
+    Recurrent models (SSMs, LSTM) decode in O(1) work per token; attention uses a KV cache.
+    Example: `ssmgraph generate runs/mamba --prompt "The " -n 100 --temperature 0.7`
+    """
+    import torch
+
+    from ssmgraph import load
+
+    model = load(run_dir).eval()
+    vocab = _vocab_size(model)
+    ids = list(prompt.encode("utf-8")) or [ord("\n")]
+    if vocab != 256:
+        raise SsmgraphError(f"{run_dir}: generate works on byte-level models (vocabulary 256); this model's is {vocab}")
+    generator = torch.Generator().manual_seed(seed)
+    tokens = model.generate(torch.tensor([ids]), max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
+    sys.stdout.write(bytes(tokens[0].tolist()).decode("utf-8", errors="replace") + "\n")
+
+
+def _vocab_size(model: Any) -> int | None:
+    for info in model.nodes.values():
+        if info.block == "embed.token":
+            return int(model.get_submodule(info.module_path).weight.shape[0])
+    return None
+
+
+@app.command()
+@user_errors
 def blocks(
     pattern: Annotated[str, typer.Argument(help="A block name (shows its parameters), or a pattern such as `mix.*` or `attn`.")] = "*",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON: a list of {name, role, plugin, params, ...}.")] = False,

@@ -112,7 +112,8 @@ class Collector:
     def add(self, code: str, message: str, mark: Mark | None = None, path: str = "", help: str = "") -> None:
         assert code in ERROR_CODES, code
         diagnostic = Diagnostic(code, message, mark, path, help)
-        if diagnostic not in self.diagnostics:  # a repeated body reports a mistake once
+        # A mistake inside a repeated body is one mistake: report it once, at its first layer.
+        if not any((d.code, d.mark, d.message) == (code, mark, message) for d in self.diagnostics):
             self.diagnostics.append(diagnostic)
 
     def raise_if_any(self) -> None:
@@ -159,6 +160,8 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """A "did you mean" help text, or a listing when nothing is close."""
     options = sorted(set(candidates))
     close = difflib.get_close_matches(word, options, n=3, cutoff=0.6)
+    if not close and len(word) >= 3:  # init_method -> init, heads_count -> heads
+        close = [o for o in options if len(o) >= 3 and (word.startswith(o) or o.startswith(word))][:3]
     if close:
         return "did you mean " + " or ".join(repr(c) for c in close) + "?"
     if not options:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ssmgraph.blueprint.model import Blueprint, Body, InputDecl, ModelView, NodeDecl, Ref, TapDecl
-from ssmgraph.blueprint.resolve import Resolver
+from ssmgraph.blueprint.resolve import Resolver, display_path
 from ssmgraph.blueprint.yamlsafe import load_file, load_yaml
 from ssmgraph.errors import Collector, Mark, did_you_mean
 
@@ -75,7 +75,7 @@ def load_blueprint(
 ) -> Blueprint:
     """Load and resolve a blueprint file (or ``text``, named ``source`` in errors)."""
     path = find_blueprint(source) if text is None else Path(source)
-    display = str(source) if text is not None else str(path)
+    display = str(source) if text is not None else display_path(path, blueprint_dirs())
     if text is None and not path.exists() and path.suffix == "" and len(path.parts) == 1:
         errors = Collector()
         shipped = builtin_blueprints()

@@ -518,7 +518,7 @@ class Resolver:
             args.update(extra_args)
         doc = self.fragment_cache.get(found)
         if doc is None:
-            doc = load_file(found, _display(found))
+            doc = load_file(found, display_path(found, self.fragment_dirs))
             self.fragment_cache[found] = doc
         doc = self.expect_map(doc, use_mark, f"{path}.use", "a fragment")
         if doc is None:
@@ -632,8 +632,13 @@ def _kind(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def _display(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+def display_path(path: Path, shipped_dirs: tuple[Path, ...] = ()) -> str:
+    """How errors name a file: relative to the working directory, or ``blueprints/...`` for
+    a shipped one, else absolute."""
+    path = path.resolve()
+    for base, prefix in ((Path.cwd(), ""), *((d.resolve(), "blueprints/") for d in shipped_dirs)):
+        try:
+            return prefix + str(path.relative_to(base))
+        except ValueError:
+            continue
+    return str(path)
