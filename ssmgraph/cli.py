@@ -32,8 +32,13 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     rich_markup_mode="markdown",
 )
-out = Console()
 err = Console(stderr=True)
+
+
+def _stdout() -> Console:
+    """A console for tables: the terminal's width, or wide enough not to wrap when piped."""
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
 
 
 def user_errors(fn: F) -> F:
@@ -57,7 +62,7 @@ def _version(value: bool) -> None:
 
         plugins = [p for p in get_registry().plugins.values() if not p.builtin]
         extra = ", ".join(f"{p.dist}-{p.version}" + ("" if p.status == "loaded" else f" ({p.status})") for p in plugins)
-        out.print(f"ssmgraph {__version__}" + (f" (plugins: {extra})" if extra else ""), highlight=False)
+        _stdout().print(f"ssmgraph {__version__}" + (f" (plugins: {extra})" if extra else ""), highlight=False)
         raise typer.Exit()
 
 
@@ -114,7 +119,7 @@ def build(
     if as_json:
         sys.stdout.write(json.dumps(summarize(compiled), indent=2) + "\n")
     else:
-        out.print(summary_table(compiled))
+        _stdout().print(summary_table(compiled))
     if graph is not None:
         write_graph(compiled, graph)
         err.print(f"graph written to {graph}", highlight=False)
@@ -187,24 +192,24 @@ def blocks(
     for spec in specs:
         step = spec.step if isinstance(spec.step, bool) else "by args"
         table.add_row(spec.name, spec.role, spec.plugin, str(step).lower(), spec.doc)
-    out.print(table)
-    out.print("Show one block's parameters with `ssmgraph blocks NAME`.", style="dim")
+    _stdout().print(table)
+    _stdout().print("Show one block's parameters with `ssmgraph blocks NAME`.", style="dim")
 
 
 def _show_block(spec: Any) -> None:
     info = spec.to_json()
-    out.print(f"[bold cyan]{spec.name}[/] ({spec.role}, from {spec.plugin}): {spec.doc}")
+    _stdout().print(f"[bold cyan]{spec.name}[/] ({spec.role}, from {spec.plugin}): {spec.doc}")
     if spec.reference:
-        out.print(f"reference: {spec.reference}", highlight=False)
+        _stdout().print(f"reference: {spec.reference}", highlight=False)
     caps = ", ".join(f"{k}: {str(v).lower()}" for k, v in info["capabilities"].items())
-    out.print(f"inputs: {', '.join(spec.inputs)}{' (two or more)' if spec.variadic else ''} · {caps}", highlight=False)
+    _stdout().print(f"inputs: {', '.join(spec.inputs)}{' (two or more)' if spec.variadic else ''} · {caps}", highlight=False)
     table = Table()
     for column in ("parameter", "type", "default", "range", "description"):
         table.add_column(column, style="cyan" if column == "parameter" else None)
     for param in info["params"]:
         default = "required" if param["required"] else json.dumps(param["default"])
         table.add_row(param["name"], param["type"], default, param["range"] or "", param["doc"])
-    out.print(table)
+    _stdout().print(table)
 
 
 @app.command()
@@ -226,7 +231,7 @@ def plugins(
         status = record.status if not record.error else f"{record.status}: {record.error}"
         name = record.name.removeprefix("ssmgraph.") + (" (built-in)" if record.builtin else "")
         table.add_row(name, record.dist, record.version, status, ", ".join(record.blocks))
-    out.print(table)
+    _stdout().print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -124,7 +124,11 @@ def load(directory: str | Path, *, map_location: str | torch.device = "cpu") -> 
     for alias, owner in meta.get("tied", {}).items():
         if owner in state:
             state[alias] = state[owner]
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that do not fit the blueprint
+        detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:4])
+        raise CheckpointError(f"{directory}: weights do not match the blueprint ({detail})") from None
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{directory}: weights do not match the blueprint "

@@ -88,7 +88,12 @@ def evaluate(text: str, scope: Mapping[str, Any]) -> Any:
         tree = ast.parse(source, mode="eval")
     except SyntaxError as exc:
         raise ExprError(f"cannot parse {source!r}: {exc.msg}") from None
-    return _Evaluator(scope).visit(tree.body)
+    except (RecursionError, MemoryError):
+        raise ExprError("expression nests too deeply") from None
+    try:
+        return _Evaluator(scope).visit(tree.body)
+    except RecursionError:
+        raise ExprError("expression nests too deeply") from None
 
 
 class _Evaluator:
@@ -176,9 +181,15 @@ class _Evaluator:
 
 
 def _check_power(base: Any, exponent: Any) -> None:
-    if isinstance(base, (int, float)) and isinstance(exponent, (int, float)):
-        if abs(exponent) > 64 or (abs(base) > 2 and abs(exponent) * math.log2(abs(base)) > 63):
-            raise ExprError(f"{base} ** {exponent} is too large")
+    """Refuse powers whose result would be huge before computing them."""
+    if not (isinstance(base, (int, float)) and isinstance(exponent, (int, float))) or abs(base) <= 1:
+        return
+    if isinstance(base, int) and isinstance(exponent, int):
+        too_large = exponent > 64 or exponent * math.log2(abs(base)) > 63
+    else:
+        too_large = exponent * math.log10(abs(base)) > 300
+    if too_large:
+        raise ExprError(f"{base} ** {exponent} is too large")
 
 
 def _bounded(value: Any) -> Any:

@@ -27,7 +27,7 @@ from ssmgraph.blueprint.model import (
     TapDecl,
 )
 from ssmgraph.blueprint.yamlsafe import LDict, LList, load_file
-from ssmgraph.errors import Collector, Mark, did_you_mean
+from ssmgraph.errors import BlueprintError, Collector, Mark, did_you_mean
 
 TOP_KEYS = ("ssmgraph", "kind", "name", "doc", "params", "inputs", "nodes", "outputs", "taps", "models", "align")
 FRAGMENT_KEYS = ("ssmgraph", "kind", "name", "doc", "params", "inputs", "nodes", "outputs")
@@ -66,6 +66,7 @@ class Resolver:
         self.fragment_cache: dict[Path, Any] = {}
         self.via: tuple[Mark, ...] = ()
         self.fragment_stack: list[Path] = []
+        self.override_mark: Mark | None = None
 
     # ---- marks and small checks ---------------------------------------------------------
     def m(self, mark: Mark | None) -> Mark | None:
@@ -142,7 +143,7 @@ class Resolver:
         params = self.expect_map(raw, mark, path, "params") or LDict()
         for name in overrides:
             if name not in params:
-                self.err("E121", f"no parameter {name!r} to override ({origin})", params.mark, path, did_you_mean(name, params))
+                self.err("E121", f"no parameter {name!r} to override ({origin})", mark, path, did_you_mean(name, params) or "this file defines no params")
         scope = _Scope()
         for name, value in params.items():
             if not isinstance(name, str) or not IDENT.match(name):
@@ -155,13 +156,14 @@ class Resolver:
 
     # ---- blueprint ----------------------------------------------------------------------
     def blueprint(self, raw: Any, source: str, base_dir: Path, overrides: Mapping[str, Any]) -> Blueprint:
-        doc = self.expect_map(raw, None, "", "a blueprint") if raw is not None else None
-        if doc is None:
-            self.err("E111", "the file is empty or not a mapping; a blueprint starts with 'ssmgraph: 1'", Mark(source, 1, 1), "")
+        if not isinstance(raw, dict):
+            what = "empty" if raw is None else f"{_kind(raw)}, not a mapping"
+            self.err("E111" if raw is None else "E112", f"the file is {what}; a blueprint is a mapping that starts with 'ssmgraph: 1'", getattr(raw, "mark", None) or Mark(source, 1, 1), "")
             self.errors.raise_if_any()
+        doc = raw if isinstance(raw, LDict) else LDict(raw, mark=Mark(source, 1, 1))
         self.check_keys(doc, TOP_KEYS, "", "a blueprint")
         self.version(doc, source, "blueprint")
-        scope = self.params(doc.get("params"), doc.mark_of("params"), overrides, "params", "--set")
+        scope = self.params(doc.get("params"), doc.key_mark("params"), overrides, "params", "--set")
         inputs = self.inputs(doc.get("inputs"), doc.mark_of("inputs"), scope)
         nodes = self.nodes(doc.get("nodes"), doc.mark_of("nodes"), scope, base_dir, "nodes")
         outputs = self.outputs(doc.get("outputs"), doc.mark_of("outputs"), "outputs", required=True)
@@ -190,6 +192,7 @@ class Resolver:
                 f"format version {doc['ssmgraph']!r} is not supported (this ssmgraph reads version {FORMAT_VERSION})",
                 doc.mark_of("ssmgraph"),
                 "ssmgraph",
+                f"write 'ssmgraph: {FORMAT_VERSION}' (a number, not a string)" if str(doc["ssmgraph"]) == str(FORMAT_VERSION) else "",
             )
         declared = doc.get("kind", "blueprint")
         if declared != kind:
@@ -288,6 +291,9 @@ class Resolver:
             self.err("E111", "missing 'in': which value does this node read?", mark, path)
         if "block" in raw:
             block = self.typed(raw, "block", (str,), scope, path, "block")
+            if block is not _BAD and not block.strip():
+                self.err("E112", "block name is empty", raw.mark_of("block"), f"{path}.block", "e.g. block: mix.attention (`ssmgraph blocks` lists them)")
+                block = _BAD
             node.block = block if block is not _BAD else None
             args = self.value(raw.get("args"), scope, raw.mark_of("args"), f"{path}.args")
             args = self.expect_map(args, raw.mark_of("args"), f"{path}.args", "args") if args is not _BAD else None
@@ -316,7 +322,7 @@ class Resolver:
                     body_raw.value_marks["args"] = raw.mark_of("args")
             else:
                 body_raw = raw["body"]
-            node.body = self.body(body_raw, raw.mark_of(kinds[0]), scope, base_dir, f"{path}.{kinds[0]}")
+            node.body = self.body(body_raw, raw.mark_of(kinds[0]), scope, base_dir, path if kinds[0] == "use" else f"{path}.body")
             self.stack(node, raw, body_raw, scope, base_dir, path)
         else:
             for key in ("repeat", "carry", "at", "share_weights"):
@@ -378,6 +384,10 @@ class Resolver:
                 nodes = self.value(override.get("nodes"), scope, override.mark_of("nodes"), f"{path}.{key}.nodes")
                 if args is _BAD or nodes is _BAD:
                     continue
+                if args is not None and not isinstance(args, dict):
+                    self.err("E112", f"override args must be a mapping, got {_kind(args)}", override.mark_of("args"), f"{path}.{key}.args")
+                    continue
+                self.override_mark = override.mark_of("nodes")
                 body = self.body(body_raw, override.mark, scope, base_dir, f"{path}.{key}", extra_args=args, node_overrides=nodes)
             if body is not None:
                 for i in indices:
@@ -393,11 +403,17 @@ class Resolver:
                     lo, hi = part.lstrip("-").split("-", 1) if not part.startswith("-") else (None, None)
                     if lo is None:
                         raise ValueError
-                    out.extend(range(int(lo), int(hi) + 1))
+                    first, last = int(lo), int(hi)
+                    if last >= count or first > last:
+                        raise IndexError(f"range {part} does not fit a stack of {count} layers")
+                    out.extend(range(first, last + 1))
                 else:
                     out.append(int(part))
             except ValueError:
                 self.err("E213", f"override key {key!r} is not an index, a list '3,7' or a range '0-2'", mark, path)
+                return None
+            except IndexError as exc:
+                self.err("E213", str(exc), mark, path, f"valid indices are 0..{count - 1} (or -1 for the last)")
                 return None
         normalised = []
         for i in out:
@@ -472,7 +488,7 @@ class Resolver:
 
     def merge_node_overrides(self, nodes_raw: Any, overrides: Any, path: str) -> LDict | None:
         if not isinstance(nodes_raw, LDict) or not isinstance(overrides, dict):
-            self.err("E112", "'nodes' overrides must be a mapping node: {block: ..., args: {...}}", getattr(overrides, "mark", None), path)
+            self.err("E112", "'nodes' overrides must be a mapping node: {block: ..., args: {...}}", getattr(overrides, "mark", None) or self.override_mark, path)
             return None
         merged = LDict(nodes_raw, mark=nodes_raw.mark)
         merged.key_marks, merged.value_marks = dict(nodes_raw.key_marks), dict(nodes_raw.value_marks)
@@ -481,10 +497,12 @@ class Resolver:
             if name not in nodes_raw:
                 self.err("E210", f"override names node {name!r}, which the body does not have", where, f"{path}.nodes.{name}", did_you_mean(str(name), nodes_raw))
                 continue
-            if not isinstance(change, dict) or set(change) - {"block", "args"}:
-                self.err("E112", "a node override may set 'block' and 'args' only", where, f"{path}.nodes.{name}")
+            if not isinstance(change, dict) or set(change) - {"block", "args"} or not isinstance(change.get("args") or {}, dict):
+                self.err("E112", "a node override may set 'block' and 'args' (a mapping) only", where, f"{path}.nodes.{name}")
                 continue
             base = nodes_raw[name]
+            if not isinstance(base, dict) or not isinstance(base.get("args") or {}, dict):
+                continue  # the node itself is malformed; resolving it reports why
             node = LDict(base, mark=base.mark) if isinstance(base, LDict) else LDict(base or {})
             if isinstance(base, LDict):
                 node.key_marks, node.value_marks = dict(base.key_marks), dict(base.value_marks)
@@ -513,12 +531,20 @@ class Resolver:
         args = self.value(raw.get("args"), scope, raw.mark_of("args"), f"{path}.args")
         if args is _BAD:
             return None
+        if args is not None and not isinstance(args, dict):
+            self.err("E112", f"fragment args must be a mapping, got {_kind(args)}", raw.mark_of("args"), f"{path}.args")
+            return None
         args = dict(args or {})
-        if extra_args:
-            args.update(extra_args)
+        args.update(extra_args or {})
         doc = self.fragment_cache.get(found)
         if doc is None:
-            doc = load_file(found, display_path(found, self.fragment_dirs))
+            try:
+                doc = load_file(found, display_path(found, self.fragment_dirs))
+            except BlueprintError as exc:  # locate the fragment's own errors, and where it is used
+                for d in exc.diagnostics:
+                    mark = Mark(d.mark.file, d.mark.line, d.mark.col, (*self.via, self.m(use_mark))) if d.mark else self.m(use_mark)
+                    self.errors.add(d.code, d.message, mark, d.path, d.help)
+                return None
             self.fragment_cache[found] = doc
         doc = self.expect_map(doc, use_mark, f"{path}.use", "a fragment")
         if doc is None:
@@ -529,10 +555,10 @@ class Resolver:
         try:
             self.check_keys(doc, FRAGMENT_KEYS, "", "a fragment")
             self.version(doc, str(found), "fragment")
-            frag_scope = self.params(doc.get("params"), doc.mark_of("params"), args, "params", f"args of {target}")
+            frag_scope = self.params(doc.get("params"), doc.key_mark("params"), args, "params", f"args of {target}")
             body_raw = LDict({k: doc[k] for k in ("inputs", "nodes", "outputs") if k in doc}, mark=doc.mark)
             body_raw.key_marks, body_raw.value_marks = dict(doc.key_marks), dict(doc.value_marks)
-            return self.inline_body(body_raw, frag_scope, found.parent, "", node_overrides)
+            return self.inline_body(body_raw, frag_scope, found.parent, f"{path}.use", node_overrides)
         finally:
             self.fragment_stack.pop()
             self.via = outer_via
@@ -582,7 +608,7 @@ class Resolver:
                 project = self.value(spec["project"], scope, spec.mark_of("project"), f"{path}.project")
                 if isinstance(project, int) and not isinstance(project, bool):
                     tap.project_block, tap.project_args = "stitch.linear", {"dim": project}
-                elif isinstance(project, dict) and isinstance(project.get("block", "stitch.linear"), str):
+                elif isinstance(project, dict) and isinstance(project.get("block", "stitch.linear"), str) and isinstance(project.get("args") or {}, dict):
                     tap.project_block = project.get("block", "stitch.linear")
                     tap.project_args = dict(project.get("args") or {})
                 elif project is not _BAD:
@@ -606,11 +632,13 @@ class Resolver:
                     self.err("E112", f"{key} must be a list of names", spec.mark_of(key), f"{path}.{key}")
                     continue
                 for item in items:
-                    if item not in known:
+                    if not isinstance(item, str):
+                        self.err("E112", f"{key} must list names, got {_kind(item)}", spec.mark_of(key), f"{path}.{key}")
+                    elif item not in known:
                         self.err("E210", f"model view names {key[:-1]} {item!r}, which the blueprint does not define", spec.mark_of(key), f"{path}.{key}", did_you_mean(str(item), known))
                     else:
                         target.append(item)
-            if not view.outputs:
+            if not spec.get("outputs"):
                 self.err("E111", "a model view needs at least one output", spec.mark, path)
             out[view.name] = view
         return out

@@ -270,6 +270,15 @@ class _Dumper(yaml.emitter.Emitter, yaml.serializer.Serializer, yaml.representer
         _Core12Resolver.__init__(self)
 
 
+def _represent_str(dumper: _Dumper, value: str) -> yaml.ScalarNode:
+    # Line breaks YAML 1.1 readers fold (NEL, LS, PS) survive only escaped in double quotes.
+    style = '"' if any(c in value for c in "\x85\u2028\u2029") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def dump_yaml(data: Any) -> str:
     """Write plain data as YAML that :func:`load_yaml` reads back to equal values."""
     return yaml.dump(plain(data), Dumper=_Dumper, sort_keys=False)

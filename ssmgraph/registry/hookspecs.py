@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from ssmgraph.registry.specs import BlockSpec
+    from ssmgraph.registry.specs import BlockSpec, TaskSpec
 
 PROJECT = "ssmgraph"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -30,3 +30,8 @@ def ssmgraph_blocks() -> Iterable[BlockSpec]:
         def ssmgraph_blocks():
             return [BlockSpec(name="mix.my_mixer", role="mix", ...)]
     """
+
+
+@hookspec
+def ssmgraph_tasks() -> Iterable[TaskSpec]:
+    """Return the training tasks this plugin provides (``ssmgraph train --task NAME``)."""

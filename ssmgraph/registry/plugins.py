@@ -153,7 +153,7 @@ class Registry:
     def collect(self) -> None:
         """Call ``ssmgraph_blocks`` plugin by plugin, attributing and checking each record."""
         providers: dict[str, PluginRecord] = {}
-        for impl in reversed(self.pm.hook.ssmgraph_blocks.get_hookimpls()):  # registration order
+        for impl in self.pm.hook.ssmgraph_blocks.get_hookimpls():  # registration order
             record = self.plugins[impl.plugin_name]
             label = f"{record.dist} {record.version}"
             try:

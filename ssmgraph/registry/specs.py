@@ -244,3 +244,47 @@ def same_as_input(in_types: Sequence[TensorType], **_: Any) -> TensorType:
         raise ShapeError(f"expects float features, got {x} (token ids need an embed block first)")
     x.dim  # noqa: B018 - raises a ShapeError for a symbolic feature dim
     return x
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A training task as the registry knows it (hook ``ssmgraph_tasks``).
+
+    ``factory(**options)`` builds a :class:`ssmgraph.train.tasks.base.Task`; ``params`` is the
+    schema of the options (checked like block parameters, with located errors)."""
+
+    name: str
+    doc: str
+    params: tuple[Param, ...]
+    factory: Callable[..., Any]
+    reference: str = ""
+    plugin: str = ""
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params if not p.required}
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not isinstance(self.name, str) or not re.match(r"^[a-z][a-z0-9_]*$", self.name):
+            problems.append(f"task name {self.name!r} must be lowercase letters, digits and _")
+        if not self.doc:
+            problems.append("doc is empty")
+        if not callable(self.factory):
+            problems.append("factory must be callable")
+        problems.extend(f"parameter {p.name!r} has no doc" for p in self.params if not p.doc)
+        return problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "plugin": self.plugin,
+            "doc": self.doc,
+            "reference": self.reference,
+            "params": [
+                {"name": p.name, "type": p.type_name, "required": p.required, "default": None if p.required else p.default, "doc": p.doc, "range": p.describe_range() or None}
+                for p in self.params
+            ],
+        }

@@ -1,0 +1,331 @@
+"""The command line end to end: ``build``, ``blocks``, ``plugins``, and how user errors look."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import ssmgraph
+from ssmgraph.blueprint import builtin_blueprints
+from ssmgraph.cli import app
+from ssmgraph.registry.plugins import get_registry
+
+SHIPPED = sorted(builtin_blueprints())
+WIDE = {"COLUMNS": "200", "NO_COLOR": "1"}
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args), env=WIDE)
+
+
+def run_json(*args: str) -> Any:
+    result = run(*args, "--json")
+    assert result.exit_code == 0, result.stderr + result.stdout
+    return json.loads(result.stdout)
+
+
+def needs_installed_blocks(name: str) -> None:
+    """Skip a shipped blueprint whose blocks are not registered in this environment."""
+    try:
+        ssmgraph.build(name)
+    except ssmgraph.BlueprintError as error:
+        if set(error.codes) == {"E201"}:
+            pytest.skip(f"{name} needs blocks that are not registered: {error.diagnostics[0].message}")
+
+
+# ---- build ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_build_each_shipped_blueprint(name: str) -> None:
+    needs_installed_blocks(name)
+    result = run("build", name)
+    assert result.exit_code == 0, result.stderr
+    assert "parameters" in result.stdout and "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_build_json_structure(name: str) -> None:
+    needs_installed_blocks(name)
+    data = run_json("build", name)
+    assert {"name", "parameters", "inputs", "outputs", "nodes", "taps", "tied", "supports_step"} <= set(data)
+    assert data["name"] == name and data["model"] is None
+    assert isinstance(data["parameters"], int) and data["parameters"] > 0
+    model = ssmgraph.build(name)
+    assert data["parameters"] == sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    paths = [node["path"] for node in data["nodes"]]
+    assert paths == list(model.nodes)
+    for node in data["nodes"]:
+        assert {"path", "block", "plugin", "inputs", "shape", "parameters"} <= set(node)
+        assert node["block"] == model.nodes[node["path"]].block
+        assert node["shape"] == list(model.nodes[node["path"]].out_type.shape)
+        assert all(i in paths or i in data["inputs"] for i in node["inputs"])
+    assert set(data["outputs"]) == set(model.outputs)
+    for shape in data["outputs"].values():
+        assert shape[0] == "batch" and isinstance(shape[-1], int)
+
+
+def test_build_json_of_gpt_in_detail() -> None:
+    data = run_json("build", "gpt", "--set", "layers=2")
+    assert data["inputs"] == {"tokens": {"dtype": "int", "shape": ["batch", "seq"]}}
+    assert data["outputs"] == {"logits": ["batch", "seq", 256]}
+    assert data["tied"] == {"head.weight": "embed.weight"}
+    assert data["taps"] == {"resid.0": "blocks.0.out", "resid.1": "blocks.1.out"}
+    assert data["supports_step"] is True
+    nodes = {n["path"]: n for n in data["nodes"]}
+    assert nodes["blocks.1.mix"]["block"] == "mix.attention"
+    assert nodes["blocks.1.mix"]["inputs"] == ["blocks.1.norm1"]
+    assert nodes["head"]["parameters"] == 0, "the tied head weight is counted at the embedding"
+    assert nodes["embed"]["parameters"] == 256 * 128
+
+
+def test_build_set_overrides() -> None:
+    data = run_json("build", "gpt", "--set", "d_model=64", "-s", "layers=1", "--set", "vocab=50", "--set", "heads=2")
+    assert data["outputs"]["logits"] == ["batch", "seq", 50]
+    assert [n["path"] for n in data["nodes"] if n["path"].startswith("blocks.")][-1].startswith("blocks.0.")
+    assert {n["path"]: n["shape"] for n in data["nodes"]}["blocks.0.out"] == ["batch", "seq", 64]
+    assert data["parameters"] == sum(
+        p.numel()
+        for p in {id(p): p for p in ssmgraph.build("gpt", d_model=64, layers=1, vocab=50, heads=2).parameters()}.values()
+    )
+
+
+def test_build_set_values_are_read_as_yaml() -> None:
+    data = run_json("build", "lstm", "--set", "hidden=null", "--set", "layers=1")
+    lstm = next(n for n in data["nodes"] if n["path"] == "lstm")
+    assert lstm["shape"] == ["batch", "seq", 128]
+
+
+@pytest.mark.parametrize(("view", "output"), [("transformer", "transformer.logits"), ("lstm", "lstm.logits")])
+def test_build_model_views(view: str, output: str) -> None:
+    data = run_json("build", "pair", "--model", view, "--set", "layers=1")
+    assert data["model"] == view
+    assert list(data["outputs"]) == [output]
+    assert all(tap.startswith(view + ".") for tap in data["taps"])
+    other = "lstm" if view == "transformer" else "tf"
+    assert not any(n["path"].startswith(other + ".") or n["path"] == other + "_head" for n in data["nodes"])
+    assert any(n["path"] == "embed" for n in data["nodes"]), "each view keeps the shared embedding"
+
+
+def test_build_out_then_load_gives_the_same_model(tmp_path: Path) -> None:
+    out = tmp_path / "run" / "gpt"
+    result = run("build", "gpt", "--set", "d_model=32", "--set", "layers=1", "--set", "heads=2", "--seed", "3", "--out", str(out))
+    assert result.exit_code == 0, result.stderr
+    assert f"model saved to {out}" in result.stderr.replace("\n", "")
+    assert {p.name for p in out.iterdir()} >= {"blueprint.yaml", "model.safetensors", "meta.json"}
+    loaded = ssmgraph.load(out)
+    torch.manual_seed(3)
+    built = ssmgraph.build("gpt", d_model=32, layers=1, heads=2)
+    tokens = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(0))
+    built.eval(), loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens), built(tokens), rtol=0, atol=0)
+    assert loaded.state_dict().keys() == built.state_dict().keys()
+    assert loaded.get_parameter("head.weight") is loaded.get_parameter("embed.weight"), "the tie survives save and load"
+
+
+def test_build_out_with_a_model_view(tmp_path: Path) -> None:
+    out = tmp_path / "lstm_view"
+    result = run(
+        "build", "pair", "--model", "lstm", "--set", "layers=1", "--set", "d_model=16", "--set", "heads=2", "--out", str(out)
+    )
+    assert result.exit_code == 0, result.stderr
+    model = ssmgraph.load(out)
+    assert model.view == "lstm" and list(model.outputs) == ["lstm.logits"]
+
+
+def test_build_graph_dot_and_mermaid(tmp_path: Path) -> None:
+    dot, mmd = tmp_path / "g.dot", tmp_path / "g.mmd"
+    assert run("build", "lstm", "--graph", str(dot)).exit_code == 0
+    assert run("build", "lstm", "--graph", str(mmd)).exit_code == 0
+    dot_text, mmd_text = dot.read_text(), mmd.read_text()
+    assert dot_text.startswith('digraph "lstm" {') and dot_text.rstrip().endswith("}")
+    for edge in ("tokens -> embed;", "embed -> lstm;", "lstm -> head;", "head -> out_logits;"):
+        assert edge in dot_text
+    assert 'label="lstm\\nmix.lstm\\nbatch×seq×128"' in dot_text
+    assert mmd_text.startswith("flowchart TD")
+    for edge in ("tokens --> embed", "embed --> lstm", "lstm --> head", "head --> out_logits"):
+        assert edge in mmd_text
+
+
+def test_build_graph_uses_safe_ids_for_dotted_paths(tmp_path: Path) -> None:
+    dot = tmp_path / "gpt.dot"
+    assert run("build", "gpt", "--set", "layers=1", "--graph", str(dot)).exit_code == 0
+    text = dot.read_text()
+    assert "blocks_0_norm1 -> blocks_0_mix;" in text
+    ids = re.findall(r"^\s+([^\s\[]+) \[", text, re.MULTILINE)
+    assert all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", i) for i in ids), ids
+
+
+def test_build_graph_unknown_format_is_a_user_error(tmp_path: Path) -> None:
+    result = run("build", "lstm", "--graph", str(tmp_path / "g.txt"))
+    assert result.exit_code == 2
+    assert "unknown format '.txt'" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---- user errors ---------------------------------------------------------------------------------------
+
+
+def test_user_error_exits_2_with_file_line_col(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "ssmgraph: 1\n"
+        "inputs:\n"
+        "  tokens: {dtype: int64, shape: [batch, seq]}\n"
+        "nodes:\n"
+        "  embed: {block: embed.token, in: tokens, args: {vocab: 10, dim: 8}}\n"
+        "  mix: {block: mix.atention, in: embed}\n"
+        "  head: {block: head.lm, in: mx, args: {vocab: 10}}\n"
+        "outputs: {logits: head}\n"
+    )
+    result = run("build", str(path))
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert f"{path}:6:16: error[E201]: mix.block: unknown block 'mix.atention'" in result.stderr
+    assert f"{path}:7:30: error[E210]: head.in: no input or node named 'mx'" in result.stderr
+    assert "help: did you mean 'mix.attention'" in result.stderr
+    assert "2 errors" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("build", "gpt", "--set", "nope=3"), r"gpt\.yaml:\d+:\d+: error\[E121\]: params: no parameter 'nope'"),
+        (("build", "gpt", "--set", "heads=3"), r"gpt\.yaml:\d+:\d+: error\[E220\]"),
+        (("build", "gpt", "--set", "d_model"), r"error\[E112\]: --set: --set 'd_model' must read name=value"),
+        (("build", "pair", "--model", "lstn"), r"error\[E210\]: --model: .*did you mean 'lstm'"),
+        (("build", "no_such_blueprint"), r"no_such_blueprint:1:1: error\[E100\]"),
+        (("blocks", "zzzz"), r"no block matches 'zzzz'"),
+    ],
+)
+def test_user_errors_exit_2_without_traceback(args: tuple[str, ...], expected: str) -> None:
+    result = run(*args)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert re.search(expected, result.stderr, re.DOTALL), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_real_subprocess_build_json() -> None:
+    env = {**os.environ, "COLUMNS": "200"}
+    result = subprocess.run(
+        [sys.executable, "-m", "ssmgraph", "build", "gpt", "--json"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["name"] == "gpt" and data["outputs"] == {"logits": ["batch", "seq", 256]}
+    assert len([n for n in data["nodes"] if n["path"].endswith(".mix")]) == 4
+
+
+def test_real_subprocess_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("ssmgraph: 1\nnodes: {a: [1, 2}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "ssmgraph", "build", str(path)], check=False, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2
+    assert f"{path}:2:17: error[E101]" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+# ---- blocks and plugins -----------------------------------------------------------------------------------
+
+
+def test_blocks_lists_every_registered_block() -> None:
+    result = run("blocks")
+    assert result.exit_code == 0
+    for name in get_registry().blocks:
+        assert name in result.stdout
+    assert f"{len(get_registry().blocks)} blocks" in result.stdout
+
+
+def test_blocks_pattern() -> None:
+    result = run("blocks", "norm.*")
+    assert result.exit_code == 0
+    assert "norm.layer" in result.stdout and "norm.rms" in result.stdout and "mix.attention" not in result.stdout
+    substring = run("blocks", "attention")
+    assert (
+        "mix.attention" in substring.stdout and "mix.cross_attention" in substring.stdout and "norm.layer" not in substring.stdout
+    )
+
+
+def test_blocks_exact_name_shows_parameters() -> None:
+    result = run("blocks", "mix.attention")
+    assert result.exit_code == 0
+    out = result.stdout
+    assert out.startswith("mix.attention (mix, from ssmgraph)")
+    for param in ("heads", "kv_heads", "causal", "rope", "rope_base", "bias", "dropout"):
+        assert re.search(rf"│ {param}\s", out), param
+    assert "must divide dim" in out and "Vaswani" in out
+
+
+def test_blocks_exact_name_required_parameter() -> None:
+    out = run("blocks", "head.lm").stdout
+    assert re.search(r"│ vocab\s+│ int\s+│ required", out), out
+
+
+def test_blocks_json() -> None:
+    data = run_json("blocks")
+    assert isinstance(data, list) and [d["name"] for d in data] == sorted(get_registry().blocks)
+    for entry in data:
+        assert {"name", "role", "plugin", "params", "doc", "inputs", "capabilities"} <= set(entry)
+        assert isinstance(entry["params"], list)
+        for param in entry["params"]:
+            assert {"name", "type", "required", "default", "doc", "range"} <= set(param)
+    by_name = {d["name"]: d for d in data}
+    assert by_name["mix.attention"]["role"] == "mix" and by_name["mix.attention"]["plugin"] == "ssmgraph"
+    heads = next(p for p in by_name["mix.attention"]["params"] if p["name"] == "heads")
+    assert heads == {**heads, "type": "int", "required": False, "default": 4, "range": "[1, inf]"}
+    vocab = next(p for p in by_name["head.lm"]["params"] if p["name"] == "vocab")
+    assert vocab["required"] is True and vocab["default"] is None
+
+
+def test_blocks_json_pattern_and_exact() -> None:
+    assert [d["name"] for d in run_json("blocks", "norm.*")] == ["norm.layer", "norm.rms"]
+    assert [d["name"] for d in run_json("blocks", "struct.add")] == ["struct.add"]
+    assert run_json("blocks", "zzzz") == []
+
+
+def test_plugins_json() -> None:
+    data = run_json("plugins")
+    assert isinstance(data, list) and data
+    for record in data:
+        assert {"name", "package", "version", "status", "error", "blocks", "entry_point"} <= set(record)
+    by_name = {r["name"]: r for r in data}
+    assert by_name["ssmgraph.blocks.attention"]["status"] == "loaded"
+    assert by_name["ssmgraph.blocks.attention"]["blocks"] == ["mix.attention", "mix.cross_attention"]
+    listed = [b for r in data for b in r["blocks"]]
+    assert sorted(listed) == sorted(get_registry().blocks), "every block is attributed to exactly one plugin"
+
+
+def test_plugins_table() -> None:
+    result = run("plugins")
+    assert result.exit_code == 0
+    assert "blocks.attention" in result.stdout and "loaded" in result.stdout
+    assert "mix.attention, mix.cross_attention" in result.stdout
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.exit_code == 0 and result.stdout.startswith(f"ssmgraph {ssmgraph.__version__}")
+
+
+def test_help_lists_the_commands() -> None:
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("build", "blocks", "plugins"):
+        assert command in result.stdout
