@@ -128,6 +128,140 @@ def build(
         err.print(f"model saved to {out_dir}", highlight=False)
 
 
+TaskOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--task-option", "-t", help="Set a task option, e.g. `-t seq_len=256` (repeatable; `ssmgraph tasks NAME` lists them)."),
+]
+
+
+@app.command()
+@user_errors
+def train(
+    blueprint: Annotated[str, typer.Argument(help="A blueprint file or shipped name; with --resume, ignored (give the run directory as --out).")] = "",
+    task: Annotated[Optional[str], typer.Option("--task", help="The task (`ssmgraph tasks` lists them); or `task:` in --config.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The run directory: checkpoints, metrics.jsonl, run.json.")] = Path("runs/latest"),
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Optimizer steps (overrides the config).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="A train config YAML (docs/training.md lists its settings).")] = None,
+    set_: SetOption = None,
+    task_option: TaskOption = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Sequences per step (overrides the config).")] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate (overrides the config).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for weights and data (overrides the config).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Train one view of a multi-model blueprint.")] = None,
+    resume_run: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint, bit for bit.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train a blueprint on a built-in or plugin task.
+
+    Checkpoints (safetensors) are written atomically; Ctrl-C saves and exits; `--resume`
+    continues with the same losses an uninterrupted run would have. Several processes:
+    `torchrun --nproc_per_node 2 -m ssmgraph train ...`. Examples:
+
+    * `ssmgraph train mamba --task selective_copying --steps 500 --out runs/sc`
+    * `ssmgraph train classifier --task digits --set mixer=mix.s4d --out runs/digits`
+    * `ssmgraph train gpt --task bytes -t path=my_texts/ --out runs/lm`
+    """
+    from ssmgraph.blueprint import parse_overrides
+    from ssmgraph.train import load_config, resume, train as run_training
+
+    _warn_plugin_problems()
+    if resume_run:
+        result = resume(out, steps=steps, progress=not quiet)
+    else:
+        if not blueprint:
+            raise SsmgraphError("name a blueprint to train (e.g. `ssmgraph train gpt --task bytes`), or use --resume")
+        settings: dict[str, Any] = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("lr", lr), ("seed", seed), ("task", task)) if v is not None}
+        cfg = load_config(config, settings)
+        if task_option:
+            cfg.task_options = {**cfg.task_options, **parse_overrides(task_option)}
+        result = run_training(blueprint, out, cfg, overrides=parse_overrides(set_ or []), model_view=model, progress=not quiet)
+    _report_training(result)
+
+
+def _report_training(result: Any) -> None:
+    from ssmgraph.train.metrics import read_metrics
+
+    evals = [r for r in read_metrics(result.run_dir) if r["split"] == "eval"]
+    if result.interrupted:
+        err.print(f"interrupted: saved step {result.step} to {result.run_dir}; continue with `ssmgraph train --resume --out {result.run_dir}`", highlight=False)
+    if evals:
+        last = evals[-1]
+        extra = f", {last['bits']:.3f} bits/token" if "bits" in last else ""
+        err.print(f"step {last['step']}: held-out loss {last['loss']:.4f}, accuracy {last['accuracy']:.3f}{extra}", highlight=False)
+    err.print(f"run saved in {result.run_dir} (`ssmgraph eval {result.run_dir}`, `ssmgraph plot {result.run_dir}`)", highlight=False)
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
+    task: Annotated[Optional[str], typer.Option("--task", help="Evaluate on another task than the run's.")] = None,
+    task_option: TaskOption = None,
+    split: Annotated[str, typer.Option(help="Held-out split: test, or valid where the task has one.")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Evaluate a run's latest checkpoint on its task's held-out set."""
+    from ssmgraph.blueprint import parse_overrides
+    from ssmgraph.train import evaluate_run
+
+    result = evaluate_run(run_dir, task, parse_overrides(task_option) if task_option else None, split)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    table = Table(title=f"{run_dir} on {result['task']} ({split})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        if isinstance(value, float):
+            table.add_row(key, f"{value:.4f}")
+    _stdout().print(table)
+
+
+@app.command()
+@user_errors
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the PNGs (default: the run directory).")] = None,
+) -> None:
+    """Draw loss and accuracy curves of a run as PNG files (needs matplotlib)."""
+    from ssmgraph.train.plot import plot_run
+
+    for path in plot_run(run_dir, out or run_dir):
+        err.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+@user_errors
+def tasks(
+    name: Annotated[Optional[str], typer.Argument(help="A task name: show its options.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the training tasks (built-in and from plugins), or show one task's options."""
+    from ssmgraph.registry.plugins import get_registry
+
+    registry = get_registry()
+    specs = [registry.task(name)] if name else [registry.tasks[k] for k in sorted(registry.tasks)]
+    if name and specs[0] is None:
+        from ssmgraph.errors import did_you_mean
+
+        raise SsmgraphError(f"no task {name!r}; {did_you_mean(name, registry.tasks)}")
+    if as_json:
+        sys.stdout.write(json.dumps([s.to_json() for s in specs], indent=2) + "\n")
+        return
+    table = Table(title="tasks" if not name else name)
+    if name:
+        for column in ("option", "type", "default", "range", "description"):
+            table.add_column(column)
+        for param in specs[0].to_json()["params"]:
+            table.add_row(param["name"], param["type"], "required" if param["required"] else json.dumps(param["default"]), param["range"] or "", param["doc"])
+    else:
+        for column in ("task", "plugin", "description"):
+            table.add_column(column, style="cyan" if column == "task" else None)
+        for spec in specs:
+            table.add_row(spec.name, spec.plugin, spec.doc)
+    _stdout().print(table)
+
+
 @app.command()
 @user_errors
 def generate(

@@ -45,6 +45,7 @@ ERROR_CODES: dict[str, str] = {
     "E240": "block failed to build",
     "E300": "plugin problem",
     "E400": "bad checkpoint or run directory",
+    "E500": "training stopped (diverged, bad run directory, model and task do not fit)",
 }
 
 

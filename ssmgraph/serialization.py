@@ -77,6 +77,13 @@ def weights_to_save(model: torch.nn.Module, tied: Mapping[str, str]) -> dict[str
 def save(model: CompiledModel, directory: str | Path, *, extra_meta: Mapping[str, Any] | None = None) -> Path:
     """Write ``model`` to ``directory`` (replacing what is there, atomically)."""
     directory = Path(directory)
+    with atomic_directory(directory) as tmp:
+        write_model_files(model, tmp, weights_to_save(model, model.tied), extra_meta)
+    return directory
+
+
+def write_model_files(model: CompiledModel, folder: Path, weights: Mapping[str, torch.Tensor], extra_meta: Mapping[str, Any] | None = None) -> None:
+    """The three files of a saved model, into an (already temporary) folder."""
     meta = {
         "format": FORMAT,
         "ssmgraph": _ssmgraph_version(),
@@ -88,16 +95,26 @@ def save(model: CompiledModel, directory: str | Path, *, extra_meta: Mapping[str
         "plugins": _plugin_versions(model),
         **dict(extra_meta or {}),
     }
-    with atomic_directory(directory) as tmp:
-        (tmp / BLUEPRINT_FILE).write_text(dump_yaml(model.blueprint.to_dict()), encoding="utf-8")
-        save_file(weights_to_save(model, model.tied), str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
-    return directory
+    (folder / BLUEPRINT_FILE).write_text(dump_yaml(model.blueprint.to_dict()), encoding="utf-8")
+    save_file(dict(weights), str(folder / WEIGHTS_FILE), metadata={"format": FORMAT})
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def model_directory(directory: Path) -> Path:
+    """A saved model's directory; for a training run, its latest checkpoint."""
+    if (directory / META_FILE).is_file() or not (directory / "checkpoints").is_dir():
+        return directory
+    from ssmgraph.train.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(directory)
+    if latest is None:
+        raise CheckpointError(f"{directory}: a training run without any checkpoint yet")
+    return latest
 
 
 def read_meta(directory: Path) -> dict[str, Any]:
     if not directory.is_dir():
-        raise CheckpointError(f"{directory}: no such model directory", )
+        raise CheckpointError(f"{directory}: no such model directory")
     missing = [f for f in (BLUEPRINT_FILE, WEIGHTS_FILE, META_FILE) if not (directory / f).is_file()]
     if missing:
         raise CheckpointError(f"{directory}: not a saved ssmgraph model (missing {', '.join(missing)}); save one with ssmgraph.save(model, dir)")
@@ -112,7 +129,7 @@ def read_meta(directory: Path) -> dict[str, Any]:
 
 def load(directory: str | Path, *, map_location: str | torch.device = "cpu") -> CompiledModel:
     """Rebuild a model saved with :func:`save`, with identical outputs."""
-    directory = Path(directory)
+    directory = model_directory(Path(directory))
     meta = read_meta(directory)
     _check_plugins(meta, directory)
     blueprint = load_blueprint(directory / BLUEPRINT_FILE)

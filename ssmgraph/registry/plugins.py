@@ -27,7 +27,7 @@ import pluggy
 
 from ssmgraph.errors import SsmgraphError, did_you_mean
 from ssmgraph.registry import hookspecs
-from ssmgraph.registry.specs import BlockSpec
+from ssmgraph.registry.specs import BlockSpec, TaskSpec
 
 ENTRY_POINT_GROUP = "ssmgraph"
 BUILTIN_PLUGINS: tuple[str, ...] = (
@@ -63,6 +63,7 @@ class PluginRecord:
     status: str  # "loaded", "failed", "disabled"
     error: str = ""
     blocks: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
     entry_point: str = ""
     builtin: bool = False
 
@@ -74,6 +75,7 @@ class PluginRecord:
             "status": self.status,
             "error": self.error or None,
             "blocks": list(self.blocks),
+            "tasks": list(self.tasks),
             "entry_point": self.entry_point or None,
             "builtin": self.builtin,
         }
@@ -101,6 +103,7 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginRecord] = {}
         self.blocks: dict[str, BlockSpec] = {}
+        self.tasks: dict[str, TaskSpec] = {}
         self.problems: list[str] = []
         self.strict = os.environ.get("SSMGRAPH_STRICT_PLUGINS") == "1"
         if autoload is None:
@@ -151,36 +154,45 @@ class Registry:
 
     # ---- collecting records -------------------------------------------------------------
     def collect(self) -> None:
-        """Call ``ssmgraph_blocks`` plugin by plugin, attributing and checking each record."""
+        """Call each records hook plugin by plugin, attributing and checking every record
+        (again after a late ``register``: the tables are rebuilt)."""
+        self.blocks.clear()
+        self.tasks.clear()
+        for record in self.plugins.values():
+            record.blocks.clear()
+            record.tasks.clear()
+        self._collect("ssmgraph_blocks", BlockSpec, "block", self.blocks)
+        self._collect("ssmgraph_tasks", TaskSpec, "task", self.tasks)
+
+    def _collect(self, hook_name: str, record_type: type, what: str, table: dict[str, Any]) -> None:
         providers: dict[str, PluginRecord] = {}
-        for impl in self.pm.hook.ssmgraph_blocks.get_hookimpls():  # registration order
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():  # registration order
             record = self.plugins[impl.plugin_name]
-            label = f"{record.dist} {record.version}"
             try:
                 specs = list(impl.function() or ())
             except Exception as exc:
-                record.status, record.error = "failed", f"ssmgraph_blocks() raised {type(exc).__name__}: {exc}"
+                record.status, record.error = "failed", f"{hook_name}() raised {type(exc).__name__}: {exc}"
                 self.fail(record, exc)
                 continue
             for spec in specs:
-                if not isinstance(spec, BlockSpec):
-                    self.fail(replace(record, error=f"ssmgraph_blocks() returned {type(spec).__name__}, not a BlockSpec"))
+                if not isinstance(spec, record_type):
                     record.status = "failed"
+                    self.fail(replace(record, error=f"{hook_name}() returned {type(spec).__name__}, not a {record_type.__name__}"))
                     continue
                 problems = spec.validate()
                 if problems:
-                    self.fail(replace(record, error=f"block {spec.name!r} is malformed: {'; '.join(problems)}"))
+                    self.fail(replace(record, error=f"{what} {spec.name!r} is malformed: {'; '.join(problems)}"))
                     continue
-                if spec.name in self.blocks:
+                if spec.name in table:
                     first = providers[spec.name]
                     raise PluginError(
-                        f"block {spec.name!r} is provided twice: by {first.name} ({first.dist} {first.version}) "
-                        f"and by {record.name} ({label}); uninstall one of them or disable it with "
+                        f"{what} {spec.name!r} is provided twice: by {first.name} ({first.dist} {first.version}) "
+                        f"and by {record.name} ({record.dist} {record.version}); uninstall one of them or disable it with "
                         f"SSMGRAPH_DISABLE_PLUGINS={record.name}"
                     )
-                self.blocks[spec.name] = replace(spec, plugin=record.dist)
+                table[spec.name] = replace(spec, plugin=record.dist)
                 providers[spec.name] = record
-                record.blocks.append(spec.name)
+                (record.blocks if what == "block" else record.tasks).append(spec.name)
 
     # ---- queries ------------------------------------------------------------------------
     def get(self, name: str) -> BlockSpec | None:
@@ -194,6 +206,9 @@ class Registry:
             names = "; ".join(f"{p.dist} {p.version} ({p.error})" for p in failed)
             hint += f"; it may come from a plugin that failed to load: {names}"
         return hint
+
+    def task(self, name: str) -> TaskSpec | None:
+        return self.tasks.get(name)
 
     def search(self, pattern: str = "*") -> list[BlockSpec]:
         import fnmatch

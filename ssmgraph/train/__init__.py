@@ -1,0 +1,6 @@
+"""Training: tasks from the registry, a resumable loop, checkpoints, metrics (docs/training.md)."""
+
+from ssmgraph.train.config import TrainConfig, load_config
+from ssmgraph.train.loop import TrainingError, TrainResult, evaluate_run, resume, train
+
+__all__ = ["TrainConfig", "TrainResult", "TrainingError", "evaluate_run", "load_config", "resume", "train"]

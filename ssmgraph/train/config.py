@@ -1,0 +1,128 @@
+"""The training configuration: a YAML file with the same located errors as blueprints.
+
+```yaml
+task: selective_copying
+task_options: {seq_len: 128}
+steps: 2000
+batch_size: 32
+lr: 3e-3
+warmup_steps: 100
+```
+
+Every key is optional except ``task`` (which ``--task`` may give instead). Values are checked
+against the schema below (type, range, choices); unknown keys get a "did you mean".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ssmgraph.blueprint.yamlsafe import LDict, load_file, load_yaml
+from ssmgraph.errors import Collector, Mark, did_you_mean
+from ssmgraph.registry.specs import Param
+
+SCHEMA: tuple[Param, ...] = (
+    Param("task", str, "", "the task to train on (`ssmgraph tasks` lists them)"),
+    Param("task_options", dict, {}, "the task's options, e.g. {seq_len: 256}"),
+    Param("steps", int, 1000, "optimizer steps", min=1),
+    Param("batch_size", int, 32, "sequences per step, over all processes", min=1),
+    Param("lr", float, 1e-3, "peak learning rate", min=0.0),
+    Param("weight_decay", float, 0.1, "AdamW weight decay (not applied to SSM parameters, biases and gains)", min=0.0),
+    Param("beta1", float, 0.9, "AdamW beta1", min=0.0, max=1.0),
+    Param("beta2", float, 0.98, "AdamW beta2", min=0.0, max=1.0),
+    Param("warmup_steps", int, 50, "linear warm-up steps", min=0),
+    Param("schedule", str, "cosine", "learning-rate decay after warm-up", choices=("cosine", "linear", "constant")),
+    Param("min_lr_ratio", float, 0.1, "final learning rate as a fraction of lr", min=0.0, max=1.0),
+    Param("grad_clip", float, 1.0, "clip the gradient norm to this (0: off)", min=0.0),
+    Param("eval_interval", int, 200, "evaluate every this many steps (and at the end)", min=1),
+    Param("eval_size", int, 512, "held-out examples per evaluation", min=1),
+    Param("log_interval", int, 10, "write training metrics every this many steps", min=1),
+    Param("checkpoint_interval", int, 500, "save a checkpoint every this many steps (and at the end)", min=1),
+    Param("keep_checkpoints", int, 2, "how many recent checkpoints to keep", min=1),
+    Param("seed", int, 0, "seed for weights and data"),
+    Param("precision", str, "fp32", "fp32, or bf16 autocast (SSM kernels stay fp32)", choices=("fp32", "bf16")),
+)
+
+
+@dataclass
+class TrainConfig:
+    task: str = ""
+    task_options: dict[str, Any] = field(default_factory=dict)
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    warmup_steps: int = 50
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    eval_interval: int = 200
+    eval_size: int = 512
+    log_interval: int = 10
+    checkpoint_interval: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+    precision: str = "fp32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for optimizer step ``step`` (0-based): warm-up, then decay."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        span = max(1, self.steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        if self.schedule == "linear":
+            factor = 1.0 - progress
+        else:
+            import math
+
+            factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * factor)
+
+
+assert [p.name for p in SCHEMA] == [f.name for f in fields(TrainConfig)]
+
+
+def parse_config(raw: Any, source: str, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Check a loaded mapping (plus command-line overrides) against the schema."""
+    errors = Collector()
+    if raw is None:
+        raw = LDict(mark=Mark(source, 1, 1))
+    if not isinstance(raw, dict):
+        errors.add("E112", "a train config is a mapping of settings, e.g. 'steps: 1000'", getattr(raw, "mark", None) or Mark(source, 1, 1))
+        errors.raise_if_any()
+    values: dict[str, Any] = {}
+    names = [p.name for p in SCHEMA]
+    for key, value in {**raw, **(overrides or {})}.items():
+        mark = raw.mark_of(key) if isinstance(raw, LDict) and key in raw else None
+        param = next((p for p in SCHEMA if p.name == key), None)
+        if param is None:
+            key_mark = raw.key_mark(key) if isinstance(raw, LDict) and key in raw else None
+            errors.add("E110", f"unknown setting {key!r}", key_mark, str(key), did_you_mean(str(key), names))
+            continue
+        value, problem = param.check(value)
+        if problem:
+            errors.add("E112", f"{key}: {problem}", mark, str(key), param.doc)
+            continue
+        values[key] = value
+    errors.raise_if_any()
+    return TrainConfig(**values)
+
+
+def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    if path is None:
+        return parse_config(None, "<defaults>", overrides)
+    return parse_config(load_file(path, str(path)), str(path), overrides)
+
+
+def config_from_text(text: str, name: str = "train.yaml", overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    return parse_config(load_yaml(text, name), name, overrides)

@@ -1,0 +1,345 @@
+"""The training loop: one process or many (torchrun), resumable bit for bit.
+
+Every step draws the *global* batch from a generator seeded by the config, so a resumed run
+and a run on N processes (each taking its slice, the loss scaled so DDP's gradient average
+equals the global mean) see exactly the data one uninterrupted process would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ssmgraph.blueprint import find_blueprint, load_blueprint
+from ssmgraph.blueprint.yamlsafe import dump_yaml
+from ssmgraph.errors import Collector, SsmgraphError, did_you_mean
+from ssmgraph.graph.compile import compile_blueprint
+from ssmgraph.graph.model import CompiledModel
+from ssmgraph.optim import param_groups
+from ssmgraph.registry.plugins import get_registry
+from ssmgraph.serialization import load as load_model
+from ssmgraph.train import distributed
+from ssmgraph.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from ssmgraph.train.config import TrainConfig
+from ssmgraph.train.losses import batch_sums, summarize
+from ssmgraph.train.metrics import MetricsLog
+from ssmgraph.train.tasks.base import IGNORE, Batch, Task
+
+RUN_FILE = "run.json"
+
+
+class TrainingError(SsmgraphError):
+    """Training stopped for a reason the user must act on (divergence, a bad run directory)."""
+
+    code = "E500"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+# ---- tasks and models ---------------------------------------------------------------------------
+def make_task(name: str, options: Mapping[str, Any]) -> Task:
+    """Build a registered task, its options checked against the task's schema."""
+    registry = get_registry()
+    spec = registry.task(name)
+    if spec is None:
+        raise TrainingError(f"unknown task {name!r}; {did_you_mean(name, registry.tasks)} (`ssmgraph tasks` lists them)")
+    errors = Collector()
+    values = spec.defaults()
+    for key, value in options.items():
+        param = spec.param(key)
+        if param is None:
+            errors.add("E202", f"task {name!r} has no option {key!r}", None, f"task_options.{key}", did_you_mean(key, [p.name for p in spec.params]))
+            continue
+        value, problem = param.check(value)
+        if problem:
+            errors.add("E203", f"task {name!r} option {key!r}: {problem}", None, f"task_options.{key}", param.doc)
+        values[key] = value
+    for param in spec.params:
+        if param.required and param.name not in values:
+            errors.add("E204", f"task {name!r} needs option {param.name!r} ({param.doc})", None, "task_options", f"--task-option {param.name}=...")
+    errors.raise_if_any()
+    return spec.factory(**values)
+
+
+def fit_params(blueprint_source: str | Path, overrides: Mapping[str, Any], task: Task) -> dict[str, Any]:
+    """Fill blueprint params the task determines (vocab, classes, features, max_len) unless set."""
+    params = load_blueprint(blueprint_source, overrides).params
+    fitted = dict(overrides)
+    wanted: dict[str, Any] = {}
+    if task.vocab_size is not None:
+        wanted["vocab"] = max(task.vocab_size, task.num_classes or 0)
+    if task.kind == "classify":
+        wanted["classes"] = task.num_classes
+    if task.kind == "regress":
+        wanted["classes"] = 1
+    if task.feature_dim is not None:
+        wanted["features"] = task.feature_dim
+    if "max_len" in params and isinstance(params["max_len"], int) and params["max_len"] < task.seq_len:
+        wanted["max_len"] = task.seq_len
+    for key, value in wanted.items():
+        if key in params and key not in overrides:
+            fitted[key] = value
+    return fitted
+
+
+def check_compatible(model: CompiledModel, task: Task) -> None:
+    """The model's input and output must be what the task feeds and scores."""
+    name = model.blueprint.name
+    if len(model.input_types) != 1 or len(model.outputs) != 1:
+        raise TrainingError(f"blueprint {name!r} has {len(model.input_types)} inputs and {len(model.outputs)} outputs; training needs one of each (build a view with --model)")
+    (in_type,) = model.input_types.values()
+    if in_type.dtype != task.input_dtype:
+        want = "token ids (an embed.token input)" if task.input_dtype == "int" else "float features (an embed.linear input)"
+        raise TrainingError(f"task {task.describe()!r} feeds {want}, but blueprint {name!r} reads {in_type}; pick a blueprint whose input matches")
+    out_value = next(iter(model.outputs.values()))
+    out = model.nodes[out_value].out_type
+    if task.kind == "lm":
+        ok = len(out.shape) == 3 and isinstance(out.shape[-1], int) and out.shape[-1] >= (task.num_classes or 0)
+        want = f"per-position logits [batch, seq, >= {task.num_classes}]"
+    elif task.kind == "classify":
+        ok = len(out.shape) == 2 and out.shape[-1] == task.num_classes
+        want = f"class logits [batch, {task.num_classes}] (a head.classify output)"
+    else:
+        ok = len(out.shape) == 2 and out.shape[-1] == 1
+        want = "one value per sequence [batch, 1] (head.classify with classes 1)"
+    if not ok:
+        raise TrainingError(f"task needs {want}, but blueprint {name!r} outputs {out}; e.g. `ssmgraph train classifier --task ...` for sequence tasks")
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, model: CompiledModel, task: Task, config: TrainConfig, run_dir: Path, *, progress: bool = True):
+        self.model, self.task, self.config, self.run_dir = model, task, config, run_dir
+        self.dist = distributed.current()
+        if config.batch_size % self.dist.world_size:
+            raise TrainingError(f"batch_size {config.batch_size} must be divisible by the {self.dist.world_size} processes")
+        self.module: nn.Module = distributed.wrap(model, self.dist)
+        self.groups = param_groups(model, lr=config.lr, weight_decay=config.weight_decay)
+        for group in self.groups:
+            group["base_lr"] = group["lr"]
+        self.optimizer = torch.optim.AdamW(self.groups, lr=config.lr, betas=(config.beta1, config.beta2))
+        self.data = torch.Generator().manual_seed(config.seed + 1)
+        self.step = 0
+        self.progress = progress and self.dist.is_main
+        self.log = MetricsLog(run_dir, enabled=self.dist.is_main)
+
+    # state --------------------------------------------------------------------------------------
+    def trainer_state(self) -> dict[str, Any]:
+        return {"data_rng": self.data.get_state(), "torch_rng": torch.get_rng_state(), "config": self.config.to_dict()}
+
+    def restore(self, checkpoint: Path) -> None:
+        step, optimizer_state, state = load_trainer_state(checkpoint)
+        self.optimizer.load_state_dict(optimizer_state)
+        self.data.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = step
+        self.log.truncate_after(step)
+
+    def save(self) -> Path | None:
+        path = None
+        if self.dist.is_main:
+            path = save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.trainer_state(), self.config.keep_checkpoints)
+        distributed.barrier(self.dist)
+        return path
+
+    # one step -----------------------------------------------------------------------------------
+    def local_slice(self, batch: Batch) -> Batch:
+        per = batch.inputs.shape[0] // self.dist.world_size
+        lo = self.dist.rank * per
+        return Batch(batch.inputs[lo : lo + per], batch.targets[lo : lo + per])
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.config.precision == "bf16":
+            return torch.autocast(device_type=self.dist.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self) -> dict[str, float]:
+        config = self.config
+        scale = config.lr_at(self.step) / config.lr if config.lr > 0 else 0.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * scale
+        batch = self.task.sample(config.batch_size, self.data, "train")
+        global_count = (batch.targets != IGNORE).sum() if self.task.kind == "lm" else torch.tensor(batch.targets.shape[0])
+        local = self.local_slice(batch)
+        self.module.train()
+        with self.autocast():
+            output = self.module(local.inputs.to(self.dist.device))
+        sums = batch_sums(self.task.kind, output, local.targets.to(self.dist.device), self.task.tolerance)
+        loss = sums.loss / global_count.clamp(min=1) * self.dist.world_size
+        totals = distributed.all_reduce_sum(sums.as_tensor(), self.dist)
+        if not math.isfinite(float(totals[0])):
+            raise TrainingError(
+                f"the loss became {float(totals[0])} at step {self.step + 1}; stopped without saving "
+                f"(the last good checkpoint is intact). Try a lower lr (now {config.lr:g}), grad_clip, or fp32."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        out = summarize(self.task.kind, totals)
+        out["lr"] = config.lr_at(self.step - 1)
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        return evaluate(self.model, self.task, self.config.batch_size, self.config.eval_size, split, self.autocast)
+
+    # the run ------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        config = self.config
+        tokens_per_step = config.batch_size * self.task.seq_len
+        last: dict[str, float] = {}
+        interrupted = False
+        started, seen_steps = time.perf_counter(), 0
+        with self.log, _progress(self.progress, config.steps, self.step) as bar:
+            try:
+                while self.step < config.steps:
+                    tic = time.perf_counter()
+                    last = self.train_step()
+                    seen_steps += 1
+                    rate = tokens_per_step / max(time.perf_counter() - tic, 1e-9)
+                    last["tokens_per_s"] = rate
+                    if self.step % config.log_interval == 0 or self.step == config.steps:
+                        self.log.write({"step": self.step, "split": "train", **last, "elapsed": time.perf_counter() - started})
+                    if self.step % config.eval_interval == 0 or self.step == config.steps:
+                        evaluation = self.evaluate()
+                        self.log.write({"step": self.step, "split": "eval", **evaluation})
+                        last.update({f"eval_{k}": v for k, v in evaluation.items()})
+                    if self.step % config.checkpoint_interval == 0 or self.step == config.steps:
+                        self.save()
+                    bar(self.step, last)
+            except KeyboardInterrupt:
+                interrupted = True
+                self.save()
+        return TrainResult(self.run_dir, self.step, last, interrupted)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: Task, batch_size: int, size: int, split: str = "test", autocast: Any = contextlib.nullcontext) -> dict[str, float]:
+    """Loss and accuracy on the task's fixed held-out set."""
+    was_training = model.training
+    model.eval()
+    if not task.fixed_eval_size:
+        task.eval_size = size
+    device = next(model.parameters()).device
+    total = None
+    for batch in task.eval_batches(batch_size, split):
+        with autocast():
+            output = model(batch.inputs.to(device))
+        sums = batch_sums(task.kind, output, batch.targets.to(device), task.tolerance)
+        total = sums if total is None else total + sums
+    model.train(was_training)
+    assert total is not None
+    return summarize(task.kind, total.as_tensor())
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, start: int) -> Iterator[Any]:
+    if not enabled:
+        yield lambda step, metrics: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as progress:
+        handle = progress.add_task("train", total=total, completed=start, info="")
+
+        def update(step: int, metrics: dict[str, float]) -> None:
+            info = f"loss {metrics.get('loss', float('nan')):.4f} acc {metrics.get('accuracy', 0.0):.3f}"
+            if "eval_accuracy" in metrics:
+                info += f" eval acc {metrics['eval_accuracy']:.3f}"
+            info += f" {metrics.get('tokens_per_s', 0.0):,.0f} tok/s"
+            progress.update(handle, completed=step, info=info)
+
+        yield update
+
+
+# ---- entry points -------------------------------------------------------------------------------
+def train(
+    blueprint: str | Path,
+    run_dir: str | Path,
+    config: TrainConfig,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    model_view: str | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a blueprint on ``config.task`` into a new run directory."""
+    run_dir = Path(run_dir)
+    if latest_checkpoint(run_dir) is not None or (run_dir / RUN_FILE).exists():
+        raise TrainingError(f"{run_dir} already holds a run; continue it with --resume, or choose another --out")
+    if not config.task:
+        raise TrainingError("no task: give --task NAME or 'task:' in the train config (`ssmgraph tasks` lists them)")
+    dist = distributed.init()
+    task = make_task(config.task, config.task_options)
+    source = find_blueprint(blueprint)
+    fitted = fit_params(source, overrides or {}, task)
+    torch.manual_seed(config.seed)
+    model = compile_blueprint(load_blueprint(source, fitted), model=model_view).to(dist.device)
+    check_compatible(model, task)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        record = {"blueprint": str(source), "overrides": fitted, "model": model_view, "config": config.to_dict(), "task": task.describe(), "world_size": dist.world_size}
+        (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+        (run_dir / "train.yaml").write_text(dump_yaml(config.to_dict()), encoding="utf-8")
+    distributed.barrier(dist)
+    return Trainer(model, task, config, run_dir, progress=progress).run()
+
+
+def resume(run_dir: str | Path, *, steps: int | None = None, progress: bool = True) -> TrainResult:
+    """Continue a run from its latest checkpoint (optionally to a new total of ``steps``)."""
+    run_dir = Path(run_dir)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None or not (run_dir / RUN_FILE).is_file():
+        raise TrainingError(f"{run_dir}: nothing to resume (no run.json or checkpoint); start one with `ssmgraph train ... --out {run_dir}`")
+    record = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    config = TrainConfig(**record["config"])
+    if steps is not None:
+        config.steps = steps
+    dist = distributed.init()
+    task = make_task(config.task, config.task_options)
+    model = load_model(checkpoint).to(dist.device)
+    trainer = Trainer(model, task, config, run_dir, progress=progress)
+    trainer.restore(checkpoint)
+    return trainer.run()
+
+
+def evaluate_run(run_dir: str | Path, task_name: str | None = None, options: Mapping[str, Any] | None = None, split: str = "test") -> dict[str, Any]:
+    """Evaluate a run's latest model on its task (or another)."""
+    run_dir = Path(run_dir)
+    record = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")) if (run_dir / RUN_FILE).is_file() else {}
+    config = TrainConfig(**record["config"]) if "config" in record else TrainConfig()
+    name = task_name or config.task
+    if not name:
+        raise TrainingError(f"{run_dir}: not a training run; name the task with --task")
+    task = make_task(name, options if options is not None else (config.task_options if name == config.task else {}))
+    model = load_model(run_dir)
+    check_compatible(model, task)
+    metrics = evaluate(model, task, config.batch_size, config.eval_size, split)
+    return {"run": str(run_dir), "task": name, "split": split, **metrics}
+

@@ -1,0 +1,75 @@
+"""What a training task is: a source of batches, the shape of its inputs and targets, and its loss.
+
+Three kinds of target, each with a loss and metrics the trainer knows:
+
+- ``"lm"``: per-position token targets (B, L), ``IGNORE`` where nothing is scored; the model
+  outputs logits (B, L, V). Loss: cross-entropy over scored positions; metric: token
+  accuracy, and bits per byte/token.
+- ``"classify"``: one label per sequence (B,); the model outputs logits (B, C). Loss:
+  cross-entropy; metric: accuracy.
+- ``"regress"``: one real target per sequence (B,); the model outputs (B, 1). Loss: mean
+  squared error; metric: MSE (and accuracy within ``tolerance`` when the task sets one).
+
+Batches are drawn from a ``torch.Generator`` the trainer owns, so a resumed run draws exactly
+the batches an uninterrupted one would. Evaluation uses a fixed held-out set (``eval_batches``)
+that does not depend on the training generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+IGNORE = -100
+Kind = Literal["lm", "classify", "regress"]
+
+
+@dataclass
+class Batch:
+    inputs: Tensor
+    """(B, L) int64 token ids, or (B, L, F) float features."""
+    targets: Tensor
+    """(B, L) int64 with IGNORE (lm); (B,) int64 (classify); (B,) float (regress)."""
+
+
+class Task:
+    """Base class of tasks. Subclasses set the attributes and implement ``sample``."""
+
+    kind: Kind = "lm"
+    vocab_size: int | None = None
+    """Token ids lie in [0, vocab_size) (token inputs); None for float features."""
+    feature_dim: int | None = None
+    """F for float inputs of shape (B, L, F); None for token inputs."""
+    num_classes: int | None = None
+    """C for ``classify``; the output vocabulary V for ``lm``."""
+    seq_len: int = 0
+    tolerance: float | None = None
+    eval_size: int = 1024
+    fixed_eval_size: bool = False
+    """True when the held-out set is a fixed split (e.g. a dataset's test set), not sampled."""
+
+    def sample(self, batch_size: int, generator: torch.Generator, split: str = "train") -> Batch:
+        raise NotImplementedError
+
+    def eval_batches(self, batch_size: int, split: str = "test") -> Iterator[Batch]:
+        """A fixed held-out set of ``eval_size`` examples (the same on every call)."""
+        generator = torch.Generator().manual_seed(1_000_003 if split == "test" else 1_000_033)
+        remaining = self.eval_size
+        while remaining > 0:
+            size = min(batch_size, remaining)
+            yield self.sample(size, generator, split)
+            remaining -= size
+
+    @property
+    def input_dtype(self) -> str:
+        return "int" if self.vocab_size is not None else "float"
+
+    def describe(self) -> str:
+        """One line for logs: kind, input and target shapes."""
+        inputs = f"tokens < {self.vocab_size}" if self.vocab_size is not None else f"features of {self.feature_dim}"
+        target = {"lm": f"next-token targets < {self.num_classes}", "classify": f"{self.num_classes} classes", "regress": "a real value"}[self.kind]
+        return f"{self.kind}: {inputs}, length {self.seq_len}, {target}"
