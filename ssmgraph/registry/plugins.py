@@ -44,6 +44,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "ssmgraph.blocks.s5",
     "ssmgraph.blocks.h3",
     "ssmgraph.blocks.gated_mlp",
+    "ssmgraph.blocks.mamba",
 )
 
 

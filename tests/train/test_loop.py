@@ -148,8 +148,9 @@ def test_a_diverging_loss_stops_cleanly(tmp_path, monkeypatch) -> None:
         return sums
 
     monkeypatch.setattr(loop, "batch_sums", poisoned)
-    with pytest.raises(TrainingError, match="the loss became nan at step 5.*last good checkpoint is intact"):
+    with pytest.raises(TrainingError, match="the loss became nan at step 5.*last good checkpoint is intact") as info:
         train("lstm", tmp_path / "run", config(eval_interval=100), overrides=LSTM, progress=False)
+    assert info.value.code == "E500" and info.value.render().startswith("error[E500]: ")
     assert latest_checkpoint(tmp_path / "run").name == "step_00000003"
 
 
