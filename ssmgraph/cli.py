@@ -150,6 +150,7 @@ def train(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Train one view of a multi-model blueprint.")] = None,
     resume_run: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint, bit for bit.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    show: Annotated[bool, typer.Option(help="Show the trained model on a few held-out examples.")] = True,
 ) -> None:
     """Train a blueprint on a built-in or plugin task.
 
@@ -175,12 +176,19 @@ def train(
         if task_option:
             cfg.task_options = {**cfg.task_options, **parse_overrides(task_option)}
         result = run_training(blueprint, out, cfg, overrides=parse_overrides(set_ or []), model_view=model, progress=not quiet)
-    _report_training(result)
+    _report_training(result, show and not quiet)
 
 
-def _report_training(result: Any) -> None:
+def _report_training(result: Any, show: bool) -> None:
     from ssmgraph.train.metrics import read_metrics
+    from ssmgraph.train.distributed import current
 
+    if not current().is_main:
+        return
+    if show and result.task is not None:
+        from ssmgraph.train.examples import examples_table
+
+        _stdout().print(examples_table(result.model, result.task))
     evals = [r for r in read_metrics(result.run_dir) if r["split"] == "eval"]
     if result.interrupted:
         err.print(f"interrupted: saved step {result.step} to {result.run_dir}; continue with `ssmgraph train --resume --out {result.run_dir}`", highlight=False)

@@ -28,6 +28,7 @@ import pluggy
 from ssmgraph.errors import SsmgraphError, did_you_mean
 from ssmgraph.registry import hookspecs
 from ssmgraph.registry.specs import BlockSpec, TaskSpec
+from ssmgraph.train.tasks import BUILTIN_TASK_PLUGINS
 
 ENTRY_POINT_GROUP = "ssmgraph"
 BUILTIN_PLUGINS: tuple[str, ...] = (
@@ -45,6 +46,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "ssmgraph.blocks.h3",
     "ssmgraph.blocks.gated_mlp",
     "ssmgraph.blocks.mamba",
+    *BUILTIN_TASK_PLUGINS,
 )
 
 

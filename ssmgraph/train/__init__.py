@@ -1,6 +1,27 @@
-"""Training: tasks from the registry, a resumable loop, checkpoints, metrics (docs/training.md)."""
+"""Training: tasks from the registry, a resumable loop, checkpoints, metrics (docs/training.md).
 
-from ssmgraph.train.config import TrainConfig, load_config
-from ssmgraph.train.loop import TrainingError, TrainResult, evaluate_run, resume, train
+Names are imported lazily: the registry imports ``ssmgraph.train.tasks`` while the loop
+imports the registry.
+"""
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingError", "evaluate_run", "load_config", "resume", "train"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TrainConfig": "ssmgraph.train.config",
+    "load_config": "ssmgraph.train.config",
+    "TrainResult": "ssmgraph.train.loop",
+    "TrainingError": "ssmgraph.train.loop",
+    "evaluate_run": "ssmgraph.train.loop",
+    "resume": "ssmgraph.train.loop",
+    "train": "ssmgraph.train.loop",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ssmgraph.train' has no attribute {name!r}")

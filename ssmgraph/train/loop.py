@@ -49,6 +49,8 @@ class TrainResult:
     step: int
     metrics: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
+    model: CompiledModel | None = None
+    task: Task | None = None
 
 
 # ---- tasks and models ---------------------------------------------------------------------------
@@ -228,7 +230,7 @@ class Trainer:
             except KeyboardInterrupt:
                 interrupted = True
                 self.save()
-        return TrainResult(self.run_dir, self.step, last, interrupted)
+        return TrainResult(self.run_dir, self.step, last, interrupted, self.model, self.task)
 
 
 @torch.no_grad()
