@@ -151,6 +151,7 @@ def train(
     resume_run: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint, bit for bit.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     show: Annotated[bool, typer.Option(help="Show the trained model on a few held-out examples.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out instead of refusing.")] = False,
 ) -> None:
     """Train a blueprint on a built-in or plugin task.
 
@@ -173,10 +174,20 @@ def train(
             raise SsmgraphError("name a blueprint to train (e.g. `ssmgraph train gpt --task bytes`), or use --resume")
         settings: dict[str, Any] = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("lr", lr), ("seed", seed), ("task", task)) if v is not None}
         cfg = load_config(config, settings)
+        if overwrite:
+            _remove_run(out)
         if task_option:
             cfg.task_options = {**cfg.task_options, **parse_overrides(task_option)}
         result = run_training(blueprint, out, cfg, overrides=parse_overrides(set_ or []), model_view=model, progress=not quiet)
     _report_training(result, show and not quiet)
+
+
+def _remove_run(run_dir: Path) -> None:
+    """Delete a previous run (only a directory that is one: it has run.json or checkpoints)."""
+    import shutil
+
+    if run_dir.is_dir() and ((run_dir / "run.json").exists() or (run_dir / "checkpoints").exists()):
+        shutil.rmtree(run_dir)
 
 
 def _report_training(result: Any, show: bool) -> None:

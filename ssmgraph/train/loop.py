@@ -107,7 +107,10 @@ def check_compatible(model: CompiledModel, task: Task) -> None:
     (in_type,) = model.input_types.values()
     if in_type.dtype != task.input_dtype:
         want = "token ids (an embed.token input)" if task.input_dtype == "int" else "float features (an embed.linear input)"
-        raise TrainingError(f"task {task.describe()!r} feeds {want}, but blueprint {name!r} reads {in_type}; pick a blueprint whose input matches")
+        raise TrainingError(
+            f"task {task.describe()!r} feeds {want}, but blueprint {name!r} reads {in_type}; pick a blueprint whose input matches "
+            "(shipped: `classifier` reads features; `token_classifier` and the language models read tokens)"
+        )
     out_value = next(iter(model.outputs.values()))
     out = model.nodes[out_value].out_type
     if task.kind == "lm":

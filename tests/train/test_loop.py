@@ -190,7 +190,7 @@ def test_learning_rate_schedule() -> None:
 
 # ---- in separate processes: Ctrl-C and torchrun (built-in tasks) ----------------------------------
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-CLI = [sys.executable, "-m", "ssmgraph", "train", "lstm", "--task", "copying", "-t", "seq_len=16", "-t", "n_tokens=4",
+CLI = [sys.executable, "-m", "ssmgraph", "train", "lstm", "--task", "copying", "-t", "seq_len=16", "-t", "n_memorize=4",
        "--set", "d_model=16", "--set", "hidden=16", "--set", "layers=1", "-b", "8", "--quiet"]
 
 
@@ -206,7 +206,7 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path) -> None:
     assert "interrupted: saved step" in stderr and "Traceback" not in stderr
     step = int(latest_checkpoint(run).name.split("_")[1])
     assert step >= 3
-    resumed = subprocess.run([*CLI[:3], "--resume", "--out", str(run), "--steps", str(step + 2), "--quiet"], env=ENV, capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run([*CLI[:4], "--resume", "--out", str(run), "--steps", str(step + 2), "--quiet"], env=ENV, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert latest_checkpoint(run).name == f"step_{step + 2:08d}"
 
