@@ -1,4 +1,4 @@
-"""Typed records that plugins return from their hooks (contract: docs/block-contract.md).
+"""Typed records that plugins return from their hooks (contract: docs/plugins.md).
 
 A block plugin returns :class:`BlockSpec` records from ``ssmgraph_blocks()``. A spec says
 everything the compiler needs *before* any tensor exists: the parameter schema (checked
