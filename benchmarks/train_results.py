@@ -37,14 +37,15 @@ class Experiment:
     lr: float = 3e-3
 
 
-SC = {"seq_len": 128, "n_memorize": 8, "vocab": 10}
+SC = {"seq_len": 64, "n_memorize": 8, "vocab": 10}
 IH = {"seq_len": 64, "vocab": 16}
 BYTES = {"seq_len": 128}
 EXPERIMENTS = [
-    Experiment("selective_copying", "mamba", "mamba", "selective_copying", {"d_model": 64, "layers": 2}, SC, steps=2000),
-    Experiment("selective_copying", "s4d (time-invariant)", "s4d", "selective_copying", {"d_model": 64, "layers": 2, "layer_args": {"d_state": 64}}, SC, steps=2000),
+    Experiment("selective_copying", "mamba", "mamba", "selective_copying", {"d_model": 64, "layers": 2}, SC, steps=3000),
+    Experiment("selective_copying", "s4d (time-invariant)", "s4d", "selective_copying", {"d_model": 80, "layers": 2, "layer_args": {"d_state": 64}}, SC, steps=3000),
     Experiment("induction_heads", "mamba", "mamba", "induction_heads", {"d_model": 64, "layers": 2}, IH, steps=1500),
-    Experiment("induction_heads", "attention (gpt)", "gpt", "induction_heads", {"d_model": 64, "layers": 2, "heads": 4}, IH, steps=1500),
+    Experiment("induction_heads", "attention (llama: RoPE)", "llama", "induction_heads", {"d_model": 64, "layers": 2, "heads": 4}, IH, steps=1500, lr=1e-3),
+    Experiment("induction_heads", "attention (gpt: learned positions)", "gpt", "induction_heads", {"d_model": 64, "layers": 2, "heads": 4}, IH, steps=1500),
     Experiment("digits", "s4d", "classifier", "digits", {"mixer": "mix.s4d", "d_model": 64, "layers": 2}, steps=1500, batch_size=64),
     Experiment("digits", "lstm", "classifier", "digits", {"mixer": "mix.lstm", "d_model": 64, "layers": 2}, steps=1500, batch_size=64),
     Experiment("bytes", "transformer (gpt)", "gpt", "bytes", {"d_model": 96, "layers": 3, "heads": 4}, BYTES, steps=1500, lr=2e-3),
@@ -68,7 +69,8 @@ def run(experiment: Experiment, workdir: Path) -> dict[str, Any]:
         keep_checkpoints=1,
     )
     started = time.perf_counter()
-    result = train(experiment.blueprint, workdir / f"{experiment.group}-{experiment.blueprint}", config, overrides=experiment.overrides, progress=False)
+    slug = "".join(c if c.isalnum() else "-" for c in f"{experiment.group}-{experiment.label}")
+    result = train(experiment.blueprint, workdir / slug, config, overrides=experiment.overrides, progress=False)
     assert result.model is not None
     return {
         "group": experiment.group,
@@ -95,9 +97,9 @@ def main() -> None:
                 row = run(experiment, Path(tmp))
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "train_results.json").write_text(json.dumps(rows, indent=2))
+                if args.out:  # after every experiment, so a long run keeps what it measured
+                    args.out.mkdir(parents=True, exist_ok=True)
+                    (args.out / "train_results.json").write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {
     "transformer": Architecture("seq2seq", layer_param=None),
     "gpt": Architecture("gpt", layer_param=None),
+    "llama": Architecture("llama", layer_param=None),
     "lstm": Architecture("lstm", layer_param=None),
     "mamba": Architecture("mamba", ("mamba",)),
     "s4": Architecture("s4", ("s4",)),

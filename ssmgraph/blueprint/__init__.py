@@ -93,6 +93,3 @@ def load_blueprint(
     errors.raise_if_any()
     return blueprint
 
-
-def located(mark: Mark | None) -> str:
-    return f"{mark}" if mark else "<unknown>"

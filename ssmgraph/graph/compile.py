@@ -8,7 +8,7 @@ import networkx as nx
 import torch
 from torch import nn
 
-from ssmgraph.blueprint.model import Blueprint
+from ssmgraph.blueprint.model import Blueprint, NodeDecl
 from ssmgraph.errors import Collector, did_you_mean
 from ssmgraph.graph.codegen import generate
 from ssmgraph.graph.expand import Expanded, TapInstance, expand
@@ -213,8 +213,6 @@ class _ProjectionNode:
     """Adapts a tap projection to what :func:`check_args` reads from a graph node."""
 
     def __init__(self, inst: TapInstance, block: str):
-        from ssmgraph.blueprint.model import NodeDecl
-
         self.path = f"taps.{inst.name}.project"
         self.block = block
         self.args = inst.project_args
@@ -224,11 +222,6 @@ class _ProjectionNode:
 def count_parameters(module: nn.Module) -> int:
     """Parameters counted once each, however often they are tied or shared."""
     return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
-
-
-def shapes_for(model: CompiledModel, **sizes: int) -> dict[str, tuple[int, ...]]:
-    """Concrete output shapes of every node for the given symbol sizes (batch=2, seq=16)."""
-    return {p: tuple(sizes.get(d, d) if isinstance(d, str) else d for d in info.out_type.shape) for p, info in model.nodes.items()}  # type: ignore[misc]
 
 
 def example_inputs(model: CompiledModel, *, batch: int = 2, seq: int = 16, vocab: int | None = None, generator: torch.Generator | None = None) -> list[torch.Tensor]:

@@ -19,7 +19,6 @@ import importlib
 import importlib.metadata as md
 import os
 import traceback
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -236,6 +235,3 @@ def reset_registry(registry: Registry | None = None) -> None:
     global _REGISTRY
     _REGISTRY = registry
 
-
-def iter_plugins(registry: Registry | None = None) -> Iterable[PluginRecord]:
-    return (registry or get_registry()).plugins.values()
