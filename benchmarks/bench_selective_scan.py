@@ -2,6 +2,11 @@
 
     python benchmarks/bench_selective_scan.py            # the table in docs/blocks/mamba.md
     python benchmarks/bench_selective_scan.py --sweep    # also the crossover sweeps
+    python benchmarks/bench_selective_scan.py --threads 1
+
+Run it on an otherwise idle machine: with another busy process on 2 cores, 2-thread torch
+ops become up to 60x slower (an OpenMP thread waits for the core the other process holds),
+while --threads 1 stays within ~1.5x.
 
 Variants (all fp32, Mamba-like inputs: A = -(1..N), softplus(Δ) in about [1e-3, 1e-1]):
   ref          selective_scan_ref: autograd through a loop over unbind-ed steps, exp(ΔA)
@@ -9,8 +14,9 @@ Variants (all fp32, Mamba-like inputs: A = -(1..N), softplus(Δ) in about [1e-3,
   blelloch-ag  autograd through the out-of-place Blelloch scan of the whole sequence
   loop         selective_scan(method="loop"): custom backward, chunked recompute
   blelloch     selective_scan(method="blelloch"): custom backward, Blelloch inside
-Each (variant, shape) runs in a fresh process: the best of 5 to 200 calls (see _best) after
-one warm-up, and the peak RSS growth over the inputs ("mem", MB) of the forward+backward.
+Per shape, one fresh process times all variants interleaved (best over 5-200 rounds after a
+warm-up, see time_worker); the peak RSS growth of one forward+backward ("mem", MB) is
+measured in a fresh process per variant.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import torch.nn.functional as F
 VARIANTS = ("ref", "blelloch-ag", "loop", "blelloch")
 TABLE = [(8, 1024, 512, 16), (8, 64, 512, 16), (8, 16, 512, 16), (4, 1024, 128, 16), (1, 1024, 64, 16), (2, 256, 32, 16), (1, 4096, 32, 16)]
 SWEEP_SLICE = [(1, 1024, d, 16) for d in (16, 32, 64, 128, 256, 512)] + [(2, 1024, 512, 16)]
-SWEEP_LEN = [(2, length, 32, 16) for length in (2, 4, 8, 16, 32, 64)]
+SWEEP_LEN = [(1, length, 16, 16) for length in (4, 8, 16, 32, 64, 128, 256)]
 
 
 def _inputs(b: int, length: int, d: int, n: int) -> list[torch.Tensor]:
@@ -65,58 +71,79 @@ def _fn(variant: str):
     return lambda *xs: selective_scan(*xs, delta_softplus=True, method=variant)
 
 
-MIN_REPS, MAX_REPS, BUDGET_S = 5, 200, 1.0
+MIN_ROUNDS, MAX_ROUNDS, BUDGET_S = 5, 200, 2.0
 
 
-def _best(fn) -> float:
-    """Minimum over at least MIN_REPS timed calls (more, up to MAX_REPS, while under BUDGET_S).
-
-    The minimum, over many calls for fast cases, filters out the large slowdowns that other
-    processes on a 2-core machine cause (OpenMP threads waiting for a busy core)."""
-    fn()
-    times: list[float] = []
-    while len(times) < MIN_REPS or (sum(times) < BUDGET_S and len(times) < MAX_REPS):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def worker(variant: str, shape: tuple[int, int, int, int]) -> dict:
-    xs = _inputs(*shape)
-    fn = _fn(variant)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-    def fwd_bwd() -> None:
-        fn(*xs).sum().backward()
-
+def _calls(fn, xs):
     def fwd() -> None:
         with torch.no_grad():
             fn(*xs)
 
-    t_fb = _best(fwd_bwd)
-    mem = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-    return {"fwd": _best(fwd), "fwd_bwd": t_fb, "mem_mb": mem}
+    def fwd_bwd() -> None:
+        fn(*xs).sum().backward()
+
+    return {"fwd": fwd, "fwd_bwd": fwd_bwd}
+
+
+def time_worker(variants: list[str], shape: tuple[int, int, int, int]) -> dict:
+    """Best time of each (variant, fwd | fwd_bwd), the variants interleaved round by round.
+
+    Rounds continue (at least MIN_ROUNDS, at most MAX_ROUNDS) while under BUDGET_S seconds per
+    variant. Interleaving gives every variant the same chance at the quiet moments of a shared
+    machine, and the minimum filters out the large slowdowns other processes cause on 2 cores
+    (an OpenMP thread waiting for a busy core)."""
+    xs = _inputs(*shape)
+    calls = {(v, k): c for v in variants for k, c in _calls(_fn(v), xs).items()}
+    for c in calls.values():
+        c()  # warm-up
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+    rounds, spent = 0, 0.0
+    while rounds < MIN_ROUNDS or (spent < BUDGET_S * len(variants) and rounds < MAX_ROUNDS):
+        for key, c in calls.items():
+            t0 = time.perf_counter()
+            c()
+            dt = time.perf_counter() - t0
+            times[key].append(dt)
+            spent += dt
+        rounds += 1
+    return {f"{v}:{k}": min(t) for (v, k), t in times.items()} | {"rounds": rounds}
+
+
+def mem_worker(variant: str, shape: tuple[int, int, int, int]) -> float:
+    """Peak RSS growth (MB) over the inputs of one forward+backward, in a fresh process."""
+    xs = _inputs(*shape)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _calls(_fn(variant), xs)["fwd_bwd"]()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+
+
+def _sub(*args: str) -> str:
+    threads = ["--threads", str(torch.get_num_threads())]
+    return subprocess.run([sys.executable, __file__, *threads, *args], capture_output=True, text=True, check=True).stdout
 
 
 def run(shapes: list[tuple[int, int, int, int]], variants: tuple[str, ...]) -> None:
     from ssmgraph.blocks.selective_scan import pick_method
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; seconds (best of {MIN_REPS}-{MAX_REPS} calls), fwd is no_grad")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; seconds, best over "
+        f"{MIN_ROUNDS}-{MAX_ROUNDS} interleaved rounds; fwd is no_grad; mem = peak RSS growth of fwd+bwd"
+    )
     head = "| B·L·d·N | slice | " + " | ".join(f"{v} fwd / fwd+bwd (mem MB)" for v in variants) + " | auto |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for shape in shapes:
+        dims = [str(x) for x in shape]
+        # the reference materialises (B, d, L, N) several times: skip it where that is > 2 GB
+        run_v = [v for v in variants if not (v == "ref" and shape[0] * shape[1] * shape[2] * shape[3] > 1 << 27)]
+        t = json.loads(_sub("--time-worker", ",".join(run_v), *dims))
         cells = []
         for v in variants:
-            if v == "ref" and shape[1] * shape[0] * shape[2] * shape[3] > 1 << 27:
+            if v not in run_v:
                 cells.append("skipped")
                 continue
-            out = subprocess.run(
-                [sys.executable, __file__, "--worker", v, *map(str, shape)], capture_output=True, text=True, check=True
-            )
-            r = json.loads(out.stdout)
-            cells.append(f"{r['fwd']:.4f} / {r['fwd_bwd']:.4f} ({r['mem_mb']:.0f})")
+            mem = float(_sub("--mem-worker", v, *dims))
+            cells.append(f"{t[v + ':fwd']:.4f} / {t[v + ':fwd_bwd']:.4f} ({mem:.0f})")
         b, length, d, n = shape
         print(f"| {b}·{length}·{d}·{n} | {b * d * n} | " + " | ".join(cells) + f" | {pick_method(b, d, n, length)} |", flush=True)
 
@@ -124,17 +151,25 @@ def run(shapes: list[tuple[int, int, int, int]], variants: tuple[str, ...]) -> N
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sweep", action="store_true", help="also run the slice-size and length sweeps")
-    p.add_argument("--worker", nargs=5, metavar=("VARIANT", "B", "L", "D", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
+    p.add_argument("--time-worker", nargs=5, metavar=("VARIANTS", "B", "L", "D", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--mem-worker", nargs=5, metavar=("VARIANT", "B", "L", "D", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.worker:
-        variant, *dims = args.worker
-        print(json.dumps(worker(variant, tuple(int(x) for x in dims))))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.time_worker:
+        variants, *dims = args.time_worker
+        print(json.dumps(time_worker(variants.split(","), tuple(int(x) for x in dims))))
+        return
+    if args.mem_worker:
+        variant, *dims = args.mem_worker
+        print(mem_worker(variant, tuple(int(x) for x in dims)))
         return
     run(TABLE, VARIANTS)
     if args.sweep:
         print("\nslice-size sweep at L=1024")
         run(SWEEP_SLICE, ("loop", "blelloch"))
-        print("\nlength sweep at slice 1024")
+        print("\nlength sweep at slice 256")
         run(SWEEP_LEN, ("loop", "blelloch"))
 
 
