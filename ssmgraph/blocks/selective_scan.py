@@ -31,14 +31,11 @@ Two entry points:
 
   ``method="auto"`` picks by the per-step slice size ``batch·d·N`` and the length.
 
-Measured on the 2-core CPU of the dev machine (torch 2.13 fp32, best of 3; reproduce with
-``python benchmarks/bench_selective_scan.py``; full table in docs/blocks/mamba.md):
-
-  ============================  =========  ==========  ========  =============
-  fwd+bwd, seconds              ref        loop        blelloch  blelloch-AG
-  ============================  =========  ==========  ========  =============
-  B8 L1024 d512 N16 (65K/step)  SEE_DOCS
-  ============================  =========  ==========  ========  =============
+Measured on the 2-core CPU of the dev machine (torch 2.13 fp32; reproduce with
+``python benchmarks/bench_selective_scan.py``; full table in docs/blocks/mamba.md), forward +
+backward at B8 L1024 d512 N16: ``selective_scan_ref`` 2.99 s and 2.4 GB, ``loop`` 0.40 s and
+0.29 GB, ``blelloch`` 0.71 s. Blelloch wins when the per-step slice batch·d·N is small
+(1·4096·32·16: 0.027 s against the loop's 0.053 s).
 
 References: Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State
 Spaces"; state-spaces/mamba ``selective_scan_ref``; Blelloch 1990, "Prefix sums and their
