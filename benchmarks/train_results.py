@@ -50,9 +50,10 @@ EXPERIMENTS = [
     Experiment("induction_heads", "attention (gpt: learned positions)", "gpt", "induction_heads", {"d_model": 64, "layers": 2, "heads": 4}, IH, steps=1500),
     Experiment("digits", "s4d", "classifier", "digits", {"mixer": "mix.s4d", "d_model": 64, "layers": 2}, steps=1500, batch_size=64),
     Experiment("digits", "lstm", "classifier", "digits", {"mixer": "mix.lstm", "d_model": 64, "layers": 2}, steps=4000, batch_size=64),
-    Experiment("bytes", "transformer (gpt)", "gpt", "bytes", {"d_model": 96, "layers": 3, "heads": 4, "max_len": 128}, BYTES, steps=600, lr=2e-3),
-    Experiment("bytes", "mamba", "mamba", "bytes", {"d_model": 96, "layers": 3}, BYTES, steps=600, lr=2e-3),
-    Experiment("bytes", "lstm", "lstm", "bytes", {"d_model": 96, "layers": 1, "hidden": 192}, BYTES, steps=600, lr=2e-3),
+    # about 260k parameters each
+    Experiment("bytes", "transformer (gpt)", "gpt", "bytes", {"d_model": 96, "layers": 2, "heads": 4, "max_len": 128}, BYTES, steps=600, lr=2e-3),
+    Experiment("bytes", "mamba", "mamba", "bytes", {"d_model": 104, "layers": 3}, BYTES, steps=600, lr=2e-3),
+    Experiment("bytes", "lstm", "lstm", "bytes", {"d_model": 96, "layers": 1, "hidden": 176}, BYTES, steps=600, lr=2e-3),
 ]
 
 
