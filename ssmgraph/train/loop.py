@@ -264,7 +264,7 @@ def _progress(enabled: bool, total: int, start: int) -> Iterator[Any]:
 
     columns = (
         TextColumn("[bold]train"),
-        BarColumn(),
+        BarColumn(bar_width=20),
         MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
@@ -275,10 +275,10 @@ def _progress(enabled: bool, total: int, start: int) -> Iterator[Any]:
         handle = progress.add_task("train", total=total, completed=start, info="")
 
         def update(step: int, metrics: dict[str, float]) -> None:
-            info = f"loss {metrics.get('loss', float('nan')):.4f} acc {metrics.get('accuracy', 0.0):.3f}"
+            info = f"loss {metrics.get('loss', float('nan')):.3f} acc {metrics.get('accuracy', 0.0):.2f}"
             if "eval_accuracy" in metrics:
-                info += f" eval acc {metrics['eval_accuracy']:.3f}"
-            info += f" {metrics.get('tokens_per_s', 0.0):,.0f} tok/s"
+                info += f" held-out {metrics['eval_accuracy']:.2f}"
+            info += f" {metrics.get('tokens_per_s', 0.0) / 1000:.1f}k tok/s"
             progress.update(handle, completed=step, info=info)
 
         yield update
