@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -32,7 +33,10 @@ import torch
 import torch.nn.functional as F
 
 VARIANTS = ("ref", "blelloch-ag", "loop", "blelloch")
-TABLE = [(8, 1024, 512, 16), (8, 64, 512, 16), (8, 16, 512, 16), (4, 1024, 128, 16), (1, 1024, 64, 16), (2, 256, 32, 16), (1, 4096, 32, 16)]
+TABLE = [
+    (8, 1024, 512, 16), (8, 64, 512, 16), (8, 16, 512, 16), (4, 1024, 128, 16),
+    (1, 1024, 64, 16), (2, 256, 32, 16), (1, 4096, 32, 16),
+]
 SWEEP_SLICE = [(1, 1024, d, 16) for d in (16, 32, 64, 128, 256, 512)] + [(2, 1024, 512, 16)]
 SWEEP_LEN = [(1, length, 16, 16) for length in (4, 8, 16, 32, 64, 128, 256)]
 
@@ -40,7 +44,8 @@ SWEEP_LEN = [(1, length, 16, 16) for length in (4, 8, 16, 32, 64, 128, 256)]
 def _inputs(b: int, length: int, d: int, n: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     u = torch.randn(b, d, length, generator=g)
-    dt = torch.exp(torch.rand(d, generator=g) * (torch.log(torch.tensor(0.1)) - torch.log(torch.tensor(1e-3))) + torch.log(torch.tensor(1e-3)))
+    lo, hi = math.log(1e-3), math.log(1e-1)
+    dt = torch.exp(torch.rand(d, generator=g) * (hi - lo) + lo)  # Mamba's dt init
     delta = (dt + torch.log(-torch.expm1(-dt)))[:, None] + 0.5 * torch.randn(b, d, length, generator=g)
     A = -torch.arange(1, n + 1, dtype=torch.float32).repeat(d, 1)
     B = torch.randn(b, n, length, generator=g)
@@ -145,7 +150,8 @@ def run(shapes: list[tuple[int, int, int, int]], variants: tuple[str, ...]) -> N
             mem = float(_sub("--mem-worker", v, *dims))
             cells.append(f"{t[v + ':fwd']:.4f} / {t[v + ':fwd_bwd']:.4f} ({mem:.0f})")
         b, length, d, n = shape
-        print(f"| {b}·{length}·{d}·{n} | {b * d * n} | " + " | ".join(cells) + f" | {pick_method(b, d, n, length)} |", flush=True)
+        row = f"| {b}·{length}·{d}·{n} | {b * d * n} | " + " | ".join(cells)
+        print(row + f" | {pick_method(b, d, n, length)} |", flush=True)
 
 
 def main() -> None:

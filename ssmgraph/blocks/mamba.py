@@ -250,7 +250,10 @@ MAMBA = BlockSpec(
         Param("dt_rank", (str, int), "auto", "rank R of the Δ projection: 'auto' = ceil(d_model / 16), or an int"),
         Param("dt_min", float, 1e-3, "smallest initial Δ (log-uniform init)", min=0),
         Param("dt_max", float, 1e-1, "largest initial Δ (log-uniform init)", min=0),
-        Param("dt_init", str, "random", "dt_proj weight init: U(±dt_scale/√R) or the constant dt_scale/√R", choices=("random", "constant")),
+        Param(
+            "dt_init", str, "random", "dt_proj weight init: U(±dt_scale/√R) or the constant dt_scale/√R",
+            choices=("random", "constant"),
+        ),
         Param("dt_scale", float, 1.0, "scale of the dt_proj weight init", min=0),
         Param("dt_init_floor", float, 1e-4, "lower clamp of the initial Δ", min=0),
         Param("conv_bias", bool, True, "bias in the depthwise convolution"),

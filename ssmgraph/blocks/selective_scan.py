@@ -31,11 +31,24 @@ Two entry points:
 
   ``method="auto"`` picks by the per-step slice size ``batch·d·N`` and the length.
 
-Measured on the 2-core CPU of the dev machine (torch 2.13 fp32; reproduce with
-``python benchmarks/bench_selective_scan.py``; full table in docs/blocks/mamba.md), forward +
-backward at B8 L1024 d512 N16: ``selective_scan_ref`` 2.99 s and 2.4 GB, ``loop`` 0.40 s and
-0.29 GB, ``blelloch`` 0.71 s. Blelloch wins when the per-step slice batch·d·N is small
-(1·4096·32·16: 0.027 s against the loop's 0.053 s).
+Measured on the 2-core CPU of the dev machine, idle, 2 threads, torch 2.13, fp32 (reproduce
+with ``python benchmarks/bench_selective_scan.py --sweep``; full tables in
+docs/blocks/mamba.md). Forward+backward seconds, peak memory in MB:
+
+  ============================  ============  ============  ============
+  batch·L·d·N (b·d·N per step)  ref           loop          blelloch
+  ============================  ============  ============  ============
+  8·1024·512·16 (65536)         2.94 / 2411   0.365 / 294   0.713 / 278
+  1·1024·128·16 (2048)          -             0.0255        0.0311
+  1·1024·64·16 (1024)           0.142         0.0165        0.0151
+  1·1024·16·16 (256)            -             0.0114        0.0048
+  1·16·16·16 (256)              -             0.0006        0.0008
+  ============================  ============  ============  ============
+
+So the custom backward is 8x faster than autograd through the reference loop at the
+Mamba-sized shape with 8x less memory, the loop wins from b·d·N ≈ 2048 up, Blelloch wins
+below that (up to 2.4x at 256) once L > 64, and a short sequence is a loop whatever its
+width. ``auto`` encodes exactly this (:data:`LOOP_MIN_SLICE`, :data:`LOOP_MAX_LEN`).
 
 References: Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State
 Spaces"; state-spaces/mamba ``selective_scan_ref``; Blelloch 1990, "Prefix sums and their
@@ -51,10 +64,11 @@ from torch.autograd.function import once_differentiable
 
 METHODS = ("auto", "loop", "blelloch")
 
-LOOP_MIN_SLICE = 8192
+LOOP_MIN_SLICE = 2048
 """``auto`` uses the sequential loop when batch·d·N is at least this (measured crossover)."""
-LOOP_MAX_LEN = 8
-"""``auto`` uses the loop for sequences this short whatever the slice size."""
+LOOP_MAX_LEN = 64
+"""``auto`` uses the loop for sequences this short whatever the slice size (measured: the
+two tie from 16 to 64 steps at b·d·N = 256; Blelloch wins from 128)."""
 CHUNK_ELEMENTS = 1 << 20
 """Target size (elements) of one (chunk, batch, d, N) work buffer of the fast path (4 MB in
 fp32: the buffers of a chunk then stay in cache; larger chunks measured slower)."""

@@ -135,8 +135,10 @@ def test_bf16_inputs_are_scanned_in_fp32():
 
 def test_auto_picks_by_shape_and_bad_method_is_refused():
     assert pick_method(8, 512, 16, 1024) == "loop"  # 65K elements per step
-    assert pick_method(1, 32, 16, 1024) == "blelloch"  # 512 elements per step
-    assert pick_method(1, 32, 16, 4) == "loop"  # too short to be worth a tree
+    assert pick_method(1, 128, 16, 1024) == "loop"  # 2048: the measured crossover
+    assert pick_method(1, 64, 16, 1024) == "blelloch"  # 1024 elements per step
+    assert pick_method(1, 32, 16, 64) == "loop"  # too short to be worth a tree
+    assert pick_method(1, 32, 16, 65) == "blelloch"
     x = make_inputs(length=3)
     with pytest.raises(ValueError, match="method"):
         selective_scan(**x, method="hillis")
