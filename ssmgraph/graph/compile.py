@@ -192,8 +192,7 @@ def _tap_projections(taps: dict[str, TapInstance], typed: dict[str, TypedNode], 
         if spec is None:
             errors.add("E201", f"unknown block {inst.project_block!r}", inst.mark, where, registry.suggest(inst.project_block))
             continue
-        probe = _ProjectionNode(inst, spec.name)
-        args = check_args(probe, spec, errors)  # type: ignore[arg-type]
+        args = check_args(spec, inst.project_args, NodeDecl(name=inst.name, mark=inst.mark), f"{where}.args", errors)
         if args is None:
             continue
         in_types = [typed[inst.value].out_type]
@@ -207,16 +206,6 @@ def _tap_projections(taps: dict[str, TapInstance], typed: dict[str, TypedNode], 
         _install(root, module_path, module)
         paths[name] = module_path
     return paths
-
-
-class _ProjectionNode:
-    """Adapts a tap projection to what :func:`check_args` reads from a graph node."""
-
-    def __init__(self, inst: TapInstance, block: str):
-        self.path = f"taps.{inst.name}.project"
-        self.block = block
-        self.args = inst.project_args
-        self.decl = NodeDecl(name=inst.name, mark=inst.mark)
 
 
 def count_parameters(module: nn.Module) -> int:

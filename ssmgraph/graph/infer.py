@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
 
-from ssmgraph.blueprint.model import Blueprint
+from ssmgraph.blueprint.model import Blueprint, NodeDecl
 from ssmgraph.errors import Collector, did_you_mean
 from ssmgraph.graph.expand import Expanded, GraphNode
 from ssmgraph.registry.plugins import Registry
@@ -24,26 +25,26 @@ class TypedNode:
     caps: Capabilities
 
 
-def check_args(node: GraphNode, spec: BlockSpec, errors: Collector) -> dict[str, Any] | None:
-    """Given args + defaults, each checked against the spec's schema."""
-    decl, ok = node.decl, True
+def check_args(spec: BlockSpec, given: Mapping[str, Any], decl: NodeDecl, path: str, errors: Collector) -> dict[str, Any] | None:
+    """Given args + defaults, each checked against the spec's schema (marks from ``decl``)."""
+    ok = True
     args = dict(spec.defaults())
-    for key, value in node.args.items():
+    for key, value in given.items():
         param = spec.param(key)
         mark = decl.marks.get(f"args.{key}") or decl.mark_of("args")
         if param is None:
             known = [p.name for p in spec.params]
-            errors.add("E202", f"block {spec.name!r} has no parameter {key!r}", mark, f"{node.path}.args.{key}", did_you_mean(key, known) if known else f"{spec.name} takes no parameters")
+            errors.add("E202", f"block {spec.name!r} has no parameter {key!r}", mark, f"{path}.args.{key}", did_you_mean(key, known) if known else f"{spec.name} takes no parameters")
             ok = False
             continue
         value, problem = param.check(value)
         if problem:
-            errors.add("E203", f"{spec.name} parameter {key!r}: {problem}", mark, f"{node.path}.args.{key}", param.doc)
+            errors.add("E203", f"{spec.name} parameter {key!r}: {problem}", mark, f"{path}.args.{key}", param.doc)
             ok = False
         args[key] = value
     for param in spec.params:
-        if param.required and param.name not in node.args:
-            errors.add("E204", f"block {spec.name!r} needs parameter {param.name!r} ({param.doc})", decl.mark_of("args") if "args" in decl.marks else decl.mark, f"{node.path}.args", f"add args: {{{param.name}: ...}}")
+        if param.required and param.name not in given:
+            errors.add("E204", f"block {spec.name!r} needs parameter {param.name!r} ({param.doc})", decl.mark_of("args") if "args" in decl.marks else decl.mark, f"{path}.args", f"add args: {{{param.name}: ...}}")
             ok = False
     return args if ok else None
 
@@ -91,7 +92,7 @@ def infer(blueprint: Blueprint, expanded: Expanded, registry: Registry, errors: 
             if node.block:
                 errors.add("E201", f"unknown block {node.block!r}", node.decl.mark_of("block"), f"{path}.block", registry.suggest(node.block))
             continue
-        args = check_args(node, spec, errors)
+        args = check_args(spec, node.args, node.decl, path, errors)
         inputs = None if node.broken else _ordered_inputs(node, spec, errors)
         if args is not None and inputs is not None:
             checked[path] = (spec, args, inputs)
