@@ -367,6 +367,51 @@ def _show_block(spec: Any) -> None:
 
 @app.command()
 @user_errors
+def check(
+    block: Annotated[str, typer.Argument(help="The block to check, e.g. `mix.s4d` or a plugin's `mix.my_mixer`.")],
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", "-s", help="Build the block with this argument, e.g. `--set heads=2` (repeatable)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: one {block, check, status, detail} per check.")] = False,
+) -> None:
+    """Run the conformance kit on a block: does it keep the block contract?
+
+    Checks shapes and dtypes, gradients, causality, step == forward, state carrying, masks,
+    state-dict and blueprint round trips, meta-device construction, documentation and
+    `torch.compile`, chosen by the capabilities the block declares (docs/plugins.md).
+    Without `--set` it checks every argument set the spec lists in `examples`. Exits 1 when
+    a check fails. Examples:
+
+    * `ssmgraph check mix.s4d`
+    * `ssmgraph check mix.attention --set heads=2 --set rope=true`
+    """
+    from ssmgraph.blueprint import parse_overrides
+    from ssmgraph.testing.conformance import CHECKS, block_cases, make_case, run_check
+
+    _warn_plugin_problems()
+    try:
+        cases = [make_case(block, parse_overrides(set_))] if set_ else block_cases([block])
+    except ValueError as exc:
+        raise SsmgraphError(str(exc)) from None
+    rows = [(case, run_check(chk, case)) for case in cases for chk in CHECKS]
+    failed = sum(result.status == "failed" for _, result in rows)
+    if as_json:
+        sys.stdout.write(json.dumps([{"block": c.label, "check": r.check, "status": r.status, "detail": r.detail} for c, r in rows], indent=2) + "\n")
+    else:
+        style = {"passed": "green", "failed": "bold red", "skipped": "dim"}
+        table = Table(title=f"conformance of {block}: {len(rows) - failed} of {len(rows)} checks pass or do not apply")
+        for column in ("configuration", "check", "result", "detail"):
+            table.add_column(column, style="cyan" if column == "configuration" else None, overflow="fold")
+        for case, result in rows:
+            table.add_row(case.label, result.check, f"[{style[result.status]}]{result.status}[/]", result.detail)
+        _stdout().print(table)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
 def plugins(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON: name, package, version, status, error, blocks.")] = False,
 ) -> None:

@@ -229,6 +229,7 @@ _DROPOUT = Param("dropout", float, 0.0, "dropout on the attention probabilities 
 
 ATTENTION = BlockSpec(
     name="mix.attention",
+    examples=({}, {"kv_heads": 2, "rope": True, "bias": True}, {"causal": False}),
     role="mix",
     doc="Multi-head scaled dot-product self-attention (causal or bidirectional), optional GQA and RoPE.",
     params=(

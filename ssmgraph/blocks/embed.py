@@ -137,6 +137,7 @@ def _position_shape(in_types: Sequence[TensorType], *, max_len: int, dim: int, *
 
 TOKEN = BlockSpec(
     name="embed.token",
+    examples=({"vocab": 5, "dim": 8},),
     role="embed",
     doc="Token-id lookup table: int ids (...) -> float (..., dim); `weight` is (vocab, dim).",
     params=(
@@ -151,6 +152,7 @@ TOKEN = BlockSpec(
 
 LINEAR = BlockSpec(
     name="embed.linear",
+    examples=({"dim": 6},),
     role="embed",
     doc="Linear embedding of continuous features: B×L×F -> B×L×dim.",
     params=(
@@ -165,6 +167,7 @@ LINEAR = BlockSpec(
 
 POSITION = BlockSpec(
     name="embed.position",
+    examples=({"max_len": 16, "dim": 8},),
     role="embed",
     doc="Absolute position embedding (learned or sinusoidal) of a sequence, to be added to its embedding.",
     params=(

@@ -98,6 +98,7 @@ MLP_SPEC = BlockSpec(
 
 GLU_SPEC = BlockSpec(
     name="ffn.glu",
+    examples=({}, {"activation": "gelu", "bias": True}),
     role="ffn",
     doc="Gated FFN (SwiGLU / GEGLU): w_down(act(w_gate x) * w_up x), Llama-sized by default.",
     params=(

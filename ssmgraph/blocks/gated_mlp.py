@@ -106,6 +106,7 @@ def _build(in_types: list[TensorType], **args: Any) -> GatedMLPSSM:
 
 GATED_MLP = BlockSpec(
     name="mix.gated_mlp",
+    examples=({"d_state": 8}, {"d_state": 8, "ssm": "s4"}),
     role="mix",
     doc="gated MLP with an LTI SSM (S4D or S4) on the value branch: W_out((SSM(v)+Dv) ⊙ silu(g))",
     reference="Gu & Dao 2023, Mamba, §3.4 / Fig. 3 (gated MLP with an SSM on the main branch); "

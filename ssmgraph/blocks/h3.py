@@ -216,6 +216,7 @@ def _build(in_types: list[TensorType], **args: Any) -> H3Block:
 
 H3 = BlockSpec(
     name="mix.h3",
+    examples=({"d_state": 8}, {"d_state": 8, "heads": 2, "inner": "s4"}),
     role="mix",
     doc="H3: q/k/v projections, shift SSM on K, diagonal (S4D) or DPLR (S4) SSM on K·V, Q gating",
     reference="Fu et al. 2023, Hungry Hungry Hippos: Towards Language Modeling with State Space Models; "

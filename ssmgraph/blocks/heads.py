@@ -64,6 +64,7 @@ def _classify_shape(in_types: Sequence[TensorType], *, classes: int, **_: Any) -
 
 LM = BlockSpec(
     name="head.lm",
+    examples=({"vocab": 5},),
     role="head",
     doc="Language-model head: logits over `vocab`; `weight` is (vocab, dim), tieable to embed.token.",
     params=(
@@ -78,6 +79,7 @@ LM = BlockSpec(
 
 CLASSIFY = BlockSpec(
     name="head.classify",
+    examples=({"classes": 3}, {"classes": 3, "pooling": "last"}),
     role="head",
     doc="Sequence classifier: pool over the sequence (mean, last or first token), then Linear to classes.",
     params=(

@@ -100,6 +100,7 @@ def _build(in_types: Sequence[TensorType], **args: Any) -> LSTMMixer:
 
 LSTM = BlockSpec(
     name="mix.lstm",
+    examples=({}, {"hidden": 12, "layers": 2}, {"bidirectional": True}),
     role="mix",
     doc="Stacked LSTM (torch.nn.LSTM), optionally bidirectional, projected back to the input dim.",
     params=(

@@ -241,6 +241,7 @@ def _build(in_types: Sequence[TensorType], **args: Any) -> Mamba:
 
 MAMBA = BlockSpec(
     name="mix.mamba",
+    examples=({}, {"scan": "blelloch", "bias": True}),
     role="mix",
     doc="Mamba selective SSM block (S6): expand, causal conv + SiLU, input-dependent Δ/B/C scan, SiLU(z) gate.",
     params=(

@@ -45,6 +45,7 @@ from ssmgraph.blocks.ssm_kernels import (
     dplr_dense,
     dplr_kernel,
     fft_conv,
+    host_init,
     log_uniform,
     nplr,
     register_ssm_param,
@@ -79,8 +80,15 @@ class DPLRSSM(nn.Module):
         super().__init__()
         self.H, self.N2, self.channels, self.l_max = d_model, d_state // 2, channels, l_max
         self.bidirectional = bidirectional
+        with host_init() as device:
+            self._init_parameters(d_state, measure, l_max, dt_min, dt_max, ssm_lr, device)
+        self._step_cache: tuple[tuple, StepMats] | None = None
+
+    def _init_parameters(
+        self, d_state: int, measure: str, l_max: int, dt_min: float, dt_max: float, ssm_lr: float, device: torch.device
+    ) -> None:
         W, P, B, _ = nplr(measure, d_state)
-        H = d_model
+        H, channels, bidirectional = self.H, self.channels, self.bidirectional
         log_dt = log_uniform((H,), dt_min, dt_max)
         log_re = torch.log((-W.real).clamp(min=1e-4)).expand(H, -1).clone()
         A_imag = (-W.imag).expand(H, -1).clone()
@@ -94,13 +102,12 @@ class DPLRSSM(nn.Module):
         eye = torch.eye(d_state, dtype=AL.dtype)
         C = torch.einsum("chm,hmn->chn", conj_full(C), eye - AL)[..., : self.N2]
         dtype = torch.get_default_dtype()
-        register_ssm_param(self, "log_dt", log_dt.to(dtype), ssm_lr)
-        register_ssm_param(self, "log_A_real", log_re.to(dtype), ssm_lr)
-        register_ssm_param(self, "A_imag", A_imag.to(dtype), ssm_lr)
-        register_ssm_param(self, "P", torch.view_as_real(P).to(dtype).contiguous(), ssm_lr)
-        register_ssm_param(self, "B", torch.view_as_real(B).to(dtype).contiguous(), ssm_lr)
-        self.C = nn.Parameter(torch.view_as_real(C).to(dtype).contiguous())
-        self._step_cache: tuple[tuple, StepMats] | None = None
+        register_ssm_param(self, "log_dt", log_dt.to(device, dtype), ssm_lr)
+        register_ssm_param(self, "log_A_real", log_re.to(device, dtype), ssm_lr)
+        register_ssm_param(self, "A_imag", A_imag.to(device, dtype), ssm_lr)
+        register_ssm_param(self, "P", torch.view_as_real(P).to(device, dtype).contiguous(), ssm_lr)
+        register_ssm_param(self, "B", torch.view_as_real(B).to(device, dtype).contiguous(), ssm_lr)
+        self.C = nn.Parameter(torch.view_as_real(C).to(device, dtype).contiguous())
 
     def params(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """``(Δ (H), Λ (H, N/2), P (R, H, N/2), B (H, N/2), C̃ (c', H, N/2))`` in float64.
@@ -235,6 +242,7 @@ def _build(in_types: list[TensorType], **args: Any) -> ConvSSMBlock:
 
 S4 = BlockSpec(
     name="mix.s4",
+    examples=({}, {"measure": "fout", "channels": 2, "glu": False}, {"bidirectional": True}),
     role="mix",
     doc="S4 state-space layer: HiPPO DPLR kernel (Cauchy + Woodbury), FFT conv, D skip, GELU, Linear+GLU",
     reference="Gu, Goel, Ré 2022, Efficiently Modeling Long Sequences with Structured State Spaces (S4); "

@@ -29,6 +29,7 @@ from ssmgraph.blocks.ssm_kernels import (
     complex_dtype,
     diag_final_state,
     diag_init,
+    host_init,
     discretize_diag,
     fft_conv,
     log_uniform,
@@ -80,7 +81,8 @@ class DiagSSM(nn.Module):
             raise ValueError(f"unknown discretisation {disc!r}")
         self.H, self.N2, self.channels = d_model, d_state // 2, channels
         self.disc, self.bidirectional = disc, bidirectional
-        A, B = diag_init(init, d_state)
+        with host_init() as device:
+            A, B = (t.to(device) for t in diag_init(init, d_state))
         dtype = torch.get_default_dtype()
         register_ssm_param(self, "log_dt", log_uniform((d_model,), dt_min, dt_max).to(dtype), ssm_lr)
         log_re = torch.log((-A.real).clamp(min=1e-4)).expand(d_model, -1)
@@ -255,6 +257,7 @@ def _build(in_types: list[TensorType], **args: Any) -> ConvSSMBlock:
 
 S4D = BlockSpec(
     name="mix.s4d",
+    examples=({}, {"init": "legs", "disc": "bilinear", "channels": 2}, {"bidirectional": True}),
     role="mix",
     doc="S4D diagonal state-space layer: Vandermonde kernel, FFT conv, D skip, GELU, Linear+GLU",
     reference="Gu et al. 2022, On the Parameterization and Initialization of Diagonal State Space "
@@ -262,7 +265,7 @@ S4D = BlockSpec(
     params=(
         *ssm_params(),
         Param("init", str, "lin", "initialisation of A (S4D-Lin, -Inv, -LegS, -Real)", choices=DIAG_INITS),
-        Param("disc", str, "zoh", "discretisation", choices=DISCRETIZATIONS),
+        Param("disc", str, "zoh", "discretisation of the continuous SSM (zero-order hold or bilinear)", choices=DISCRETIZATIONS),
         *block_params(),
     ),
     factory=_build,

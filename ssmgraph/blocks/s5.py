@@ -248,6 +248,7 @@ def _build(in_types: list[TensorType], **args: Any) -> S5Block:
 
 S5 = BlockSpec(
     name="mix.s5",
+    examples=({"d_state": 16, "blocks": 2}, {"d_state": 16, "blocks": 2, "conj_sym": False, "disc": "bilinear"}, {"d_state": 16, "bidirectional": True}),
     role="mix",
     doc="S5 MIMO diagonal SSM (block-diagonal HiPPO-N init, per-state Δ, parallel scan) + GLU activation",
     reference="Smith, Warrington, Linderman 2023, Simplified State Space Layers for Sequence Modeling (S5); "
@@ -256,7 +257,7 @@ S5 = BlockSpec(
         Param("d_state", int, 256, "state size P (before conjugate symmetry halves it)", min=2),
         Param("blocks", int, 8, "number J of HiPPO-N blocks on the diagonal of the init", min=1),
         Param("conj_sym", bool, True, "keep half of each conjugate pair and output 2 Re(C x)"),
-        Param("disc", str, "zoh", "discretisation", choices=DISCRETIZATIONS),
+        Param("disc", str, "zoh", "discretisation of the continuous SSM (zero-order hold or bilinear)", choices=DISCRETIZATIONS),
         Param("C_init", str, "trunc_standard_normal", "initialisation of C", choices=C_INITS),
         Param("dt_min", float, 1e-3, "smallest initial step size Δ (one per state, log-uniform)", min=0.0),
         Param("dt_max", float, 1e-1, "largest initial step size Δ", min=0.0),

@@ -27,7 +27,9 @@ state-spaces/s4 ``models/s4/s4.py`` and ``src/models/hippo/hippo.py``, linderman
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -503,6 +505,16 @@ def complex_dtype(dtype: torch.dtype) -> torch.dtype:
     complex128; anything else (float32, bfloat16, float16, complex64) → complex64 — states
     are never kept below single precision."""
     return torch.complex128 if dtype in (torch.float64, torch.complex128) else torch.complex64
+
+
+@contextlib.contextmanager
+def host_init() -> Iterator[torch.device]:
+    """Run initialisation math (eigendecompositions, matrix powers) on the CPU, even under a
+    ``torch.device("meta")`` context where it cannot run; yields the ambient device that
+    the results go to, so a model built on the meta device allocates nothing of size."""
+    device = torch.empty(0).device
+    with torch.device("cpu"):
+        yield device
 
 
 def register_ssm_param(module: torch.nn.Module, name: str, tensor: Tensor, lr: float) -> None:

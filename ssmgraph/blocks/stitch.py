@@ -29,6 +29,7 @@ def _shape(in_types: Sequence[TensorType], *, dim: int, **_: Any) -> TensorType:
 
 STITCH_LINEAR = BlockSpec(
     name="stitch.linear",
+    examples=({"dim": 6},),
     role="stitch",
     doc="Learnable linear map from the input dim to `dim`: tap projections and model stitching.",
     params=(

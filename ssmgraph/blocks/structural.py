@@ -119,10 +119,12 @@ CONCAT = BlockSpec(
     shape=_concat_shape,
     variadic=True,
     pointwise=True,
+    reference="torch.cat along the last dimension",
 )
 
 LINEAR = BlockSpec(
     name="struct.linear",
+    examples=({"dim": 6}, {"dim": 6, "bias": False}),
     role="struct",
     doc="Affine map of the feature dimension to `dim` (nn.Linear: weight, bias).",
     params=(
@@ -132,6 +134,7 @@ LINEAR = BlockSpec(
     factory=lambda in_types, *, dim, bias: nn.Linear(in_types[0].dim, dim, bias=bias),
     shape=_linear_shape,
     pointwise=True,
+    reference="torch.nn.Linear",
 )
 
 DROPOUT = BlockSpec(

@@ -157,6 +157,9 @@ class BlockSpec:
     reference: str = ""
     contract: int = CONTRACT_VERSION
     perm_spaces: tuple[str, ...] = field(default=())
+    examples: tuple[Mapping[str, Any], ...] = ()
+    """Argument sets the conformance kit (``ssmgraph check``) builds the block with, defaults
+    filled in; needed when a parameter is required, useful to cover variants."""
     plugin: str = ""
     """Filled in by the registry: the plugin (distribution) that provided the spec."""
 

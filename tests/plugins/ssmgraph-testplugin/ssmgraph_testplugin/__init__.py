@@ -6,6 +6,8 @@ learnable decay a = sigmoid(logit) — the simplest linear recurrence, with a re
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -17,14 +19,15 @@ from ssmgraph.registry.specs import same_as_input
 class EMA(nn.Module):
     def __init__(self, dim: int, init_decay: float):
         super().__init__()
-        self.logit = nn.Parameter(torch.full((dim,), float(torch.logit(torch.tensor(init_decay)))))
+        self.logit = nn.Parameter(torch.full((dim,), math.log(init_decay / (1 - init_decay))))
 
     def forward(self, x: Tensor, *, state: Tensor | None = None, return_state: bool = False, mask: Tensor | None = None):
         a = torch.sigmoid(self.logit)
         y = state if state is not None else x.new_zeros(x.shape[0], x.shape[2])
+        valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask.bool()
         outs = []
-        for x_t in x.unbind(1):
-            y = a * y + (1 - a) * x_t
+        for x_t, v_t in zip(x.unbind(1), valid.unbind(1)):
+            y = torch.where(v_t[:, None], a * y + (1 - a) * x_t, y)  # padding keeps the state
             outs.append(y)
         out = torch.stack(outs, 1)
         return (out, out[:, -1]) if return_state else out
@@ -46,6 +49,7 @@ EMA_SPEC = BlockSpec(
     factory=lambda in_types, *, init_decay: EMA(in_types[0].dim, init_decay),
     shape=same_as_input,
     step=True,
+    reference="exponential smoothing (Brown 1956); an example plugin",
 )
 
 
