@@ -410,6 +410,30 @@ def check(
         raise typer.Exit(1)
 
 
+plugin_app = typer.Typer(help="Start a block plugin of your own (see docs/plugins.md).", no_args_is_help=True)
+app.add_typer(plugin_app, name="plugin")
+
+
+@plugin_app.command("new")
+@user_errors
+def plugin_new(
+    name: Annotated[str, typer.Argument(help="The plugin's name, e.g. `my_mixer`: package ssmgraph-my-mixer, block mix.my_mixer.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The folder to create the package in.")] = Path("."),
+) -> None:
+    """Write a working block-plugin package to start from.
+
+    It holds a causal depthwise-convolution mixer with a recurrent step, the entry point
+    that makes ssmgraph find it, and tests that run the conformance kit. Then:
+
+    * `cd ssmgraph-NAME && pip install -e '.[test]'`
+    * `ssmgraph check mix.NAME` and `pytest`
+    """
+    from ssmgraph.plugin_template import new_plugin
+
+    target = new_plugin(name, out_dir)
+    err.print(f"plugin package written to {target}; next: cd {target} && pip install -e '.[test]' && pytest", markup=False, highlight=False)
+
+
 @app.command()
 @user_errors
 def plugins(

@@ -154,6 +154,8 @@ def _close(a: Tensor, b: Tensor, what: str, rtol: float = 1e-6) -> None:
         raise AssertionError(f"{what}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
     if a.is_complex() or b.is_complex():
         a, b = torch.view_as_real(a.resolve_conj()), torch.view_as_real(b.resolve_conj())
+    if a.numel() == 0:
+        return
     a, b = a.double(), b.double()
     scale = b.abs().max().clamp_min(1e-12)
     err = ((a - b).abs().max() / scale).item()

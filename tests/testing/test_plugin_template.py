@@ -1,0 +1,53 @@
+"""`ssmgraph plugin new` writes a plugin that works: it registers and passes the kit."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import tomllib
+
+import pytest
+from typer.testing import CliRunner
+
+from ssmgraph.cli import app
+from ssmgraph.registry.plugins import Registry
+from ssmgraph.testing import check_block
+
+
+@pytest.fixture
+def generated(tmp_path, monkeypatch):
+    result = CliRunner().invoke(app, ["plugin", "new", "short_conv", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    root = tmp_path / "ssmgraph-short-conv"
+    monkeypatch.syspath_prepend(str(root))
+    yield root
+    for name in [m for m in sys.modules if m.startswith("ssmgraph_short_conv")]:
+        del sys.modules[name]
+
+
+def test_the_package_declares_its_entry_point(generated):
+    project = tomllib.loads((generated / "pyproject.toml").read_text())
+    assert project["project"]["name"] == "ssmgraph-short-conv"
+    assert project["project"]["entry-points"]["ssmgraph"] == {"short_conv": "ssmgraph_short_conv"}
+    assert (generated / "tests" / "test_conformance.py").exists()
+    assert "{{" not in "".join(p.read_text() for p in generated.rglob("*") if p.is_file())
+
+
+def test_the_template_block_registers_and_passes_every_check(generated):
+    plugin = importlib.import_module("ssmgraph_short_conv")
+    registry = Registry(autoload=False)
+    registry.register(plugin, "short_conv", "ssmgraph-short-conv", "0.1.0")
+    registry.collect()
+    spec = registry.get("mix.short_conv")
+    assert spec is not None and spec.plugin == "ssmgraph-short-conv"
+    for example in spec.examples:
+        assert check_block(spec, example).ok
+
+
+def test_bad_names_and_existing_folders_are_refused(tmp_path):
+    runner = CliRunner()
+    bad = runner.invoke(app, ["plugin", "new", "My-Mixer", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "lowercase letters" in bad.stderr
+    assert runner.invoke(app, ["plugin", "new", "dup", "--out", str(tmp_path)]).exit_code == 0
+    again = runner.invoke(app, ["plugin", "new", "dup", "--out", str(tmp_path)])
+    assert again.exit_code == 2 and "already exists" in again.stderr
