@@ -367,6 +367,104 @@ def _show_block(spec: Any) -> None:
 
 @app.command()
 @user_errors
+def merge(
+    recipe: Annotated[Optional[Path], typer.Argument(help="A merge recipe (YAML): merge_method, models, parameters, data.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the merged model and its report here.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the recipe, load the models, say how alike they are and which methods apply; merge nothing.")] = False,
+    methods: Annotated[bool, typer.Option("--methods", help="List the merge methods (built-in and from plugins) and their parameters.")] = False,
+) -> None:
+    """Merge models as a recipe says: weight averaging, TIES, DARE, SLERP, mutual training, ...
+
+    The recipe names the models (saved runs or blueprints), the method and its parameters,
+    and the data to probe, train or evaluate on. A compatibility check runs first (identical
+    blueprint / same shapes / alignable / heterogeneous); a method that cannot apply says why
+    and which methods can. The output folder loads with `ssmgraph.load` and holds
+    report.md, report.json and plots. Examples:
+
+    * `ssmgraph merge --methods`
+    * `ssmgraph merge soup.yaml --out runs/soup`
+    * `ssmgraph merge mutual.yaml --out runs/trio --dry-run`
+    """
+    from ssmgraph.merge.recipe import load_recipe
+
+    if methods:
+        _show_merge_methods()
+        return
+    if recipe is None:
+        raise SsmgraphError("give a recipe file (or --methods to list the methods); docs/merging.md shows recipes")
+    _warn_plugin_problems()
+    parsed = load_recipe(recipe)
+    if dry_run:
+        from ssmgraph.merge.context import methods_for
+        from ssmgraph.merge.run import plan
+
+        models, compatibility, reason, _ = plan(parsed)
+        _stdout().print(f"{len(models)} models, {compatibility.replace('_', '-')}: {reason}", highlight=False)
+        _stdout().print(f"{parsed.method.name} applies; so do: {', '.join(methods_for(compatibility))}", highlight=False)
+        return
+    if out_dir is None:
+        raise SsmgraphError("say where to write the merged model: --out DIR")
+    from ssmgraph.merge.run import run_merge
+
+    folder, result = run_merge(parsed, out_dir, overwrite=overwrite, progress=err.is_terminal)
+    for title, header, rows in result.tables:
+        table = Table(title=title)
+        for column in header:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+        _stdout().print(table)
+    err.print(f"merged model and report written to {folder} (report.md)", highlight=False)
+
+
+def _show_merge_methods() -> None:
+    from ssmgraph.registry.plugins import get_registry
+
+    table = Table(title="merge methods")
+    for column in ("method", "needs", "plugin", "parameters", "description"):
+        table.add_column(column, style="cyan" if column == "method" else None, overflow="fold")
+    for spec in get_registry().merge_methods.values():
+        params = ", ".join(f"{p.name}={p.default}" if not p.required else p.name for p in spec.params)
+        table.add_row(spec.name, spec.needs.replace("_", "-") + (" + data" if spec.data else ""), spec.plugin, params, spec.doc)
+    _stdout().print(table)
+
+
+@app.command()
+@user_errors
+def compare(
+    model_a: Annotated[Path, typer.Argument(help="A saved model or training run.")],
+    model_b: Annotated[Path, typer.Argument(help="Another saved model or training run (any architecture).")],
+    task: Annotated[str, typer.Option("--task", help="The task whose held-out inputs are fed to both models.")],
+    task_option: TaskOption = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where to write cka.png and cka.json.")] = Path("."),
+    batches: Annotated[int, typer.Option(help="Held-out batches to compare on.", min=1)] = 8,
+    batch_size: Annotated[int, typer.Option(help="Sequences per batch.", min=1)] = 32,
+) -> None:
+    """Linear CKA between every layer of two models, as a heatmap (PNG) and a table.
+
+    Both models read the same held-out inputs of the task; each layer's hidden states are
+    compared (1 = the same up to rotation and scale, 0 = unrelated). CKA ignores rotations, so
+    it measures shared structure, not whether one model's features can be plugged into the
+    other. Example: `ssmgraph compare runs/gpt runs/mamba --task induction_heads`
+    """
+    from ssmgraph.blueprint import parse_overrides
+    from ssmgraph.merge.compare import compare_models
+    from ssmgraph.train.loop import make_task
+
+    result = compare_models(model_a, model_b, make_task(task, parse_overrides(task_option or [])), out_dir, batches=batches, batch_size=batch_size)
+    table = Table(title=f"linear CKA: rows {result['a']}, columns {result['b']}")
+    table.add_column("layer")
+    for name in result["layers_b"]:
+        table.add_column(name)
+    for name, row in zip(result["layers_a"], result["cka"]):
+        table.add_row(name, *(f"{v:.3f}" for v in row))
+    _stdout().print(table)
+    err.print(f"heatmap written to {result['png']}", highlight=False)
+
+
+@app.command()
+@user_errors
 def check(
     block: Annotated[str, typer.Argument(help="The block to check, e.g. `mix.s4d` or a plugin's `mix.my_mixer`.")],
     set_: Annotated[

@@ -38,6 +38,11 @@ class Mul(nn.Module):
         return out
 
 
+class Mean(nn.Module):
+    def forward(self, *xs: Tensor) -> Tensor:
+        return torch.stack(xs).mean(0)
+
+
 class Concat(nn.Module):
     """Concatenation along the feature (last) dimension."""
 
@@ -68,6 +73,10 @@ def _add_shape(in_types: Sequence[TensorType], **_: Any) -> TensorType:
 
 def _mul_shape(in_types: Sequence[TensorType], **_: Any) -> TensorType:
     return _equal_shapes(in_types, "struct.mul")
+
+
+def _mean_shape(in_types: Sequence[TensorType], **_: Any) -> TensorType:
+    return _equal_shapes(in_types, "struct.mean")
 
 
 def _concat_shape(in_types: Sequence[TensorType], **_: Any) -> TensorType:
@@ -108,6 +117,18 @@ MUL = BlockSpec(
     variadic=True,
     pointwise=True,
     reference="Dauphin et al. 2017, Language Modeling with Gated Convolutional Networks",
+)
+
+MEAN = BlockSpec(
+    name="struct.mean",
+    role="struct",
+    doc="Elementwise mean of two or more inputs of one shape (an ensemble of logits).",
+    params=(),
+    factory=lambda in_types, **_: Mean(),
+    shape=_mean_shape,
+    variadic=True,
+    pointwise=True,
+    reference="model ensembling by averaging logits",
 )
 
 CONCAT = BlockSpec(
@@ -151,4 +172,4 @@ DROPOUT = BlockSpec(
 
 @hookimpl
 def ssmgraph_blocks() -> list[BlockSpec]:
-    return [ADD, MUL, CONCAT, LINEAR, DROPOUT]
+    return [ADD, MUL, MEAN, CONCAT, LINEAR, DROPOUT]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from ssmgraph.registry.specs import BlockSpec, TaskSpec
+    from ssmgraph.registry.specs import BlockSpec, MergeMethodSpec, TaskSpec
 
 PROJECT = "ssmgraph"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -35,3 +35,15 @@ def ssmgraph_blocks() -> Iterable[BlockSpec]:
 @hookspec
 def ssmgraph_tasks() -> Iterable[TaskSpec]:
     """Return the training tasks this plugin provides (``ssmgraph train --task NAME``)."""
+
+
+@hookspec
+def ssmgraph_merge_methods() -> Iterable[MergeMethodSpec]:
+    """Return the merge methods this plugin provides (``merge_method:`` in a merge recipe).
+
+    Example::
+
+        @ssmgraph.hookimpl
+        def ssmgraph_merge_methods():
+            return [MergeMethodSpec(name="my_merge", doc="...", params=(...), needs="same_shape", run=my_run)]
+    """

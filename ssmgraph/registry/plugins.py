@@ -26,7 +26,7 @@ import pluggy
 
 from ssmgraph.errors import SsmgraphError, did_you_mean
 from ssmgraph.registry import hookspecs
-from ssmgraph.registry.specs import BlockSpec, TaskSpec
+from ssmgraph.registry.specs import BlockSpec, MergeMethodSpec, TaskSpec
 from ssmgraph.train.tasks import BUILTIN_TASK_PLUGINS
 
 ENTRY_POINT_GROUP = "ssmgraph"
@@ -46,6 +46,15 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "ssmgraph.blocks.gated_mlp",
     "ssmgraph.blocks.mamba",
     *BUILTIN_TASK_PLUGINS,
+    "ssmgraph.merge.builtin",
+)
+
+
+_RECORD_HOOKS: tuple[tuple[str, type, str, str], ...] = (
+    # (hook, record type, what it is called in messages, table on the Registry and PluginRecord)
+    ("ssmgraph_blocks", BlockSpec, "block", "blocks"),
+    ("ssmgraph_tasks", TaskSpec, "task", "tasks"),
+    ("ssmgraph_merge_methods", MergeMethodSpec, "merge method", "merge_methods"),
 )
 
 
@@ -66,6 +75,7 @@ class PluginRecord:
     error: str = ""
     blocks: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
+    merge_methods: list[str] = field(default_factory=list)
     entry_point: str = ""
     builtin: bool = False
 
@@ -78,6 +88,7 @@ class PluginRecord:
             "error": self.error or None,
             "blocks": list(self.blocks),
             "tasks": list(self.tasks),
+            "merge_methods": list(self.merge_methods),
             "entry_point": self.entry_point or None,
             "builtin": self.builtin,
         }
@@ -106,6 +117,7 @@ class Registry:
         self.plugins: dict[str, PluginRecord] = {}
         self.blocks: dict[str, BlockSpec] = {}
         self.tasks: dict[str, TaskSpec] = {}
+        self.merge_methods: dict[str, MergeMethodSpec] = {}
         self.problems: list[str] = []
         self.strict = os.environ.get("SSMGRAPH_STRICT_PLUGINS") == "1"
         if autoload is None:
@@ -158,15 +170,15 @@ class Registry:
     def collect(self) -> None:
         """Call each records hook plugin by plugin, attributing and checking every record
         (again after a late ``register``: the tables are rebuilt)."""
-        self.blocks.clear()
-        self.tasks.clear()
-        for record in self.plugins.values():
-            record.blocks.clear()
-            record.tasks.clear()
-        self._collect("ssmgraph_blocks", BlockSpec, "block", self.blocks)
-        self._collect("ssmgraph_tasks", TaskSpec, "task", self.tasks)
+        for hook_name, record_type, what, kind in _RECORD_HOOKS:
+            table: dict[str, Any] = getattr(self, kind)
+            table.clear()
+            for record in self.plugins.values():
+                getattr(record, kind).clear()
+            self._collect(hook_name, record_type, what, kind)
 
-    def _collect(self, hook_name: str, record_type: type, what: str, table: dict[str, Any]) -> None:
+    def _collect(self, hook_name: str, record_type: type, what: str, kind: str) -> None:
+        table: dict[str, Any] = getattr(self, kind)
         providers: dict[str, PluginRecord] = {}
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():  # registration order
             record = self.plugins[impl.plugin_name]
@@ -194,7 +206,7 @@ class Registry:
                     )
                 table[spec.name] = replace(spec, plugin=record.dist)
                 providers[spec.name] = record
-                (record.blocks if what == "block" else record.tasks).append(spec.name)
+                getattr(record, kind).append(spec.name)
 
     # ---- queries ------------------------------------------------------------------------
     def get(self, name: str) -> BlockSpec | None:
@@ -211,6 +223,9 @@ class Registry:
 
     def task(self, name: str) -> TaskSpec | None:
         return self.tasks.get(name)
+
+    def merge_method(self, name: str) -> MergeMethodSpec | None:
+        return self.merge_methods.get(name)
 
     def search(self, pattern: str = "*") -> list[BlockSpec]:
         import fnmatch

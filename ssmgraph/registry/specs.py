@@ -99,6 +99,16 @@ class Param:
             return value, f"{value!r} is above the maximum {self.max:g}"
         return value, None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type_name,
+            "required": self.required,
+            "default": None if self.required else self.default,
+            "doc": self.doc,
+            "range": self.describe_range() or None,
+        }
+
     def describe_range(self) -> str:
         if self.choices is not None:
             return " | ".join(repr(c) for c in self.choices)
@@ -226,17 +236,7 @@ class BlockSpec:
             "inputs": list(self.inputs),
             "variadic": self.variadic,
             "capabilities": caps,
-            "params": [
-                {
-                    "name": p.name,
-                    "type": p.type_name,
-                    "required": p.required,
-                    "default": None if p.required else p.default,
-                    "doc": p.doc,
-                    "range": p.describe_range() or None,
-                }
-                for p in self.params
-            ],
+            "params": [p.to_json() for p in self.params],
         }
 
 
@@ -286,8 +286,66 @@ class TaskSpec:
             "plugin": self.plugin,
             "doc": self.doc,
             "reference": self.reference,
-            "params": [
-                {"name": p.name, "type": p.type_name, "required": p.required, "default": None if p.required else p.default, "doc": p.doc, "range": p.describe_range() or None}
-                for p in self.params
-            ],
+            "params": [p.to_json() for p in self.params],
+        }
+
+
+COMPATIBILITY = ("identical", "same_shape", "alignable", "heterogeneous")
+"""How alike the models of a merge are, from most to least: the same blueprint; the same
+state-dict names and shapes; the same graph of blocks up to widths; anything else."""
+
+
+@dataclass(frozen=True)
+class MergeMethodSpec:
+    """A merge method as the registry knows it (hook ``ssmgraph_merge_methods``).
+
+    ``run(context)`` does the merge: it receives a :class:`ssmgraph.merge.context.MergeContext`
+    (the loaded models, the method's checked parameters, the data, the output folder) and
+    returns a :class:`ssmgraph.merge.context.MergeResult`. ``needs`` is the least alike the
+    models may be (one of :data:`COMPATIBILITY`): ``same_shape`` methods also accept
+    identical blueprints, ``heterogeneous`` ones accept anything."""
+
+    name: str
+    doc: str
+    params: tuple[Param, ...]
+    run: Callable[..., Any]
+    needs: str = "identical"
+    min_models: int = 2
+    max_models: int | None = None
+    data: bool = False
+    """Whether the method needs a ``data:`` task (probing or training)."""
+    reference: str = ""
+    plugin: str = ""
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params if not p.required}
+
+    def accepts(self, compatibility: str) -> bool:
+        return COMPATIBILITY.index(compatibility) <= COMPATIBILITY.index(self.needs)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not isinstance(self.name, str) or not re.match(r"^[a-z][a-z0-9_]*$", self.name):
+            problems.append(f"merge method name {self.name!r} must be lowercase letters, digits and _")
+        if not self.doc:
+            problems.append("doc is empty")
+        if not callable(self.run):
+            problems.append("run must be callable")
+        if self.needs not in COMPATIBILITY:
+            problems.append(f"needs {self.needs!r} is not one of {', '.join(COMPATIBILITY)}")
+        problems.extend(f"parameter {p.name!r} has no doc" for p in self.params if not p.doc)
+        return problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "plugin": self.plugin,
+            "doc": self.doc,
+            "needs": self.needs,
+            "data": self.data,
+            "reference": self.reference,
+            "params": [p.to_json() for p in self.params],
         }

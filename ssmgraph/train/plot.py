@@ -10,13 +10,11 @@ from ssmgraph.train.metrics import read_metrics
 
 def plot_run(run_dir: Path, out_dir: Path) -> list[Path]:
     """Write loss.png and accuracy.png (train and held-out curves) into ``out_dir``."""
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SsmgraphError("plotting needs matplotlib: pip install 'ssmgraph[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     records = read_metrics(run_dir)
     if not records:
         raise SsmgraphError(f"{run_dir}: no metrics.jsonl to plot (is it a training run?)")

@@ -1,0 +1,63 @@
+"""``ssmgraph compare``: linear CKA between every layer of two models on a task's inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssmgraph.graph.model import CompiledModel
+from ssmgraph.train.tasks.base import Task
+
+
+def tapped(model: CompiledModel, name: str) -> CompiledModel:
+    """``model`` with its hidden states tapped after every layer (tap ``<name>.h``), same weights."""
+    from ssmgraph.blueprint import load_blueprint
+    from ssmgraph.blueprint.yamlsafe import dump_yaml
+    from ssmgraph.graph.compile import compile_blueprint
+    from ssmgraph.merge.compose import compose, state_from_sources
+
+    joint = compile_blueprint(load_blueprint(f"{name}.yaml", text=dump_yaml(compose({name: model.blueprint.to_dict()}, d_common=1))))
+    state = state_from_sources({name: model.state_dict()}, joint.state_dict())
+    joint.load_state_dict(state, strict=False)
+    return joint.eval()
+
+
+@torch.no_grad()
+def hidden_states(model: CompiledModel, name: str, task: Task, batches: int, batch_size: int) -> dict[str, torch.Tensor]:
+    """Each layer's hidden states on held-out inputs, as (tokens × width) matrices."""
+    from ssmgraph.merge.mutual import _model_taps
+
+    probe = tapped(model, name)
+    layers: list[list[torch.Tensor]] = []
+    for i, batch in enumerate(task.eval_batches(batch_size)):
+        if i == batches:
+            break
+        _, taps = probe(batch.inputs, taps=[f"{name}.h"])
+        found = _model_taps(taps, name, "h")
+        layers = layers or [[] for _ in found]
+        for store, t in zip(layers, found):
+            store.append(t.reshape(-1, t.shape[-1]).double())
+    return {f"{name}.{i}": torch.cat(chunks) for i, chunks in enumerate(layers)}
+
+
+def compare_models(path_a: Path, path_b: Path, task: Task, out_dir: Path, *, batches: int = 8, batch_size: int = 32) -> dict[str, Any]:
+    """CKA of every layer pair of two saved models; writes ``cka.png`` and ``cka.json``."""
+    import ssmgraph
+    from ssmgraph.merge.plots import heatmap
+    from ssmgraph.merge.similarity import cka_matrix
+
+    names = ("a", "b") if Path(path_a).name == Path(path_b).name else (Path(path_a).name, Path(path_b).name)
+    name_a, name_b = (n.replace("-", "_") if n.replace("-", "_").isidentifier() else "model" for n in names)
+    if name_a == name_b:
+        name_a, name_b = "a", "b"
+    feats_a = hidden_states(ssmgraph.load(path_a), name_a, task, batches, batch_size)
+    feats_b = hidden_states(ssmgraph.load(path_b), name_b, task, batches, batch_size)
+    cka = cka_matrix(list(feats_a.values()), list(feats_b.values()))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = heatmap(cka, list(feats_a), list(feats_b), f"linear CKA: {path_a} vs {path_b}", out_dir / "cka.png", "CKA")
+    result = {"a": str(path_a), "b": str(path_b), "layers_a": list(feats_a), "layers_b": list(feats_b), "cka": cka.tolist(), "png": str(png)}
+    (out_dir / "cka.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
