@@ -46,6 +46,7 @@ ERROR_CODES: dict[str, str] = {
     "E300": "plugin problem",
     "E400": "bad checkpoint or run directory",
     "E500": "training stopped (diverged, bad run directory, model and task do not fit)",
+    "E700": "merge cannot run (the models do not fit the method, or the method failed)",
 }
 
 

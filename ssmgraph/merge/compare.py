@@ -20,7 +20,7 @@ def tapped(model: CompiledModel, name: str) -> CompiledModel:
     from ssmgraph.merge.compose import compose, state_from_sources
 
     joint = compile_blueprint(load_blueprint(f"{name}.yaml", text=dump_yaml(compose({name: model.blueprint.to_dict()}, d_common=1))))
-    state = state_from_sources({name: model.state_dict()}, joint.state_dict())
+    state = state_from_sources({name: model.state_dict()}, joint)
     joint.load_state_dict(state, strict=False)
     return joint.eval()
 

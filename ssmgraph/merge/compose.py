@@ -119,12 +119,15 @@ def compose(sources: Mapping[str, Mapping[str, Any]], *, d_common: int, share_em
     }
 
 
-def state_from_sources(sources: Mapping[str, Mapping[str, Any]], joint_state: Mapping[str, Any]) -> dict[str, Any]:
-    """Source weights under their joint names (``<model>_<key>``), where the joint model has them."""
+def state_from_sources(sources: Mapping[str, Mapping[str, Any]], joint: Any) -> dict[str, Any]:
+    """Source weights under their joint names (``<model>_<key>``), where the joint model has
+    them. Tied aliases are skipped: with a shared embedding, each model's tied head would
+    otherwise write its own embedding into the one shared tensor."""
+    joint_state = joint.state_dict()
     out = {}
     for model, state in sources.items():
         for key, value in state.items():
-            joint = f"{model}_{key}"
-            if joint in joint_state and joint_state[joint].shape == value.shape:
-                out[joint] = value
+            name = f"{model}_{key}"
+            if name in joint_state and name not in joint.tied and joint_state[name].shape == value.shape:
+                out[name] = value
     return out

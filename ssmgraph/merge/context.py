@@ -121,10 +121,14 @@ def _pair_class(a: LoadedModel, b: LoadedModel) -> tuple[str, str]:
     sa, sb = _structure(a.model), _structure(b.model)
     if sa == sb:
         return "alignable", f"models {a.name!r} and {b.name!r} have the same blocks but different widths"
-    for (pa, ba), (pb, bb) in zip(sa, sb):
-        if (pa, ba) != (pb, bb):
-            return "heterogeneous", f"models {a.name!r} ({ba} at {pa}) and {b.name!r} ({bb} at {pb}) differ"
-    return "heterogeneous", f"models {a.name!r} ({len(sa)} blocks) and {b.name!r} ({len(sb)} blocks) differ in depth"
+    blocks_b = dict(sb)
+    for path, block in sa:  # first the same place holding different blocks, then extra places
+        if path in blocks_b and blocks_b[path] != block:
+            return "heterogeneous", f"models {a.name!r} ({block} at {path}) and {b.name!r} ({blocks_b[path]} at {path}) differ"
+    only_a = [f"{block} at {path}" for path, block in sa if path not in blocks_b]
+    only_b = [f"{block} at {path}" for path, block in sb if path not in dict(sa)]
+    where = f"only {a.name!r} has {only_a[0]}" if only_a else f"only {b.name!r} has {only_b[0]}"
+    return "heterogeneous", f"models {a.name!r} ({len(sa)} blocks) and {b.name!r} ({len(sb)} blocks) differ: {where}"
 
 
 def methods_for(compatibility: str) -> list[str]:

@@ -222,7 +222,7 @@ def _build_joint(context: MergeContext, names: list[str]) -> CompiledModel:
     text = dump_yaml(compose(sources, d_common=context.params["d_common"], share_embedding=context.params["share_embedding"]))
     torch.manual_seed(context.recipe.seed)
     joint = compile_blueprint(load_blueprint("joint.yaml", text=text))
-    state = state_from_sources({m.name: m.model.state_dict() for m in chosen}, joint.state_dict())
+    state = state_from_sources({m.name: m.model.state_dict() for m in chosen}, joint)
     joint.load_state_dict(state, strict=False)
     return joint
 

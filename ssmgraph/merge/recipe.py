@@ -183,7 +183,7 @@ def parse_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         errors.add("E112", f"seed: expected an integer, got {seed!r}", _mark(raw, "seed"), "seed")
-    if method is not None:
+    if method is not None and len(models) == len(raw.get("models") or []):  # count only well-formed lists
         _check_method_fit(errors, method, models, data, raw, top)
     errors.raise_if_any()
     assert method is not None
