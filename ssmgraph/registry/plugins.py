@@ -45,6 +45,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "ssmgraph.blocks.h3",
     "ssmgraph.blocks.gated_mlp",
     "ssmgraph.blocks.mamba",
+    "ssmgraph.blocks.blend",
     *BUILTIN_TASK_PLUGINS,
     "ssmgraph.merge.builtin",
 )
