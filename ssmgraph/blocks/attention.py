@@ -17,6 +17,13 @@ entries are never attended to.
 
 ``mix.cross_attention`` attends from x (queries) to a second input ``memory`` (keys,
 values), as the decoder of Vaswani et al. 2017 does.
+
+Permutation space ``heads``: whole heads, which attend independently and are concatenated
+before ``out_proj``. Under GQA a unit is a key/value head together with the ``heads /
+kv_heads`` query heads that read it, so the sharing is kept. Whole heads are safe with RoPE
+(every head rotates by the same angles); dimensions within a head are not declared: RoPE
+rotates fixed pairs of them, and without RoPE their symmetry is per head (a permutation of
+each head's own), which a space shared by all heads cannot express.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
 
 AttentionState = tuple[Tensor, Tensor, Tensor]
 
@@ -223,6 +230,24 @@ def _build_cross(in_types: Sequence[TensorType], **args: Any) -> CrossAttention:
     return CrossAttention(in_types[0].dim, in_types[1].dim, **args)
 
 
+def _attention_spaces(in_types: Sequence[TensorType], *, heads: int, kv_heads: int | None, bias: bool, **_: Any) -> tuple[PermSpace, ...]:
+    dim = in_types[0].dim
+    kv = heads if kv_heads is None else kv_heads
+    head_dim, share = dim // heads, heads // kv
+    axes = [PermAxis("out_proj.weight", 1, group=share * head_dim)]
+    for param in ("qkv.weight", "qkv.bias") if bias else ("qkv.weight",):
+        axes += [PermAxis(param, 0, group=share * head_dim), PermAxis(param, 0, group=head_dim, chunks=2, start=dim)]
+    return (PermSpace("heads", kv, tuple(axes), "key/value heads, each with the query heads that share it"),)
+
+
+def _cross_spaces(in_types: Sequence[TensorType], *, heads: int, bias: bool, **_: Any) -> tuple[PermSpace, ...]:
+    head_dim = in_types[0].dim // heads
+    axes = [PermAxis("out_proj.weight", 1, group=head_dim)]
+    for part in ("weight", "bias") if bias else ("weight",):
+        axes += [PermAxis(f"q_proj.{part}", 0, group=head_dim), PermAxis(f"kv_proj.{part}", 0, group=head_dim, chunks=2)]
+    return (PermSpace("heads", heads, tuple(axes), "attention heads"),)
+
+
 _HEADS = Param("heads", int, 4, "number of attention (query) heads; must divide dim", min=1)
 _BIAS = Param("bias", bool, False, "learn biases in the projections")
 _DROPOUT = Param("dropout", float, 0.0, "dropout on the attention probabilities (training only)", min=0.0, max=1.0)
@@ -243,6 +268,7 @@ ATTENTION = BlockSpec(
     ),
     factory=_build_attention,
     shape=_attention_shape,
+    perm_spaces=_attention_spaces,
     causal=lambda a: a["causal"],
     bidirectional=lambda a: not a["causal"],
     step=lambda a: a["causal"],
@@ -258,6 +284,7 @@ CROSS_ATTENTION = BlockSpec(
     params=(_HEADS, _BIAS, _DROPOUT),
     factory=_build_cross,
     shape=_cross_shape,
+    perm_spaces=_cross_spaces,
     inputs=("x", "memory"),
     causal=True,
     reference="Vaswani et al. 2017, Attention Is All You Need (encoder-decoder attention)",

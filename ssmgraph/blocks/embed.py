@@ -71,11 +71,13 @@ class PositionEmbedding(nn.Module):
         if kind == "learned":
             self.weight = nn.Parameter(torch.empty(max_len, dim))
             nn.init.normal_(self.weight, std=EMBED_INIT_STD)
+        else:  # follows .to(dtype): the sinusoids of token-id inputs take the module's dtype
+            self.register_buffer("dtype_marker", torch.empty(0), persistent=False)
 
     def _embed(self, positions: Tensor, x: Tensor) -> Tensor:
         if self.kind == "learned":
             return F.embedding(positions, self.weight)
-        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+        dtype = x.dtype if x.is_floating_point() else self.dtype_marker.dtype
         return sinusoidal(positions, self.dim, dtype)
 
     def forward(

@@ -8,6 +8,9 @@
   default width follow Llama (facebookresearch/llama ``model.py`` FeedForward: w1 = w_gate,
   w3 = w_up, w2 = w_down; hidden = int(8·dim/3) rounded up to a multiple of ``multiple_of``),
   which keeps the parameter count of a 4·dim MLP.
+
+Both declare one permutation space, ``hidden``: the hidden units (rows of fc1 / w_gate /
+w_up, columns of fc2 / w_down), whose order the pointwise activation does not see.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, TensorType, same_as_input
+from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, TensorType, same_as_input
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
@@ -70,14 +73,34 @@ def glu_hidden(dim: int, multiple_of: int) -> int:
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
+def _mlp_width(in_types: Sequence[TensorType], hidden: int | None) -> int:
+    return 4 * in_types[0].dim if hidden is None else hidden
+
+
+def _glu_width(in_types: Sequence[TensorType], hidden: int | None, multiple_of: int) -> int:
+    return glu_hidden(in_types[0].dim, multiple_of) if hidden is None else hidden
+
+
 def _build_mlp(in_types: Sequence[TensorType], *, hidden: int | None, **args: Any) -> MLP:
-    dim = in_types[0].dim
-    return MLP(dim, hidden=4 * dim if hidden is None else hidden, **args)
+    return MLP(in_types[0].dim, hidden=_mlp_width(in_types, hidden), **args)
 
 
 def _build_glu(in_types: Sequence[TensorType], *, hidden: int | None, multiple_of: int, **args: Any) -> GLU:
-    dim = in_types[0].dim
-    return GLU(dim, hidden=glu_hidden(dim, multiple_of) if hidden is None else hidden, **args)
+    return GLU(in_types[0].dim, hidden=_glu_width(in_types, hidden, multiple_of), **args)
+
+
+def _hidden_space(width: int, rows: Sequence[str], cols: Sequence[str], bias: bool) -> tuple[PermSpace, ...]:
+    axes = [PermAxis(f"{m}.weight", 0) for m in rows] + [PermAxis(f"{m}.weight", 1) for m in cols]
+    axes += [PermAxis(f"{m}.bias", 0) for m in rows if bias]
+    return (PermSpace("hidden", width, tuple(axes), "hidden units"),)
+
+
+def _mlp_spaces(in_types: Sequence[TensorType], *, hidden: int | None, bias: bool, **_: Any) -> tuple[PermSpace, ...]:
+    return _hidden_space(_mlp_width(in_types, hidden), ("fc1",), ("fc2",), bias)
+
+
+def _glu_spaces(in_types: Sequence[TensorType], *, hidden: int | None, multiple_of: int, bias: bool, **_: Any) -> tuple[PermSpace, ...]:
+    return _hidden_space(_glu_width(in_types, hidden, multiple_of), ("w_gate", "w_up"), ("w_down",), bias)
 
 
 MLP_SPEC = BlockSpec(
@@ -92,6 +115,7 @@ MLP_SPEC = BlockSpec(
     ),
     factory=_build_mlp,
     shape=same_as_input,
+    perm_spaces=_mlp_spaces,
     pointwise=True,
     reference="Vaswani et al. 2017, Attention Is All You Need, §3.3",
 )
@@ -109,6 +133,7 @@ GLU_SPEC = BlockSpec(
     ),
     factory=_build_glu,
     shape=same_as_input,
+    perm_spaces=_glu_spaces,
     pointwise=True,
     reference="Shazeer 2020, GLU Variants Improve Transformer; Touvron et al. 2023, LLaMA",
 )

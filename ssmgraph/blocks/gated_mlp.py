@@ -13,6 +13,8 @@ decoding::
     y = W_out(h ⊙ silu(g))               W_out: Linear(E·D → D)
 
 The projections have no bias by default (as Mamba's). It is causal, with ``step``.
+Permutation spaces: ``inner``, the E·D channels (rows of both in_proj halves, the SSM's
+features, D, out_proj's columns), and ``modes``, the SSM's stored modes.
 
 References: Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces",
 2023 (arXiv 2312.00752), §3.4 and Figure 3 (gated MLP → H3 → Mamba); Shazeer, "GLU Variants
@@ -30,10 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmgraph.blocks.s4 import DPLRSSM
-from ssmgraph.blocks.s4d import DiagSSM, check_ssm_args
+from ssmgraph.blocks.s4d import DiagSSM, check_ssm_args, ssm_feature_axes, ssm_mode_space
 from ssmgraph.blocks.ssm_kernels import DIAG_INITS, DISCRETIZATIONS, mask_lengths, ssm_dtype
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, TensorType, same_as_input
+from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, TensorType, same_as_input
 
 
 class GatedMLPSSM(nn.Module):
@@ -104,6 +106,18 @@ def _build(in_types: list[TensorType], **args: Any) -> GatedMLPSSM:
     return GatedMLPSSM(in_types[0].dim, **args)
 
 
+def _spaces(in_types: list[TensorType], *, expand: int, ssm: str, d_state: int, bias: bool, **_: Any) -> tuple[PermSpace, ...]:
+    dplr = ssm == "s4"
+    halves = ("in_proj.weight", "in_proj.bias") if bias else ("in_proj.weight",)
+    axes = (
+        *(PermAxis(p, 0, chunks=2) for p in halves),
+        *ssm_feature_axes("ssm.", dplr=dplr),
+        PermAxis("D", 0),
+        PermAxis("out_proj.weight", 1),
+    )
+    return (PermSpace("inner", expand * in_types[0].dim, axes, "inner channels"), ssm_mode_space("ssm.", d_state, dplr=dplr))
+
+
 GATED_MLP = BlockSpec(
     name="mix.gated_mlp",
     examples=({"d_state": 8}, {"d_state": 8, "ssm": "s4"}),
@@ -125,6 +139,7 @@ GATED_MLP = BlockSpec(
     ),
     factory=_build,
     shape=_shape,
+    perm_spaces=_spaces,
     causal=True,
     bidirectional=False,
     step=True,

@@ -17,6 +17,13 @@ the S4 DPLR kernel with LegS init (``inner='s4'``). With d = 1 the block is
 as in the reference, so reference weights port without a permutation. The block is causal;
 ``step`` runs the shift register and the diagonal recurrence.
 
+Permutation spaces: ``heads`` (H > 1), whole heads — their q/k/v rows, the shift SSM and
+D_k of their features, their inner-SSM feature and D, their out_proj columns; ``qk_dims``
+and ``v_dims`` (d > 1), the index i of q and k (with the shift SSM on k) and the index j
+of v (with out_proj), one permutation for every head, since the inner SSM is shared over
+the d × d entries of a head; ``modes``, the inner SSM's stored modes. The shift SSM's N
+taps are ordered by delay, so they are no space.
+
 Reference: Fu, Dao, Saab, Thomas, Rudra, Ré, "Hungry Hungry Hippos: Towards Language
 Modeling with State Space Models", ICLR 2023 (arXiv 2212.14052). Code: HazyResearch/H3
 ``src/models/ssm/h3.py``, ``ss_kernel_shift.py``, ``ss_kernel_diag.py``.
@@ -32,10 +39,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmgraph.blocks.s4 import DPLRSSM
-from ssmgraph.blocks.s4d import DiagSSM, check_ssm_args
+from ssmgraph.blocks.s4d import DiagSSM, check_ssm_args, ssm_feature_axes, ssm_mode_space
 from ssmgraph.blocks.ssm_kernels import fft_conv, mask_lengths, register_ssm_param, right_align, ssm_dtype
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
 
 H3State = tuple[Tensor, Tensor]
 
@@ -214,6 +221,29 @@ def _build(in_types: list[TensorType], **args: Any) -> H3Block:
     )
 
 
+def _rows(params: tuple[str, ...], **layout: int) -> tuple[PermAxis, ...]:
+    return tuple(PermAxis(p, 0, **layout) for p in params)
+
+
+_Q, _V = ("q_proj.weight", "q_proj.bias"), ("v_proj.weight", "v_proj.bias")
+_K = ("k_proj.weight", "k_proj.bias", "shift.B", "shift.C", "D_k")  # everything indexed by k's features
+
+
+def _spaces(in_types: list[TensorType], *, heads: int | None, d_state: int, inner: str, **_: Any) -> list[PermSpace]:
+    dim = in_types[0].dim
+    H = _heads(dim, heads)
+    d, dplr = dim // H, inner == "s4"
+    spaces = [ssm_mode_space("ssm.", d_state, dplr=dplr)]
+    if H > 1:  # features are head-major (h·d + i); out_proj's columns are j-major (j·H + h)
+        axes = (*_rows(_Q + _K + _V, group=d), *ssm_feature_axes("ssm.", dplr=dplr), PermAxis("D", 0), PermAxis("out_proj.weight", 1, chunks=d))
+        spaces.append(PermSpace("heads", H, axes, "heads"))
+    if d > 1:
+        spaces.append(PermSpace("qk_dims", d, _rows(_Q + _K, chunks=H), "index i of q and k, alike in every head"))
+        axes = (*_rows(_V, chunks=H), PermAxis("out_proj.weight", 1, group=H))
+        spaces.append(PermSpace("v_dims", d, axes, "index j of v and of the output, alike in every head"))
+    return spaces
+
+
 H3 = BlockSpec(
     name="mix.h3",
     examples=({"d_state": 8}, {"d_state": 8, "heads": 2, "inner": "s4"}),
@@ -235,6 +265,7 @@ H3 = BlockSpec(
     ),
     factory=_build,
     shape=_shape,
+    perm_spaces=_spaces,
     causal=True,
     bidirectional=False,
     step=True,

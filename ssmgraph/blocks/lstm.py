@@ -16,6 +16,12 @@ returns per-step outputs of the top layer only, never the per-step cell states o
 layer that a gathered final state would need. Packing reads the lengths on the host (one
 device sync), so a masked call is not ``torch.compile(fullgraph=True)``-friendly; unmasked
 calls are. Outputs at padded positions are zero.
+
+Permutation spaces ``hidden_l{k}`` (and ``hidden_l{k}_reverse``): the cell units of layer k
+in one direction. A unit is a row in each of the four gate chunks of ``weight_ih``,
+``weight_hh`` and both biases, a column of ``weight_hh``, and the columns that read it in
+the next layer's ``weight_ih`` (or in ``out_proj``). The top layer's units are declared only
+when ``out_proj`` exists: without it they are the block's output, the residual stream.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, TensorType, same_as_input
+from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, TensorType, same_as_input
 
 LSTMState = tuple[Tensor, Tensor]
 
@@ -98,6 +104,21 @@ def _build(in_types: Sequence[TensorType], **args: Any) -> LSTMMixer:
     return LSTMMixer(in_types[0].dim, **args)
 
 
+def _spaces(in_types: Sequence[TensorType], *, layers: int, hidden: int | None, bidirectional: bool, **_: Any) -> list[PermSpace]:
+    dim = in_types[0].dim
+    width = dim if hidden is None else hidden
+    directions = ("", "_reverse") if bidirectional else ("",)
+    projected = width * len(directions) != dim
+    spaces = []
+    for layer in range(layers if projected else layers - 1):
+        readers = [f"lstm.weight_ih_l{layer + 1}{d}" for d in directions] if layer < layers - 1 else ["out_proj.weight"]
+        for i, d in enumerate(directions):
+            gates = [PermAxis(f"lstm.{kind}_l{layer}{d}", 0, chunks=4) for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            inputs = [PermAxis(f"lstm.weight_hh_l{layer}{d}", 1)] + [PermAxis(r, 1, start=i * width) for r in readers]
+            spaces.append(PermSpace(f"hidden_l{layer}{d}", width, (*gates, *inputs), f"cell units of layer {layer}{d.replace('_', ', ')}"))
+    return spaces
+
+
 LSTM = BlockSpec(
     name="mix.lstm",
     examples=({}, {"hidden": 12, "layers": 2}, {"bidirectional": True}),
@@ -111,6 +132,7 @@ LSTM = BlockSpec(
     ),
     factory=_build,
     shape=same_as_input,
+    perm_spaces=_spaces,
     causal=lambda a: not a["bidirectional"],
     bidirectional=lambda a: a["bidirectional"],
     step=lambda a: not a["bidirectional"],

@@ -38,6 +38,11 @@ h (fp32, or fp64 for fp64 models). ``forward(state=...)`` prepends the last d_co
 entries of conv_state to the conv input, so chunked processing equals one pass. With
 ``mask`` (right padding), Δ is zero at padded positions, which leaves h unchanged there; the
 final conv_state is read at each sequence's own end, and outputs at padded positions are 0.
+
+Permutation spaces: ``inner``, the E channels (rows of both in_proj halves, the depthwise
+conv, dt_proj's rows and bias, A_log's rows, D, and the columns of x_proj and out_proj);
+``state``, the N state entries of every channel (the B and C rows of x_proj, A_log's
+columns); ``dt_rank``, the R entries of δ (x_proj's first rows, dt_proj's columns).
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from torch import Tensor, nn
 from ssmgraph.blocks._optim import mark_optim
 from ssmgraph.blocks.selective_scan import METHODS, selective_scan
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
 
 MambaState = tuple[Tensor, Tensor]
 
@@ -239,6 +244,24 @@ def _build(in_types: Sequence[TensorType], **args: Any) -> Mamba:
     return Mamba(in_types[0].dim, **args)
 
 
+def _spaces(
+    in_types: Sequence[TensorType], *, d_state: int, expand: float, dt_rank: str | int, conv_bias: bool, bias: bool, **_: Any
+) -> tuple[PermSpace, ...]:
+    d_model = in_types[0].dim
+    rank = resolve_dt_rank(dt_rank, d_model)
+    halves = ("in_proj.weight", "in_proj.bias") if bias else ("in_proj.weight",)
+    channel = [PermAxis(p, 0, chunks=2) for p in halves]
+    channel += [PermAxis(p, 0) for p in ("conv1d.weight", "dt_proj.weight", "dt_proj.bias", "A_log", "D")]
+    channel += [PermAxis(p, 1) for p in ("x_proj.weight", "out_proj.weight")]
+    if conv_bias:
+        channel.append(PermAxis("conv1d.bias", 0))
+    return (
+        PermSpace("inner", int(expand * d_model), tuple(channel), "inner channels E"),
+        PermSpace("state", d_state, (PermAxis("x_proj.weight", 0, chunks=2, start=rank), PermAxis("A_log", 1)), "state entries N"),
+        PermSpace("dt_rank", rank, (PermAxis("x_proj.weight", 0), PermAxis("dt_proj.weight", 1)), "entries of the low-rank δ"),
+    )
+
+
 MAMBA = BlockSpec(
     name="mix.mamba",
     examples=({}, {"scan": "blelloch", "bias": True}),
@@ -264,6 +287,7 @@ MAMBA = BlockSpec(
     ),
     factory=_build,
     shape=_shape,
+    perm_spaces=_spaces,
     causal=True,
     bidirectional=False,
     step=True,

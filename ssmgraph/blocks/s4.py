@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ssmgraph.blocks.s4d import ConvSSMBlock, block_params, check_ssm_args, ssm_params
+from ssmgraph.blocks.s4d import ConvSSMBlock, block_params, check_ssm_args, conv_ssm_spaces, ssm_params
 from ssmgraph.blocks.ssm_kernels import (
     MEASURES,
     bilinear_dense,
@@ -51,7 +51,7 @@ from ssmgraph.blocks.ssm_kernels import (
     register_ssm_param,
 )
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import BlockSpec, Param, PermSpace, ShapeError, TensorType, same_as_input
 
 StepMats = tuple[Tensor, Tensor, Tensor]
 
@@ -240,6 +240,10 @@ def _build(in_types: list[TensorType], **args: Any) -> ConvSSMBlock:
     return ConvSSMBlock(ssm, H, args["activation"], args["dropout"], args["glu"])
 
 
+def _spaces(in_types: list[TensorType], **args: Any) -> list[PermSpace]:
+    return conv_ssm_spaces(in_types, d_state=args["d_state"], channels=args["channels"], bidirectional=args["bidirectional"], dplr=True)
+
+
 S4 = BlockSpec(
     name="mix.s4",
     examples=({}, {"measure": "fout", "channels": 2, "glu": False}, {"bidirectional": True}),
@@ -255,6 +259,7 @@ S4 = BlockSpec(
     ),
     factory=_build,
     shape=_shape,
+    perm_spaces=_spaces,
     causal=lambda a: not a["bidirectional"],
     bidirectional=lambda a: a["bidirectional"],
     step=lambda a: not a["bidirectional"],

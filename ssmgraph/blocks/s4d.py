@@ -14,6 +14,11 @@ State Space Models", NeurIPS 2022 (arXiv 2206.11893). Code: state-spaces/s4
 ``models/s4/s4d.py`` (minimal S4D) and ``models/s4/s4.py`` (``SSMKernelDiag``, ``FFTConv``).
 Unlike the minimal file, ``B`` is a trainable parameter (as in ``SSMKernelDiag``), which
 ``init='legs'`` needs.
+
+Permutation spaces (S4D and S4): ``modes``, the N/2 stored modes (conjugate pairs move
+together, being one stored entry), one permutation for every feature; ``channels``, the c
+output channels when c > 1 (rows of C and D, blocks of H columns of out_proj). The H
+features are the residual stream, so they are not an internal space.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from ssmgraph.blocks.ssm_kernels import (
     vandermonde,
 )
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
 
 ACTIVATIONS = ("gelu", "silu", "tanh", "relu", "identity")
 
@@ -205,6 +210,35 @@ class ConvSSMBlock(nn.Module):
         return self._tail(y.to(x_t.dtype)), state
 
 
+def ssm_feature_axes(prefix: str, *, dplr: bool) -> tuple[PermAxis, ...]:
+    """The axes of a DiagSSM's (``dplr``: DPLRSSM's) parameters indexed by its H features."""
+    axes = [PermAxis(f"{prefix}{p}", 0) for p in ("log_dt", "log_A_real", "A_imag", "B")]
+    axes.append(PermAxis(f"{prefix}C", 1))  # (c', H, N/2, 2)
+    if dplr:
+        axes.append(PermAxis(f"{prefix}P", 1))  # (R, H, N/2, 2)
+    return tuple(axes)
+
+
+def ssm_mode_space(prefix: str, d_state: int, *, dplr: bool) -> PermSpace:
+    """The N/2 stored modes of a DiagSSM or DPLRSSM: a diagonal (plus low-rank) state matrix
+    permuted alike in its rows and columns, with B and C, computes the same kernel."""
+    axes = [PermAxis(f"{prefix}{p}", 1) for p in ("log_A_real", "A_imag", "B")]
+    axes.append(PermAxis(f"{prefix}C", 2))
+    if dplr:
+        axes.append(PermAxis(f"{prefix}P", 2))
+    return PermSpace("modes", d_state // 2, tuple(axes), "stored (complex) state modes")
+
+
+def conv_ssm_spaces(in_types: list[TensorType], *, d_state: int, channels: int, bidirectional: bool, dplr: bool) -> list[PermSpace]:
+    """The spaces of the S4/S4D block: the SSM's modes, and its output channels when c > 1."""
+    spaces = [ssm_mode_space("ssm.", d_state, dplr=dplr)]
+    if channels > 1:
+        H = in_types[0].dim
+        axes = (PermAxis("ssm.C", 0, chunks=2 if bidirectional else 1), PermAxis("D", 0), PermAxis("out_proj.weight", 1, group=H))
+        spaces.append(PermSpace("channels", channels, axes, "SSM output channels"))
+    return spaces
+
+
 def check_ssm_args(d_state: int, dt_min: float, dt_max: float) -> None:
     """Shared parameter checks of the SSM shape rules."""
     if d_state % 2:
@@ -255,6 +289,10 @@ def _build(in_types: list[TensorType], **args: Any) -> ConvSSMBlock:
     return ConvSSMBlock(ssm, H, args["activation"], args["dropout"], args["glu"])
 
 
+def _spaces(in_types: list[TensorType], **args: Any) -> list[PermSpace]:
+    return conv_ssm_spaces(in_types, d_state=args["d_state"], channels=args["channels"], bidirectional=args["bidirectional"], dplr=False)
+
+
 S4D = BlockSpec(
     name="mix.s4d",
     examples=({}, {"init": "legs", "disc": "bilinear", "channels": 2}, {"bidirectional": True}),
@@ -270,6 +308,7 @@ S4D = BlockSpec(
     ),
     factory=_build,
     shape=_shape,
+    perm_spaces=_spaces,
     causal=lambda a: not a["bidirectional"],
     bidirectional=lambda a: a["bidirectional"],
     step=lambda a: not a["bidirectional"],

@@ -19,6 +19,10 @@ The block is the SSM followed by the S5 ``SequenceLayer`` activation (``half_glu
 default: ``z = dropout(gelu(y)); out = dropout(z ⊙ σ(W z))``); the norm and the residual of
 the reference layer belong to the graph.
 
+Permutation space ``states``: the P_s (complex) states, each with its own Λ, Δ, row of B
+and column of C̃ (both columns with ``bidirectional``). The tail's projections are H → H,
+on the residual stream, so they carry no internal space.
+
 Reference: Smith, Warrington, Linderman, "Simplified State Space Layers for Sequence
 Modeling", ICLR 2023 (arXiv 2208.04933). Code: lindermanlab/S5 ``s5/ssm.py``,
 ``s5/ssm_init.py``, ``s5/layers.py``.
@@ -45,7 +49,7 @@ from ssmgraph.blocks.ssm_kernels import (
     ssm_dtype,
 )
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
 
 C_INITS = ("trunc_standard_normal", "lecun_normal", "complex_normal")
 S5_ACTIVATIONS = ("half_glu1", "half_glu2", "full_glu", "gelu")
@@ -246,6 +250,12 @@ def _build(in_types: list[TensorType], **args: Any) -> S5Block:
     return S5Block(ssm, args["activation"], args["dropout"])
 
 
+def _spaces(in_types: list[TensorType], *, d_state: int, conj_sym: bool, bidirectional: bool, **_: Any) -> tuple[PermSpace, ...]:
+    axes = tuple(PermAxis(f"ssm.{p}", 0) for p in ("Lambda_re", "Lambda_im", "log_step", "B"))
+    readout = PermAxis("ssm.C", 1, chunks=2 if bidirectional else 1)
+    return (PermSpace("states", d_state // 2 if conj_sym else d_state, (*axes, readout), "(complex) states"),)
+
+
 S5 = BlockSpec(
     name="mix.s5",
     examples=({"d_state": 16, "blocks": 2}, {"d_state": 16, "blocks": 2, "conj_sym": False, "disc": "bilinear"}, {"d_state": 16, "bidirectional": True}),
@@ -270,6 +280,7 @@ S5 = BlockSpec(
     ),
     factory=_build,
     shape=_shape,
+    perm_spaces=_spaces,
     causal=lambda a: not a["bidirectional"],
     bidirectional=lambda a: a["bidirectional"],
     step=lambda a: not a["bidirectional"],

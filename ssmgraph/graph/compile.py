@@ -67,7 +67,10 @@ def compile_blueprint(blueprint: Blueprint, *, model: str | None = None, registr
         taps_fn, _ = generate(blueprint.name + ":taps", input_names, tap_calls, (result, tap_values))
 
     infos = {
-        p: NodeInfo(p, typed[p].spec.name, typed[p].node.module_path, tuple(_input_order(typed[p])), typed[p].out_type, typed[p].caps, typed[p].spec.plugin)
+        p: NodeInfo(
+            p, typed[p].spec.name, typed[p].node.module_path, tuple(_input_order(typed[p])), typed[p].out_type,
+            typed[p].caps, typed[p].spec.plugin, dict(typed[p].args), tuple(typed[p].in_types),
+        )
         for p in keep
     }
     compiled = CompiledModel(

@@ -8,7 +8,7 @@ can all run step by step get ``init_state`` / ``step`` / ``generate``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,6 +37,10 @@ class NodeInfo:
     out_type: TensorType
     caps: Capabilities
     plugin: str
+    args: dict[str, Any] = field(hash=False)
+    """The block's arguments, defaults filled in (what its factory received)."""
+    in_types: tuple[TensorType, ...]
+    """The types of its inputs, in port order."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ import torch
 
 from ssmgraph.merge.context import MergeContext, MergeResult
 from ssmgraph.merge.mutual import MUTUAL
+from ssmgraph.merge.stitch import STITCH
+from ssmgraph.merge.superpose import SUPERPOSE
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import MergeMethodSpec, Param
 
@@ -149,6 +151,8 @@ METHODS = [
         reference="Shoemake 1985; mergekit `slerp`",
     ),
     MUTUAL,
+    STITCH,
+    SUPERPOSE,
 ]
 
 

@@ -30,7 +30,7 @@ def write_report(folder: Path, summary: dict[str, Any], result: MergeResult) -> 
         f"Models: {', '.join(f'`{k}` ({v})' for k, v in summary['models'].items())}. "
         f"Compatibility: **{summary['compatibility'].replace('_', '-')}** ({summary['compatibility_reason']}).",
         f"Parameters: `{json.dumps(summary['parameters'], default=str)}`"
-        + (f"; permutation alignment first: `{json.dumps(summary['permute'])}`" if summary["permute"] else "")
+        + (f"; permutation alignment first: `{json.dumps(summary['alignment'])}`" if summary.get("alignment") else "")
         + f". Took {summary['seconds']} s.",
     ]
     for title, header, rows in result.tables:

@@ -70,10 +70,11 @@ def run_merge(recipe: Recipe, out_dir: Path, *, overwrite: bool = False, progres
     models, compatibility, reason, task = plan(recipe)
     started = time.perf_counter()
     with atomic_directory(out_dir) as tmp:
+        alignment = None
         if recipe.permute is not None:
             from ssmgraph.merge.align import permute_onto_base
 
-            permute_onto_base(models, recipe, recipe.permute)
+            alignment = permute_onto_base(models, recipe.permute)
         context = MergeContext(recipe, models, compatibility, dict(recipe.parameters), tmp, task, progress)
         result = recipe.method.run(context)
         if not isinstance(result, MergeResult):
@@ -92,6 +93,7 @@ def run_merge(recipe: Recipe, out_dir: Path, *, overwrite: bool = False, progres
             "models": {m.name: str(m.source.checkpoint or m.source.blueprint) for m in models},
             "parameters": recipe.parameters,
             "permute": recipe.permute,
+            "alignment": alignment,
             "seconds": round(time.perf_counter() - started, 2),
         }
         write_report(tmp, summary, result)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
 from torch import nn
@@ -119,6 +119,37 @@ class Param:
         return f"[{lo}, {hi}]"
 
 
+@dataclass(frozen=True)
+class PermAxis:
+    """Where a permutation space lies in one parameter of a block.
+
+    Along ``axis`` of ``param`` (a state-dict name inside the block's module), from index
+    ``start``, lie ``chunks`` equal chunks (LSTM's four gates, Mamba's x and z halves), each
+    holding the space's units in order, ``group`` contiguous entries per unit (a head's rows).
+    A permutation moves whole units, the same way in every chunk.
+    """
+
+    param: str
+    axis: int
+    group: int = 1
+    chunks: int = 1
+    start: int = 0
+
+
+@dataclass(frozen=True)
+class PermSpace:
+    """Units inside a block whose order its function does not depend on (hidden units, heads,
+    channels, SSM modes): permuting them alike on every axis of ``axes`` leaves the block's
+    outputs unchanged, so models can be aligned along them before a merge
+    (:mod:`ssmgraph.merge.permute`)."""
+
+    name: str
+    size: int
+    axes: tuple[PermAxis, ...]
+    doc: str = ""
+
+
+PermRule = Callable[..., Sequence[PermSpace]]
 Capability = Union[bool, Callable[[Mapping[str, Any]], bool]]
 ShapeRule = Callable[..., TensorType]
 Factory = Callable[..., nn.Module]
@@ -166,7 +197,10 @@ class BlockSpec:
     pointwise: Capability = False
     reference: str = ""
     contract: int = CONTRACT_VERSION
-    perm_spaces: tuple[str, ...] = field(default=())
+    perm_spaces: PermRule | None = None
+    """``perm_spaces(in_types, **args)`` lists the block's internal permutation spaces for one
+    configuration (called like ``shape`` and ``factory``); None: it declares none, and
+    permutation alignment leaves the block as it is."""
     examples: tuple[Mapping[str, Any], ...] = ()
     """Argument sets the conformance kit (``ssmgraph check``) builds the block with, defaults
     filled in; needed when a parameter is required, useful to cover variants."""
@@ -201,6 +235,8 @@ class BlockSpec:
             problems.append(f"contract {self.contract} is not the supported {CONTRACT_VERSION}")
         if not callable(self.factory) or not callable(self.shape):
             problems.append("factory and shape must be callables")
+        if self.perm_spaces is not None and not callable(self.perm_spaces):
+            problems.append("perm_spaces must be a callable (in_types, **args) -> PermSpace records, or None")
         if not self.doc:
             problems.append("doc is empty")
         seen = set()

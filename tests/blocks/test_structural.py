@@ -11,7 +11,7 @@ SPECS = structural.ssmgraph_blocks()
 
 
 def test_hook_lists_the_structural_blocks():
-    assert [s.name for s in SPECS] == ["struct.add", "struct.mul", "struct.concat", "struct.linear", "struct.dropout"]
+    assert [s.name for s in SPECS] == ["struct.add", "struct.mul", "struct.mean", "struct.concat", "struct.linear", "struct.dropout"]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
@@ -80,3 +80,13 @@ def test_dropout_train_and_eval(build):
     torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 2.0))
     torch.testing.assert_close(drop.eval()(x), x)
     assert structural.DROPOUT.param("p").check(1.5)[1] is not None
+
+
+def test_mean_averages_its_inputs():
+    from ssmgraph.blocks.structural import MEAN
+
+    a, b, c = torch.randn(3, 2, 4, 5)
+    module = MEAN.factory([TensorType(("batch", "seq", 5))] * 3)
+    torch.testing.assert_close(module(a, b, c), (a + b + c) / 3)
+    with pytest.raises(ShapeError):
+        MEAN.shape([TensorType(("b", "l", 5)), TensorType(("b", "l", 6))])

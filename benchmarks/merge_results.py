@@ -1,0 +1,176 @@
+"""Re-run the merge results of docs/results.md on this machine (CPU, minutes).
+
+    python -m benchmarks.merge_results [--only barrier,mutual,stitch,superpose] [--out benchmarks/results]
+
+barrier   two runs of one blueprint from different seeds: the held-out loss along the linear
+          path between them, as trained and after weight matching (`permute`) of the second
+          onto the first; barrier = the largest rise above the straight line between the ends.
+mutual    Transformer + Mamba + LSTM classifiers trained together (`merge_method: mutual`)
+          against each trained alone, and the CKA of their hidden states before and after.
+stitch    `merge_method: stitch` between two seeds of one blueprint and from a Transformer
+          into a Mamba, with its controls.
+superpose an English and a French byte-level LM (one initialisation) put into superposition,
+          against each specialist, linear interpolation and task arithmetic.
+
+Each writes JSON (and PNGs) into --out; the numbers in docs/results.md come from these files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import ssmgraph
+from ssmgraph.merge.recipe import recipe_from_text
+from ssmgraph.merge.run import run_merge
+from ssmgraph.train.config import TrainConfig
+from ssmgraph.train.loop import evaluate, make_task, train
+
+
+def train_model(blueprint: str, task: str, overrides: dict[str, Any], workdir: Path, name: str, *, seed: int, steps: int, lr: float = 3e-3,
+                batch_size: int = 64, task_options: dict[str, Any] | None = None) -> Path:
+    config = TrainConfig(task=task, task_options=task_options or {}, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                         eval_interval=steps, checkpoint_interval=steps, warmup_steps=min(100, steps // 10))
+    train(blueprint, workdir / name, config, overrides=overrides, progress=False)
+    return workdir / name
+
+
+# ---- barrier --------------------------------------------------------------------------------------
+def linear_path(a: Any, b_state: dict[str, torch.Tensor], task: Any, points: int = 11, batch_size: int = 128) -> list[float]:
+    from ssmgraph.merge.weights import linear
+
+    model = ssmgraph.load(a)
+    state_a = model.state_dict()
+    losses = []
+    for i in range(points):
+        t = i / (points - 1)
+        model.load_state_dict(linear([state_a, b_state], [1 - t, t]))
+        losses.append(evaluate(model, task, batch_size, 10_000)["loss"])
+    return losses
+
+
+def barrier(losses: list[float]) -> float:
+    n = len(losses) - 1
+    return max(loss - ((1 - i / n) * losses[0] + (i / n) * losses[-1]) for i, loss in enumerate(losses))
+
+
+def run_barrier(workdir: Path, out: Path) -> dict[str, Any]:
+    from ssmgraph.merge.permute import model_spaces, weight_matching
+    from ssmgraph.merge.plots import curves
+
+    results = {}
+    setups = {
+        "digits, classifier with Mamba mixers (d_model 32, 2 layers)": ("classifier", "digits", {"mixer": "mix.mamba", "d_model": 32, "layers": 2}, 1500),
+        "digits, classifier with attention (d_model 32, 2 layers)": ("classifier", "digits", {"mixer": "mix.attention", "d_model": 32, "layers": 2}, 1500),
+    }
+    for label, (blueprint, task_name, overrides, steps) in setups.items():
+        task = make_task(task_name, {})
+        runs = [train_model(blueprint, task_name, overrides, workdir, f"{blueprint}-{i}", seed=i, steps=steps) for i in (0, 1)]
+        a, b = ssmgraph.load(runs[0]), ssmgraph.load(runs[1])
+        naive = linear_path(runs[0], b.state_dict(), task)
+        spaces = model_spaces(a)
+        _, aligned_state = weight_matching(a.state_dict(), b.state_dict(), spaces)
+        aligned = linear_path(runs[0], aligned_state, task)
+        ts = [i / 10 for i in range(11)]
+        slug = label.split(",")[1].split("(")[0].strip().replace(" ", "_")
+        curves({"as trained": (ts, naive), "after permute": (ts, aligned)}, "t (0: model A, 1: model B)", "held-out loss", label, out / f"barrier_{slug}.png")
+        results[label] = {
+            "naive": naive, "aligned": aligned, "barrier_naive": barrier(naive), "barrier_aligned": barrier(aligned),
+            "ratio": barrier(aligned) / max(barrier(naive), 1e-12), "spaces": len(spaces), "units": sum(s.size for s in spaces),
+        }
+        print(f"{label}: barrier {results[label]['barrier_naive']:.3f} -> {results[label]['barrier_aligned']:.3f} (ratio {results[label]['ratio']:.2f})", flush=True)
+    return results
+
+
+# ---- mutual ----------------------------------------------------------------------------------------
+MUTUAL = """
+merge_method: mutual
+models:
+  - {name: transformer, blueprint: classifier, set: {mixer: mix.attention, d_model: 48, layers: 2}}
+  - {name: mamba, blueprint: classifier, set: {mixer: mix.mamba, d_model: 48, layers: 2}}
+  - {name: lstm, blueprint: classifier, set: {mixer: mix.lstm, d_model: 48, layers: 2}}
+parameters: {steps: 1200, lr: 3e-3, kl_weight: 1.0, feature_weight: 0.1, d_common: 32}
+data: {task: digits, batch_size: 64, eval_batches: 6}
+"""
+
+
+def run_recipe(text: str, workdir: Path, out: Path, name: str) -> dict[str, Any]:
+    recipe = recipe_from_text(textwrap.dedent(text), f"{name}.yaml", workdir)
+    folder, result = run_merge(recipe, workdir / name, overwrite=True, progress=False)
+    for png in folder.glob("*.png"):
+        (out / f"{name}_{png.name}").write_bytes(png.read_bytes())
+    report = json.loads((folder / "report.json").read_text())
+    print((folder / "report.md").read_text(), flush=True)
+    return report
+
+
+def run_mutual(workdir: Path, out: Path) -> dict[str, Any]:
+    return run_recipe(MUTUAL, workdir, out, "mutual")
+
+
+# ---- stitch ----------------------------------------------------------------------------------------
+def run_stitch(workdir: Path, out: Path) -> dict[str, Any]:
+    shapes = {"d_model": 48, "layers": 3}
+    runs = {
+        "tf0": train_model("classifier", "digits", {"mixer": "mix.attention", **shapes}, workdir, "tf0", seed=0, steps=1500),
+        "tf1": train_model("classifier", "digits", {"mixer": "mix.attention", **shapes}, workdir, "tf1", seed=1, steps=1500),
+        "mamba": train_model("classifier", "digits", {"mixer": "mix.mamba", **shapes}, workdir, "mamba", seed=2, steps=1500),
+    }
+    results = {}
+    for name, (a, b) in {"same_architecture": ("tf0", "tf1"), "cross_architecture": ("tf0", "mamba")}.items():
+        text = f"""
+        merge_method: stitch
+        models: [{{name: {a}, checkpoint: {runs[a]}}}, {{name: {b}, checkpoint: {runs[b]}}}]
+        parameters: {{estimator: lstsq, pairs: all, finetune_steps: 300}}
+        data: {{task: digits, batch_size: 64, eval_batches: 6}}
+        """
+        results[name] = run_recipe(text, workdir, out, f"stitch_{name}")
+    return results
+
+
+# ---- superpose ------------------------------------------------------------------------------------
+def run_superpose(workdir: Path, out: Path) -> dict[str, Any]:
+    shapes = {"d_model": 96, "layers": 2, "heads": 4, "max_len": 64}
+    opts = {"seq_len": 24, "valid_fraction": 0.55}
+    torch.manual_seed(0)
+    base = workdir / "base"
+    ssmgraph.save(ssmgraph.build("gpt", **shapes), base)
+    runs = {}
+    for lang in ("en", "fr"):
+        runs[lang] = train_model("gpt", "bytes", shapes, workdir, lang, seed=0, steps=800, lr=2e-3, batch_size=32, task_options={**opts, "corpus": lang})
+    text = f"""
+    merge_method: superpose
+    models: [{{name: en, checkpoint: {runs['en']}}}, {{name: fr, checkpoint: {runs['fr']}}}]
+    parameters: {{options_a: {{corpus: en}}, options_b: {{corpus: fr}}, alpha: vector, steps: 600, base: {base}}}
+    data: {{task: bytes, options: {opts}, batch_size: 64, eval_batches: 20}}
+    """
+    return run_recipe(text, workdir, out, "superpose")
+
+
+EXPERIMENTS = {"barrier": run_barrier, "mutual": run_mutual, "stitch": run_stitch, "superpose": run_superpose}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default=",".join(EXPERIMENTS), help="comma-separated experiments")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.only.split(","):
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            result = EXPERIMENTS[name](Path(tmp), args.out)
+        result = {"seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__, "result": result}
+        (args.out / f"merge_{name}.json").write_text(json.dumps(result, indent=2, default=str))
+        print(f"{name}: {result['seconds']} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Merging models: recipes, weight-space methods, permutation alignment, stitching, mutual training."""

@@ -1,0 +1,209 @@
+"""Declared permutation spaces leave outputs unchanged; weight matching undoes a permutation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import yaml
+
+import ssmgraph
+from ssmgraph.blocks.ffn import MLP_SPEC
+from ssmgraph.blueprint import builtin_blueprints
+from ssmgraph.graph.compile import example_inputs
+from ssmgraph.merge.permute import (
+    BoundSpace,
+    PermSpaceError,
+    block_spaces,
+    model_spaces,
+    permute_state,
+    random_permutations,
+    weight_matching,
+)
+from ssmgraph.registry.plugins import get_registry
+from ssmgraph.registry.specs import PermAxis, PermSpace
+from ssmgraph.testing import make_case
+
+F64 = torch.float64
+# Variants beyond the specs' own examples: every optional parameter a space depends on.
+VARIANTS = {
+    "ffn.mlp": [{"hidden": 5, "bias": False}],
+    "mix.attention": [{"heads": 4, "kv_heads": 1, "rope": True}, {"heads": 2, "causal": False, "bias": True}],
+    "mix.cross_attention": [{"heads": 2, "bias": True}],
+    "mix.lstm": [{"hidden": 8, "layers": 3}, {"bidirectional": True, "layers": 2, "hidden": 4}, {"bidirectional": True, "layers": 2}],
+    "mix.mamba": [{"bias": True, "conv_bias": False, "dt_rank": 3, "d_state": 4}],
+    "mix.s4d": [{"channels": 3, "bidirectional": True, "d_state": 8}],
+    "mix.s4": [{"bidirectional": True, "channels": 2, "d_state": 8}, {"measure": "legt", "d_state": 8}],
+    "mix.s5": [{"d_state": 16, "blocks": 2, "conj_sym": False, "bidirectional": True, "activation": "full_glu"}],
+    "mix.h3": [{"d_state": 8, "heads": 1}, {"d_state": 8, "heads": 4}],
+    "mix.gated_mlp": [{"d_state": 8, "ssm": "s4", "bias": True}],
+}
+DECLARING = sorted(name for name, spec in get_registry().blocks.items() if spec.perm_spaces is not None)
+BLOCK_CASES = [(name, args) for name in DECLARING for args in (get_registry().get(name).examples or ({},))] + [
+    (name, args) for name, variants in VARIANTS.items() for args in variants
+]
+SMALL = {"vocab": 11, "d_model": 8, "heads": 4, "kv_heads": 2, "max_len": 16, "hidden": 12, "d_common": 4, "layers": 3, "d_state": 8}
+
+
+def perturbed(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Noise on every parameter and buffer, so that no two units are alike by initialisation
+    (Mamba's A_log rows, S4D's real parts): a space missing an axis then changes outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            if t.is_floating_point():
+                t.add_(0.05 * torch.randn(t.shape, generator=gen, dtype=t.dtype))
+    return module
+
+
+def deranged(spaces: list[BoundSpace], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random permutations that move every unit's neighbour at least (never the identity)."""
+    gen = torch.Generator().manual_seed(seed)
+    perms = random_permutations(spaces, gen)
+    return {k: p if not torch.equal(p, torch.arange(len(p))) else p.roll(1) for k, p in perms.items()}
+
+
+def outputs_diff(a, b) -> float:
+    if isinstance(a, dict):
+        return max(outputs_diff(a[k], b[k]) for k in a)
+    return (a - b).abs().max().item()
+
+
+def small_blueprint(name: str) -> torch.nn.Module:
+    params = yaml.safe_load(builtin_blueprints()[name].read_text(encoding="utf-8"))["params"]
+    torch.manual_seed(0)
+    return ssmgraph.build(name, **{k: v for k, v in SMALL.items() if k in params}).to(F64).eval()
+
+
+def float64_inputs(model) -> list[torch.Tensor]:
+    return [x.to(F64) if x.is_floating_point() else x for x in example_inputs(model, generator=torch.Generator().manual_seed(1))]
+
+
+@pytest.mark.parametrize(("block", "args"), BLOCK_CASES, ids=[f"{n}{a or ''}" for n, a in BLOCK_CASES])
+def test_declared_permutations_leave_a_blocks_outputs_unchanged(block, args):
+    case = make_case(block, args)
+    module = perturbed(case.build(F64))
+    spaces = block_spaces(case.spec, case.in_types, case.args, module)
+    if not spaces:
+        pytest.skip(f"{case.label} has no space of two units or more")
+    x = case.inputs(F64)
+    before = module(*x)
+    state = {k: v.clone() for k, v in module.state_dict().items()}  # loading writes into state_dict()'s tensors
+    perms = deranged(spaces)
+    module.load_state_dict(permute_state(state, spaces, perms))
+    assert outputs_diff(module(*x), before) < 1e-10
+    # Every declared axis is needed: leaving any one of them out changes the outputs.
+    for space in spaces:
+        for i, axis in enumerate(space.space.axes):
+            fewer = dataclasses.replace(space.space, axes=space.space.axes[:i] + space.space.axes[i + 1 :])
+            partial = BoundSpace(space.module, space.block, fewer)
+            module.load_state_dict(permute_state(state, [partial], {partial.key: perms[space.key]}))
+            assert outputs_diff(module(*x), before) > 1e-8, f"{space.key}: the outputs do not depend on {axis}"
+
+
+@pytest.mark.parametrize("name", sorted(builtin_blueprints()))
+def test_declared_permutations_leave_every_shipped_models_outputs_unchanged(name):
+    model = perturbed(small_blueprint(name))
+    spaces = model_spaces(model)
+    x = float64_inputs(model)
+    before = model(*x)
+    model.load_state_dict(permute_state(model.state_dict(), spaces, deranged(spaces)))
+    assert outputs_diff(model(*x), before) < 1e-10
+
+
+@pytest.mark.parametrize("name", sorted(builtin_blueprints()))
+def test_weight_matching_recovers_a_known_permutation(name):
+    a = small_blueprint(name).state_dict()
+    spaces = model_spaces(small_blueprint(name))
+    perms = deranged(spaces, seed=3)
+    b = permute_state(a, spaces, perms)
+    found, aligned = weight_matching(a, b, spaces, iters=20, seed=0)
+    assert found.keys() == perms.keys()
+    for key, perm in perms.items():
+        assert torch.equal(found[key], torch.argsort(perm)), key
+    assert all(torch.equal(aligned[k], a[k]) for k in a)
+
+
+@pytest.mark.parametrize(("block", "args"), [("mix.h3", {"d_state": 8, "heads": 2}), ("mix.lstm", {"bidirectional": True, "layers": 3}), ("mix.mamba", {"dt_rank": 3})])
+def test_weight_matching_recovers_spaces_that_share_tensors(block, args):
+    """Spaces of one block on one tensor (H3 heads and head dimensions on the same rows, LSTM
+    layers, Mamba's x_proj) are solved in turn until they agree."""
+    case = make_case(block, args)
+    module = case.build(F64)
+    spaces = block_spaces(case.spec, case.in_types, case.args, module)
+    assert len(spaces) >= 3
+    a = module.state_dict()
+    perms = deranged(spaces, seed=5)
+    found, aligned = weight_matching(a, permute_state(a, spaces, perms), spaces, seed=1)
+    assert all(torch.equal(found[k], torch.argsort(p)) for k, p in perms.items())
+    assert all(torch.equal(aligned[k], a[k]) for k in a)
+
+
+def test_weight_matching_raises_the_inner_product_of_two_different_models():
+    torch.manual_seed(0)
+    a = ssmgraph.build("gpt", d_model=16, layers=2, heads=4, vocab=11, max_len=16).state_dict()
+    torch.manual_seed(1)
+    model_b = ssmgraph.build("gpt", d_model=16, layers=2, heads=4, vocab=11, max_len=16)
+    b, spaces = model_b.state_dict(), model_spaces(model_b)
+    found, aligned = weight_matching(a, b, spaces, seed=0)
+    names = {s.param_key(axis) for s in spaces for axis in s.space.axes}
+
+    def inner(state):
+        return sum((a[k].double() * state[k].double()).sum().item() for k in names)
+
+    assert inner(aligned) > inner(b)
+    assert any(not torch.equal(p, torch.arange(len(p))) for p in found.values())
+
+
+def test_tied_parameters_keep_their_spaces_out_and_shared_modules_count_once(tmp_path):
+    path = tmp_path / "tied.yaml"
+    path.write_text(
+        "ssmgraph: 1\nname: tied\ninputs:\n  x: {dtype: float32, shape: [batch, seq, 8]}\nnodes:\n"
+        "  f1: {block: ffn.mlp, in: x}\n"
+        "  f2: {block: ffn.mlp, in: f1, tie: {fc1.weight: f1.fc1.weight}}\n"
+        "  f3: {block: ffn.mlp, in: f2}\n"
+        "  f4: {share: f3, in: f3}\n"
+        "outputs:\n  y: f4\n"
+    )
+    model = ssmgraph.build(path).to(F64)
+    spaces = model_spaces(model)
+    assert [s.key for s in spaces] == ["f3/hidden"]
+    x = torch.randn(2, 5, 8, dtype=F64)
+    before = model(x)
+    model.load_state_dict(permute_state(model.state_dict(), spaces, deranged(spaces)))
+    assert outputs_diff(model(x), before) < 1e-10
+
+
+def _broken(axes: tuple[PermAxis, ...]):
+    return dataclasses.replace(MLP_SPEC, perm_spaces=lambda in_types, **_: (PermSpace("hidden", 32, axes),), plugin="broken-plugin")
+
+
+def test_a_space_on_a_missing_parameter_is_a_clear_error():
+    case = make_case("ffn.mlp")
+    spec = _broken((PermAxis("fc1.weight", 0), PermAxis("fc3.weight", 1)))
+    with pytest.raises(PermSpaceError, match=r"block ffn.mlp \(plugin broken-plugin\) declares permutation space 'hidden' on 'fc3.weight' axis 1, but there is no parameter 'fc3.weight' \(the module has fc1.weight, fc1.bias, fc2.weight, fc2.bias\)") as info:
+        block_spaces(spec, case.in_types, case.args, case.build())
+    assert info.value.code == "E300"
+
+
+def test_a_space_that_does_not_fit_its_axis_is_a_clear_error():
+    case = make_case("ffn.mlp")
+    with pytest.raises(PermSpaceError, match=r"1 chunk\(s\) of 32 units of 2 from index 0 end at 64, past the length 32 of axis 0 of 'fc1.weight' \(32, 8\)"):
+        block_spaces(_broken((PermAxis("fc1.weight", 0, group=2),)), case.in_types, case.args, case.build())
+    with pytest.raises(PermSpaceError, match=r"'fc1.bias' of shape \(32,\) has no axis 1"):
+        block_spaces(_broken((PermAxis("fc1.bias", 1),)), case.in_types, case.args, case.build())
+
+
+def test_permute_state_rejects_unknown_spaces_and_non_permutations():
+    model = small_blueprint("gpt")
+    spaces, state = model_spaces(model), model.state_dict()
+    with pytest.raises(ValueError, match="no permutation space 'blocks.0.mlp/hidden' among blocks.0.mix/heads"):
+        permute_state(state, spaces, {"blocks.0.mlp/hidden": torch.arange(3)})
+    with pytest.raises(ValueError, match=r"blocks.0.ffn/hidden must be an integer tensor holding 0..31 once each, got torch.int64 of shape \(32,\): \[0, 0, 0, 0, 0, 0, 0, 0\] ..."):
+        permute_state(state, spaces, {"blocks.0.ffn/hidden": torch.zeros(32, dtype=torch.long)})
+    lacking = {k: v for k, v in state.items() if k != "blocks.0.ffn.fc1.weight"}
+    with pytest.raises(ValueError, match=r"cannot permute blocks.0.ffn/hidden: there is no parameter 'blocks.0.ffn.fc1.weight' \(blocks.0.ffn has fc1.bias, fc2.weight, fc2.bias\)"):
+        permute_state(lacking, spaces, deranged(spaces))
+    with pytest.raises(ValueError, match=r"cannot match blocks.0.ffn/hidden in model b: there is no parameter 'blocks.0.ffn.fc1.weight'"):
+        weight_matching(state, lacking, spaces)
