@@ -16,16 +16,16 @@ from typer.testing import CliRunner
 
 from ssmgraph.cli import app
 from ssmgraph.registry.plugins import Registry, reset_registry
-from ssmgraph.registry.specs import BlockSpec, Param, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
 from ssmgraph.testing import CHECK_NAMES, ConformanceError, check_block, make_case
 
 
 class CumMean(nn.Module):
-    """y_t = W · mean(x_0..x_t): causal, with state (running sum, count)."""
+    """y_t = MLP(mean(x_0..x_t)): causal, with state (running sum, count)."""
 
     def __init__(self, dim: int, flaw: str = ""):
         super().__init__()
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Sequential(nn.Linear(dim, 2 * dim), nn.Tanh(), nn.Linear(2 * dim, dim))
         self.unused = nn.Parameter(torch.zeros(dim)) if flaw == "unused_param" else None
         if flaw == "allocates":
             self.register_buffer("table", torch.zeros(dim, device="cpu"))
@@ -52,8 +52,8 @@ class CumMean(nn.Module):
         return (y, new_state) if return_state else y
 
     def init_state(self, batch: int, *, device=None, dtype=None):
-        dtype = dtype or self.proj.weight.dtype
-        return torch.zeros(batch, self.proj.in_features, device=device, dtype=dtype), torch.zeros(batch, 1, device=device, dtype=dtype)
+        dtype = dtype or self.proj[0].weight.dtype
+        return torch.zeros(batch, self.proj[0].in_features, device=device, dtype=dtype), torch.zeros(batch, 1, device=device, dtype=dtype)
 
     def step(self, x_t: Tensor, state):
         total, count = state
@@ -62,6 +62,15 @@ class CumMean(nn.Module):
         if self.flaw == "step_drifts":
             mean = mean * 1.01
         return self.proj(mean), (total, count)
+
+
+def hidden_units(in_types, *, flaw):
+    """The MLP's hidden units: rows of proj.0, columns of proj.2 (flaw "bad_space": rows of proj.2's input forgotten)."""
+    dim = in_types[0].dim
+    axes = (PermAxis("proj.0.weight", 0), PermAxis("proj.0.bias", 0))
+    if flaw != "bad_space":
+        axes += (PermAxis("proj.2.weight", 1),)
+    return [PermSpace("hidden", 2 * dim, axes)]
 
 
 def spec(flaw: str = "", **changes) -> BlockSpec:
@@ -74,6 +83,7 @@ def spec(flaw: str = "", **changes) -> BlockSpec:
         factory=lambda in_types, *, flaw: CumMean(in_types[0].dim, flaw),
         shape=same_as_input,
         step=True,
+        perm_spaces=hidden_units,
     )
     return dataclasses.replace(base, **changes)
 
@@ -99,6 +109,7 @@ def test_the_reference_mixer_passes_every_check():
         ("ignores_mask", "mask"),
         ("allocates", "meta_device"),
         ("graph_break", "torch_compile"),
+        ("bad_space", "permutation_invariance"),
     ],
 )
 def test_each_broken_promise_fails_its_check(flaw, check):
