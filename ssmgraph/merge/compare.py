@@ -32,9 +32,7 @@ def hidden_states(model: CompiledModel, name: str, task: Task, batches: int, bat
 
     probe = tapped(model, name)
     layers: list[list[torch.Tensor]] = []
-    for i, batch in enumerate(task.eval_batches(batch_size)):
-        if i == batches:
-            break
+    for batch in task.eval_batches(batch_size, size=batch_size * batches):
         _, taps = probe(batch.inputs, taps=[f"{name}.h"])
         found = _model_taps(taps, name, "h")
         layers = layers or [[] for _ in found]

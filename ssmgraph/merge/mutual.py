@@ -191,9 +191,7 @@ def tap_cka(joint: CompiledModel, names: list[str], task: Task, batch_size: int,
     from ssmgraph.merge.similarity import linear_cka
 
     feats: dict[str, list[list[Tensor]]] = {n: [] for n in names}
-    for i, batch in enumerate(task.eval_batches(batch_size)):
-        if i == batches:
-            break
+    for batch in task.eval_batches(batch_size, size=batch_size * batches):
         _, taps = joint(batch.inputs, taps=[f"{n}.h" for n in names])
         for n in names:
             layers = _model_taps(taps, n, "h")

@@ -228,7 +228,7 @@ def run_stitch(context: MergeContext) -> MergeResult:
     sa, sb = layer_stack(a), layer_stack(b)
     train_gen = context.generator(11)
     probe_batches = [task.sample(data.batch_size, train_gen, "train") for _ in range(p["probe_batches"])]
-    held_out = list(task.eval_batches(data.batch_size))[: data.eval_batches]
+    held_out = list(task.eval_batches(data.batch_size, size=data.eval_size))
     feats_a, labels = probe(a, task, probe_batches)
     feats_b, _ = probe(b, task, probe_batches)
     test_a, _ = probe(a, task, held_out)

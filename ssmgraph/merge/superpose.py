@@ -249,9 +249,7 @@ def bits_per_byte(model: nn.Module, task: Task, batch_size: int, limit: int) -> 
 
     total, count, sequences = 0.0, 0, 0
     model.eval()
-    for batch in task.eval_batches(batch_size):
-        if sequences >= limit:
-            break
+    for batch in task.eval_batches(batch_size, size=limit):
         logits = model(batch.inputs)
         scored = batch.targets != IGNORE
         total += float(F.cross_entropy(logits.float()[scored], batch.targets[scored], reduction="sum"))

@@ -241,11 +241,9 @@ def evaluate(model: nn.Module, task: Task, batch_size: int, size: int, split: st
     """Loss and accuracy on the task's fixed held-out set."""
     was_training = model.training
     model.eval()
-    if not task.fixed_eval_size:
-        task.eval_size = size
     device = next(model.parameters()).device
     total = None
-    for batch in task.eval_batches(batch_size, split):
+    for batch in task.eval_batches(batch_size, split, size):
         with autocast():
             output = model(batch.inputs.to(device))
         sums = batch_sums(task.kind, output, batch.targets.to(device), task.tolerance)

@@ -370,9 +370,7 @@ def test_digits_training_batches_come_from_the_train_split(digits):
 
 @needs_sklearn
 def test_digits_eval_covers_the_whole_test_split_in_order(digits):
-    digits.eval_size = 7  # what the trainer sets: ignored, the split is fixed
-    assert digits.fixed_eval_size
-    batches = list(digits.eval_batches(100, "test"))
+    batches = list(digits.eval_batches(100, "test", size=7))  # a size is ignored: the split is fixed
     assert [len(b.targets) for b in batches] == [100, 100, 100, 60]
     assert torch.equal(torch.cat([b.inputs for b in batches]), digits.inputs[digits.test_idx])
     assert torch.equal(torch.cat([b.targets for b in batches]), digits.labels[digits.test_idx])

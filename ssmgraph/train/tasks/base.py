@@ -49,16 +49,14 @@ class Task:
     seq_len: int = 0
     tolerance: float | None = None
     eval_size: int = 1024
-    fixed_eval_size: bool = False
-    """True when the held-out set is a fixed split (e.g. a dataset's test set), not sampled."""
 
     def sample(self, batch_size: int, generator: torch.Generator, split: str = "train") -> Batch:
         raise NotImplementedError
 
-    def eval_batches(self, batch_size: int, split: str = "test") -> Iterator[Batch]:
-        """A fixed held-out set of ``eval_size`` examples (the same on every call)."""
+    def eval_batches(self, batch_size: int, split: str = "test", size: int | None = None) -> Iterator[Batch]:
+        """A fixed held-out set of ``size`` examples (default ``eval_size``; the same on every call)."""
         generator = torch.Generator().manual_seed(1_000_003 if split == "test" else 1_000_033)
-        remaining = self.eval_size
+        remaining = self.eval_size if size is None else size
         while remaining > 0:
             size = min(batch_size, remaining)
             yield self.sample(size, generator, split)

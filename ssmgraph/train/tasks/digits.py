@@ -69,8 +69,6 @@ class DigitsTask(Task):
     kind = "classify"
     num_classes = 10
     seq_len = 64
-    fixed_eval_size = True
-    """``eval_batches`` always covers the whole test split, whatever the trainer's eval_size."""
 
     def __init__(self, tokens: bool = False, test_fraction: float = 0.2, split_seed: int = 0):
         pixels, labels = load_digits_tensors()
@@ -97,8 +95,9 @@ class DigitsTask(Task):
         idx = pool[torch.randint(0, pool.numel(), (batch_size,), generator=generator)]
         return Batch(self.inputs[idx], self.labels[idx])
 
-    def eval_batches(self, batch_size: int, split: str = "test") -> Iterator[Batch]:
-        """Every example of the split, in order (the same on every call)."""
+    def eval_batches(self, batch_size: int, split: str = "test", size: int | None = None) -> Iterator[Batch]:
+        """Every example of the split, in order (the same on every call; ``size`` is ignored:
+        the test split is fixed)."""
         pool = self.split_indices(split)
         for start in range(0, pool.numel(), batch_size):
             idx = pool[start : start + batch_size]

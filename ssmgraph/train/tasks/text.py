@@ -120,14 +120,14 @@ class BytesTask(Task):
         starts = torch.randint(0, data.numel() - self.seq_len, (batch_size,), generator=generator)
         return self._windows(data, starts)
 
-    def eval_windows(self, split: str = "test") -> int:
-        """How many non-overlapping windows ``eval_batches`` reads (capped at ``eval_size``)."""
-        return min((self.part(split).numel() - 1) // self.seq_len, self.eval_size)
+    def eval_windows(self, split: str = "test", size: int | None = None) -> int:
+        """How many non-overlapping windows ``eval_batches`` reads (capped at ``size``, default ``eval_size``)."""
+        return min((self.part(split).numel() - 1) // self.seq_len, self.eval_size if size is None else size)
 
-    def eval_batches(self, batch_size: int, split: str = "test") -> Iterator[Batch]:
-        """The split read in order in non-overlapping windows, at most ``eval_size`` of them."""
+    def eval_batches(self, batch_size: int, split: str = "test", size: int | None = None) -> Iterator[Batch]:
+        """The split read in order in non-overlapping windows, at most ``size`` of them."""
         data = self.part(split)
-        starts = torch.arange(self.eval_windows(split)) * self.seq_len
+        starts = torch.arange(self.eval_windows(split, size)) * self.seq_len
         for i in range(0, starts.numel(), batch_size):
             yield self._windows(data, starts[i : i + batch_size])
 
