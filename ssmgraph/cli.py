@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ssmgraph.errors import SsmgraphError
+from ssmgraph.interop.cli import export_app, import_app
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -510,6 +511,8 @@ def check(
 
 plugin_app = typer.Typer(help="Start a block plugin of your own (see docs/plugins.md).", no_args_is_help=True)
 app.add_typer(plugin_app, name="plugin")
+app.add_typer(import_app, name="import")
+app.add_typer(export_app, name="export")
 
 
 @plugin_app.command("new")

@@ -46,6 +46,10 @@ ERROR_CODES: dict[str, str] = {
     "E300": "plugin problem",
     "E400": "bad checkpoint or run directory",
     "E500": "training stopped (diverged, bad run directory, model and task do not fit)",
+    "E600": "Hugging Face checkpoint or output directory cannot be used (missing, unreadable, already there)",
+    "E601": "Hugging Face architecture or config value that ssmgraph cannot represent",
+    "E602": "Hugging Face weights do not fit the config (missing, unexpected or mis-shaped tensors)",
+    "E603": "model cannot be exported to Hugging Face (its blueprint has no equivalent there)",
     "E700": "merge cannot run (the models do not fit the method, or the method failed)",
 }
 

@@ -1,0 +1,176 @@
+"""Reading and writing Hugging Face checkpoint directories without transformers.
+
+A checkpoint directory (what ``save_pretrained`` writes) holds ``config.json`` and the
+weights: ``model.safetensors``, shards listed in ``model.safetensors.index.json``, or the
+older ``pytorch_model.bin`` (and its index). A ``.bin`` file is a pickle, which can run code
+when loaded: it is read only with ``torch.load(weights_only=True)``, which refuses anything
+but tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ssmgraph.interop.errors import HFConfigError, HFFileError
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+BIN_FILE = "pytorch_model.bin"
+WEIGHT_FILES = (SAFETENSORS_FILE, f"{SAFETENSORS_FILE}.index.json", BIN_FILE, f"{BIN_FILE}.index.json")
+
+_JSON_TYPES = {int: "integer", float: "number", bool: "boolean (true or false)", str: "string", dict: "object"}
+
+
+class HFConfig:
+    """config.json's fields, read with errors that name the file and the field.
+
+    ``default`` is the value the family's transformers config class assumes when the field
+    is absent (hand-written or older configs omit fields)."""
+
+    def __init__(self, data: Mapping[str, Any], path: Path):
+        self.data, self.path = dict(data), path
+
+    def fail(self, field: str, problem: str, help: str = "") -> HFConfigError:
+        return HFConfigError(f"{self.path}: field {field!r}: {problem}", help)
+
+    def value(self, field: str, kind: type, default: Any, *, minimum: float | None = None) -> Any:
+        """The field's value (``default`` when absent), checked to be a ``kind`` (int, float, bool,
+        str, dict) of at least ``minimum``; null is accepted where the default is null."""
+        if field not in self.data:
+            return default
+        value = self.data[field]
+        if value is None and default is None:
+            return None
+        fits = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, fits = float(value), True
+        if not fits:
+            raise self.fail(field, f"expected {kind.__name__}, got {value!r}", f"write {field} as a JSON {_JSON_TYPES[kind]}")
+        if minimum is not None and value < minimum:
+            raise self.fail(
+                field, f"must be at least {minimum:g}, got {value!r}", "no working model has this value: is config.json damaged?"
+            )
+        return value
+
+    def expect(self, field: str, wanted: Any, default: Any, why: str) -> None:
+        """Refuse a field whose value ssmgraph cannot reproduce (``wanted`` is the one it can)."""
+        value = self.value(field, type(wanted), default)
+        if value != wanted:
+            raise self.fail(field, f"{value!r} is not supported: {why}", f"only {field}={json.dumps(wanted)} converts")
+
+    def choice(self, field: str, options: Mapping[str, Any], default: str) -> Any:
+        """Map a string field through ``options`` (HF name -> ssmgraph value)."""
+        value = self.value(field, str, default)
+        if value not in options:
+            raise self.fail(field, f"{value!r} has no ssmgraph equivalent", f"supported: {', '.join(options)}")
+        return options[value]
+
+
+def read_config(directory: Path) -> HFConfig:
+    """config.json of a checkpoint directory."""
+    if not directory.is_dir():
+        raise HFFileError(f"{directory}: no such directory", "give the folder that model.save_pretrained(...) wrote")
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise HFFileError(
+            f"{path}: missing; a Hugging Face checkpoint directory holds {CONFIG_FILE} and its weights",
+            "save one with model.save_pretrained(DIR), or download the model's config.json next to its weights",
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HFFileError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise HFFileError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return HFConfig(data, path)
+
+
+@dataclass
+class HFWeights:
+    """The tensors of a checkpoint, and the file each came from (for error messages)."""
+
+    directory: Path
+    tensors: dict[str, torch.Tensor]
+    origin: dict[str, Path]
+
+    def files(self) -> str:
+        """The weights file, or the directory of the shards (for messages about a tensor in none of them)."""
+        files = {str(p) for p in self.origin.values()}
+        return files.pop() if len(files) == 1 else f"{self.directory} ({len(files)} weight files)"
+
+
+def read_weights(directory: Path) -> HFWeights:
+    """All tensors of the checkpoint: safetensors preferred, a ``.bin`` through a weights-only load."""
+    for name in WEIGHT_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        files = _shards(path) if name.endswith(".index.json") else [path]
+        weights = HFWeights(directory, {}, {})
+        for file in files:
+            for key, tensor in _read_file(file).items():
+                weights.tensors[key], weights.origin[key] = tensor, file
+        return weights
+    raise HFFileError(
+        f"{directory}: no weights (looked for {', '.join(WEIGHT_FILES)})",
+        "save the model with save_pretrained, or download its weights next to config.json",
+    )
+
+
+def _shards(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise HFFileError(f"{index}: not a weights index (a JSON object with a 'weight_map'): {exc}") from None
+    missing = [n for n in names if not (index.parent / n).is_file()]
+    if missing:
+        raise HFFileError(
+            f"{index}: lists shards that are not there: {', '.join(missing)}", "download every shard the index names"
+        )
+    return [index.parent / n for n in names]
+
+
+def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise HFFileError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle refuses non-tensor objects with UnpicklingError, corrupt files with others
+        raise HFFileError(
+            f"{path}: refused by the weights-only loader ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+            "convert the checkpoint to safetensors (model.save_pretrained(DIR) does) from a source you trust",
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise HFFileError(f"{path}: not a state dict (a mapping from names to tensors)")
+    return state
+
+
+def check_output(out: Path, overwrite: bool, *, source: Path) -> None:
+    """Refuse to write over a non-empty directory (without ``overwrite``) or over the source."""
+    if out.resolve() == source.resolve():
+        raise HFFileError(f"{out}: the output would replace the model being converted", "give --out another directory")
+    if out.exists() and not out.is_dir():
+        raise HFFileError(f"{out}: exists and is not a directory", "give --out a directory path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise HFFileError(f"{out}: already exists", "pass --overwrite to replace it, or give --out another directory")
+
+
+def write_checkpoint(folder: Path, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:
+    """config.json and model.safetensors, as ``save_pretrained`` writes them (format metadata "pt")."""
+    (folder / CONFIG_FILE).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    save_file(
+        {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()},
+        str(folder / SAFETENSORS_FILE),
+        metadata={"format": "pt"},
+    )
