@@ -57,6 +57,10 @@ class MergeContext:
     def others(self) -> list[LoadedModel]:
         return [m for m in self.models if m is not self.base]
 
+    def path(self, value: str) -> Path:
+        """A path given in the recipe's parameters, relative to the recipe's folder."""
+        return Path(value) if Path(value).is_absolute() else self.recipe.directory / value
+
     def generator(self, offset: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed(self.recipe.seed + offset)
 

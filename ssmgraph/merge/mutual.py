@@ -239,7 +239,7 @@ def run_mutual(context: MergeContext) -> MergeResult:
     task = context.task
     params = {**context.params, "batch_size": context.recipe.data.batch_size}
     names = [m.name for m in context.models]
-    teacher = load(context.params["teacher"]).eval() if context.params["teacher"] else None
+    teacher = load(context.path(context.params["teacher"])).eval() if context.params["teacher"] else None
     joint = _build_joint(context, names)
     cka_before = tap_cka(joint, names, task, params["batch_size"])
     log = train_jointly(joint, names, task, params, context.recipe.seed, teacher=teacher, progress=context.progress, label="mutual")

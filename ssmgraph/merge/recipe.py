@@ -66,6 +66,8 @@ class Recipe:
     data: DataSpec | None = None
     seed: int = 0
     source: str = "<recipe>"
+    directory: Path = Path(".")
+    """Where the recipe lives: relative paths in it (checkpoints, a teacher, a base) start here."""
 
     def model(self, name: str) -> ModelSource:
         return next(m for m in self.models if m.name == name)
@@ -187,7 +189,7 @@ def parse_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
         _check_method_fit(errors, method, models, data, raw, top)
     errors.raise_if_any()
     assert method is not None
-    return Recipe(method, tuple(models), parameters, base, permute_values, data, int(seed), source)
+    return Recipe(method, tuple(models), parameters, base, permute_values, data, int(seed), source, base_dir)
 
 
 def _parse_models(errors: Collector, raw: Mapping[str, Any], base_dir: Path, top: Mark) -> list[ModelSource]:

@@ -147,7 +147,7 @@ def _blends(model: CompiledModel, layers: int) -> list[tuple[nn.Module, float]]:
     """Each blend module and its normalised depth: the embedding at 0, layer l at (l+1)/(L+1), the head at 1."""
     modules = dict(model.named_modules())
     found = [(modules["embed_blend"], 0.0)]
-    found += [(modules[f"{name}.blend"], (i + 1) / (layers + 1)) for i, name in enumerate(n for n in modules if n.endswith(".blend") and n != "embed_blend")]
+    found += [(modules[name], (i + 1) / (layers + 1)) for i, name in enumerate(n for n in modules if n.endswith(".blend"))]
     found.append((modules["logits_blend"], 1.0))
     return found
 
@@ -232,7 +232,7 @@ def train_superposed(context: MergeContext, model: CompiledModel, a: LoadedModel
         loss.backward()
         optimizer.step()
         if (step + 1) % 10 == 0 or step + 1 == p["steps"]:
-            log.append({"step": step + 1, "lm": float(lm), "recon": float(recon)})
+            log.append({"step": step + 1, "lm": float(lm.detach()), "recon": float(recon.detach())})
     model.eval()
     for module, _ in blends:
         parametrize.remove_parametrizations(module, "alpha", leave_parametrized=True)
@@ -312,7 +312,7 @@ def run_superpose(context: MergeContext) -> MergeResult:
     figures["linear interpolation"] = {"t": float(t_best), "bpb_a": score[0], "bpb_b": score[1], "grid": grid}
     rows.append([f"linear interpolation (best t = {t_best})", score[0], score[1]])
     if context.params["base"]:
-        base = load(context.params["base"])
+        base = load(context.path(context.params["base"]))
         s_best, score, grid = _best_of({f"{s:.2f}": _task_arithmetic(a, b, base, s) for s in (0.25, 0.5, 0.75, 1.0)}, tasks, bs, limit)
         figures["task arithmetic"] = {"scale": float(s_best), "bpb_a": score[0], "bpb_b": score[1], "grid": grid}
         rows.append([f"task arithmetic (best λ = {s_best})", score[0], score[1]])
