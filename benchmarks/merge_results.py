@@ -67,19 +67,19 @@ def run_barrier(workdir: Path, out: Path) -> dict[str, Any]:
 
     results = {}
     setups = {
-        "digits, classifier with Mamba mixers (d_model 32, 2 layers)": ("classifier", "digits", {"mixer": "mix.mamba", "d_model": 32, "layers": 2}, 1500),
-        "digits, classifier with attention (d_model 32, 2 layers)": ("classifier", "digits", {"mixer": "mix.attention", "d_model": 32, "layers": 2}, 1500),
+        "digits, classifier with Mamba mixers (d_model 32, 2 layers)": ("classifier", "digits", {"mixer": "mix.mamba", "d_model": 32, "layers": 2}, 600),
+        "digits, classifier with attention (d_model 32, 2 layers)": ("classifier", "digits", {"mixer": "mix.attention", "d_model": 32, "layers": 2}, 600),
     }
     for label, (blueprint, task_name, overrides, steps) in setups.items():
         task = make_task(task_name, {})
-        runs = [train_model(blueprint, task_name, overrides, workdir, f"{blueprint}-{i}", seed=i, steps=steps) for i in (0, 1)]
+        slug = label.split(",")[1].split("(")[0].strip().replace(" ", "_")
+        runs = [train_model(blueprint, task_name, overrides, workdir, f"{slug}-{i}", seed=i, steps=steps) for i in (0, 1)]
         a, b = ssmgraph.load(runs[0]), ssmgraph.load(runs[1])
         naive = linear_path(runs[0], b.state_dict(), task)
         spaces = model_spaces(a)
         _, aligned_state = weight_matching(a.state_dict(), b.state_dict(), spaces)
         aligned = linear_path(runs[0], aligned_state, task)
         ts = [i / 10 for i in range(11)]
-        slug = label.split(",")[1].split("(")[0].strip().replace(" ", "_")
         curves({"as trained": (ts, naive), "after permute": (ts, aligned)}, "t (0: model A, 1: model B)", "held-out loss", label, out / f"barrier_{slug}.png")
         results[label] = {
             "naive": naive, "aligned": aligned, "barrier_naive": barrier(naive), "barrier_aligned": barrier(aligned),
