@@ -8,8 +8,9 @@ in [0, 1] by clamping. The superposition merge learns α through a B-spline over
 plain blueprint. Pointwise (and so causal): position t reads only position t of a and b.
 
 ``stitch.autoencoder`` maps a blended state back to a hidden state through a bottleneck:
-``linear`` is pointwise (down, GELU, up, plus a skip connection), ``causal_conv`` mixes the
-last ``kernel`` positions with a convolution padded on the left only. The published
+``linear`` is pointwise, ``causal_conv`` encodes the last ``kernel`` positions with a
+convolution padded on the left only (its decoder is pointwise); ``residual`` adds the input
+back, the decoder starting near zero so the block starts near the identity. The published
 superposition code pads its convolutions on both sides, so position t reads t + 1: its
 language model can peek at the next token. Here no output reads a later input.
 """
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -37,26 +40,55 @@ class Blend(nn.Module):
         return a + alpha * (b - a)
 
 
-class AutoEncoder(nn.Module):
-    """x + up(GELU(down(x))), with ``down`` pointwise or a causal convolution over time.
+KINDS = ("linear", "causal_conv")
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
 
-    ``up`` starts near zero, so the autoencoder starts close to the identity on the blend."""
 
-    def __init__(self, dim: int, kind: str, bottleneck: float, kernel: int):
+class CausalAutoencoder(nn.Module):
+    """A bottleneck autoencoder over B×L×D hidden states that never reads later positions.
+
+    ``bottleneck`` is the inner width as a fraction of D (rounded up, at least 1); ``kernel`` is
+    the number of positions a ``causal_conv`` encoder reads (the current one and kernel − 1
+    before it); ``activation`` sits between encoder and decoder (``identity`` makes the whole
+    autoencoder linear)."""
+
+    def __init__(
+        self,
+        dim: int,
+        kind: str = "linear",
+        bottleneck: float = 0.75,
+        kernel: int = 3,
+        residual: bool = False,
+        activation: str = "gelu",
+    ):
         super().__init__()
-        inner = max(1, round(dim * bottleneck))
-        self.kind, self.kernel = kind, kernel
-        self.down = nn.Linear(dim, inner) if kind == "linear" else nn.Conv1d(dim, inner, kernel)
-        self.up = nn.Linear(inner, dim)
-        nn.init.normal_(self.up.weight, std=1e-3)
-        nn.init.zeros_(self.up.bias)
+        if kind not in KINDS:
+            raise ValueError(f"autoencoder kind must be one of {KINDS}, got {kind!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+        if kernel < 1 or bottleneck <= 0:
+            raise ValueError(f"kernel must be ≥ 1 and bottleneck > 0, got {kernel} and {bottleneck}")
+        self.dim, self.kind, self.kernel, self.residual = dim, kind, kernel, residual
+        self.inner = max(1, math.ceil(dim * bottleneck - 1e-9))
+        self.encoder: nn.Module = nn.Linear(dim, self.inner) if kind == "linear" else nn.Conv1d(dim, self.inner, kernel)
+        self.activation = ACTIVATIONS[activation]()
+        self.decoder = nn.Linear(self.inner, dim)
+        if residual:  # start near the identity; not at it, so the encoder gets gradients from step one
+            nn.init.normal_(self.decoder.weight, std=1e-3)
+            nn.init.zeros_(self.decoder.bias)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """B×L×D → B×L×inner (before the activation)."""
+        if self.kind == "linear":
+            return self.encoder(x)
+        # Conv1d reads B×D×L; pad (kernel − 1) positions on the left of time, none on the right.
+        return self.encoder(F.pad(x.transpose(1, 2), (self.kernel - 1, 0))).transpose(1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.kind == "linear":
-            z = self.down(x)
-        else:  # left padding only: output t reads inputs t - kernel + 1 .. t
-            z = self.down(F.pad(x.transpose(1, 2), (self.kernel - 1, 0))).transpose(1, 2)
-        return x + self.up(F.gelu(z))
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"expected B×L×{self.dim} hidden states, got shape {tuple(x.shape)}")
+        out = self.decoder(self.activation(self.encode(x)))
+        return x + out if self.residual else out
 
 
 def _ae_shape(in_types: Sequence[TensorType], **_: Any) -> TensorType:
@@ -70,18 +102,20 @@ def _ae_shape(in_types: Sequence[TensorType], **_: Any) -> TensorType:
 AUTOENCODER = BlockSpec(
     name="stitch.autoencoder",
     role="stitch",
-    doc="Residual bottleneck autoencoder on hidden states, pointwise or a causal (left-padded) convolution.",
+    doc="Bottleneck autoencoder on hidden states, pointwise or a causal (left-padded) convolution.",
     params=(
-        Param("kind", str, "linear", "pointwise 'linear', or 'causal_conv' over the last `kernel` positions", choices=("linear", "causal_conv")),
+        Param("kind", str, "linear", "pointwise 'linear', or 'causal_conv' over the last `kernel` positions", choices=KINDS),
         Param("bottleneck", float, 1.0, "inner width as a fraction of the input width", min=0.01, max=8.0),
-        Param("kernel", int, 3, "positions a causal_conv autoencoder reads (the current one and kernel − 1 before it)", min=1),
+        Param("kernel", int, 3, "positions a causal_conv encoder reads (the current one and kernel − 1 before it)", min=1),
+        Param("residual", bool, True, "add the input back (x + decoder(...)), starting near the identity"),
+        Param("activation", str, "gelu", "between encoder and decoder ('identity': a linear autoencoder)", choices=tuple(ACTIVATIONS)),
     ),
-    factory=lambda in_types, *, kind, bottleneck, kernel: AutoEncoder(in_types[0].dim, kind, bottleneck, kernel),
+    factory=lambda in_types, **args: CausalAutoencoder(in_types[0].dim, **args),
     shape=_ae_shape,
     causal=True,
     pointwise=lambda a: a["kind"] == "linear" or a["kernel"] == 1,
     reference="seed 002 (autoencoders on hidden states), made causal",
-    examples=({}, {"kind": "causal_conv", "kernel": 3, "bottleneck": 0.5}),
+    examples=({}, {"kind": "causal_conv", "kernel": 3, "bottleneck": 0.5}, {"residual": False, "activation": "identity"}),
 )
 
 

@@ -40,6 +40,7 @@ PARAMS = (
     Param("finetune_steps", int, 0, "then train only the stitch on the task for this many steps (0: closed form only)", min=0),
     Param("lr", float, 3e-3, "learning rate of the stitch fine-tuning", min=0.0),
     Param("ridge", float, 1e-4, "ridge regularisation of least squares (relative to the feature variance)", min=0.0),
+    Param("cca_dims", int, 0, "canonical directions the cca map keeps (0: half the smaller width; all of them equals least squares)", min=0),
 )
 
 
@@ -165,7 +166,7 @@ def probe(model: LoadedModel, task: Task, batches: list[Any]) -> tuple[list[Tens
     return [torch.cat(x) for x in layers], torch.cat(labels)
 
 
-def fit_map(estimator: str, X: Tensor, Y: Tensor, ridge: float, seed: int) -> Any:
+def fit_map(estimator: str, X: Tensor, Y: Tensor, ridge: float, seed: int, cca_dims: int = 0) -> Any:
     from ssmgraph.merge import maps
 
     if estimator == "lstsq":
@@ -174,19 +175,19 @@ def fit_map(estimator: str, X: Tensor, Y: Tensor, ridge: float, seed: int) -> An
     if estimator == "procrustes":
         return maps.fit_procrustes(X, Y, scale=True)
     if estimator == "cca":
-        return maps.fit_cca(X, Y)[0]
+        return maps.fit_cca(X, Y, dims=cca_dims or max(1, min(X.shape[1], Y.shape[1]) // 2))[0]
     return maps.fit_ot(X, Y, seed=seed)
 
 
-def fit_conditioned(estimator: str, condition: str, X: Tensor, Y: Tensor, labels: Tensor, ridge: float, seed: int) -> tuple[Tensor, Tensor]:
+def fit_conditioned(estimator: str, condition: str, X: Tensor, Y: Tensor, labels: Tensor, ridge: float, seed: int, cca_dims: int = 0) -> tuple[Tensor, Tensor]:
     """The map's (weight, bias): one fit on all tokens, or the mean of one fit per class."""
     if condition == "pooled":
-        fitted = fit_map(estimator, X, Y, ridge, seed)
+        fitted = fit_map(estimator, X, Y, ridge, seed, cca_dims)
         return fitted.weight, fitted.bias
     classes = [c for c in labels.unique().tolist() if c >= 0]
     if not classes:
         raise MergeError("condition 'per_class' needs a classification task (or an LM task, whose targets are the classes)")
-    fits = [fit_map(estimator, X[labels == c], Y[labels == c], ridge, seed) for c in classes]
+    fits = [fit_map(estimator, X[labels == c], Y[labels == c], ridge, seed, cca_dims) for c in classes]
     return torch.stack([f.weight for f in fits]).mean(0), torch.stack([f.bias for f in fits]).mean(0)
 
 
@@ -240,7 +241,7 @@ def run_stitch(context: MergeContext) -> MergeResult:
     pairs = [(p["layer_a"], p["layer_b"])] if forced else layer_pairs(sa.layers, sb.layers, p["pairs"])
     rows, scored, best = [], {}, None
     for i, j in pairs:
-        weight, bias = fit_conditioned(p["estimator"], p["condition"], feats_a[i], feats_b[j], labels, p["ridge"], context.recipe.seed)
+        weight, bias = fit_conditioned(p["estimator"], p["condition"], feats_a[i], feats_b[j], labels, p["ridge"], context.recipe.seed, p["cca_dims"])
         mapped = test_a[i] @ weight.T.double() + bias.double()
         r2 = float(r2_score(mapped, test_b[j]))
         model = build_stitched(a, b, i, j, weight, bias)
@@ -290,7 +291,7 @@ def _controls(context: MergeContext, a, b, i, j, weight, test_a, test_b, layers_
         batches = [context.task.sample(context.recipe.data.batch_size, probe_gen, "train") for _ in range(p["probe_batches"])]
         fa, labels = probe(a, context.task, batches)
         fb, _ = probe(b, context.task, batches)
-        w, bias = fit_conditioned(p["estimator"], p["condition"], fa[wrong_i], fb[j], labels, p["ridge"], context.recipe.seed)
+        w, bias = fit_conditioned(p["estimator"], p["condition"], fa[wrong_i], fb[j], labels, p["ridge"], context.recipe.seed, p["cca_dims"])
         controls[f"wrong depth ({a.name}.{wrong_i} → {b.name}.{j + 1})"] = {"accuracy": context.evaluate(build_stitched(a, b, wrong_i, j, w, bias))["accuracy"]}
     return controls
 

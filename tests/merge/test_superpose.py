@@ -29,7 +29,7 @@ def _set_alpha(model, value: float) -> None:
             if name.endswith("blend"):
                 module.alpha.fill_(value)
             if name.endswith(".ae"):
-                module.up.weight.zero_()
+                module.decoder.weight.zero_()
 
 
 @pytest.mark.parametrize("alpha,which", [(0.0, 0), (1.0, 1)])
