@@ -170,16 +170,17 @@ def train_jointly(
                 group["lr"] = group["base_lr"] * scale
             batch = task.sample(batch_size, data, "train")
             loss, parts = joint_loss(joint, names, task, batch.inputs, batch.targets, weights, teacher)
-            if not math.isfinite(float(loss)):
-                raise MergeError(f"joint training diverged at step {step + 1} (loss {float(loss)}); lower lr (now {params['lr']:g})")
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise MergeError(f"joint training diverged at step {step + 1} (loss {value}); lower lr (now {params['lr']:g})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if params["grad_clip"] > 0:
                 torch.nn.utils.clip_grad_norm_(joint.parameters(), params["grad_clip"])
             optimizer.step()
             if (step + 1) % 10 == 0 or step + 1 == params["steps"]:
-                log.append({"step": step + 1, "loss": float(loss), **parts})
-                update(step + 1, f"loss {float(loss):.3f}")
+                log.append({"step": step + 1, "loss": value, **parts})
+                update(step + 1, f"loss {value:.3f}")
     joint.eval()
     return log
 
