@@ -11,6 +11,7 @@ from ssmgraph.blocks._optim import mark_optim
 from ssmgraph.blocks.s4 import DPLRSSM
 from ssmgraph.blocks.s4d import ConvSSMBlock, DiagSSM, block_params, check_ssm_args, make_activation, ssm_params
 from ssmgraph.blocks.ssm_kernels import (
+    MEASURES,
     bilinear_dense,
     complex_dtype,
     conj_full,
@@ -32,6 +33,7 @@ from ssmgraph.blocks.ssm_kernels import (
 )
 
 __all__ = [
+    "MEASURES",
     "DPLRSSM",
     "ConvSSMBlock",
     "DiagSSM",
