@@ -28,13 +28,13 @@ def tapped(model: CompiledModel, name: str) -> CompiledModel:
 @torch.no_grad()
 def hidden_states(model: CompiledModel, name: str, task: Task, batches: int, batch_size: int) -> dict[str, torch.Tensor]:
     """Each layer's hidden states on held-out inputs, as (tokens × width) matrices."""
-    from ssmgraph.merge.mutual import _model_taps
+    from ssmgraph.merge.compose import model_taps
 
     probe = tapped(model, name)
     layers: list[list[torch.Tensor]] = []
     for batch in task.eval_batches(batch_size, size=batch_size * batches):
         _, taps = probe(batch.inputs, taps=[f"{name}.h"])
-        found = _model_taps(taps, name, "h")
+        found = model_taps(taps, name, "h")
         layers = layers or [[] for _ in found]
         for store, t in zip(layers, found):
             store.append(t.reshape(-1, t.shape[-1]).double())

@@ -15,30 +15,39 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from torch import Tensor
+
 from ssmgraph.merge.context import MergeError
 
 Node = dict[str, Any]
 
 
-def _rename_ref(ref: str, rename: Mapping[str, str]) -> str:
+def rename_ref(ref: str, rename: Mapping[str, str]) -> str:
     head, dot, rest = ref.partition(".")
     return rename.get(head, head) + dot + rest
 
 
-def _rename_node(node: Node, rename: Mapping[str, str]) -> Node:
+def rename_node(node: Node, rename: Mapping[str, str]) -> Node:
     node = dict(node)
     inputs = node.get("in")
     if isinstance(inputs, str):
-        node["in"] = _rename_ref(inputs, rename)
+        node["in"] = rename_ref(inputs, rename)
     elif isinstance(inputs, list):
-        node["in"] = [_rename_ref(r, rename) for r in inputs]
+        node["in"] = [rename_ref(r, rename) for r in inputs]
     elif isinstance(inputs, dict):
-        node["in"] = {port: _rename_ref(r, rename) for port, r in inputs.items()}
+        node["in"] = {port: rename_ref(r, rename) for port, r in inputs.items()}
     if "share" in node:
-        node["share"] = _rename_ref(node["share"], rename)
+        node["share"] = rename_ref(node["share"], rename)
     if "tie" in node:
-        node["tie"] = {k: _rename_ref(r, rename) for k, r in node["tie"].items()}
+        node["tie"] = {k: rename_ref(r, rename) for k, r in node["tie"].items()}
     return node
+
+
+def model_taps(taps: Mapping[str, Tensor], model: str, kind: str) -> list[Tensor]:
+    """A model's taps of one kind (``h`` raw, ``p`` projected), in layer order."""
+    prefix = f"{model}.{kind}"
+    found = [(k, v) for k, v in taps.items() if k == prefix or k.startswith(prefix + ".")]
+    return [v for _, v in sorted(found, key=lambda kv: int(kv[0].rsplit(".", 1)[1]) if kv[0] != prefix else 0)]
 
 
 def layer_stacks(blueprint: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -89,16 +98,15 @@ def compose(sources: Mapping[str, Mapping[str, Any]], *, d_common: int, share_em
                     )
                 else:
                     rename[name] = shared[0]
-                    continue
         for name, node in bp["nodes"].items():
             if rename[name] == f"{model}_{name}":
-                nodes[rename[name]] = _rename_node(node, rename)
+                nodes[rename[name]] = rename_node(node, rename)
         at = _tap_point(model, bp, rename)
         taps[f"{model}.h"] = {"at": at}
         taps[f"{model}.p"] = {"at": at, "project": d_common}
         per_model_outputs[model] = []
         for out, target in bp["outputs"].items():
-            outputs[f"{model}.{out}"] = _rename_ref(target, rename)
+            outputs[f"{model}.{out}"] = rename_ref(target, rename)
             per_model_outputs[model].append(f"{model}.{out}")
         views[model] = {"outputs": per_model_outputs[model], "taps": [f"{model}.h", f"{model}.p"]}
     single = [outs for outs in per_model_outputs.values()]

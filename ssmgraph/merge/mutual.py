@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssmgraph.graph.model import CompiledModel
+from ssmgraph.merge.compose import model_taps
 from ssmgraph.merge.context import MergeContext, MergeError, MergeResult
 from ssmgraph.registry.specs import MergeMethodSpec, Param
 from ssmgraph.train.tasks.base import IGNORE, Task
@@ -76,13 +77,6 @@ def _task_loss(task: Task, logits: Tensor, targets: Tensor) -> Tensor:
     raise MergeError(f"mutual training needs a classification or language-model task, not {task.kind!r}")
 
 
-def _model_taps(taps: Mapping[str, Tensor], model: str, kind: str) -> list[Tensor]:
-    """A model's taps of one kind (``h`` raw, ``p`` projected), in layer order."""
-    prefix = f"{model}.{kind}"
-    found = [(k, v) for k, v in taps.items() if k == prefix or k.startswith(prefix + ".")]
-    return [v for _, v in sorted(found, key=lambda kv: int(kv[0].rsplit(".", 1)[1]) if kv[0] != prefix else 0)]
-
-
 def depth_pairs(n_a: int, n_b: int) -> list[tuple[int, int]]:
     """Layer i of the shallower model with the layer of the other at the same relative depth."""
     if n_a <= n_b:
@@ -94,7 +88,7 @@ def _feature_loss(taps: Mapping[str, Tensor], names: list[str]) -> Tensor:
     losses = []
     for a_i, a in enumerate(names):
         for b in names[a_i + 1 :]:
-            fa, fb = _model_taps(taps, a, "p"), _model_taps(taps, b, "p")
+            fa, fb = model_taps(taps, a, "p"), model_taps(taps, b, "p")
             for i, j in depth_pairs(len(fa), len(fb)):
                 za = F.layer_norm(fa[i].float(), fa[i].shape[-1:])
                 zb = F.layer_norm(fb[j].float(), fb[j].shape[-1:])
@@ -195,7 +189,7 @@ def tap_cka(joint: CompiledModel, names: list[str], task: Task, batch_size: int,
     for batch in task.eval_batches(batch_size, size=batch_size * batches):
         _, taps = joint(batch.inputs, taps=[f"{n}.h" for n in names])
         for n in names:
-            layers = _model_taps(taps, n, "h")
+            layers = model_taps(taps, n, "h")
             if not feats[n]:
                 feats[n] = [[] for _ in layers]
             for store, t in zip(feats[n], layers):

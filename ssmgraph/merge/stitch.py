@@ -77,7 +77,7 @@ def _strip_missing_ties(node: dict[str, Any], kept: set[str]) -> dict[str, Any]:
 
 def stitched_blueprint(a: LoadedModel, b: LoadedModel, i: int, j: int) -> dict[str, Any]:
     """A's nodes up to its layer i, ``stitch``, B's layers after j and B's head (plain dict)."""
-    from ssmgraph.merge.compose import _rename_node
+    from ssmgraph.merge.compose import rename_node
 
     sa, sb = layer_stack(a), layer_stack(b)
     bpa, bpb = a.model.blueprint.to_dict(), b.model.blueprint.to_dict()
@@ -85,17 +85,17 @@ def stitched_blueprint(a: LoadedModel, b: LoadedModel, i: int, j: int) -> dict[s
         raise MergeError(f"models {a.name!r} and {b.name!r} read different inputs; a stitched model feeds B's layers from A's")
     d_b = b.model.nodes[f"{sb.name}.0.{sb.out_node}"].out_type.dim
     rename_a = {n: f"a_{n}" for n in sa.before + [sa.name]}
-    nodes: dict[str, Any] = {rename_a[n]: _rename_node(bpa["nodes"][n], rename_a) for n in sa.before}
-    nodes["a_" + sa.name] = {**_rename_node(bpa["nodes"][sa.name], rename_a), "repeat": i + 1}
+    nodes: dict[str, Any] = {rename_a[n]: rename_node(bpa["nodes"][n], rename_a) for n in sa.before}
+    nodes["a_" + sa.name] = {**rename_node(bpa["nodes"][sa.name], rename_a), "repeat": i + 1}
     nodes["stitch"] = {"block": "stitch.linear", "in": "a_" + sa.name, "args": {"dim": d_b}}
     rename_b = {n: f"b_{n}" for n in sb.after}
     rest = sb.layers - j - 1
     rename_b[sb.name] = f"b_{sb.name}" if rest > 0 else "stitch"
     if rest > 0:
-        nodes[f"b_{sb.name}"] = {**_rename_node(bpb["nodes"][sb.name], {}), "in": "stitch", "repeat": rest}
+        nodes[f"b_{sb.name}"] = {**rename_node(bpb["nodes"][sb.name], {}), "in": "stitch", "repeat": rest}
     kept = set(rename_b.values())
     for n in sb.after:
-        nodes[rename_b[n]] = _strip_missing_ties(_rename_node(bpb["nodes"][n], rename_b), kept)
+        nodes[rename_b[n]] = _strip_missing_ties(rename_node(bpb["nodes"][n], rename_b), kept)
     return {
         "ssmgraph": 1,
         "name": f"stitch_{a.name}{i}_{b.name}{j}",
@@ -147,14 +147,14 @@ def probe(model: LoadedModel, task: Task, batches: list[Any]) -> tuple[list[Tens
     """Hidden states after each layer (tokens × width, float64) and each token's label
     (the sequence's class, or the token's target; -1 where none)."""
     from ssmgraph.merge.compare import tapped
-    from ssmgraph.merge.mutual import _model_taps
+    from ssmgraph.merge.compose import model_taps
 
     joint = tapped(model.model, model.name)
     layers: list[list[Tensor]] = []
     labels = []
     for batch in batches:
         _, taps = joint(batch.inputs, taps=[f"{model.name}.h"])
-        found = _model_taps(taps, model.name, "h")
+        found = model_taps(taps, model.name, "h")
         layers = layers or [[] for _ in found]
         for store, t in zip(layers, found):
             store.append(t.reshape(-1, t.shape[-1]).double())

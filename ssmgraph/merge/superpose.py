@@ -69,7 +69,7 @@ def _single_stack(model: LoadedModel) -> Any:
 
 def superposed_blueprint(a: LoadedModel, b: LoadedModel, params: Mapping[str, Any]) -> dict[str, Any]:
     """Both models' nodes side by side, a blend + autoencoder after every layer (plain dict)."""
-    from ssmgraph.merge.compose import _rename_node, _rename_ref
+    from ssmgraph.merge.compose import rename_node, rename_ref
 
     sa, sb = _single_stack(a), _single_stack(b)
     bpa, bpb = a.model.blueprint.to_dict(), b.model.blueprint.to_dict()
@@ -88,8 +88,8 @@ def superposed_blueprint(a: LoadedModel, b: LoadedModel, params: Mapping[str, An
         rename = {n: f"{prefix}_{n}" for n in stack.before + stack.after}
         rename[stack.name] = stack.name
         for n in stack.before:
-            nodes[rename[n]] = _rename_node(bp["nodes"][n], rename)
-        stack_inputs.append(_rename_ref(bp["nodes"][stack.name]["in"], rename))
+            nodes[rename[n]] = rename_node(bp["nodes"][n], rename)
+        stack_inputs.append(rename_ref(bp["nodes"][stack.name]["in"], rename))
     nodes["embed_blend"] = {"block": "stitch.blend", "in": {"a": stack_inputs[0], "b": stack_inputs[1]}, "args": blend_args}
     stack_node = bpa["nodes"][sa.name]
     body_nodes: dict[str, Any] = {}
@@ -97,7 +97,7 @@ def superposed_blueprint(a: LoadedModel, b: LoadedModel, params: Mapping[str, An
     for prefix, bp, stack in (("a", bpa, sa), ("b", bpb, sb)):
         body = bp["nodes"][stack.name]["body"]
         rename = {n: f"{prefix}_{n}" for n in body["nodes"]}
-        body_nodes.update({rename[n]: _rename_node(node, rename) for n, node in body["nodes"].items()})
+        body_nodes.update({rename[n]: rename_node(node, rename) for n, node in body["nodes"].items()})
         outs.append(rename[stack.out_node])
     if bpa["nodes"][sa.name]["body"]["inputs"] != bpb["nodes"][sb.name]["body"]["inputs"]:
         raise MergeError("the two layer stacks name their carried input differently; rename one blueprint's carry")
@@ -115,8 +115,8 @@ def superposed_blueprint(a: LoadedModel, b: LoadedModel, params: Mapping[str, An
         rename = {n: f"{prefix}_{n}" for n in stack.before + stack.after}
         rename[stack.name] = sa.name
         for n in stack.after:
-            nodes[rename[n]] = _rename_node(bp["nodes"][n], rename)
-        heads.append(_rename_ref(next(iter(bp["outputs"].values())), rename))
+            nodes[rename[n]] = rename_node(bp["nodes"][n], rename)
+        heads.append(rename_ref(next(iter(bp["outputs"].values())), rename))
     nodes["logits_blend"] = {"block": "stitch.blend", "in": {"a": heads[0], "b": heads[1]}}
     return {
         "ssmgraph": 1,
@@ -177,10 +177,10 @@ def language_tasks(context: MergeContext) -> tuple[Task, Task]:
 @torch.no_grad()
 def specialist_states(model: LoadedModel, inputs: Tensor) -> list[Tensor]:
     from ssmgraph.merge.compare import tapped
-    from ssmgraph.merge.mutual import _model_taps
+    from ssmgraph.merge.compose import model_taps
 
     _, taps = tapped(model.model, model.name)(inputs, taps=[f"{model.name}.h"])
-    return _model_taps(taps, model.name, "h")
+    return model_taps(taps, model.name, "h")
 
 
 def _lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
