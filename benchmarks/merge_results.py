@@ -118,10 +118,11 @@ def run_mutual(workdir: Path, out: Path) -> dict[str, Any]:
 # ---- stitch ----------------------------------------------------------------------------------------
 def run_stitch(workdir: Path, out: Path) -> dict[str, Any]:
     shapes = {"d_model": 48, "layers": 3}
+    attention = {"mixer": "mix.attention", "layer_args": {"heads": 4, "rope": True}, **shapes}  # RoPE: the classifier adds no positions
     runs = {
-        "tf0": train_model("classifier", "digits", {"mixer": "mix.attention", **shapes}, workdir, "tf0", seed=0, steps=1500),
-        "tf1": train_model("classifier", "digits", {"mixer": "mix.attention", **shapes}, workdir, "tf1", seed=1, steps=1500),
-        "mamba": train_model("classifier", "digits", {"mixer": "mix.mamba", **shapes}, workdir, "mamba", seed=2, steps=1500),
+        "tf0": train_model("classifier", "digits", attention, workdir, "tf0", seed=0, steps=700),
+        "tf1": train_model("classifier", "digits", attention, workdir, "tf1", seed=1, steps=700),
+        "mamba": train_model("classifier", "digits", {"mixer": "mix.mamba", **shapes}, workdir, "mamba", seed=2, steps=700),
     }
     results = {}
     for name, (a, b) in {"same_architecture": ("tf0", "tf1"), "cross_architecture": ("tf0", "mamba")}.items():
@@ -138,7 +139,7 @@ def run_stitch(workdir: Path, out: Path) -> dict[str, Any]:
 # ---- superpose ------------------------------------------------------------------------------------
 def run_superpose(workdir: Path, out: Path) -> dict[str, Any]:
     shapes = {"d_model": 96, "layers": 2, "heads": 4, "max_len": 64}
-    opts = {"seq_len": 24, "valid_fraction": 0.55}
+    opts = {"seq_len": 20, "valid_fraction": 0.5}
     torch.manual_seed(0)
     base = workdir / "base"
     ssmgraph.save(ssmgraph.build("gpt", **shapes), base)
@@ -148,7 +149,7 @@ def run_superpose(workdir: Path, out: Path) -> dict[str, Any]:
     text = f"""
     merge_method: superpose
     models: [{{name: en, checkpoint: {runs['en']}}}, {{name: fr, checkpoint: {runs['fr']}}}]
-    parameters: {{options_a: {{corpus: en}}, options_b: {{corpus: fr}}, alpha: vector, steps: 600, base: {base}}}
+    parameters: {{options_a: {{corpus: en}}, options_b: {{corpus: fr}}, alpha: vector, steps: 1200, base: {base}}}
     data: {{task: bytes, options: {opts}, batch_size: 64, eval_batches: 20}}
     """
     return run_recipe(text, workdir, out, "superpose")
