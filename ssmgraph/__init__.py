@@ -19,7 +19,7 @@ from ssmgraph.graph.compile import compile_blueprint
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.optim import param_groups
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, ShapeError, TensorType
+from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType
 from ssmgraph.serialization import load, save
 from ssmgraph.zoo import create_model
 
@@ -31,6 +31,8 @@ __all__ = [
     "BlueprintError",
     "CompiledModel",
     "Param",
+    "PermAxis",
+    "PermSpace",
     "ShapeError",
     "SsmgraphError",
     "TensorType",

@@ -8,10 +8,10 @@ such layers, 1.7159·tanh(0.666·x)), and the new state is, with elapsed time t 
 - ``no_gate``: h' = f1 + λ ⊙ f2;
 - ``pure``: h' = −A ⊙ exp(−t (|w_τ| + |f1|)) ⊙ f1 + A, f1 = W1 z (the closed-form solution).
 
-Two-dimensional weights start Xavier-uniform. One deliberate difference: ncps starts the
-``pure`` mode's w_τ at 0, where |w_τ| has no gradient (it never trains); here it starts at
-small random values. The ``units`` hidden state goes through a
-Linear back to the model width: a mixer B×L×D → B×L×D with state h (B, units).
+Every two-dimensional weight of the cell starts Xavier-uniform, as in ncps — including the
+``pure`` mode's w_τ and A, which ncps declares of shape (1, units) (so they do not start at
+their nominal 0 and 1). The ``units`` hidden state goes through a Linear back to the model
+width (ncps's optional output projection): a mixer B×L×D → B×L×D with state h (B, units).
 
 Reference: Hasani, Lechner, Amini, et al., "Closed-form continuous-time neural networks",
 Nature Machine Intelligence 2022; mlech26l/ncps ``ncps/torch/cfc_cell.py``.
@@ -26,14 +26,20 @@ import ssmgraph
 from ssmgraph.registry.specs import same_as_input
 
 MODES = ("default", "no_gate", "pure")
+ELAPSED = 1.0
+"""The elapsed time t between inputs: regularly sampled sequences, ncps's default."""
 
 
 class LeCunTanh(nn.Module):
+    """LeCun's scaled tanh, 1.7159·tanh(0.666·x): the CfC backbone's default activation."""
+
     def forward(self, x: Tensor) -> Tensor:
         return 1.7159 * torch.tanh(0.666 * x)
 
 
 class CfC(nn.Module):
+    """The CfC cell unrolled over a sequence, its hidden state projected back to the model width."""
+
     def __init__(self, dim: int, units: int, backbone_units: int, backbone_layers: int, mode: str):
         super().__init__()
         self.units, self.mode = units, mode
@@ -45,10 +51,8 @@ class CfC(nn.Module):
         self.backbone = nn.Sequential(*layers)
         self.ff1 = nn.Linear(width, units)
         if mode == "pure":
-            # ncps starts w_tau at 0, where |w_tau| has zero gradient, so it never trains;
-            # small random values let it learn.
-            self.w_tau = nn.Parameter(torch.empty(units).uniform_(-0.1, 0.1))
-            self.A = nn.Parameter(torch.ones(units))
+            self.w_tau = nn.Parameter(torch.zeros(1, units))
+            self.A = nn.Parameter(torch.ones(1, units))
         else:
             self.ff2 = nn.Linear(width, units)
             self.time_a = nn.Linear(width, units)
@@ -58,13 +62,14 @@ class CfC(nn.Module):
             if p.dim() == 2 and not name.startswith("out_proj"):
                 nn.init.xavier_uniform_(p)
 
-    def cell(self, u: Tensor, h: Tensor, elapsed: float = 1.0) -> Tensor:
+    def cell(self, u: Tensor, h: Tensor) -> Tensor:
+        """One input step: u (B, D), h (B, units) → the new hidden state."""
         z = self.backbone(torch.cat([u, h], -1))
         if self.mode == "pure":
             f1 = self.ff1(z)
-            return -self.A * torch.exp(-elapsed * (self.w_tau.abs() + f1.abs())) * f1 + self.A
+            return -self.A * torch.exp(-ELAPSED * (self.w_tau.abs() + f1.abs())) * f1 + self.A
         f1, f2 = torch.tanh(self.ff1(z)), torch.tanh(self.ff2(z))
-        gate = torch.sigmoid(self.time_a(z) * elapsed + self.time_b(z))
+        gate = torch.sigmoid(self.time_a(z) * ELAPSED + self.time_b(z))
         return f1 + gate * f2 if self.mode == "no_gate" else f1 * (1 - gate) + gate * f2
 
     def forward(self, x: Tensor, *, state: Tensor | None = None, return_state: bool = False, mask: Tensor | None = None):
@@ -105,5 +110,9 @@ SPEC = ssmgraph.BlockSpec(
     factory=_build,
     shape=same_as_input,
     step=True,
-    examples=({"units": 6, "backbone_units": 10}, {"units": 6, "backbone_units": 10, "mode": "no_gate", "backbone_layers": 2}, {"units": 6, "backbone_units": 10, "mode": "pure"}),
+    examples=(
+        {"units": 6, "backbone_units": 10},
+        {"units": 6, "backbone_units": 10, "mode": "no_gate", "backbone_layers": 2},
+        {"units": 6, "backbone_units": 10, "mode": "pure"},
+    ),
 )

@@ -2,16 +2,20 @@
 
 Neuron potentials v follow x' = −[1/τ + f(x, I)]⊙x + f(x, I)⊙A, solved per input by the
 fused semi-implicit Euler step of ncps's ``LTCCell`` with ``ode_unfolds`` sub-steps of length
-Δt/unfolds (Δt = 1)::
+Δ = Δt/ode_unfolds (elapsed time Δt = 1 between inputs)::
 
     v ← (c_m/Δ·v + g_leak·v_leak + Σ_j w_ij σ_ij(v_j) E_ij + Σ_k s_ik σ_ik(u_k) E_ik)
         / (c_m/Δ + g_leak + Σ_j w_ij σ_ij(v_j) + Σ_k s_ik σ_ik(u_k) + ε)
 
-with σ(v) = sigmoid(σ·(v − μ)) per synapse. The wiring is fully connected; reversal
-potentials E start at ±1 at random. Positivity of w, s, c_m and g_leak is kept by softplus
-(ncps's ``implicit_param_constraints``: there is no post-step hook to clip them). Inputs go
-through a per-feature affine map, and all ``units`` potentials through a Linear back to the
-model width, so the block is a mixer B×L×D → B×L×D with state v (B, units).
+with σ(v) = sigmoid(σ·(v − μ)) per synapse. The wiring is ncps's ``FullyConnected``: every
+neuron and every input feature synapses onto every neuron, and the (trainable) reversal
+potentials E start at +1 with probability 2/3 and −1 otherwise, as its polarity draw from
+[−1, 1, 1]. Positivity of w, s, c_m and g_leak is kept by softplus (ncps's
+``implicit_param_constraints``): ncps's default clips them after each optimizer step, and a
+block has no post-step hook. Inputs go through ncps's per-feature affine map; the output map
+is a Linear from all ``units`` potentials back to the model width (ncps's per-motor-neuron
+affine map, widened), so the block is a mixer B×L×D → B×L×D with state v (B, units). The
+initialisation ranges are ncps's (for the softplus-constrained ones, of the constrained value).
 
 Reference: Hasani, Lechner, Amini, Rus, Grosu, "Liquid Time-constant Networks", AAAI 2021;
 mlech26l/ncps ``ncps/torch/ltc_cell.py``.
@@ -33,6 +37,11 @@ def _uniform(shape: tuple[int, ...], lo: float, hi: float) -> nn.Parameter:
     return nn.Parameter(torch.empty(shape).uniform_(lo, hi))
 
 
+def _polarity(shape: tuple[int, ...]) -> nn.Parameter:
+    """Reversal potentials ±1, excitatory (+1) with probability 2/3 (ncps: choice of [-1, 1, 1])."""
+    return nn.Parameter(torch.where(torch.rand(shape) < 2 / 3, 1.0, -1.0))
+
+
 def _positive(shape: tuple[int, ...], lo: float, hi: float) -> nn.Parameter:
     """A parameter whose softplus is uniform in [lo, hi] at initialisation."""
     value = torch.empty(shape).uniform_(lo, hi)
@@ -40,6 +49,8 @@ def _positive(shape: tuple[int, ...], lo: float, hi: float) -> nn.Parameter:
 
 
 class LTC(nn.Module):
+    """The LTC cell unrolled over a sequence, its potentials projected back to the model width."""
+
     def __init__(self, dim: int, units: int, ode_unfolds: int):
         super().__init__()
         self.units, self.ode_unfolds = units, ode_unfolds
@@ -48,11 +59,11 @@ class LTC(nn.Module):
         self.sensory_w = _positive((dim, units), 0.001, 1.0)
         self.sensory_mu = _uniform((dim, units), 0.3, 0.8)
         self.sensory_sigma = _uniform((dim, units), 3.0, 8.0)
-        self.sensory_erev = nn.Parameter(torch.randint(0, 2, (dim, units)).float() * 2 - 1)
+        self.sensory_erev = _polarity((dim, units))
         self.w = _positive((units, units), 0.001, 1.0)
         self.mu = _uniform((units, units), 0.3, 0.8)
         self.sigma = _uniform((units, units), 3.0, 8.0)
-        self.erev = nn.Parameter(torch.randint(0, 2, (units, units)).float() * 2 - 1)
+        self.erev = _polarity((units, units))
         self.gleak = _positive((units,), 0.001, 1.0)
         self.vleak = _uniform((units,), -0.2, 0.2)
         self.cm = _positive((units,), 0.4, 0.6)
@@ -99,7 +110,8 @@ SPEC = ssmgraph.BlockSpec(
     name="mix.ltc",
     role="mix",
     doc="Liquid time-constant cell (fully connected wiring), fused semi-implicit Euler ODE solver",
-    reference="Hasani et al. 2021, Liquid Time-constant Networks; mlech26l/ncps ltc_cell.py",
+    reference="Hasani et al. 2021, Liquid Time-constant Networks (AAAI 2021); mlech26l/ncps ncps/torch/ltc_cell.py, "
+    "ncps/wirings/wirings.py (FullyConnected)",
     params=(
         ssmgraph.Param("units", int, 32, "number of neurons (the state size)", min=1),
         ssmgraph.Param("ode_unfolds", int, 6, "semi-implicit Euler sub-steps per input", min=1),

@@ -49,7 +49,21 @@ def test_ltc_equals_the_synapse_by_synapse_reference():
     m = build("mix.ltc", units=4, ode_unfolds=3)
     x = torch.randn(2, 5, DIM, dtype=F64)
     torch.testing.assert_close(m(x), ltc_reference(m, x), rtol=1e-10, atol=1e-12)
-    assert (F.softplus(m.cm) > 0.39).all() and (F.softplus(m.cm) < 0.61).all()  # c_m ~ U[0.4, 0.6]
+
+
+def test_ltc_initialisation_follows_ncps():
+    torch.manual_seed(0)
+    m = build("mix.ltc", units=40)
+    ranges = {"cm": (0.4, 0.6), "gleak": (0.001, 1.0), "w": (0.001, 1.0), "sensory_w": (0.001, 1.0)}
+    for name, (lo, hi) in ranges.items():  # positive parameters: ranges of the softplus
+        value = F.softplus(getattr(m, name))
+        assert lo - 1e-9 <= value.min() and value.max() <= hi + 1e-9, name
+    for name, (lo, hi) in {"vleak": (-0.2, 0.2), "mu": (0.3, 0.8), "sigma": (3.0, 8.0)}.items():
+        value = getattr(m, name)
+        assert lo <= value.min() and value.max() <= hi, name
+    erev = torch.cat([m.erev.flatten(), m.sensory_erev.flatten()])
+    assert set(erev.tolist()) == {-1.0, 1.0}
+    assert abs((erev > 0).double().mean().item() - 2 / 3) < 0.05  # ncps draws polarity from [-1, 1, 1]
 
 
 @pytest.mark.parametrize("mode", ["default", "no_gate", "pure"])
@@ -71,3 +85,13 @@ def test_cfc_equals_the_closed_form_per_step(mode):
             h = f1 + gate * f2 if mode == "no_gate" else f1 * (1 - gate) + gate * f2
         outs.append(lin(m.out_proj, h))
     torch.testing.assert_close(m(x), torch.stack(outs, 1), rtol=1e-10, atol=1e-12)
+
+
+def test_cfc_weights_start_xavier_uniform():
+    torch.manual_seed(2)
+    m = build("mix.cfc", units=5, backbone_units=7, mode="pure")
+    for name, p in m.named_parameters():
+        if p.dim() == 2 and not name.startswith("out_proj"):
+            bound = (6 / (p.shape[0] + p.shape[1])) ** 0.5
+            assert p.abs().max() <= bound and p.abs().max() > 0.2 * bound, name
+    assert m.w_tau.shape == m.A.shape == (1, 5)  # ncps's shapes, so Xavier reaches them too
