@@ -18,6 +18,9 @@ entries are never attended to.
 ``mix.cross_attention`` attends from x (queries) to a second input ``memory`` (keys,
 values), as the decoder of Vaswani et al. 2017 does.
 
+Input features: the columns of ``qkv`` (of ``q_proj`` for x and of ``kv_proj`` for memory
+in cross-attention); output features: the rows and bias of ``out_proj``.
+
 Permutation space ``heads``: whole heads, which attend independently and are concatenated
 before ``out_proj``. Under GQA a unit is a key/value head together with the ``heads /
 kv_heads`` query heads that read it, so the sharing is kept. Whole heads are safe with RoPE
@@ -36,7 +39,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, input_space, same_as_input
 
 AttentionState = tuple[Tensor, Tensor, Tensor]
 
@@ -237,7 +240,15 @@ def _attention_spaces(in_types: Sequence[TensorType], *, heads: int, kv_heads: i
     axes = [PermAxis("out_proj.weight", 1, group=share * head_dim)]
     for param in ("qkv.weight", "qkv.bias") if bias else ("qkv.weight",):
         axes += [PermAxis(param, 0, group=share * head_dim), PermAxis(param, 0, group=head_dim, chunks=2, start=dim)]
-    return (PermSpace("heads", kv, tuple(axes), "key/value heads, each with the query heads that share it"),)
+    return (
+        PermSpace("heads", kv, tuple(axes), "key/value heads, each with the query heads that share it"),
+        PermSpace(INPUT_SPACE, dim, (PermAxis("qkv.weight", 1),)),
+        PermSpace(OUTPUT_SPACE, dim, _out_rows(bias)),
+    )
+
+
+def _out_rows(bias: bool) -> tuple[PermAxis, ...]:
+    return (PermAxis("out_proj.weight", 0), PermAxis("out_proj.bias", 0)) if bias else (PermAxis("out_proj.weight", 0),)
 
 
 def _cross_spaces(in_types: Sequence[TensorType], *, heads: int, bias: bool, **_: Any) -> tuple[PermSpace, ...]:
@@ -245,7 +256,13 @@ def _cross_spaces(in_types: Sequence[TensorType], *, heads: int, bias: bool, **_
     axes = [PermAxis("out_proj.weight", 1, group=head_dim)]
     for part in ("weight", "bias") if bias else ("weight",):
         axes += [PermAxis(f"q_proj.{part}", 0, group=head_dim), PermAxis(f"kv_proj.{part}", 0, group=head_dim, chunks=2)]
-    return (PermSpace("heads", heads, tuple(axes), "attention heads"),)
+    dim, memory = in_types[0].dim, in_types[1].dim
+    return (
+        PermSpace("heads", heads, tuple(axes), "attention heads"),
+        PermSpace(input_space("x"), dim, (PermAxis("q_proj.weight", 1),)),
+        PermSpace(input_space("memory"), memory, (PermAxis("kv_proj.weight", 1),)),
+        PermSpace(OUTPUT_SPACE, dim, _out_rows(bias)),
+    )
 
 
 _HEADS = Param("heads", int, 4, "number of attention (query) heads; must divide dim", min=1)

@@ -13,6 +13,11 @@ convolution padded on the left only (its decoder is pointwise); ``residual`` add
 back, the decoder starting near zero so the block starts near the identity. The published
 superposition code pads its convolutions on both sides, so position t reads t + 1: its
 language model can peek at the next token. Here no output reads a later input.
+
+Feature spaces: a blend's inputs and output share one (``<through>``, with α when it is per
+feature); so do a residual autoencoder's (the encoder's input columns, the decoder's rows
+and bias); without ``residual`` its input and output spaces are separate. Permutation space
+``inner``: the bottleneck units (encoder rows and bias, decoder columns).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, ShapeError, TensorType
+from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, THROUGH_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType
 
 
 class Blend(nn.Module):
@@ -99,6 +104,20 @@ def _ae_shape(in_types: Sequence[TensorType], **_: Any) -> TensorType:
     return x
 
 
+def _ae_spaces(in_types: Sequence[TensorType], *, bottleneck: float, residual: bool, **_: Any) -> tuple[PermSpace, ...]:
+    dim = in_types[0].dim
+    inner = max(1, math.ceil(dim * bottleneck - 1e-9))  # as CausalAutoencoder
+    reads = (PermAxis("encoder.weight", 1),)  # Linear (inner, dim) or Conv1d (inner, dim, kernel)
+    writes = (PermAxis("decoder.weight", 0), PermAxis("decoder.bias", 0))
+    units = (PermAxis("encoder.weight", 0), PermAxis("encoder.bias", 0), PermAxis("decoder.weight", 1))
+    io = (PermSpace(THROUGH_SPACE, dim, reads + writes),) if residual else (PermSpace(INPUT_SPACE, dim, reads), PermSpace(OUTPUT_SPACE, dim, writes))
+    return (PermSpace("inner", inner, units, "bottleneck units"), *io)
+
+
+def _blend_spaces(in_types: Sequence[TensorType], *, per_feature: bool, **_: Any) -> tuple[PermSpace, ...]:
+    return (PermSpace(THROUGH_SPACE, in_types[0].dim, (PermAxis("alpha", 0),) if per_feature else ()),)
+
+
 AUTOENCODER = BlockSpec(
     name="stitch.autoencoder",
     role="stitch",
@@ -112,6 +131,7 @@ AUTOENCODER = BlockSpec(
     ),
     factory=lambda in_types, **args: CausalAutoencoder(in_types[0].dim, **args),
     shape=_ae_shape,
+    perm_spaces=_ae_spaces,
     causal=True,
     pointwise=lambda a: a["kind"] == "linear" or a["kernel"] == 1,
     reference="seed 002 (autoencoders on hidden states), made causal",
@@ -140,6 +160,7 @@ BLEND = BlockSpec(
     ),
     factory=lambda in_types, *, per_feature, init: Blend(in_types[0].dim, per_feature, init),
     shape=_shape,
+    perm_spaces=_blend_spaces,
     inputs=("a", "b"),
     pointwise=True,
     reference="Ben Chaliah & Dellagi 2025, Superposition in Transformers (arXiv 2501.00530)",

@@ -11,6 +11,11 @@
   The output is the positional embedding alone; a ``struct.add`` node adds it to the token
   embedding. It carries a state (the next position, int64 of shape (B,)), so chunked
   processing and recurrent ``step`` continue counting positions.
+
+Feature spaces (for permutation alignment): the output features are the columns of the
+token and learned position tables, the rows (and bias) of ``embed.linear``, whose input
+features are its columns. A sinusoidal table is a fixed function of the position, so its
+output's feature order is fixed. ``embed.position`` reads its input only for its shape.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
 
 EMBED_INIT_STD = 0.02
 
@@ -137,6 +142,24 @@ def _position_shape(in_types: Sequence[TensorType], *, max_len: int, dim: int, *
     return TensorType((x.shape[0], seq, dim), "float")
 
 
+def _token_spaces(in_types: Sequence[TensorType], *, dim: int, **_: Any) -> tuple[PermSpace, ...]:
+    return (PermSpace(OUTPUT_SPACE, dim, (PermAxis("weight", 1),)),)
+
+
+def linear_spaces(in_types: Sequence[TensorType], *, dim: int, bias: bool, **_: Any) -> tuple[PermSpace, ...]:
+    """``nn.Linear`` from the input features to ``dim`` (also struct.linear and stitch.linear)."""
+    rows = (PermAxis("weight", 0), PermAxis("bias", 0)) if bias else (PermAxis("weight", 0),)
+    return (PermSpace(INPUT_SPACE, in_types[0].dim, (PermAxis("weight", 1),)), PermSpace(OUTPUT_SPACE, dim, rows))
+
+
+def _position_spaces(in_types: Sequence[TensorType], *, dim: int, kind: str, **_: Any) -> tuple[PermSpace, ...]:
+    (x,) = in_types
+    spaces = [PermSpace(INPUT_SPACE, x.dim, ())] if x.dtype == "float" else []  # only the shape is read
+    if kind == "learned":
+        spaces.append(PermSpace(OUTPUT_SPACE, dim, (PermAxis("weight", 1),)))
+    return tuple(spaces)
+
+
 TOKEN = BlockSpec(
     name="embed.token",
     examples=({"vocab": 5, "dim": 8},),
@@ -148,6 +171,7 @@ TOKEN = BlockSpec(
     ),
     factory=lambda in_types, *, vocab, dim: TokenEmbedding(vocab, dim),
     shape=_token_shape,
+    perm_spaces=_token_spaces,
     pointwise=True,
     reference="Press & Wolf 2017, Using the Output Embedding to Improve Language Models",
 )
@@ -163,6 +187,7 @@ LINEAR = BlockSpec(
     ),
     factory=lambda in_types, *, dim, bias: nn.Linear(in_types[0].dim, dim, bias=bias),
     shape=_linear_shape,
+    perm_spaces=linear_spaces,
     pointwise=True,
     reference="Gu et al. 2022, Efficiently Modeling Long Sequences with Structured State Spaces (linear encoder)",
 )
@@ -179,6 +204,7 @@ POSITION = BlockSpec(
     ),
     factory=lambda in_types, *, max_len, dim, kind: PositionEmbedding(max_len, dim, kind),
     shape=_position_shape,
+    perm_spaces=_position_spaces,
     step=True,
     reference="Vaswani et al. 2017, Attention Is All You Need, §3.5; Radford et al. 2019 (GPT-2, learned)",
 )

@@ -10,7 +10,9 @@
   which keeps the parameter count of a 4·dim MLP.
 
 Both declare one permutation space, ``hidden``: the hidden units (rows of fc1 / w_gate /
-w_up, columns of fc2 / w_down), whose order the pointwise activation does not see.
+w_up, columns of fc2 / w_down), whose order the pointwise activation does not see; the
+input features are the columns of fc1 / w_gate / w_up, the output features the rows (and
+bias) of fc2 / w_down.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, TensorType, same_as_input
+from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, TensorType, same_as_input
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
@@ -89,18 +91,23 @@ def _build_glu(in_types: Sequence[TensorType], *, hidden: int | None, multiple_o
     return GLU(in_types[0].dim, hidden=_glu_width(in_types, hidden, multiple_of), **args)
 
 
-def _hidden_space(width: int, rows: Sequence[str], cols: Sequence[str], bias: bool) -> tuple[PermSpace, ...]:
+def _hidden_space(dim: int, width: int, rows: Sequence[str], cols: Sequence[str], bias: bool) -> tuple[PermSpace, ...]:
     axes = [PermAxis(f"{m}.weight", 0) for m in rows] + [PermAxis(f"{m}.weight", 1) for m in cols]
     axes += [PermAxis(f"{m}.bias", 0) for m in rows if bias]
-    return (PermSpace("hidden", width, tuple(axes), "hidden units"),)
+    out = [PermAxis(f"{m}.weight", 0) for m in cols] + [PermAxis(f"{m}.bias", 0) for m in cols if bias]
+    return (
+        PermSpace("hidden", width, tuple(axes), "hidden units"),
+        PermSpace(INPUT_SPACE, dim, tuple(PermAxis(f"{m}.weight", 1) for m in rows)),
+        PermSpace(OUTPUT_SPACE, dim, tuple(out)),
+    )
 
 
 def _mlp_spaces(in_types: Sequence[TensorType], *, hidden: int | None, bias: bool, **_: Any) -> tuple[PermSpace, ...]:
-    return _hidden_space(_mlp_width(in_types, hidden), ("fc1",), ("fc2",), bias)
+    return _hidden_space(in_types[0].dim, _mlp_width(in_types, hidden), ("fc1",), ("fc2",), bias)
 
 
 def _glu_spaces(in_types: Sequence[TensorType], *, hidden: int | None, multiple_of: int, bias: bool, **_: Any) -> tuple[PermSpace, ...]:
-    return _hidden_space(_glu_width(in_types, hidden, multiple_of), ("w_gate", "w_up"), ("w_down",), bias)
+    return _hidden_space(in_types[0].dim, _glu_width(in_types, hidden, multiple_of), ("w_gate", "w_up"), ("w_down",), bias)
 
 
 MLP_SPEC = BlockSpec(

@@ -14,7 +14,8 @@ decoding::
 
 The projections have no bias by default (as Mamba's). It is causal, with ``step``.
 Permutation spaces: ``inner``, the E·D channels (rows of both in_proj halves, the SSM's
-features, D, out_proj's columns), and ``modes``, the SSM's stored modes.
+features, D, out_proj's columns), and ``modes``, the SSM's stored modes. Input features:
+in_proj's columns; output features: out_proj's rows (and bias).
 
 References: Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces",
 2023 (arXiv 2312.00752), §3.4 and Figure 3 (gated MLP → H3 → Mamba); Shazeer, "GLU Variants
@@ -35,7 +36,7 @@ from ssmgraph.blocks.s4 import DPLRSSM
 from ssmgraph.blocks.s4d import DiagSSM, check_ssm_args, ssm_feature_axes, ssm_mode_space
 from ssmgraph.blocks.ssm_kernels import DIAG_INITS, DISCRETIZATIONS, mask_lengths, ssm_dtype
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, TensorType, same_as_input
+from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, TensorType, same_as_input
 
 
 class GatedMLPSSM(nn.Module):
@@ -115,7 +116,14 @@ def _spaces(in_types: list[TensorType], *, expand: int, ssm: str, d_state: int, 
         PermAxis("D", 0),
         PermAxis("out_proj.weight", 1),
     )
-    return (PermSpace("inner", expand * in_types[0].dim, axes, "inner channels"), ssm_mode_space("ssm.", d_state, dplr=dplr))
+    dim = in_types[0].dim
+    writes = (PermAxis("out_proj.weight", 0), PermAxis("out_proj.bias", 0)) if bias else (PermAxis("out_proj.weight", 0),)
+    return (
+        PermSpace("inner", expand * dim, axes, "inner channels"),
+        ssm_mode_space("ssm.", d_state, dplr=dplr),
+        PermSpace(INPUT_SPACE, dim, (PermAxis("in_proj.weight", 1),)),
+        PermSpace(OUTPUT_SPACE, dim, writes),
+    )
 
 
 GATED_MLP = BlockSpec(

@@ -22,7 +22,8 @@ D_k of their features, their inner-SSM feature and D, their out_proj columns; ``
 and ``v_dims`` (d > 1), the index i of q and k (with the shift SSM on k) and the index j
 of v (with out_proj), one permutation for every head, since the inner SSM is shared over
 the d × d entries of a head; ``modes``, the inner SSM's stored modes. The shift SSM's N
-taps are ordered by delay, so they are no space.
+taps are ordered by delay, so they are no space. Input features: the columns of the q, k
+and v projections; output features: out_proj's rows and bias.
 
 Reference: Fu, Dao, Saab, Thomas, Rudra, Ré, "Hungry Hungry Hippos: Towards Language
 Modeling with State Space Models", ICLR 2023 (arXiv 2212.14052). Code: HazyResearch/H3
@@ -42,7 +43,7 @@ from ssmgraph.blocks.s4 import DPLRSSM
 from ssmgraph.blocks.s4d import DiagSSM, check_ssm_args, ssm_feature_axes, ssm_mode_space
 from ssmgraph.blocks.ssm_kernels import fft_conv, mask_lengths, register_ssm_param, right_align, ssm_dtype
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
 
 H3State = tuple[Tensor, Tensor]
 
@@ -241,6 +242,8 @@ def _spaces(in_types: list[TensorType], *, heads: int | None, d_state: int, inne
         spaces.append(PermSpace("qk_dims", d, _rows(_Q + _K, chunks=H), "index i of q and k, alike in every head"))
         axes = (*_rows(_V, chunks=H), PermAxis("out_proj.weight", 1, group=H))
         spaces.append(PermSpace("v_dims", d, axes, "index j of v and of the output, alike in every head"))
+    spaces.append(PermSpace(INPUT_SPACE, dim, tuple(PermAxis(f"{m}.weight", 1) for m in ("q_proj", "k_proj", "v_proj"))))
+    spaces.append(PermSpace(OUTPUT_SPACE, dim, (PermAxis("out_proj.weight", 0), PermAxis("out_proj.bias", 0))))
     return spaces
 
 

@@ -7,6 +7,9 @@
 * ``head.classify``: pool the sequence (mean over valid tokens, last valid token, or first
   token as BERT's [CLS]) and map it to class logits, as the S4 reference decoders do
   (state-spaces/s4 ``src/tasks/decoders.py`` SequenceDecoder, modes 'pool'/'last'/'first').
+
+Both read their input features on their weight's columns; their outputs (tokens, classes)
+keep a fixed order.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import INPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
 
 
 class ClassifierHead(nn.Module):
@@ -62,6 +65,14 @@ def _classify_shape(in_types: Sequence[TensorType], *, classes: int, **_: Any) -
     return TensorType(tuple(x.shape[:-2]) + (classes,), "float")
 
 
+def _lm_spaces(in_types: Sequence[TensorType], **_: Any) -> tuple[PermSpace, ...]:
+    return (PermSpace(INPUT_SPACE, in_types[0].dim, (PermAxis("weight", 1),)),)
+
+
+def _classify_spaces(in_types: Sequence[TensorType], **_: Any) -> tuple[PermSpace, ...]:
+    return (PermSpace(INPUT_SPACE, in_types[0].dim, (PermAxis("proj.weight", 1),)),)
+
+
 LM = BlockSpec(
     name="head.lm",
     examples=({"vocab": 5},),
@@ -73,6 +84,7 @@ LM = BlockSpec(
     ),
     factory=lambda in_types, *, vocab, bias: nn.Linear(in_types[0].dim, vocab, bias=bias),
     shape=_lm_shape,
+    perm_spaces=_lm_spaces,
     pointwise=True,
     reference="Press & Wolf 2017, Using the Output Embedding to Improve Language Models",
 )
@@ -91,6 +103,7 @@ CLASSIFY = BlockSpec(
     ),
     factory=lambda in_types, *, classes, pooling, bias: ClassifierHead(in_types[0].dim, classes, pooling=pooling, bias=bias),
     shape=_classify_shape,
+    perm_spaces=_classify_spaces,
     causal=lambda a: a["pooling"] == "last",
     bidirectional=lambda a: a["pooling"] != "last",
     reference="Gu et al. 2022, S4 (state-spaces/s4 SequenceDecoder pooling); Devlin et al. 2019, BERT ([CLS])",

@@ -22,6 +22,12 @@ in one direction. A unit is a row in each of the four gate chunks of ``weight_ih
 ``weight_hh`` and both biases, a column of ``weight_hh``, and the columns that read it in
 the next layer's ``weight_ih`` (or in ``out_proj``). The top layer's units are declared only
 when ``out_proj`` exists: without it they are the block's output, the residual stream.
+
+Feature spaces: the input features are the columns of ``weight_ih_l0`` (both directions);
+the output features are the rows and bias of ``out_proj`` or, without it, the top layer's
+cell units (the axes of its ``hidden_l`` space). A bidirectional LSTM without ``out_proj``
+concatenates two directions' cells, which no permutation of its output can reorder as one:
+its output keeps a fixed order.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, TensorType, same_as_input
+from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, TensorType, same_as_input
 
 LSTMState = tuple[Tensor, Tensor]
 
@@ -110,12 +116,19 @@ def _spaces(in_types: Sequence[TensorType], *, layers: int, hidden: int | None, 
     directions = ("", "_reverse") if bidirectional else ("",)
     projected = width * len(directions) != dim
     spaces = []
-    for layer in range(layers if projected else layers - 1):
-        readers = [f"lstm.weight_ih_l{layer + 1}{d}" for d in directions] if layer < layers - 1 else ["out_proj.weight"]
+    for layer in range(layers):
+        top = layer == layers - 1
+        readers = [f"lstm.weight_ih_l{layer + 1}{d}" for d in directions] if not top else ["out_proj.weight"] if projected else []
         for i, d in enumerate(directions):
             gates = [PermAxis(f"lstm.{kind}_l{layer}{d}", 0, chunks=4) for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
             inputs = [PermAxis(f"lstm.weight_hh_l{layer}{d}", 1)] + [PermAxis(r, 1, start=i * width) for r in readers]
-            spaces.append(PermSpace(f"hidden_l{layer}{d}", width, (*gates, *inputs), f"cell units of layer {layer}{d.replace('_', ', ')}"))
+            if not top or projected:
+                spaces.append(PermSpace(f"hidden_l{layer}{d}", width, (*gates, *inputs), f"cell units of layer {layer}{d.replace('_', ', ')}"))
+            elif not bidirectional:  # the top layer's cells are the output
+                spaces.append(PermSpace(OUTPUT_SPACE, dim, (*gates, *inputs)))
+    spaces.append(PermSpace(INPUT_SPACE, dim, tuple(PermAxis(f"lstm.weight_ih_l0{d}", 1) for d in directions)))
+    if projected:
+        spaces.append(PermSpace(OUTPUT_SPACE, dim, (PermAxis("out_proj.weight", 0), PermAxis("out_proj.bias", 0))))
     return spaces
 
 

@@ -42,7 +42,8 @@ final conv_state is read at each sequence's own end, and outputs at padded posit
 Permutation spaces: ``inner``, the E channels (rows of both in_proj halves, the depthwise
 conv, dt_proj's rows and bias, A_log's rows, D, and the columns of x_proj and out_proj);
 ``state``, the N state entries of every channel (the B and C rows of x_proj, A_log's
-columns); ``dt_rank``, the R entries of δ (x_proj's first rows, dt_proj's columns).
+columns); ``dt_rank``, the R entries of δ (x_proj's first rows, dt_proj's columns). Input
+features: in_proj's columns; output features: out_proj's rows (and bias).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from torch import Tensor, nn
 from ssmgraph.blocks._optim import mark_optim
 from ssmgraph.blocks.selective_scan import METHODS, selective_scan
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
 
 MambaState = tuple[Tensor, Tensor]
 
@@ -259,6 +260,8 @@ def _spaces(
         PermSpace("inner", int(expand * d_model), tuple(channel), "inner channels E"),
         PermSpace("state", d_state, (PermAxis("x_proj.weight", 0, chunks=2, start=rank), PermAxis("A_log", 1)), "state entries N"),
         PermSpace("dt_rank", rank, (PermAxis("x_proj.weight", 0), PermAxis("dt_proj.weight", 1)), "entries of the low-rank δ"),
+        PermSpace(INPUT_SPACE, d_model, (PermAxis("in_proj.weight", 1),)),
+        PermSpace(OUTPUT_SPACE, d_model, (PermAxis("out_proj.weight", 0), PermAxis("out_proj.bias", 0)) if bias else (PermAxis("out_proj.weight", 0),)),
     )
 
 

@@ -7,18 +7,23 @@
   in (at least) fp32 and cast back to the input dtype before the weight, as Llama's
   ``RMSNorm`` does (``self._norm(x.float()).type_as(x) * self.weight``). Uses the fused
   ``F.rms_norm`` (torch >= 2.4) when present.
+
+Both normalise over the features with statistics that do not depend on their order, so a
+norm's input and output share one feature space (``<through>``) carried by its weight and
+bias.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, TensorType, same_as_input
+from ssmgraph.registry.specs import THROUGH_SPACE, BlockSpec, Param, PermAxis, PermSpace, TensorType, same_as_input
 
 
 def _rms_norm(x: Tensor, dim: int, eps: float) -> Tensor:
@@ -51,6 +56,15 @@ def _build_rms(in_types: Sequence[TensorType], *, eps: float) -> RMSNorm:
     return RMSNorm(in_types[0].dim, eps=eps)
 
 
+def _layer_spaces(in_types: Sequence[TensorType], *, bias: bool, **_: Any) -> tuple[PermSpace, ...]:
+    axes = (PermAxis("weight", 0), PermAxis("bias", 0)) if bias else (PermAxis("weight", 0),)
+    return (PermSpace(THROUGH_SPACE, in_types[0].dim, axes),)
+
+
+def _rms_spaces(in_types: Sequence[TensorType], **_: Any) -> tuple[PermSpace, ...]:
+    return (PermSpace(THROUGH_SPACE, in_types[0].dim, (PermAxis("weight", 0),)),)
+
+
 LAYER = BlockSpec(
     name="norm.layer",
     role="norm",
@@ -61,6 +75,7 @@ LAYER = BlockSpec(
     ),
     factory=_build_layer,
     shape=same_as_input,
+    perm_spaces=_layer_spaces,
     pointwise=True,
     reference="Ba, Kiros & Hinton 2016, Layer Normalization",
 )
@@ -72,6 +87,7 @@ RMS = BlockSpec(
     params=(Param("eps", float, 1e-6, "added to the mean square for numerical stability", min=0.0),),
     factory=_build_rms,
     shape=same_as_input,
+    perm_spaces=_rms_spaces,
     pointwise=True,
     reference="Zhang & Sennrich 2019, Root Mean Square Layer Normalization; Touvron et al. 2023, LLaMA",
 )

@@ -241,7 +241,9 @@ def _build(in_types: list[TensorType], **args: Any) -> ConvSSMBlock:
 
 
 def _spaces(in_types: list[TensorType], **args: Any) -> list[PermSpace]:
-    return conv_ssm_spaces(in_types, d_state=args["d_state"], channels=args["channels"], bidirectional=args["bidirectional"], dplr=True)
+    return conv_ssm_spaces(
+        in_types, d_state=args["d_state"], channels=args["channels"], bidirectional=args["bidirectional"], dplr=True, glu=args["glu"]
+    )
 
 
 S4 = BlockSpec(

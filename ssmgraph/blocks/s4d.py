@@ -18,7 +18,10 @@ Unlike the minimal file, ``B`` is a trainable parameter (as in ``SSMKernelDiag``
 Permutation spaces (S4D and S4): ``modes``, the N/2 stored modes (conjugate pairs move
 together, being one stored entry), one permutation for every feature; ``channels``, the c
 output channels when c > 1 (rows of C and D, blocks of H columns of out_proj). The H
-features are the residual stream, so they are not an internal space.
+features are the residual stream, so they are not an internal space: they are the block's
+input features (every per-feature SSM parameter, D's columns, out_proj's columns in each
+of the c channel blocks); its output features are out_proj's rows and bias (in both GLU
+halves).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from ssmgraph.blocks.ssm_kernels import (
     vandermonde,
 )
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
 
 ACTIVATIONS = ("gelu", "silu", "tanh", "relu", "identity")
 
@@ -229,14 +232,20 @@ def ssm_mode_space(prefix: str, d_state: int, *, dplr: bool) -> PermSpace:
     return PermSpace("modes", d_state // 2, tuple(axes), "stored (complex) state modes")
 
 
-def conv_ssm_spaces(in_types: list[TensorType], *, d_state: int, channels: int, bidirectional: bool, dplr: bool) -> list[PermSpace]:
-    """The spaces of the S4/S4D block: the SSM's modes, and its output channels when c > 1."""
+def conv_ssm_spaces(
+    in_types: list[TensorType], *, d_state: int, channels: int, bidirectional: bool, dplr: bool, glu: bool
+) -> list[PermSpace]:
+    """The spaces of the S4/S4D block: the SSM's modes, its output channels when c > 1, and
+    its input (the H features of the SSM) and output features."""
+    H = in_types[0].dim
     spaces = [ssm_mode_space("ssm.", d_state, dplr=dplr)]
     if channels > 1:
-        H = in_types[0].dim
         axes = (PermAxis("ssm.C", 0, chunks=2 if bidirectional else 1), PermAxis("D", 0), PermAxis("out_proj.weight", 1, group=H))
         spaces.append(PermSpace("channels", channels, axes, "SSM output channels"))
-    return spaces
+    reads = (*ssm_feature_axes("ssm.", dplr=dplr), PermAxis("D", 1), PermAxis("out_proj.weight", 1, chunks=channels))
+    halves = 2 if glu else 1  # GLU gates the first half of out_proj's rows with the second
+    writes = (PermAxis("out_proj.weight", 0, chunks=halves), PermAxis("out_proj.bias", 0, chunks=halves))
+    return [*spaces, PermSpace(INPUT_SPACE, H, reads), PermSpace(OUTPUT_SPACE, H, writes)]
 
 
 def check_ssm_args(d_state: int, dt_min: float, dt_max: float) -> None:
@@ -290,7 +299,9 @@ def _build(in_types: list[TensorType], **args: Any) -> ConvSSMBlock:
 
 
 def _spaces(in_types: list[TensorType], **args: Any) -> list[PermSpace]:
-    return conv_ssm_spaces(in_types, d_state=args["d_state"], channels=args["channels"], bidirectional=args["bidirectional"], dplr=False)
+    return conv_ssm_spaces(
+        in_types, d_state=args["d_state"], channels=args["channels"], bidirectional=args["bidirectional"], dplr=False, glu=args["glu"]
+    )
 
 
 S4D = BlockSpec(

@@ -21,7 +21,11 @@ the reference layer belong to the graph.
 
 Permutation space ``states``: the P_s (complex) states, each with its own Λ, Δ, row of B
 and column of C̃ (both columns with ``bidirectional``). The tail's projections are H → H,
-on the residual stream, so they carry no internal space.
+on the residual stream, so they carry no internal space. Feature spaces: D ⊙ u makes the
+SSM's output features its input features, and the GLU tails multiply ``out2``'s output
+with them, so input and output share one space (``<through>``: B's columns, C̃'s rows, D,
+both axes of ``out2``); ``full_glu`` writes its output with ``out1`` ⊙ σ(``out2``), so
+there the output features (their rows) are separate from the input features.
 
 Reference: Smith, Warrington, Linderman, "Simplified State Space Layers for Sequence
 Modeling", ICLR 2023 (arXiv 2208.04933). Code: lindermanlab/S5 ``s5/ssm.py``,
@@ -49,7 +53,7 @@ from ssmgraph.blocks.ssm_kernels import (
     ssm_dtype,
 )
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, THROUGH_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
 
 C_INITS = ("trunc_standard_normal", "lecun_normal", "complex_normal")
 S5_ACTIVATIONS = ("half_glu1", "half_glu2", "full_glu", "gelu")
@@ -250,10 +254,23 @@ def _build(in_types: list[TensorType], **args: Any) -> S5Block:
     return S5Block(ssm, args["activation"], args["dropout"])
 
 
-def _spaces(in_types: list[TensorType], *, d_state: int, conj_sym: bool, bidirectional: bool, **_: Any) -> tuple[PermSpace, ...]:
+def _spaces(
+    in_types: list[TensorType], *, d_state: int, conj_sym: bool, bidirectional: bool, activation: str, **_: Any
+) -> tuple[PermSpace, ...]:
     axes = tuple(PermAxis(f"ssm.{p}", 0) for p in ("Lambda_re", "Lambda_im", "log_step", "B"))
     readout = PermAxis("ssm.C", 1, chunks=2 if bidirectional else 1)
-    return (PermSpace("states", d_state // 2 if conj_sym else d_state, (*axes, readout), "(complex) states"),)
+    states = PermSpace("states", d_state // 2 if conj_sym else d_state, (*axes, readout), "(complex) states")
+    H = in_types[0].dim
+    features = (PermAxis("ssm.B", 1), PermAxis("ssm.C", 0), PermAxis("ssm.D", 0))
+    if activation == "gelu":
+        return (states, PermSpace(THROUGH_SPACE, H, features))
+    reads = (*features, PermAxis("out2.weight", 1))
+    gate = (PermAxis("out2.weight", 0), PermAxis("out2.bias", 0))
+    if activation != "full_glu":  # z ⊙ σ(out2 z) or y ⊙ σ(out2 z): out2's rows are the features
+        return (states, PermSpace(THROUGH_SPACE, H, reads + gate))
+    reads += (PermAxis("out1.weight", 1),)
+    writes = (PermAxis("out1.weight", 0), PermAxis("out1.bias", 0), *gate)
+    return (states, PermSpace(INPUT_SPACE, H, reads), PermSpace(OUTPUT_SPACE, H, writes))
 
 
 S5 = BlockSpec(

@@ -6,6 +6,9 @@ connects the bottom of one model to the top of another (Lenc & Vedaldi 2015,
 "Understanding image representations by measuring their equivariance and equivalence";
 Bansal, Nakkiran & Barak 2021, "Revisiting Model Stitching"). Merge methods may set its
 weight from a closed-form alignment (CCA, least squares, optimal transport).
+
+It reads its input features on its weight's columns and writes its output features on the
+rows and bias, so permutation alignment permutes a tap projection with the value it reads.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from ssmgraph.registry.hookspecs import hookimpl
+from ssmgraph.blocks.embed import linear_spaces
 from ssmgraph.registry.specs import BlockSpec, Param, TensorType, same_as_input
 
 
@@ -38,6 +42,7 @@ STITCH_LINEAR = BlockSpec(
     ),
     factory=lambda in_types, *, dim, bias: StitchLinear(in_types[0].dim, dim, bias=bias),
     shape=_shape,
+    perm_spaces=linear_spaces,
     pointwise=True,
     reference="Bansal, Nakkiran & Barak 2021, Revisiting Model Stitching",
 )

@@ -4,6 +4,11 @@
 ``struct.mul`` (multiplicative gates as in H3 / gated MLPs), ``struct.concat`` (feature
 concatenation), ``struct.linear`` (a plain projection) and ``struct.dropout``
 (Srivastava et al. 2014). All are pointwise: every position is computed on its own.
+
+Feature spaces: add, mul, mean and dropout act feature by feature, so their inputs and output
+share one space (``<through>``); ``struct.linear`` reads its input features on its weight's
+columns and writes its output features on its rows and bias; ``struct.concat`` places its
+inputs at fixed offsets, so it keeps the feature order of its inputs and output.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, ShapeError, TensorType, same_as_input
+from ssmgraph.blocks.embed import linear_spaces
+from ssmgraph.registry.specs import THROUGH_SPACE, BlockSpec, Param, PermSpace, ShapeError, TensorType, same_as_input
 
 
 class Add(nn.Module):
@@ -95,6 +101,11 @@ def _linear_shape(in_types: Sequence[TensorType], *, dim: int, **_: Any) -> Tens
     return same_as_input(in_types).with_dim(dim)
 
 
+def _through(in_types: Sequence[TensorType], **_: Any) -> tuple[PermSpace, ...]:
+    """Elementwise blocks: inputs and output share one feature space, with no parameter on it."""
+    return (PermSpace(THROUGH_SPACE, in_types[0].dim, ()),)
+
+
 ADD = BlockSpec(
     name="struct.add",
     role="struct",
@@ -102,6 +113,7 @@ ADD = BlockSpec(
     params=(),
     factory=lambda in_types, **_: Add(),
     shape=_add_shape,
+    perm_spaces=_through,
     variadic=True,
     pointwise=True,
     reference="Vaswani et al. 2017, Attention Is All You Need (residual x + Sublayer(x))",
@@ -114,6 +126,7 @@ MUL = BlockSpec(
     params=(),
     factory=lambda in_types, **_: Mul(),
     shape=_mul_shape,
+    perm_spaces=_through,
     variadic=True,
     pointwise=True,
     reference="Dauphin et al. 2017, Language Modeling with Gated Convolutional Networks",
@@ -126,6 +139,7 @@ MEAN = BlockSpec(
     params=(),
     factory=lambda in_types, **_: Mean(),
     shape=_mean_shape,
+    perm_spaces=_through,
     variadic=True,
     pointwise=True,
     reference="model ensembling by averaging logits",
@@ -154,6 +168,7 @@ LINEAR = BlockSpec(
     ),
     factory=lambda in_types, *, dim, bias: nn.Linear(in_types[0].dim, dim, bias=bias),
     shape=_linear_shape,
+    perm_spaces=linear_spaces,
     pointwise=True,
     reference="torch.nn.Linear",
 )
@@ -165,6 +180,7 @@ DROPOUT = BlockSpec(
     params=(Param("p", float, 0.1, "probability of zeroing a feature", min=0.0, max=1.0),),
     factory=lambda in_types, *, p: nn.Dropout(p),
     shape=same_as_input,
+    perm_spaces=_through,
     pointwise=True,
     reference="Srivastava et al. 2014, Dropout: A Simple Way to Prevent Neural Networks from Overfitting",
 )

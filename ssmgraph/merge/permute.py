@@ -1,28 +1,40 @@
 """Permutation symmetries of models: find them, apply them, align one model onto another.
 
-Block specs declare *internal* permutation spaces (:class:`~ssmgraph.registry.specs.PermSpace`):
-units inside one block (MLP hidden units, attention heads, LSTM cells, Mamba channels, SSM
-modes) whose order the block's output does not depend on. The residual stream (d_model) is
-deliberately not declared: every embedding, norm, mixer, head and tie of a model reads and
-writes it, so its permutation is a property of the whole graph, not of a block, while the
-internal spaces already hold most of a model's width. Internal spaces keep alignment local:
-permuting one changes nothing outside its block.
+Two kinds of spaces:
+
+* **Internal spaces**, declared by block specs (:class:`~ssmgraph.registry.specs.PermSpace`):
+  units inside one block (MLP hidden units, attention heads, LSTM cells, Mamba channels, SSM
+  modes) whose order the block's output does not depend on. Permuting one changes nothing
+  outside its block. Keyed ``"<module path>/<space name>"`` (:class:`BoundSpace`).
+* **Graph spaces** (:class:`GraphSpace`): the feature dimension of the values that flow
+  between blocks — above all the residual stream (d_model), which every embedding, norm,
+  mixer and head of a model reads and writes. A block says how it treats the features of its
+  inputs and output with the reserved space names ``"<input>"`` / ``"<input:PORT>"`` (the
+  axes that read an input's features), ``"<output>"`` (the axes that write the output's) and
+  ``"<through>"`` (input and output share one space: norms, residual adds). Along the
+  graph's edges these declarations join into spaces (union-find over the values); a space
+  is *fixed* — never permuted — when a block that declares nothing for that port reads or
+  writes it (a sinusoidal position table, a concat, a vocabulary), when it is a graph input
+  or a model output, or when a tied tensor is read along it by a module that does not
+  declare that axis. Keyed ``"residual:<value>"`` after the first value (in graph order)
+  that carries it.
 
 A permutation of a space is an index tensor ``p`` over its units: unit i afterwards is unit
-``p[i]`` before (``x[p]``). Spaces are keyed ``"<module path>/<space name>"``.
+``p[i]`` before (``x[p]``).
 
 Weight matching (Ainsworth, Hayase, Srinivasa 2023, "Git Re-Basin", §3.2) maximises
-Σ ⟨θ_A, π(θ_B)⟩ over the permutations of every space. Spaces of one block can share a tensor
-(Mamba's x_proj has the channels on its columns and the state entries on its rows), so as in
-Git Re-Basin each space in turn is one linear assignment with everything else held fixed,
-visited in a seeded random order until a sweep changes nothing.
+Σ ⟨θ_A, π(θ_B)⟩ over the permutations of every space. Spaces can share a tensor (Mamba's
+x_proj has the channels on its columns and the state entries on its rows; every projection
+has a residual axis and an internal one), so as in Git Re-Basin each space in turn is one
+linear assignment with everything else held fixed, visited in a seeded random order until a
+sweep changes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -31,9 +43,10 @@ from torch import Tensor, nn
 from ssmgraph.errors import SsmgraphError
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.registry.plugins import Registry, get_registry
-from ssmgraph.registry.specs import BlockSpec, PermAxis, PermSpace, TensorType
+from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, THROUGH_SPACE, BlockSpec, PermAxis, PermSpace, TensorType
 
 StateDict = dict[str, Tensor]
+RESIDUAL_PREFIX = "residual:"
 
 
 class PermSpaceError(SsmgraphError, ValueError):
@@ -58,102 +71,462 @@ class BoundSpace:
     def size(self) -> int:
         return self.space.size
 
+    @property
+    def ties(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
     def param_key(self, axis: PermAxis) -> str:
         """The state-dict name of the parameter ``axis`` lies in."""
         return f"{self.module}.{axis.param}" if self.module else axis.param
+
+    def bound_axes(self) -> list[tuple[str, PermAxis]]:
+        """(state-dict name, axis) of every axis of the space."""
+        return [(self.param_key(axis), axis) for axis in self.space.axes]
+
+
+@dataclass(frozen=True)
+class GraphSpace:
+    """A feature space shared by several values of a model's graph (the residual stream),
+    with the axes of every module that reads or writes it. ``axes`` name full state-dict
+    entries (tied tensors by their owner's name); ``ties`` lists (alias, owner) of the tied
+    tensors among them, so a permuted owner is copied to its aliases."""
+
+    name: str
+    size: int
+    axes: tuple[PermAxis, ...]
+    values: tuple[str, ...]
+    ties: tuple[tuple[str, str], ...] = ()
+    doc: str = "the feature dimension of these graph values"
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+    @property
+    def module(self) -> None:
+        """None: the space spans modules (its axes name full state-dict entries)."""
+        return None
+
+    @property
+    def block(self) -> str:
+        return ""
+
+    def param_key(self, axis: PermAxis) -> str:
+        return axis.param
+
+    def bound_axes(self) -> list[tuple[str, PermAxis]]:
+        return [(axis.param, axis) for axis in self.axes]
+
+
+Space = Union[BoundSpace, GraphSpace]
+
+
+@dataclass(frozen=True)
+class BlockIO:
+    """A configured block's declarations of its input and output features (reserved names),
+    axes relative to its module. ``inputs``: port index → declaration."""
+
+    inputs: Mapping[int, PermSpace] = field(default_factory=dict)
+    output: PermSpace | None = None
+    through: PermSpace | None = None
+
+    @property
+    def declared(self) -> bool:
+        return bool(self.inputs) or self.output is not None or self.through is not None
+
+
+def is_io_space(space: PermSpace) -> bool:
+    """Whether ``space`` uses a reserved name (``<input>``, ``<output>``, ``<through>``)."""
+    return space.name.startswith("<")
+
+
+def _declared(spec: BlockSpec, in_types: Sequence[TensorType], args: Mapping[str, Any]) -> list[PermSpace]:
+    return [] if spec.perm_spaces is None else list(spec.perm_spaces(list(in_types), **args))
+
+
+def _where(spec: BlockSpec, prefix: str) -> str:
+    at = f" at {prefix}" if prefix else ""
+    return f"block {spec.name}{at} (plugin {spec.plugin or 'unregistered'})"
+
+
+def _check_axes(spec: BlockSpec, space: PermSpace, state: Mapping[str, Tensor], prefix: str) -> None:
+    for axis in space.axes:
+        problem = _misfit(state, axis.param, axis, space.size, "")
+        if problem:
+            raise PermSpaceError(f"{_where(spec, prefix)} declares permutation space {space.name!r} on {axis.param!r} axis {axis.axis}, but {problem}")
 
 
 def block_spaces(
     spec: BlockSpec, in_types: Sequence[TensorType], args: Mapping[str, Any], module: nn.Module, prefix: str = ""
 ) -> list[BoundSpace]:
-    """The spaces ``spec`` declares for one configured block with two units or more, checked
-    against the parameters of ``module`` (its instance, at ``prefix`` in the model)."""
-    if spec.perm_spaces is None:
-        return []
+    """The internal spaces ``spec`` declares for one configured block with two units or more,
+    checked against the parameters of ``module`` (its instance, at ``prefix`` in the model).
+    Declarations of input/output features (reserved names) are :func:`block_io`'s."""
     state = module.state_dict()
     spaces = []
-    for space in spec.perm_spaces(list(in_types), **args):
-        for axis in space.axes:
-            problem = _misfit(state, BoundSpace("", spec.name, space), axis)
-            if problem:
-                where = f" at {prefix}" if prefix else ""
-                raise PermSpaceError(
-                    f"block {spec.name}{where} (plugin {spec.plugin or 'unregistered'}) declares permutation space "
-                    f"{space.name!r} on {axis.param!r} axis {axis.axis}, but {problem}"
-                )
+    for space in _declared(spec, in_types, args):
+        if is_io_space(space):
+            continue
+        _check_axes(spec, space, state, prefix)
         if space.size > 1:
             spaces.append(BoundSpace(prefix, spec.name, space))
     return spaces
 
 
-def model_spaces(model: CompiledModel, registry: Registry | None = None) -> list[BoundSpace]:
-    """Every declared space of a compiled model's blocks, in graph order, once per module.
+def block_io(
+    spec: BlockSpec,
+    in_types: Sequence[TensorType],
+    args: Mapping[str, Any],
+    module: nn.Module,
+    prefix: str = "",
+    out_type: TensorType | None = None,
+) -> BlockIO:
+    """How one configured block treats the features of its inputs and output: the reserved
+    spaces it declares, checked against its parameters and against the feature widths."""
+    inputs: dict[int, PermSpace] = {}
+    output = through = None
+    state = module.state_dict()
+    ports = list(range(len(in_types)))
 
-    Spaces touching a tied parameter are left out: another module reads the same tensor, and
-    the permutation would change what it computes."""
+    def width(t: TensorType) -> int | None:
+        last = t.shape[-1] if t.shape else None
+        return last if t.dtype == "float" and isinstance(last, int) else None
+
+    def fits(space: PermSpace, types: Iterable[TensorType], what: str) -> None:
+        for t in types:
+            if width(t) != space.size:
+                raise PermSpaceError(f"{_where(spec, prefix)} declares {space.name!r} of size {space.size}, but its {what} is {t}")
+
+    for space in _declared(spec, in_types, args):
+        if not is_io_space(space):
+            continue
+        _check_axes(spec, space, state, prefix)
+        name = space.name
+        if name == THROUGH_SPACE:
+            if through is not None:
+                raise PermSpaceError(f"{_where(spec, prefix)} declares {name!r} twice")
+            fits(space, in_types, "input")
+            if out_type is not None:
+                fits(space, [out_type], "output")
+            through = space
+        elif name == OUTPUT_SPACE:
+            if output is not None:
+                raise PermSpaceError(f"{_where(spec, prefix)} declares {name!r} twice")
+            if out_type is not None:
+                fits(space, [out_type], "output")
+            output = space
+        elif name == INPUT_SPACE or (name.startswith("<input:") and name.endswith(">")):
+            if name == INPUT_SPACE:
+                if len(spec.inputs) > 1 and not spec.variadic:
+                    raise PermSpaceError(f"{_where(spec, prefix)} has ports {', '.join(spec.inputs)}: name one, '<input:{spec.inputs[0]}>', not {name!r}")
+                chosen = ports
+            else:
+                port = name[len("<input:") : -1]
+                if port not in spec.inputs or spec.variadic:
+                    raise PermSpaceError(f"{_where(spec, prefix)} declares {name!r}, but its ports are {', '.join(spec.inputs)}")
+                chosen = [spec.inputs.index(port)]
+            for i in chosen:
+                if i in inputs:
+                    raise PermSpaceError(f"{_where(spec, prefix)} declares the features of input {i} twice")
+                fits(space, [in_types[i]], f"input {i}")
+                inputs[i] = space
+        else:
+            raise PermSpaceError(
+                f"{_where(spec, prefix)} declares a space named {name!r}: names in <> are reserved for "
+                "'<input>', '<input:PORT>', '<output>' and '<through>'"
+            )
+    if through is not None and (inputs or output is not None):
+        raise PermSpaceError(f"{_where(spec, prefix)} declares '<through>' together with '<input>' or '<output>': use one or the other")
+    return BlockIO(inputs, output, through)
+
+
+def io_bound_spaces(block: str, io: BlockIO, ports: int, prefix: str = "") -> tuple[list[BoundSpace], dict[int, str], str | None]:
+    """One block's feature declarations as spaces of their own (keyed by their reserved names),
+    with the key that permutes each declared input port and the output (None: fixed). Permuting
+    them together with those inputs' and the output's last dimension leaves the block's
+    function unchanged (the conformance kit's check)."""
+    spaces: dict[str, BoundSpace] = {}
+    inputs: dict[int, str] = {}
+    output = None
+    if io.through is not None:
+        spaces[io.through.name] = BoundSpace(prefix, block, io.through)
+        inputs = {port: io.through.name for port in range(ports)}
+        output = io.through.name
+    for port, space in io.inputs.items():
+        spaces.setdefault(space.name, BoundSpace(prefix, block, space))
+        inputs[port] = space.name
+    if io.output is not None:
+        spaces[io.output.name] = BoundSpace(prefix, block, io.output)
+        output = io.output.name
+    return list(spaces.values()), inputs, output
+
+
+def model_spaces(model: CompiledModel, registry: Registry | None = None, *, residual: bool = True) -> list[Space]:
+    """Every space of a compiled model: the internal spaces of its blocks in graph order (once
+    per module), then (``residual``) the graph spaces its blocks' input/output declarations
+    join into, the residual stream above all.
+
+    Internal spaces touching a tied parameter are left out: another module reads the same
+    tensor, and the permutation would change what it computes."""
     registry = registry or get_registry()
     tied = set(model.tied) | set(model.tied.values())
     seen: set[str] = set()
-    spaces = []
+    spaces: list[Space] = []
     for path in model.order:
         info = model.nodes[path]
         if info.module_path in seen:
             continue
         seen.add(info.module_path)
-        spec = registry.get(info.block)
-        if spec is None:
-            raise SsmgraphError(f"{path}: block {info.block!r} is not in the registry the model is inspected with")
         module = model.get_submodule(info.module_path)
-        for bound in block_spaces(spec, info.in_types, info.args, module, info.module_path):
+        for bound in block_spaces(_spec(registry, info.block, path), info.in_types, info.args, module, info.module_path):
             if not any(bound.param_key(axis) in tied for axis in bound.space.axes):
                 spaces.append(bound)
+    if residual:
+        spaces.extend(graph_spaces(model, registry, internal=spaces))
     return spaces
 
 
-def random_permutations(spaces: Sequence[BoundSpace], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+def _spec(registry: Registry, block: str, path: str) -> BlockSpec:
+    spec = registry.get(block)
+    if spec is None:
+        raise SsmgraphError(f"{path}: block {block!r} is not in the registry the model is inspected with")
+    return spec
+
+
+class _Values:
+    """Union-find over the values of a graph, with the fixed ones marked."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+        self.fixed: set[str] = set()
+
+    def find(self, v: str) -> str:
+        self.parent.setdefault(v, v)
+        while self.parent[v] != v:
+            self.parent[v] = self.parent[self.parent[v]]
+            v = self.parent[v]
+        return v
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+    def fix(self, v: str) -> None:
+        self.fixed.add(v)
+
+    def is_fixed(self, v: str) -> bool:
+        root = self.find(v)
+        return any(self.find(f) == root for f in self.fixed)
+
+
+def graph_spaces(model: CompiledModel, registry: Registry | None = None, *, internal: Sequence[Space] = ()) -> list[GraphSpace]:
+    """The free feature spaces of a compiled model's values (see the module doc), checked not
+    to overlap any of ``internal`` on the same axis of a tensor."""
+    registry = registry or get_registry()
+    tied = dict(model.tied)
+
+    def owner(name: str) -> str:
+        hops = 0
+        while name in tied and hops <= len(tied):
+            name, hops = tied[name], hops + 1
+        return name
+
+    widths: dict[str, int | None] = {}
+    for name, t in model.input_types.items():
+        widths[name] = None
+    for path in model.order:
+        t = model.nodes[path].out_type
+        last = t.shape[-1] if t.shape else None
+        widths[path] = last if t.dtype == "float" and isinstance(last, int) else None
+    order = {v: i for i, v in enumerate([*model.input_types, *model.order])}
+
+    values = _Values()
+    for name in model.input_types:
+        values.fix(name)
+    for value in model.outputs.values():
+        values.fix(value)
+    attached: list[tuple[str, PermAxis, str]] = []  # (value, axis on the owner tensor, module path)
+    declared: dict[tuple[str, int], set[str]] = {}  # (owner tensor, axis) -> module paths declaring it
+
+    def attach(value: str, space: PermSpace, module_path: str) -> None:
+        for axis in space.axes:
+            name = owner(f"{module_path}.{axis.param}")
+            bound = PermAxis(name, axis.axis, axis.group, axis.chunks, axis.start)
+            attached.append((value, bound, module_path))
+            declared.setdefault((name, axis.axis), set()).add(module_path)
+
+    calls: list[tuple[str, str, BlockSpec, tuple[TensorType, ...], dict[str, Any], tuple[str, ...], TensorType | None, bool]] = []
+    for path in model.order:
+        info = model.nodes[path]
+        calls.append((path, info.module_path, _spec(registry, info.block, path), info.in_types, info.args, info.inputs, info.out_type, False))
+    for name, value in model.tap_sources.items():
+        module_path = f"taps.{name}"
+        try:
+            model.get_submodule(module_path)
+        except AttributeError:
+            continue  # an unprojected tap: the value itself, read outside the model
+        decl = _tap_decl(model, name)
+        spec = registry.get(decl.project_block) if decl is not None and decl.project_block else None
+        in_type = model.nodes[value].out_type if value in model.nodes else model.input_types.get(value)
+        if spec is None or in_type is None:
+            values.fix(value)
+            continue
+        calls.append((module_path, module_path, spec, (in_type,), {**spec.defaults(), **decl.project_args}, (value,), None, True))
+
+    for path, module_path, spec, in_types, args, inputs, out_type, is_tap in calls:
+        io = block_io(spec, in_types, args, model.get_submodule(module_path), module_path, out_type)
+        for value in inputs:
+            widths.setdefault(value, None)  # a value of a node that is not kept: fixed below
+            if value not in order:
+                values.fix(value)
+        if is_tap:  # a projected tap's output is read outside the model: its space is fixed
+            if 0 in io.inputs:
+                attach(inputs[0], io.inputs[0], module_path)
+            else:
+                values.fix(inputs[0])
+            continue
+        if io.through is not None:
+            for value in inputs:
+                values.union(value, path)
+            attach(path, io.through, module_path)
+            continue
+        for i, value in enumerate(inputs):
+            if i in io.inputs:
+                attach(value, io.inputs[i], module_path)
+            else:
+                values.fix(value)
+        if io.output is not None:
+            attach(path, io.output, module_path)
+        else:
+            values.fix(path)
+
+    # One tensor axis lies in one space: declarations of the same axis join their spaces.
+    first: dict[tuple[str, int, int, int, int], str] = {}
+    for value, axis, _ in attached:
+        key = (axis.param, axis.axis, axis.group, axis.chunks, axis.start)
+        if key in first:
+            values.union(first[key], value)
+        else:
+            first[key] = value
+    # A tied tensor read along an axis by a module that does not declare that axis pins it.
+    members: dict[str, set[str]] = {}
+    module_paths = sorted({c[1] for c in calls}, key=len, reverse=True)
+    for alias, target in tied.items():
+        name = owner(target)
+        for key in (alias, target):
+            holder = next((m for m in module_paths if key.startswith(m + ".")), None)
+            if holder is not None:
+                members.setdefault(name, set()).add(holder)
+    for value, axis, _ in attached:
+        readers = members.get(axis.param)
+        if readers and not readers <= declared.get((axis.param, axis.axis), set()):
+            values.fix(value)
+
+    groups: dict[str, list[str]] = {}
+    for value in sorted({v for v, _, _ in attached}, key=lambda v: order.get(v, len(order))):
+        groups.setdefault(values.find(value), []).append(value)
+    spaces = []
+    for root, _ in sorted(groups.items(), key=lambda kv: order.get(kv[1][0], len(order))):
+        if values.is_fixed(root):
+            continue
+        members_ = sorted((v for v in values.parent if values.find(v) == root), key=lambda v: order.get(v, len(order)))
+        sizes = {widths.get(v) for v in members_}
+        if None in sizes or len(sizes) != 1:
+            continue  # a value without a feature width (or of two widths) cannot be permuted
+        axes: list[PermAxis] = []
+        for value, axis, _ in attached:
+            if values.find(value) == root and axis not in axes:
+                axes.append(axis)
+        size = sizes.pop()
+        if size is None or size < 2 or not axes:
+            continue
+        params = {a.param for a in axes}
+        ties = tuple((alias, target) for alias, target in tied.items() if owner(target) in params)
+        spaces.append(GraphSpace(RESIDUAL_PREFIX + members_[0], size, tuple(axes), tuple(members_), ties))
+    _check_disjoint(spaces, internal, model.state_dict())
+    return spaces
+
+
+def _tap_decl(model: CompiledModel, instance: str) -> Any:
+    taps = getattr(model.blueprint, "taps", {}) or {}
+    names = [n for n in taps if instance == n or instance.startswith(n + ".")]
+    return taps[max(names, key=len)] if names else None
+
+
+def _span(axis: PermAxis, size: int) -> tuple[int, int]:
+    return axis.start, axis.start + axis.chunks * size * axis.group
+
+
+def _check_disjoint(graph: Sequence[GraphSpace], internal: Sequence[Space], state: Mapping[str, Tensor]) -> None:
+    """No graph-space axis may overlap another space's axis (or another of its own) on one tensor axis."""
+    spans: dict[tuple[str, int], list[tuple[str, PermAxis, tuple[int, int]]]] = {}
+    for space in [*internal, *graph]:
+        for name, axis in space.bound_axes():
+            spans.setdefault((name, axis.axis), []).append((space.key, axis, _span(axis, space.size)))
+    for space in graph:
+        for name, axis in space.bound_axes():
+            lo, hi = _span(axis, space.size)
+            problem = _misfit(state, name, axis, space.size, None)
+            if problem:
+                raise PermSpaceError(f"space {space.key}: {problem}")
+            for key, other, (olo, ohi) in spans[(name, axis.axis)]:
+                if (key, other) != (space.key, axis) and lo < ohi and olo < hi:
+                    raise PermSpaceError(
+                        f"{name!r} axis {axis.axis}: entries {lo}..{hi - 1} lie in space {space.key} and entries {olo}..{ohi - 1} "
+                        f"in space {key}; a block declares one tensor axis in two spaces"
+                    )
+
+
+def random_permutations(spaces: Sequence[Space], generator: torch.Generator | None = None) -> dict[str, Tensor]:
     """A uniformly random permutation of every space."""
     return {s.key: torch.randperm(s.size, generator=generator) for s in spaces}
 
 
-def permute_state(state: Mapping[str, Tensor], spaces: Sequence[BoundSpace], perms: Mapping[str, Tensor]) -> StateDict:
-    """``state`` with each space in ``perms`` permuted on all its axes (other tensors shared, not copied)."""
+def permute_state(state: Mapping[str, Tensor], spaces: Sequence[Space], perms: Mapping[str, Tensor]) -> StateDict:
+    """``state`` with each space in ``perms`` permuted on all its axes (other tensors shared,
+    not copied); a permuted tied tensor is copied to its aliases present in ``state``."""
     by_key = {s.key: s for s in spaces}
     unknown = sorted(set(perms) - set(by_key))
     if unknown:
         raise ValueError(f"no permutation space {unknown[0]!r} among {', '.join(by_key) or 'none'}")
     out = dict(state)
+    ties: dict[str, str] = {}
     for key, perm in perms.items():
         space = by_key[key]
         _check_perm(space, perm)
-        for axis in space.space.axes:
-            problem = _misfit(out, space, axis)
+        for name, axis in space.bound_axes():
+            problem = _misfit(out, name, axis, space.size, space.module)
             if problem:
                 raise ValueError(f"cannot permute {key}: {problem}")
-            name = space.param_key(axis)
             out[name] = _permuted(out[name], axis, space.size, perm)
+        ties.update(space.ties)
+    for alias, target in ties.items():
+        if alias in out and target in out:
+            out[alias] = out[target]
     return out
 
 
 def weight_matching(
-    a: Mapping[str, Tensor], b: Mapping[str, Tensor], spaces: Sequence[BoundSpace], *, iters: int = 20, seed: int = 0
+    a: Mapping[str, Tensor], b: Mapping[str, Tensor], spaces: Sequence[Space], *, iters: int = 100, seed: int = 0
 ) -> tuple[dict[str, Tensor], StateDict]:
     """Align ``b`` onto ``a``: the permutations ``p`` of ``b``'s spaces that maximise the summed
     inner product of the two models' weights, and ``permute_state(b, spaces, p)``.
 
-    At most ``iters`` sweeps; ``seed`` fixes the order spaces are visited in."""
+    At most ``iters`` sweeps (it stops at the first sweep that changes nothing); ``seed``
+    fixes the order spaces are visited in."""
     for space in spaces:
-        for axis in space.space.axes:
+        for name, axis in space.bound_axes():
             for label, state in (("a", a), ("b", b)):
-                problem = _misfit(state, space, axis)
+                problem = _misfit(state, name, axis, space.size, space.module)
                 if problem:
                     raise ValueError(f"cannot match {space.key} in model {label}: {problem}")
-            name = space.param_key(axis)
             if a[name].shape != b[name].shape:
                 raise ValueError(f"{name}: shape {tuple(a[name].shape)} in model a but {tuple(b[name].shape)} in model b")
-    touching: dict[str, list[tuple[BoundSpace, int]]] = {}
+    touching: dict[str, list[tuple[Space, PermAxis]]] = {}
     for space in spaces:
-        for k, axis in enumerate(space.space.axes):
-            touching.setdefault(space.param_key(axis), []).append((space, k))
+        for name, axis in space.bound_axes():
+            touching.setdefault(name, []).append((space, axis))
     perms = {s.key: torch.arange(s.size) for s in spaces}
     generator = torch.Generator().manual_seed(seed)
     for _ in range(iters):
@@ -172,17 +545,16 @@ def weight_matching(
 
 
 def _similarity(
-    a: Mapping[str, Tensor], b: Mapping[str, Tensor], space: BoundSpace, touching: Mapping[str, list[tuple[BoundSpace, int]]], perms: Mapping[str, Tensor]
+    a: Mapping[str, Tensor], b: Mapping[str, Tensor], space: Space, touching: Mapping[str, list[tuple[Space, PermAxis]]], perms: Mapping[str, Tensor]
 ) -> Tensor:
     """sim[i, j] = ⟨unit i of a, unit j of b⟩ summed over the space's axes, with b permuted on
     every other (space, axis) of the same tensor at its current permutation."""
     sim = torch.zeros(space.size, space.size, dtype=torch.float64)
-    for k, axis in enumerate(space.space.axes):
-        name = space.param_key(axis)
+    for name, axis in space.bound_axes():
         wb = b[name]
-        for other, j in touching[name]:
-            if (other.key, j) != (space.key, k):
-                wb = _permuted(wb, other.space.axes[j], other.size, perms[other.key])
+        for other, other_axis in touching[name]:
+            if (other.key, other_axis) != (space.key, axis):
+                wb = _permuted(wb, other_axis, other.size, perms[other.key])
         sim += _units(a[name], axis, space.size) @ _units(wb, axis, space.size).T
     return sim
 
@@ -204,14 +576,18 @@ def _permuted(t: Tensor, axis: PermAxis, size: int, perm: Tensor) -> Tensor:
     return t.index_select(axis.axis, index.to(t.device))
 
 
-def _misfit(state: Mapping[str, Tensor], space: BoundSpace, axis: PermAxis) -> str | None:
-    """Why the space's units cannot lie where ``axis`` says in ``state`` (None when they can)."""
-    name, size = space.param_key(axis), space.size
+def _misfit(state: Mapping[str, Tensor], name: str, axis: PermAxis, size: int, module: str | None) -> str | None:
+    """Why ``size`` units cannot lie where ``axis`` says in ``state[name]`` (None when they can);
+    a missing name is reported with the parameters of ``module`` ("" the whole state, None
+    the name's parent)."""
     t = state.get(name)
     if t is None:
-        inside = space.module + "." if space.module else ""
+        if module is None:
+            module = name.rsplit(".", 1)[0] if "." in name else ""
+        inside = module + "." if module else ""
         params = [k[len(inside) :] for k in state if k.startswith(inside)]
-        return f"there is no parameter {name!r} ({space.module or 'the module'} has {', '.join(params) or 'none'})"
+        holder = inside[:-1] or "the module"
+        return f"there is no parameter {name!r} ({holder} has {', '.join(params) or 'none'})"
     if not 0 <= axis.axis < t.dim():
         return f"{name!r} of shape {tuple(t.shape)} has no axis {axis.axis}"
     if axis.group < 1 or axis.chunks < 1 or axis.start < 0:
@@ -225,7 +601,7 @@ def _misfit(state: Mapping[str, Tensor], space: BoundSpace, axis: PermAxis) -> s
     return None
 
 
-def _check_perm(space: BoundSpace, perm: Tensor) -> None:
+def _check_perm(space: Space, perm: Tensor) -> None:
     if perm.dtype not in (torch.int64, torch.int32) or perm.shape != (space.size,) or not torch.equal(perm.sort().values.cpu(), torch.arange(space.size, dtype=perm.dtype)):
         raise ValueError(
             f"the permutation of {space.key} must be an integer tensor holding 0..{space.size - 1} once each, "

@@ -136,12 +136,36 @@ class PermAxis:
     start: int = 0
 
 
+INPUT_SPACE = "<input>"
+"""Reserved :class:`PermSpace` name: the axes that carry the block's input feature dimension
+(``"<input:PORT>"`` names one port of a multi-input block)."""
+OUTPUT_SPACE = "<output>"
+"""Reserved :class:`PermSpace` name: the axes that carry the block's output feature dimension."""
+THROUGH_SPACE = "<through>"
+"""Reserved :class:`PermSpace` name: the block is equivariant — its inputs and its output share
+one feature space (a norm, a residual add), and these axes (possibly none) carry it."""
+
+
+def input_space(port: str | None = None) -> str:
+    """The reserved name of a block's input feature space (of one ``port``)."""
+    return INPUT_SPACE if port is None else f"<input:{port}>"
+
+
 @dataclass(frozen=True)
 class PermSpace:
     """Units inside a block whose order its function does not depend on (hidden units, heads,
     channels, SSM modes): permuting them alike on every axis of ``axes`` leaves the block's
     outputs unchanged, so models can be aligned along them before a merge
-    (:mod:`ssmgraph.merge.permute`)."""
+    (:mod:`ssmgraph.merge.permute`).
+
+    Reserved names declare how the block treats the feature dimension of its inputs and
+    output instead (``size`` is that dimension): ``"<input>"`` / ``"<input:PORT>"`` (the axes
+    that read the input's features: permuting them together with the input's last dimension
+    leaves the output unchanged), ``"<output>"`` (the axes that write the output's features:
+    permuting them permutes the output's last dimension alike) and ``"<through>"`` (input and
+    output share one feature space, as in a norm or a residual add). A port the block declares
+    none of these for keeps a fixed feature order: the model-level spaces
+    (the residual stream) stop there."""
 
     name: str
     size: int
@@ -199,8 +223,10 @@ class BlockSpec:
     contract: int = CONTRACT_VERSION
     perm_spaces: PermRule | None = None
     """``perm_spaces(in_types, **args)`` lists the block's internal permutation spaces for one
-    configuration (called like ``shape`` and ``factory``); None: it declares none, and
-    permutation alignment leaves the block as it is."""
+    configuration (called like ``shape`` and ``factory``), and with the reserved names
+    ``"<input>"``, ``"<output>"``, ``"<through>"`` the axes that carry its input and output
+    features (see :class:`PermSpace`); None: it declares none, and permutation alignment
+    leaves the block, and the feature spaces it reads and writes, as they are."""
     examples: tuple[Mapping[str, Any], ...] = ()
     """Argument sets the conformance kit (``ssmgraph check``) builds the block with, defaults
     filled in; needed when a parameter is required, useful to cover variants."""

@@ -392,19 +392,33 @@ def check_state_dict_round_trip(case: BlockCase) -> None:
 
 
 def check_permutation_invariance(case: BlockCase) -> None:
-    from ssmgraph.merge.permute import block_spaces, permute_state, random_permutations
+    from ssmgraph.merge.permute import block_io, block_spaces, io_bound_spaces, permute_state, random_permutations
 
     if case.spec.perm_spaces is None:
         raise SkipCheck("declares no permutation spaces")
     module = case.build()
     spaces = block_spaces(case.spec, case.in_types, case.args, module)
-    if not spaces:
+    io = block_io(case.spec, case.in_types, case.args, module, out_type=case.out_type)
+    if not spaces and not io.declared:
         raise SkipCheck("no declared space has two units or more in this configuration")
-    permuted = case.build(seed=1)
-    perms = random_permutations(spaces, torch.Generator().manual_seed(0))
-    permuted.load_state_dict(permute_state(module.state_dict(), spaces, perms))
     xs = case.inputs()
-    _close(permuted(*xs), module(*xs), f"outputs after permuting {', '.join(s.space.name for s in spaces)}", 1e-9)
+    expected = module(*xs)
+    generator = torch.Generator().manual_seed(0)
+    if spaces:  # internal spaces: the outputs do not change
+        permuted = case.build(seed=1)
+        perms = random_permutations(spaces, generator)
+        permuted.load_state_dict(permute_state(module.state_dict(), spaces, perms))
+        _close(permuted(*xs), expected, f"outputs after permuting {', '.join(s.space.name for s in spaces)}", 1e-9)
+    if io.declared:  # input/output features: permuted inputs give the correspondingly permuted outputs
+        features, in_keys, out_key = io_bound_spaces(case.spec.name, io, len(case.in_types))
+        every = spaces + features
+        permuted = case.build(seed=1)
+        perms = random_permutations(every, generator)
+        permuted.load_state_dict(permute_state(module.state_dict(), every, perms))
+        moved = [x[..., perms[in_keys[i]]] if i in in_keys else x for i, x in enumerate(xs)]
+        want = expected[..., perms[out_key]] if out_key is not None else expected
+        names = ", ".join(s.space.name for s in every)
+        _close(permuted(*moved), want, f"outputs after permuting {names} with the inputs' and output's features", 1e-9)
 
 
 def check_meta_device(case: BlockCase) -> None:
@@ -494,7 +508,12 @@ CHECKS: tuple[Check, ...] = (
     Check("state_carry", "mixers: the returned state equals the stepped one; chunks with the state carried equal one pass", check_state_carry),
     Check("mask", "mixers: right padding never changes valid outputs; the final state is the last valid token's", check_mask),
     Check("state_dict_round_trip", "a state dict (through safetensors) reproduces the outputs in a fresh build", check_state_dict_round_trip),
-    Check("permutation_invariance", "permuting the units of every declared permutation space leaves the outputs unchanged", check_permutation_invariance),
+    Check(
+        "permutation_invariance",
+        "permuting the units of every declared permutation space leaves the outputs unchanged; permuting the declared "
+        "input/output feature axes with the inputs' features permutes the output's alike",
+        check_permutation_invariance,
+    ),
     Check("meta_device", "the block builds on the meta device without allocating", check_meta_device),
     Check("blueprint_round_trip", "a one-node blueprint builds, saves and loads with the same outputs", check_blueprint_round_trip),
     Check("torch_compile", "torch.compile(fullgraph=True) traces it and matches eager", check_torch_compile),

@@ -1,4 +1,7 @@
-"""Declared permutation spaces leave outputs unchanged; weight matching undoes a permutation."""
+"""Declared permutation spaces leave outputs unchanged; weight matching undoes a permutation.
+
+Internal spaces (hidden units, heads, channels) and the graph spaces that the blocks' feature
+declarations (``<input>``, ``<output>``, ``<through>``) join into: the residual stream."""
 
 from __future__ import annotations
 
@@ -14,8 +17,11 @@ from ssmgraph.blueprint import builtin_blueprints
 from ssmgraph.graph.compile import example_inputs
 from ssmgraph.merge.permute import (
     BoundSpace,
+    GraphSpace,
     PermSpaceError,
+    block_io,
     block_spaces,
+    io_bound_spaces,
     model_spaces,
     permute_state,
     random_permutations,
@@ -31,13 +37,19 @@ VARIANTS = {
     "ffn.mlp": [{"hidden": 5, "bias": False}],
     "mix.attention": [{"heads": 4, "kv_heads": 1, "rope": True}, {"heads": 2, "causal": False, "bias": True}],
     "mix.cross_attention": [{"heads": 2, "bias": True}],
-    "mix.lstm": [{"hidden": 8, "layers": 3}, {"bidirectional": True, "layers": 2, "hidden": 4}, {"bidirectional": True, "layers": 2}],
+    "mix.lstm": [{"hidden": 8, "layers": 3}, {"bidirectional": True, "layers": 2, "hidden": 4}, {"bidirectional": True, "layers": 2}, {"layers": 2}, {"hidden": 8, "bidirectional": True}],
     "mix.mamba": [{"bias": True, "conv_bias": False, "dt_rank": 3, "d_state": 4}],
-    "mix.s4d": [{"channels": 3, "bidirectional": True, "d_state": 8}],
+    "mix.s4d": [{"channels": 3, "bidirectional": True, "d_state": 8}, {"d_state": 8, "glu": False, "channels": 2}],
     "mix.s4": [{"bidirectional": True, "channels": 2, "d_state": 8}, {"measure": "legt", "d_state": 8}],
-    "mix.s5": [{"d_state": 16, "blocks": 2, "conj_sym": False, "bidirectional": True, "activation": "full_glu"}],
+    "mix.s5": [{"d_state": 16, "blocks": 2, "conj_sym": False, "bidirectional": True, "activation": a} for a in ("full_glu", "gelu", "half_glu2")],
     "mix.h3": [{"d_state": 8, "heads": 1}, {"d_state": 8, "heads": 4}],
     "mix.gated_mlp": [{"d_state": 8, "ssm": "s4", "bias": True}],
+    # feature declarations (<input>, <output>, <through>) that depend on arguments
+    "norm.layer": [{"bias": False}],
+    "embed.position": [{"max_len": 16, "dim": 8, "kind": "sinusoidal"}],
+    "struct.linear": [{"dim": 8, "bias": False}],
+    "stitch.autoencoder": [{"residual": False, "kind": "causal_conv"}, {"bottleneck": 0.5}],
+    "stitch.blend": [{"per_feature": True}],
 }
 DECLARING = sorted(name for name, spec in get_registry().blocks.items() if spec.perm_spaces is not None)
 BLOCK_CASES = [(name, args) for name in DECLARING for args in (get_registry().get(name).examples or ({},))] + [
@@ -102,6 +114,40 @@ def test_declared_permutations_leave_a_blocks_outputs_unchanged(block, args):
             assert outputs_diff(module(*x), before) > 1e-8, f"{space.key}: the outputs do not depend on {axis}"
 
 
+@pytest.mark.parametrize(("block", "args"), BLOCK_CASES, ids=[f"{n}{a or ''}" for n, a in BLOCK_CASES])
+def test_declared_features_permute_a_blocks_outputs_alike(block, args):
+    """Permuting the <input> axes with the inputs' features and the <output> axes (or the
+    <through> axes, with both) permutes the outputs' features alike, internal spaces too."""
+    case = make_case(block, args)
+    module = perturbed(case.build(F64))
+    io = block_io(case.spec, case.in_types, case.args, module, out_type=case.out_type)
+    if not io.declared:
+        pytest.skip(f"{case.label} declares no feature axes")
+    features, in_keys, out_key = io_bound_spaces(case.spec.name, io, len(case.in_types))
+    spaces = block_spaces(case.spec, case.in_types, case.args, module) + features
+    xs = case.inputs(F64)
+    before = module(*xs)
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    perms = deranged(spaces)
+    moved = [x[..., perms[in_keys[i]]] if i in in_keys else x for i, x in enumerate(xs)]
+    want = before[..., perms[out_key]] if out_key is not None else before
+    module.load_state_dict(permute_state(state, spaces, perms))
+    assert outputs_diff(module(*moved), want) < 1e-10
+    for space in features:  # every declared feature axis is needed
+        for i, axis in enumerate(space.space.axes):
+            fewer = dataclasses.replace(space.space, axes=space.space.axes[:i] + space.space.axes[i + 1 :])
+            partial = [s if s is not space else BoundSpace("", s.block, fewer) for s in spaces]
+            module.load_state_dict(permute_state(state, partial, perms))
+            assert outputs_diff(module(*moved), want) > 1e-8, f"{space.key}: the outputs do not depend on {axis}"
+
+
+def test_blocks_that_declare_no_feature_axes_fix_their_ports():
+    for name, args in [("struct.concat", {}), ("embed.position", {"max_len": 16, "dim": 8, "kind": "sinusoidal"}), ("head.lm", {"vocab": 5})]:
+        case = make_case(name, args)
+        io = block_io(case.spec, case.in_types, case.args, case.build(), out_type=case.out_type)
+        assert io.output is None and io.through is None, name
+
+
 @pytest.mark.parametrize("name", sorted(builtin_blueprints()))
 def test_declared_permutations_leave_every_shipped_models_outputs_unchanged(name):
     model = perturbed(small_blueprint(name))
@@ -147,7 +193,7 @@ def test_weight_matching_raises_the_inner_product_of_two_different_models():
     model_b = ssmgraph.build("gpt", d_model=16, layers=2, heads=4, vocab=11, max_len=16)
     b, spaces = model_b.state_dict(), model_spaces(model_b)
     found, aligned = weight_matching(a, b, spaces, seed=0)
-    names = {s.param_key(axis) for s in spaces for axis in s.space.axes}
+    names = {name for s in spaces for name, _ in s.bound_axes()}
 
     def inner(state):
         return sum((a[k].double() * state[k].double()).sum().item() for k in names)
@@ -207,3 +253,164 @@ def test_permute_state_rejects_unknown_spaces_and_non_permutations():
         permute_state(lacking, spaces, deranged(spaces))
     with pytest.raises(ValueError, match=r"cannot match blocks.0.ffn/hidden in model b: there is no parameter 'blocks.0.ffn.fc1.weight'"):
         weight_matching(state, lacking, spaces)
+
+
+# ---- graph spaces: the residual stream ------------------------------------------------------------
+def graph_spaces_of(model) -> list[GraphSpace]:
+    return [s for s in model_spaces(model) if isinstance(s, GraphSpace)]
+
+
+def build_text(tmp_path, text: str):
+    path = tmp_path / "model.yaml"
+    path.write_text(text)
+    torch.manual_seed(0)
+    return perturbed(ssmgraph.build(path).to(F64).eval())
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [("gpt", {}), ("llama", {}), ("mamba", {}), ("classifier", {"mixer": "mix.mamba"}), ("classifier", {"mixer": "mix.attention"})],
+)
+def test_the_residual_stream_is_one_space_through_embeddings_norms_mixers_and_heads(name, overrides):
+    params = yaml.safe_load(builtin_blueprints()[name].read_text(encoding="utf-8"))["params"]
+    model = ssmgraph.build(name, **{k: v for k, v in SMALL.items() if k in params}, **overrides)
+    (space,) = graph_spaces_of(model)
+    assert space.key == "residual:embed" and space.size == 8
+    params = {axis.param for axis in space.axes}
+    norms = [p for p in model.state_dict() if ".norm" in p and p.endswith("weight")]
+    assert norms and set(norms) <= params
+    assert any(p.endswith("mix.out_proj.weight") for p in params)
+    assert ("head.proj.weight" if name == "classifier" else "head.weight" if name == "llama" else "embed.weight") in params
+    if name in ("gpt", "mamba"):  # the head's weight is the embedding's: permuted once, by the owner's name
+        assert "head.weight" not in params and ("head.weight", "embed.weight") in space.ties
+
+
+@pytest.mark.parametrize("name", ["transformer", "seq2seq", "pair"])
+def test_a_fixed_positional_table_fixes_the_residual_stream(name):
+    """Sinusoids are a fixed function of the position: x + PE(pos) in a permuted feature order
+    is not a permutation of x + PE(pos), so no residual space survives."""
+    params = yaml.safe_load(builtin_blueprints()[name].read_text(encoding="utf-8"))["params"]
+    assert graph_spaces_of(ssmgraph.build(name, **{k: v for k, v in SMALL.items() if k in params})) == []
+
+
+def test_an_lstm_without_residual_connections_has_a_space_per_edge():
+    model = small_blueprint("lstm")
+    assert [(s.key, s.values) for s in graph_spaces_of(model)] == [("residual:embed", ("embed",)), ("residual:lstm", ("lstm",))]
+
+
+def test_tap_projections_read_the_permuted_stream_and_their_outputs_stay_put(tmp_path):
+    model = build_text(
+        tmp_path,
+        "ssmgraph: 1\nname: tapped\ninputs:\n  tokens: {dtype: int64, shape: [batch, seq]}\nnodes:\n"
+        "  embed: {block: embed.token, in: tokens, args: {vocab: 11, dim: 8}}\n"
+        "  blocks: {repeat: 2, in: embed, use: fragments/residual.yaml, args: {mixer: mix.mamba, mixer_args: {d_state: 4}}}\n"
+        "  head: {block: head.lm, in: blocks, args: {vocab: 11}}\n"
+        "outputs:\n  logits: head\n"
+        "taps:\n  h: {at: blocks.*.out, project: 4}\n  raw: {at: blocks.0.out}\n",
+    )
+    (space,) = graph_spaces_of(model)
+    assert {"taps.h.0.weight", "taps.h.1.weight"} <= {a.param for a in space.axes}
+    assert not any(a.param.startswith("taps.") and not a.param.endswith("weight") for a in space.axes)
+    x = float64_inputs(model)
+    logits, taps = model(*x, taps=True)
+    spaces = model_spaces(model)
+    perms = deranged(spaces)
+    model.load_state_dict(permute_state(model.state_dict(), spaces, perms))
+    logits2, taps2 = model(*x, taps=True)
+    assert outputs_diff(logits2, logits) < 1e-10
+    assert outputs_diff(taps2["h.0"], taps["h.0"]) < 1e-10 and outputs_diff(taps2["h.1"], taps["h.1"]) < 1e-10
+    assert outputs_diff(taps2["raw"], taps["raw"][..., perms[space.key]]) < 1e-10  # an unprojected tap is the stream itself
+
+
+def test_a_tied_tensor_read_along_an_undeclared_axis_fixes_that_space(tmp_path):
+    """lin's weight is the embedding table: its rows (lin's outputs) are token ids to the
+    embedding, so lin's output space is fixed; its columns are the embedding's features."""
+    model = build_text(
+        tmp_path,
+        "ssmgraph: 1\nname: tied\ninputs:\n  tokens: {dtype: int64, shape: [batch, seq]}\nnodes:\n"
+        "  embed: {block: embed.token, in: tokens, args: {vocab: 11, dim: 8}}\n"
+        "  norm: {block: norm.layer, in: embed}\n"
+        "  lin: {block: struct.linear, in: norm, args: {dim: 11, bias: false}, tie: {weight: embed.weight}}\n"
+        "  ffn: {block: ffn.mlp, in: lin}\n"
+        "  head: {block: struct.linear, in: ffn, args: {dim: 3}}\n"
+        "outputs:\n  y: head\n",
+    )
+    assert [(s.key, s.values) for s in graph_spaces_of(model)] == [("residual:embed", ("embed", "norm")), ("residual:ffn", ("ffn",))]
+    x = float64_inputs(model)
+    before = model(*x)
+    spaces = model_spaces(model)
+    model.load_state_dict(permute_state(model.state_dict(), spaces, deranged(spaces)))
+    assert outputs_diff(model(*x), before) < 1e-10
+
+
+def test_feature_declarations_are_checked():
+    case = make_case("ffn.mlp")
+    module = case.build()
+
+    def declaring(*spaces):
+        return dataclasses.replace(MLP_SPEC, perm_spaces=lambda in_types, **_: spaces, plugin="broken-plugin")
+
+    with pytest.raises(PermSpaceError, match=r"names in <> are reserved for '<input>', '<input:PORT>', '<output>' and '<through>'"):
+        block_io(declaring(PermSpace("<inptu>", 8, ())), case.in_types, case.args, module)
+    with pytest.raises(PermSpaceError, match=r"declares '<output>' of size 6, but its output is float\[batch, seq, 8\]"):
+        block_io(declaring(PermSpace("<output>", 6, ())), case.in_types, case.args, module, out_type=case.out_type)
+    with pytest.raises(PermSpaceError, match=r"declares '<input:memory>', but its ports are x"):
+        block_io(declaring(PermSpace("<input:memory>", 8, ())), case.in_types, case.args, module)
+    with pytest.raises(PermSpaceError, match=r"'<through>' together with '<input>' or '<output>'"):
+        block_io(declaring(PermSpace("<through>", 8, ()), PermSpace("<output>", 8, ())), case.in_types, case.args, module)
+    with pytest.raises(PermSpaceError, match=r"declares permutation space '<input>' on 'fc9.weight' axis 1, but there is no parameter 'fc9.weight' \(the module has fc1.weight"):
+        block_io(declaring(PermSpace("<input>", 8, (PermAxis("fc9.weight", 1),))), case.in_types, case.args, module)
+
+
+def test_a_tensor_axis_in_two_spaces_is_a_clear_error(tmp_path, monkeypatch):
+    """An <output> declared on rows that an internal space also moves would permute them twice."""
+    bad = dataclasses.replace(
+        MLP_SPEC,
+        perm_spaces=lambda in_types, **_: (
+            PermSpace("hidden", 32, (PermAxis("fc1.weight", 0), PermAxis("fc2.weight", 1))),
+            PermSpace("<input>", 8, (PermAxis("fc2.weight", 1, start=0),)),
+            PermSpace("<output>", 8, (PermAxis("fc2.weight", 0),)),
+        ),
+    )
+    registry = get_registry()
+    monkeypatch.setitem(registry.blocks, "ffn.mlp", bad)
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        "ssmgraph: 1\nname: m\ninputs:\n  tokens: {dtype: int64, shape: [batch, seq]}\nnodes:\n"
+        "  embed: {block: embed.token, in: tokens, args: {vocab: 11, dim: 8}}\n"
+        "  f: {block: ffn.mlp, in: embed}\n  head: {block: head.lm, in: f, args: {vocab: 11}}\noutputs:\n  y: head\n"
+    )
+    model = ssmgraph.build(path)
+    with pytest.raises(PermSpaceError, match=r"'f.fc2.weight' axis 1: entries 0..7 lie in space residual:embed and entries 0..31 in space f/hidden"):
+        model_spaces(model, registry)
+
+
+def _train_tiny(seed: int, data: list[tuple[torch.Tensor, torch.Tensor]]):
+    torch.manual_seed(seed)
+    model = ssmgraph.build("classifier", mixer="mix.mamba", d_model=16, layers=2, classes=2, layer_args={"d_state": 4})
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for x, y in data:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model
+
+
+def test_aligning_the_residual_stream_matches_two_trained_models_better_than_internal_spaces_alone():
+    gen = torch.Generator().manual_seed(0)
+    data = []
+    for _ in range(30):
+        x = torch.randn(32, 12, 1, generator=gen)
+        data.append((x, (x.cumsum(1)[:, -1, 0] > 0).long()))
+    a, b = _train_tiny(0, data), _train_tiny(1, data)
+    state_a, state_b = a.state_dict(), b.state_dict()
+    internal, every = model_spaces(b, residual=False), model_spaces(b)
+    assert len(every) > len(internal)
+
+    def inner(state):
+        return sum((state_a[k].double() * state[k].double()).sum().item() for k in state_a if k not in b.tied)
+
+    _, internal_only = weight_matching(state_a, state_b, internal, seed=0)
+    _, with_residual = weight_matching(state_a, state_b, every, seed=0)
+    assert inner(state_b) < inner(internal_only) < inner(with_residual)
