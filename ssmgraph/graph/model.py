@@ -180,6 +180,25 @@ class CompiledModel(nn.Module):
         outs = {name: env[value].squeeze(1) for name, value in self.outputs.items()}
         return (next(iter(outs.values())) if len(outs) == 1 else outs), new_state
 
+    def forward_with_state(self, *inputs: Tensor, state: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        """Run whole sequences in parallel, continuing from ``state`` (None: the zero state), and
+        return the outputs at every position with the recurrent state after the last one.
+
+        What ``generate`` uses to read a prompt (one parallel pass instead of a step per token),
+        and a way to process a long sequence in chunks. Stateful blocks are called with
+        ``state=`` and ``return_state=True``, which the block contract requires of them."""
+        env: dict[str, Tensor] = dict(zip(self.input_types, inputs))
+        new_state: dict[str, Any] = {}
+        for call in self._step_plan():
+            module = self.get_submodule(call.module_path)
+            args = [env[i] for i in call.inputs]
+            if call.stateful:
+                env[call.value], new_state[call.value] = module(*args, state=None if state is None else state[call.value], return_state=True)
+            else:
+                env[call.value] = module(*args)
+        outs = {name: env[value] for name, value in self.outputs.items()}
+        return (next(iter(outs.values())) if len(outs) == 1 else outs), new_state
+
     @torch.no_grad()
     def generate(
         self,
@@ -197,13 +216,10 @@ class CompiledModel(nn.Module):
             raise SsmgraphError("generate() needs a model with a single logits output")
         if prompt.ndim == 1:
             prompt = prompt.unsqueeze(0)
-        state = self.init_state(prompt.shape[0], device=prompt.device)
-        logits = None
-        for t in range(prompt.shape[1]):
-            logits, state = self.step(prompt[:, t], state=state)
+        logits, state = self.forward_with_state(prompt)
+        logits = logits[:, -1]
         tokens = [prompt]
         for _ in range(max_new_tokens):
-            assert logits is not None
             next_token = _sample(logits, temperature, top_k, generator)
             tokens.append(next_token[:, None])
             logits, state = self.step(next_token, state=state)

@@ -102,6 +102,22 @@ def test_step_and_generate_match_forward() -> None:
             assert torch.equal(out[:, t], model(out[:, :t])[:, -1].argmax(-1))
 
 
+@pytest.mark.parametrize("name", ["gpt", "llama", "mamba", "lstm", "transformer"])
+def test_forward_with_state_reads_chunks_like_one_pass_and_steps_on(name: str) -> None:
+    """The parallel prefill: its outputs are the forward's, its state continues the sequence
+    exactly as stepping token by token does, and chunks with the state carried equal one pass."""
+    torch.manual_seed(3)
+    model = ssmgraph.build(name, d_model=32, vocab=VOCAB).double()
+    tokens = torch.randint(0, VOCAB, (2, 9))
+    full = model(tokens)
+    out, state = model.forward_with_state(tokens[:, :6])
+    torch.testing.assert_close(out, full[:, :6], rtol=1e-9, atol=1e-9)
+    rest, _ = model.forward_with_state(tokens[:, 6:], state=state)
+    torch.testing.assert_close(rest, full[:, 6:], rtol=1e-9, atol=1e-9)
+    logits, _ = model.step(tokens[:, 6], state=state)
+    torch.testing.assert_close(logits, full[:, 6], rtol=1e-9, atol=1e-9)
+
+
 def test_taps_and_views_of_a_multi_model_blueprint() -> None:
     joint = ssmgraph.build("pair", d_model=32, layers=2, d_common=8)
     tokens = torch.randint(0, 256, (2, 6))
