@@ -47,7 +47,7 @@ def linear_path(a: Any, b_state: dict[str, torch.Tensor], task: Any, points: int
     from ssmgraph.merge.weights import linear
 
     model = ssmgraph.load(a)
-    state_a = model.state_dict()
+    state_a = {k: v.clone() for k, v in model.state_dict().items()}  # load_state_dict below writes into the live tensors
     losses = []
     for i in range(points):
         t = i / (points - 1)
@@ -169,7 +169,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             result = EXPERIMENTS[name](Path(tmp), args.out)
         result = {"seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__, "result": result}
-        (args.out / f"merge_{name}.json").write_text(json.dumps(result, indent=2, default=str))
+        text = json.dumps(result, indent=2, default=str).replace(tmp, "<workdir>")  # no machine paths in results
+        (args.out / f"merge_{name}.json").write_text(text)
         print(f"{name}: {result['seconds']} s", flush=True)
 
 
