@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ import torch
 from torch.nn import functional as F
 
 import ssmgraph
-from benchmarks.common import environment, interleaved, write_results
+from benchmarks.common import environment, in_fresh_process, interleaved, step_peak_mib, write_results
 from ssmgraph.interop.hf import import_hf
 
 WIDTH, LAYERS, VOCAB, HEADS = 256, 4, 256, 4
@@ -128,51 +127,13 @@ def decode_ms_per_token(models: dict[str, torch.nn.Module], context: int, new: i
 
 
 # ---- peak memory, one fresh process per measurement ------------------------------------------------
-def _memory_worker(family: str, side: str, length: int, batch: int, max_len: int, device: str, queue: Any) -> None:
+def _memory_worker(family: str, side: str, length: int, batch: int, max_len: int, device: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         theirs, ours = build_pair(family, max_len, Path(tmp), device)
     model = (ours if side == "ssmgraph" else theirs).train()
     del theirs, ours
     tokens = torch.randint(0, VOCAB, (batch, length + 1), device=device)
-    step = training_step(model, tokens)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        queue.put((torch.cuda.max_memory_allocated() - base) / 2**20)
-    else:
-        base = reset_peak_rss_kib()
-        step()
-        queue.put((peak_rss_kib() - base) / 1024)
-
-
-def reset_peak_rss_kib() -> int:
-    """Reset the process's resident-set high-water mark (Linux) and return the current size, KiB."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status_kib("VmRSS")
-
-
-def peak_rss_kib() -> int:
-    return _status_kib("VmHWM")
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def peak_memory_mib(family: str, side: str, length: int, batch: int, max_len: int, device: str) -> float:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_memory_worker, args=(family, side, length, batch, max_len, device, queue))
-    process.start()
-    value = queue.get()
-    process.join()
-    return round(value, 1)
+    return step_peak_mib(training_step(model, tokens), device)
 
 
 # ---- one family -------------------------------------------------------------------------------------
@@ -199,8 +160,8 @@ def bench_family(family: str, args: argparse.Namespace, workdir: Path) -> list[d
             row[f"{name} fwd tok/s"] = round(args.batch * (length + 1) / fwd[name])
         row["fwd ×"] = round(fwd["transformers"] / fwd["ssmgraph"], 2)
         if not args.compile and not args.no_memory:
-            for name in models:
-                row[f"{name} peak MiB"] = peak_memory_mib(family, name, length, args.batch, max_len, args.device)
+            for name in train_calls:  # not where transformers' training is skipped as too slow
+                row[f"{name} peak MiB"] = round(in_fresh_process(_memory_worker, family, name, length, args.batch, max_len, args.device), 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
     if not args.compile:

@@ -1,8 +1,9 @@
-"""Timing helpers shared by the benchmarks: interleaved repeats, medians, a results table."""
+"""Helpers shared by the benchmarks: interleaved timing, medians, peak memory, a results table."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import platform
 import statistics
 import time
@@ -61,3 +62,43 @@ def write_results(name: str, rows: list[dict[str, Any]], out_dir: Path | None) -
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"{name}.json").write_text(json.dumps({"env": environment(), "rows": rows}, indent=2))
+
+
+def step_peak_mib(fn: Callable[[], Any], device: str) -> float:
+    """How far memory rises above its level before ``fn()`` at its peak during the call, MiB:
+    allocated memory on CUDA; on CPU the resident set, whose high-water mark Linux resets
+    through /proc/self/clear_refs (run it in a fresh process: see :func:`in_fresh_process`)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - base) / 1024
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _call_into(queue: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    queue.put(fn(*args))
+
+
+def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a new (spawned) Python process, so that nothing this process allocated
+    earlier, nor the allocator's cached blocks, shows in the memory it measures."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_call_into, args=(queue, fn, args))
+    process.start()
+    value = queue.get()
+    process.join()
+    return value
