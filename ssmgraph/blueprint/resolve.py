@@ -46,7 +46,7 @@ DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 # Names that would shadow nn.Module attributes or the compiled model's own members.
 RESERVED = frozenset(
     {
-        "taps", "forward", "step", "init_state", "generate", "training", "state_dict", "blueprint", "view",
+        "taps", "forward", "forward_with_state", "step", "init_state", "generate", "training", "state_dict", "blueprint", "view",
         "input_types", "outputs", "tap_sources", "tap_names", "nodes", "order", "tied", "generated_source",
         "supports_step",
     }

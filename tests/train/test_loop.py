@@ -202,7 +202,7 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path) -> None:
         time.sleep(0.2)
     assert len(read_metrics(run)) >= 3, "training did not start (or died) before the interrupt"
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=300)  # saving on a loaded machine can be slow
     assert proc.returncode == 0, stderr
     assert "interrupted: saved step" in stderr and "Traceback" not in stderr
     step = int(latest_checkpoint(run).name.split("_")[1])
