@@ -196,13 +196,20 @@ CLI = [sys.executable, "-m", "ssmgraph", "train", "lstm", "--task", "copying", "
 
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path) -> None:
     run = tmp_path / "run"
-    proc = subprocess.Popen([*CLI, "--steps", "100000", "--out", str(run)], env=ENV, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 600  # generous: a loaded machine starts slowly
-    while time.time() < deadline and len(read_metrics(run)) < 3 and proc.poll() is None:
-        time.sleep(0.2)
-    assert len(read_metrics(run)) >= 3, "training did not start (or died) before the interrupt"
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=300)  # saving on a loaded machine can be slow
+    # A test runner may ignore SIGINT, and a child inherits that: give the child the default.
+    proc = subprocess.Popen(
+        [*CLI, "--steps", "100000", "--out", str(run)], env=ENV, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.time() + 600  # generous: a loaded machine starts slowly
+        while time.time() < deadline and len(read_metrics(run)) < 3 and proc.poll() is None:
+            time.sleep(0.2)
+        assert len(read_metrics(run)) >= 3, "training did not start (or died) before the interrupt"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=300)  # saving on a loaded machine can be slow
+    finally:
+        proc.kill()  # never leave a 100,000-step run behind
     assert proc.returncode == 0, stderr
     assert "interrupted: saved step" in stderr and "Traceback" not in stderr
     step = int(latest_checkpoint(run).name.split("_")[1])
