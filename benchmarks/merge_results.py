@@ -3,8 +3,10 @@
     python -m benchmarks.merge_results [--only barrier,mutual,stitch,superpose] [--out benchmarks/results]
 
 barrier   two runs of one blueprint from different seeds: the held-out loss along the linear
-          path between them, as trained and after weight matching (`permute`) of the second
-          onto the first; barrier = the largest rise above the straight line between the ends.
+          path between them, as trained and after aligning the second onto the first
+          (`permute`: weight matching of the blocks' internal spaces only, of every space, and
+          activation matching of the residual stream); barrier = the largest rise above the
+          straight line between the ends.
 mutual    Transformer + Mamba + LSTM classifiers trained together (`merge_method: mutual`)
           against each trained alone, and the CKA of their hidden states before and after.
 stitch    `merge_method: stitch` between two seeds of one blueprint and from a Transformer
@@ -62,7 +64,7 @@ def barrier(losses: list[float]) -> float:
 
 
 def run_barrier(workdir: Path, out: Path) -> dict[str, Any]:
-    from ssmgraph.merge.permute import model_spaces, weight_matching
+    from ssmgraph.merge.permute import GraphSpace, activation_matching, model_spaces, weight_matching
     from ssmgraph.merge.plots import curves
 
     results = {}
@@ -75,17 +77,27 @@ def run_barrier(workdir: Path, out: Path) -> dict[str, Any]:
         slug = label.split(",")[1].split("(")[0].strip().replace(" ", "_")
         runs = [train_model(blueprint, task_name, overrides, workdir, f"{slug}-{i}", seed=i, steps=steps) for i in (0, 1)]
         a, b = ssmgraph.load(runs[0]), ssmgraph.load(runs[1])
-        naive = linear_path(runs[0], b.state_dict(), task)
+        state_a, state_b = a.state_dict(), b.state_dict()
         spaces = model_spaces(a)
-        _, aligned_state = weight_matching(a.state_dict(), b.state_dict(), spaces)
-        aligned = linear_path(runs[0], aligned_state, task)
-        ts = [i / 10 for i in range(11)]
-        curves({"as trained": (ts, naive), "after permute": (ts, aligned)}, "t (0: model A, 1: model B)", "held-out loss", label, out / f"barrier_{slug}.png")
-        results[label] = {
-            "naive": naive, "aligned": aligned, "barrier_naive": barrier(naive), "barrier_aligned": barrier(aligned),
-            "ratio": barrier(aligned) / max(barrier(naive), 1e-12), "spaces": len(spaces), "units": sum(s.size for s in spaces),
+        generator = torch.Generator().manual_seed(0)
+        probes = [(task.sample(32, generator, "train").inputs,) for _ in range(8)]
+        residual = activation_matching(a, b, [s for s in spaces if isinstance(s, GraphSpace)], probes)
+        aligned = {
+            "as trained": state_b,
+            "weights, internal spaces": weight_matching(state_a, state_b, model_spaces(a, residual=False))[1],
+            "weights, all spaces": weight_matching(state_a, state_b, spaces)[1],
+            "activations (residual) + weights": weight_matching(state_a, state_b, spaces, fixed=residual)[1],
         }
-        print(f"{label}: barrier {results[label]['barrier_naive']:.3f} -> {results[label]['barrier_aligned']:.3f} (ratio {results[label]['ratio']:.2f})", flush=True)
+        paths = {name: linear_path(runs[0], state, task) for name, state in aligned.items()}
+        ts = [i / 10 for i in range(11)]
+        curves({name: (ts, path) for name, path in paths.items()}, "t (0: model A, 1: model B)", "held-out loss", label, out / f"barrier_{slug}.png")
+        barriers = {name: barrier(path) for name, path in paths.items()}
+        results[label] = {
+            "paths": paths, "barriers": barriers,
+            "ratios": {name: value / max(barriers["as trained"], 1e-12) for name, value in barriers.items()},
+            "spaces": len(spaces), "units": sum(s.size for s in spaces),
+        }
+        print(label, {name: round(value, 3) for name, value in barriers.items()}, flush=True)
     return results
 
 

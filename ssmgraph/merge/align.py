@@ -1,26 +1,40 @@
-"""The recipe's ``permute`` step: weight-match every model onto the first before merging."""
+"""The recipe's ``permute`` step: align every model onto the first before merging."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+
 from ssmgraph.merge.context import LoadedModel, MergeError
+from ssmgraph.train.tasks.base import Task
 
 
-def permute_onto_base(models: Sequence[LoadedModel], options: Mapping[str, Any]) -> dict[str, Any]:
-    """Permute each later model's declared spaces (in place) to match the first model's
-    weights; returns, per model, how many units moved (for the report)."""
-    from ssmgraph.merge.permute import model_spaces, weight_matching
+def permute_onto_base(models: Sequence[LoadedModel], options: Mapping[str, Any], task: Task | None = None, seed: int = 0) -> dict[str, Any]:
+    """Permute each later model's spaces (in place) to match the first model — by weights, or
+    the residual stream by activations on ``task``'s data (``match: activations``); returns,
+    per model, how many units moved (for the report)."""
+    from ssmgraph.merge.permute import GraphSpace, activation_matching, model_spaces, weight_matching
 
     base = models[0]
     spaces = model_spaces(base.model)
     if not spaces:
         raise MergeError(f"permute: model {base.name!r} has no blocks that declare permutation spaces (nothing to align); drop `permute`")
+    batches = []
+    if options["match"] == "activations":
+        if task is None:
+            raise MergeError("permute: `match: activations` reads the models' activations on data; add a `data:` section with a task")
+        generator = torch.Generator().manual_seed(seed)
+        batches = [(task.sample(32, generator, "train").inputs,) for _ in range(options["probe_batches"])]
     units = sum(s.size for s in spaces)
-    summary: dict[str, Any] = {"spaces": len(spaces), "units": units}
+    summary: dict[str, Any] = {"spaces": len(spaces), "units": units, "match": options["match"]}
+    graph = [s for s in spaces if isinstance(s, GraphSpace)]
     for model in models[1:]:
-        perms, state = weight_matching(base.model.state_dict(), model.model.state_dict(), spaces, iters=options["iters"], seed=options["seed"])
+        fixed = activation_matching(base.model, model.model, graph, batches) if batches else None
+        perms, state = weight_matching(
+            base.model.state_dict(), model.model.state_dict(), spaces, iters=options["iters"], seed=options["seed"], fixed=fixed
+        )
         model.model.load_state_dict(state)
         moved = sum(int((p != p.new_tensor(range(len(p)))).sum()) for p in perms.values())
         summary[model.name] = {"units_moved": moved, "share_moved": moved / units}

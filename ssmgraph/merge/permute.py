@@ -508,13 +508,20 @@ def permute_state(state: Mapping[str, Tensor], spaces: Sequence[Space], perms: M
 
 
 def weight_matching(
-    a: Mapping[str, Tensor], b: Mapping[str, Tensor], spaces: Sequence[Space], *, iters: int = 100, seed: int = 0
+    a: Mapping[str, Tensor],
+    b: Mapping[str, Tensor],
+    spaces: Sequence[Space],
+    *,
+    iters: int = 100,
+    seed: int = 0,
+    fixed: Mapping[str, Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], StateDict]:
     """Align ``b`` onto ``a``: the permutations ``p`` of ``b``'s spaces that maximise the summed
     inner product of the two models' weights, and ``permute_state(b, spaces, p)``.
 
     At most ``iters`` sweeps (it stops at the first sweep that changes nothing); ``seed``
-    fixes the order spaces are visited in."""
+    fixes the order spaces are visited in. ``fixed`` (space key → permutation) holds some
+    spaces at permutations found otherwise (e.g. :func:`activation_matching`)."""
     for space in spaces:
         for name, axis in space.bound_axes():
             for label, state in (("a", a), ("b", b)):
@@ -527,12 +534,15 @@ def weight_matching(
     for space in spaces:
         for name, axis in space.bound_axes():
             touching.setdefault(name, []).append((space, axis))
-    perms = {s.key: torch.arange(s.size) for s in spaces}
+    fixed = dict(fixed or {})
+    perms = {s.key: fixed.get(s.key, torch.arange(s.size)) for s in spaces}
     generator = torch.Generator().manual_seed(seed)
     for _ in range(iters):
         changed = False
         for i in torch.randperm(len(spaces), generator=generator).tolist():
             space = spaces[i]
+            if space.key in fixed:
+                continue
             sim = _similarity(a, b, space, touching, perms)
             _, cols = linear_sum_assignment(sim.numpy(), maximize=True)
             new, units = torch.as_tensor(cols, dtype=torch.long), torch.arange(space.size)
@@ -542,6 +552,67 @@ def weight_matching(
         if not changed:
             break
     return perms, permute_state(b, spaces, perms)
+
+
+def activation_matching(
+    model_a: CompiledModel, model_b: CompiledModel, spaces: Sequence[Space], batches: Iterable[Sequence[Tensor]]
+) -> dict[str, Tensor]:
+    """Permutations of ``model_b``'s spaces that best correlate its units with ``model_a``'s on
+    the same inputs (Ainsworth et al. 2023, activation matching): per space, the correlation
+    of every pair of units, summed over what carries them, then one linear assignment.
+
+    A graph space's units are the features of the values that carry it (the residual stream);
+    a block's internal space is matched where one of its axes is the output rows of an
+    ``nn.Linear`` (an FFN's hidden units, attention heads, Mamba's channels): that layer's
+    outputs. Other spaces are left out of the result: give it to :func:`weight_matching` as
+    ``fixed`` to solve them from the weights."""
+    probes = [p for p in (_probe(model_a, s) for s in spaces) if p is not None]
+    sums = {key: torch.zeros(size, size, dtype=torch.float64) for key, size, _, _ in probes}
+    for inputs in batches:
+        outs = [_module_outputs(m, {path for _, _, paths, _ in probes for path in paths}, inputs) for m in (model_a, model_b)]
+        for key, size, paths, axis in probes:
+            for path in paths:
+                ua, ub = (_standardised(_units(out[path].reshape(-1, out[path].shape[-1]).T, axis, size)) for out in outs)
+                sums[key] += ua @ ub.T
+    perms = {}
+    for key, corr in sums.items():
+        _, cols = linear_sum_assignment(corr.numpy(), maximize=True)
+        perms[key] = torch.as_tensor(cols, dtype=torch.long)
+    return perms
+
+
+def _probe(model: CompiledModel, space: Space) -> tuple[str, int, tuple[str, ...], PermAxis] | None:
+    """(key, size, module paths whose outputs carry the units, axis of the units in the
+    outputs' last dimension), or None when no module output shows the space's units."""
+    if isinstance(space, GraphSpace):
+        return space.key, space.size, tuple(dict.fromkeys(model.nodes[v].module_path for v in space.values)), PermAxis("", 0)
+    for name, axis in space.bound_axes():
+        owner, _, leaf = name.rpartition(".")
+        if leaf == "weight" and axis.axis == 0 and isinstance(model.get_submodule(owner), nn.Linear):
+            return space.key, space.size, (owner,), axis
+    return None
+
+
+def _standardised(units: Tensor) -> Tensor:
+    """Rows centred and scaled to unit norm, so that their inner products are correlations."""
+    units = units - units.mean(dim=1, keepdim=True)
+    return units / (units.norm(dim=1, keepdim=True) + 1e-12)
+
+
+def _module_outputs(model: CompiledModel, paths: set[str], inputs: Sequence[Tensor]) -> dict[str, Tensor]:
+    """The outputs of the sub-modules at ``paths`` on ``inputs`` (the first call of each)."""
+    found: dict[str, Tensor] = {}
+    hooks = [
+        model.get_submodule(path).register_forward_hook(lambda _m, _i, out, path=path: found.setdefault(path, out.detach()))
+        for path in paths
+    ]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found
 
 
 def _similarity(

@@ -102,6 +102,13 @@ PER_MODEL = (Param("weight", float, 1.0, "this model's weight in a weighted merg
 PERMUTE = (
     Param("iters", int, 20, "weight-matching rounds (Git Re-Basin coordinate descent)", min=1),
     Param("seed", int, 0, "seed of the order in which spaces are visited", min=0),
+    Param(
+        "match", str, "weights",
+        "weights: every space by weight matching; activations: the residual stream by activation "
+        "matching on the recipe's data (needs `data:`), the spaces inside blocks by weight matching",
+        choices=("weights", "activations"),
+    ),
+    Param("probe_batches", int, 8, "training batches of the recipe's task that activation matching reads", min=1),
 )
 DATA = (
     Param("task", str, doc="the task (`ssmgraph tasks` lists them)"),

@@ -5,7 +5,9 @@ declarations (``<input>``, ``<output>``, ``<through>``) join into: the residual 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -15,8 +17,10 @@ import ssmgraph
 from ssmgraph.blocks.ffn import MLP_SPEC
 from ssmgraph.blueprint import builtin_blueprints
 from ssmgraph.graph.compile import example_inputs
+from ssmgraph.merge.context import MergeError
 from ssmgraph.merge.permute import (
     BoundSpace,
+    activation_matching,
     GraphSpace,
     PermSpaceError,
     block_io,
@@ -27,6 +31,8 @@ from ssmgraph.merge.permute import (
     random_permutations,
     weight_matching,
 )
+from ssmgraph.merge.recipe import recipe_from_text
+from ssmgraph.merge.run import run_merge
 from ssmgraph.registry.plugins import get_registry
 from ssmgraph.registry.specs import PermAxis, PermSpace
 from ssmgraph.testing import make_case
@@ -414,3 +420,65 @@ def test_aligning_the_residual_stream_matches_two_trained_models_better_than_int
     _, internal_only = weight_matching(state_a, state_b, internal, seed=0)
     _, with_residual = weight_matching(state_a, state_b, every, seed=0)
     assert inner(state_b) < inner(internal_only) < inner(with_residual)
+
+
+# ---- activation matching and the recipe's permute step --------------------------------------------
+@pytest.mark.parametrize("name", ["gpt", "llama", "mamba"])
+def test_activation_matching_recovers_a_known_permutation(name):
+    """B is A with every space permuted: its residual stream and its linear layers' units carry
+    A's activations in another order, which the correlations find exactly."""
+    a = perturbed(small_blueprint(name))
+    spaces = model_spaces(a)
+    perms = deranged(spaces, seed=4)
+    b = copy.deepcopy(a)
+    b.load_state_dict(permute_state(a.state_dict(), spaces, perms))
+    inputs = [float64_inputs(a) for _ in range(2)]
+    found = activation_matching(a, b, spaces, inputs)
+    assert any(isinstance(s, GraphSpace) and s.key in found for s in spaces)
+    assert len(found) >= 2
+    for key, perm in found.items():
+        assert torch.equal(perm, torch.argsort(perms[key])), key
+
+
+def test_weight_matching_keeps_fixed_spaces_and_solves_the_rest():
+    a = small_blueprint("gpt").state_dict()
+    spaces = model_spaces(small_blueprint("gpt"))
+    perms = deranged(spaces, seed=6)
+    b = permute_state(a, spaces, perms)
+    graph = next(s.key for s in spaces if isinstance(s, GraphSpace))
+    found, aligned = weight_matching(a, b, spaces, fixed={graph: torch.argsort(perms[graph])})
+    assert all(torch.equal(found[k], torch.argsort(p)) for k, p in perms.items())
+    assert all(torch.equal(aligned[k], a[k]) for k in a)
+    held, _ = weight_matching(a, b, spaces, fixed={graph: torch.arange(len(perms[graph]))})
+    assert torch.equal(held[graph], torch.arange(len(perms[graph])))
+
+
+@pytest.mark.parametrize("match", ["weights", "activations"])
+def test_a_permuted_copy_merges_back_into_the_model(tmp_path, match):
+    """linear(a, permuted a) with `permute` is a again: the step undoes the permutation."""
+    torch.manual_seed(0)
+    model = perturbed(ssmgraph.build("classifier", mixer="mix.mamba", d_model=8, layers=2, layer_args={"d_state": 4}))
+    spaces = model_spaces(model)
+    ssmgraph.save(model, tmp_path / "a")
+    twin = copy.deepcopy(model)
+    twin.load_state_dict(permute_state(model.state_dict(), spaces, deranged(spaces, seed=2)))
+    ssmgraph.save(twin, tmp_path / "b")
+    text = (
+        "merge_method: linear\nmodels: [{name: a, checkpoint: a}, {name: b, checkpoint: b}]\n"
+        f"permute: {{match: {match}, probe_batches: 2}}\ndata: {{task: digits, batch_size: 16, eval_batches: 1}}\n"
+    )
+    out, _ = run_merge(recipe_from_text(text, "merge.yaml", tmp_path), tmp_path / "out", progress=False)
+    x = torch.randn(3, 10, 1)
+    torch.testing.assert_close(ssmgraph.load(out)(x), model(x), rtol=1e-5, atol=1e-5)
+    assert json.loads((out / "report.json").read_text())["alignment"]["match"] == match
+
+
+def test_activation_matching_needs_data(tmp_path):
+    torch.manual_seed(0)
+    model = ssmgraph.build("classifier", mixer="mix.mamba", d_model=8, layers=1, layer_args={"d_state": 4})
+    for name in ("a", "b"):
+        ssmgraph.save(model, tmp_path / name)
+    text = "merge_method: linear\nmodels: [{name: a, checkpoint: a}, {name: b, checkpoint: b}]\npermute: {match: activations}\n"
+    with pytest.raises(MergeError, match=r"`match: activations` reads the models' activations on data; add a `data:` section"):
+        run_merge(recipe_from_text(text, "merge.yaml", tmp_path), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

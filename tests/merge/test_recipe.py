@@ -45,7 +45,7 @@ def test_a_good_recipe_resolves_with_defaults(saved):
     )
     assert recipe.method.name == "ties" and recipe.parameters == {"density": 0.3, "majority": "sum", "scale": 1.0}
     assert recipe.model("b").parameters["weight"] == 0.7 and recipe.model("a").checkpoint == saved / "m0"
-    assert recipe.permute == {"iters": 5, "seed": 0} and recipe.data.eval_size == 8 * 16
+    assert recipe.permute == {"iters": 5, "seed": 0, "match": "weights", "probe_batches": 8} and recipe.data.eval_size == 8 * 16
     round_trip = recipe.to_dict()
     assert round_trip["merge_method"] == "ties" and round_trip["models"][1]["parameters"] == {"weight": 0.7}
 
