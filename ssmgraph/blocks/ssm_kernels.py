@@ -319,13 +319,63 @@ def cexp(z: Tensor) -> Tensor:
     return torch.polar(torch.exp(z.real), z.imag)
 
 
+VANDERMONDE_CHUNK_ELEMENTS = 1 << 21
+"""Entries of the Vandermonde matrix made at once (32 MB in complex64): the kernel is built
+over blocks of positions of about this size, never the whole (..., N, L) matrix."""
+
+
 def vandermonde(v: Tensor, log_a: Tensor, L: int) -> Tensor:
     """``Σ_n v[..., n] exp(log_a[..., n] * l)`` for l = 0..L-1 (complex, shape (..., L)).
 
-    Materialises the (..., N, L) Vandermonde matrix (the reference's "naive" backend).
+    Computed over blocks of positions, forward and backward, so memory stays O(N · block)
+    instead of the (..., N, L) matrix that the reference's "naive" backend materialises (and
+    autograd would keep): at L = 16k and 256 channels that matrix alone is 1 GB.
     """
-    pos = torch.arange(L, device=log_a.device, dtype=log_a.real.dtype)
-    return torch.einsum("...n,...nl->...l", v, cexp(log_a.unsqueeze(-1) * pos))
+    return _Vandermonde.apply(v, log_a, L)
+
+
+def _vandermonde_blocks(log_a: Tensor, L: int) -> list[tuple[Tensor, Tensor]]:
+    """(positions, exp(log_a · positions)) for consecutive blocks of positions."""
+    block = max(1, VANDERMONDE_CHUNK_ELEMENTS // max(1, log_a.numel()))
+    out = []
+    for start in range(0, L, block):
+        pos = torch.arange(start, min(start + block, L), device=log_a.device, dtype=log_a.real.dtype)
+        out.append((pos, cexp(log_a.unsqueeze(-1) * pos)))
+    return out
+
+
+class _Vandermonde(torch.autograd.Function):
+    """y_l = Σ_n v_n z_n^l with z = exp(log_a), holomorphic in v and log_a, so (PyTorch's
+    conjugate convention) grad v_n = Σ_l g_l conj(z_n^l) and grad log_a_n = conj(v_n) Σ_l
+    l g_l conj(z_n^l), summed over the dimensions log_a was broadcast along."""
+
+    @staticmethod
+    def forward(ctx, v: Tensor, log_a: Tensor, L: int) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(v, log_a)
+        ctx.L = L
+        return torch.cat([torch.einsum("...n,...nl->...l", v, w) for _, w in _vandermonde_blocks(log_a, L)], dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        v, log_a = ctx.saved_tensors
+        grad_v = grad_log_a = None
+        grad = grad.to(v.dtype if v.is_complex() else log_a.dtype)
+        acc_v = acc_l = None
+        for pos, w in _vandermonde_blocks(log_a, ctx.L):
+            g = grad[..., int(pos[0]) : int(pos[-1]) + 1]
+            wc = w.conj()
+            if ctx.needs_input_grad[0]:
+                part = torch.einsum("...l,...nl->...n", g, wc)
+                acc_v = part if acc_v is None else acc_v + part
+            if ctx.needs_input_grad[1]:
+                part = torch.einsum("...l,...nl->...n", g * pos, wc)
+                acc_l = part if acc_l is None else acc_l + part
+        if acc_v is not None:
+            grad_v = acc_v if v.is_complex() else acc_v.real
+            grad_v = grad_v.sum_to_size(v.shape) if grad_v.shape != v.shape else grad_v
+        if acc_l is not None:
+            grad_log_a = (v.conj() * acc_l).sum_to_size(log_a.shape)
+        return grad_v, grad_log_a, None
 
 
 def vandermonde_transpose(u: Tensor, log_a: Tensor) -> Tensor:

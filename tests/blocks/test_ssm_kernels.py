@@ -199,6 +199,26 @@ def test_vandermonde_and_transpose_equal_explicit_sums():
     assert rel_err(T, ref) < 1e-12
 
 
+@pytest.mark.parametrize("v_shape", [(3, 4), (2, 3, 4), (5, 2, 3, 4)])
+def test_blockwise_vandermonde_values_and_gradients_equal_the_whole_matrix(v_shape, monkeypatch):
+    """Blocks of 5 positions (not dividing L), leading dims on v that log_a is broadcast over:
+    values and both gradients equal autograd through the materialised matrix; gradcheck."""
+    from ssmgraph.blocks import ssm_kernels
+
+    monkeypatch.setattr(ssm_kernels, "VANDERMONDE_CHUNK_ELEMENTS", 5 * 12)
+    g = torch.Generator().manual_seed(4)
+    v = torch.randn(*v_shape, dtype=C128, generator=g, requires_grad=True)
+    log_a = torch.complex(-torch.rand(3, 4, dtype=F64, generator=g), torch.randn(3, 4, dtype=F64, generator=g)).requires_grad_()
+    pos = torch.arange(23, dtype=F64)
+    whole = torch.einsum("...n,...nl->...l", v, torch.exp(log_a.unsqueeze(-1) * pos))
+    blocks = vandermonde(v, log_a, 23)
+    assert rel_err(blocks, whole) < 1e-12
+    w = torch.randn(blocks.shape, dtype=C128, generator=g)
+    for a, b in zip(torch.autograd.grad((blocks * w).real.sum(), (v, log_a)), torch.autograd.grad((whole * w).real.sum(), (v, log_a))):
+        assert rel_err(a, b) < 1e-12
+    assert torch.autograd.gradcheck(lambda v, la: vandermonde(v, la, 7), (v, log_a))
+
+
 @pytest.mark.parametrize("rank", [1, 2, 3])
 @pytest.mark.parametrize("L", [16, 15])
 def test_dplr_kernel_equals_dense_discretised_krylov(rank, L):
