@@ -165,7 +165,7 @@ def bench_family(family: str, args: argparse.Namespace, workdir: Path) -> list[d
         rows.append(row)
         print(json.dumps(row), flush=True)
     if not args.compile:
-        for name, model in models.items():
+        for model in models.values():
             model.eval()
         for context in (args.context_short, args.context_long):
             ms = decode_ms_per_token(models, context, args.new_tokens, args.gen_rounds, args.device)
