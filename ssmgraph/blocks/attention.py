@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, input_space, same_as_input
+from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, input_space, rows_of, same_as_input
 
 AttentionState = tuple[Tensor, Tensor, Tensor]
 
@@ -253,7 +253,7 @@ def _attention_spaces(in_types: Sequence[TensorType], *, heads: int, kv_heads: i
 
 
 def _out_rows(bias: bool) -> tuple[PermAxis, ...]:
-    return (PermAxis("out_proj.weight", 0), PermAxis("out_proj.bias", 0)) if bias else (PermAxis("out_proj.weight", 0),)
+    return rows_of("out_proj", bias)
 
 
 def _cross_spaces(in_types: Sequence[TensorType], *, heads: int, bias: bool, **_: Any) -> tuple[PermSpace, ...]:

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, rows_of, same_as_input
 
 EMBED_INIT_STD = 0.02
 
@@ -148,7 +148,7 @@ def _token_spaces(in_types: Sequence[TensorType], *, dim: int, **_: Any) -> tupl
 
 def linear_spaces(in_types: Sequence[TensorType], *, dim: int, bias: bool, **_: Any) -> tuple[PermSpace, ...]:
     """``nn.Linear`` from the input features to ``dim`` (also struct.linear and stitch.linear)."""
-    rows = (PermAxis("weight", 0), PermAxis("bias", 0)) if bias else (PermAxis("weight", 0),)
+    rows = rows_of("", bias)
     return (PermSpace(INPUT_SPACE, in_types[0].dim, (PermAxis("weight", 1),)), PermSpace(OUTPUT_SPACE, dim, rows))
 
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, TensorType, same_as_input
+from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, TensorType, rows_of, same_as_input
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
@@ -94,7 +94,7 @@ def _build_glu(in_types: Sequence[TensorType], *, hidden: int | None, multiple_o
 def _hidden_space(dim: int, width: int, rows: Sequence[str], cols: Sequence[str], bias: bool) -> tuple[PermSpace, ...]:
     axes = [PermAxis(f"{m}.weight", 0) for m in rows] + [PermAxis(f"{m}.weight", 1) for m in cols]
     axes += [PermAxis(f"{m}.bias", 0) for m in rows if bias]
-    out = [PermAxis(f"{m}.weight", 0) for m in cols] + [PermAxis(f"{m}.bias", 0) for m in cols if bias]
+    out = [axis for m in cols for axis in rows_of(m, bias)]
     return (
         PermSpace("hidden", width, tuple(axes), "hidden units"),
         PermSpace(INPUT_SPACE, dim, tuple(PermAxis(f"{m}.weight", 1) for m in rows)),

@@ -36,7 +36,7 @@ from ssmgraph.blocks.s4 import DPLRSSM
 from ssmgraph.blocks.s4d import DiagSSM, check_ssm_args, ssm_feature_axes, ssm_mode_space
 from ssmgraph.blocks.ssm_kernels import DIAG_INITS, DISCRETIZATIONS, mask_lengths, ssm_dtype
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, TensorType, same_as_input
+from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, TensorType, rows_of, same_as_input
 
 
 class GatedMLPSSM(nn.Module):
@@ -117,7 +117,7 @@ def _spaces(in_types: list[TensorType], *, expand: int, ssm: str, d_state: int, 
         PermAxis("out_proj.weight", 1),
     )
     dim = in_types[0].dim
-    writes = (PermAxis("out_proj.weight", 0), PermAxis("out_proj.bias", 0)) if bias else (PermAxis("out_proj.weight", 0),)
+    writes = rows_of("out_proj", bias)
     return (
         PermSpace("inner", expand * dim, axes, "inner channels"),
         ssm_mode_space("ssm.", d_state, dplr=dplr),

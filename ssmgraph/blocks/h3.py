@@ -43,7 +43,7 @@ from ssmgraph.blocks.s4 import DPLRSSM
 from ssmgraph.blocks.s4d import DiagSSM, check_ssm_args, ssm_feature_axes, ssm_mode_space
 from ssmgraph.blocks.ssm_kernels import fft_conv, mask_lengths, register_ssm_param, right_align, ssm_dtype
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, rows_of, same_as_input
 
 H3State = tuple[Tensor, Tensor]
 
@@ -243,7 +243,7 @@ def _spaces(in_types: list[TensorType], *, heads: int | None, d_state: int, inne
         axes = (*_rows(_V, chunks=H), PermAxis("out_proj.weight", 1, group=H))
         spaces.append(PermSpace("v_dims", d, axes, "index j of v and of the output, alike in every head"))
     spaces.append(PermSpace(INPUT_SPACE, dim, tuple(PermAxis(f"{m}.weight", 1) for m in ("q_proj", "k_proj", "v_proj"))))
-    spaces.append(PermSpace(OUTPUT_SPACE, dim, (PermAxis("out_proj.weight", 0), PermAxis("out_proj.bias", 0))))
+    spaces.append(PermSpace(OUTPUT_SPACE, dim, rows_of("out_proj")))
     return spaces
 
 

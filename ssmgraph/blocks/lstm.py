@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, TensorType, same_as_input
+from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, TensorType, rows_of, same_as_input
 
 LSTMState = tuple[Tensor, Tensor]
 
@@ -128,7 +128,7 @@ def _spaces(in_types: Sequence[TensorType], *, layers: int, hidden: int | None, 
                 spaces.append(PermSpace(OUTPUT_SPACE, dim, (*gates, *inputs)))
     spaces.append(PermSpace(INPUT_SPACE, dim, tuple(PermAxis(f"lstm.weight_ih_l0{d}", 1) for d in directions)))
     if projected:
-        spaces.append(PermSpace(OUTPUT_SPACE, dim, (PermAxis("out_proj.weight", 0), PermAxis("out_proj.bias", 0))))
+        spaces.append(PermSpace(OUTPUT_SPACE, dim, rows_of("out_proj")))
     return spaces
 
 

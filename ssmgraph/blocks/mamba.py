@@ -59,7 +59,7 @@ from torch import Tensor, nn
 from ssmgraph.blocks._optim import mark_optim
 from ssmgraph.blocks.selective_scan import METHODS, selective_scan
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, rows_of, same_as_input
 
 MambaState = tuple[Tensor, Tensor]
 
@@ -261,7 +261,7 @@ def _spaces(
         PermSpace("state", d_state, (PermAxis("x_proj.weight", 0, chunks=2, start=rank), PermAxis("A_log", 1)), "state entries N"),
         PermSpace("dt_rank", rank, (PermAxis("x_proj.weight", 0), PermAxis("dt_proj.weight", 1)), "entries of the low-rank δ"),
         PermSpace(INPUT_SPACE, d_model, (PermAxis("in_proj.weight", 1),)),
-        PermSpace(OUTPUT_SPACE, d_model, (PermAxis("out_proj.weight", 0), PermAxis("out_proj.bias", 0)) if bias else (PermAxis("out_proj.weight", 0),)),
+        PermSpace(OUTPUT_SPACE, d_model, rows_of("out_proj", bias)),
     )
 
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import THROUGH_SPACE, BlockSpec, Param, PermAxis, PermSpace, TensorType, same_as_input
+from ssmgraph.registry.specs import THROUGH_SPACE, BlockSpec, Param, PermSpace, TensorType, rows_of, same_as_input
 
 
 def _rms_norm(x: Tensor, dim: int, eps: float) -> Tensor:
@@ -57,12 +57,11 @@ def _build_rms(in_types: Sequence[TensorType], *, eps: float) -> RMSNorm:
 
 
 def _layer_spaces(in_types: Sequence[TensorType], *, bias: bool, **_: Any) -> tuple[PermSpace, ...]:
-    axes = (PermAxis("weight", 0), PermAxis("bias", 0)) if bias else (PermAxis("weight", 0),)
-    return (PermSpace(THROUGH_SPACE, in_types[0].dim, axes),)
+    return (PermSpace(THROUGH_SPACE, in_types[0].dim, rows_of("", bias)),)
 
 
 def _rms_spaces(in_types: Sequence[TensorType], **_: Any) -> tuple[PermSpace, ...]:
-    return (PermSpace(THROUGH_SPACE, in_types[0].dim, (PermAxis("weight", 0),)),)
+    return (PermSpace(THROUGH_SPACE, in_types[0].dim, rows_of("", bias=False)),)
 
 
 LAYER = BlockSpec(

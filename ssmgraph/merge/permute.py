@@ -140,6 +140,12 @@ def is_io_space(space: PermSpace) -> bool:
     return space.name.startswith("<")
 
 
+def _feature_width(t: TensorType) -> int | None:
+    """The size of a float value's feature (last) dimension; None for ids or a symbolic width."""
+    last = t.shape[-1] if t.shape else None
+    return last if t.dtype == "float" and isinstance(last, int) else None
+
+
 def _declared(spec: BlockSpec, in_types: Sequence[TensorType], args: Mapping[str, Any]) -> list[PermSpace]:
     return [] if spec.perm_spaces is None else list(spec.perm_spaces(list(in_types), **args))
 
@@ -188,13 +194,9 @@ def block_io(
     state = module.state_dict()
     ports = list(range(len(in_types)))
 
-    def width(t: TensorType) -> int | None:
-        last = t.shape[-1] if t.shape else None
-        return last if t.dtype == "float" and isinstance(last, int) else None
-
     def fits(space: PermSpace, types: Iterable[TensorType], what: str) -> None:
         for t in types:
-            if width(t) != space.size:
+            if _feature_width(t) != space.size:
                 raise PermSpaceError(f"{_where(spec, prefix)} declares {space.name!r} of size {space.size}, but its {what} is {t}")
 
     for space in _declared(spec, in_types, args):
@@ -294,7 +296,8 @@ def _spec(registry: Registry, block: str, path: str) -> BlockSpec:
 
 
 class _Values:
-    """Union-find over the values of a graph, with the fixed ones marked."""
+    """Union-find over the values of a graph, with the fixed ones marked (a space is fixed when
+    any of its values is)."""
 
     def __init__(self) -> None:
         self.parent: dict[str, str] = {}
@@ -315,10 +318,6 @@ class _Values:
     def fix(self, v: str) -> None:
         self.fixed.add(v)
 
-    def is_fixed(self, v: str) -> bool:
-        root = self.find(v)
-        return any(self.find(f) == root for f in self.fixed)
-
 
 def graph_spaces(model: CompiledModel, registry: Registry | None = None, *, internal: Sequence[Space] = ()) -> list[GraphSpace]:
     """The free feature spaces of a compiled model's values (see the module doc), checked not
@@ -332,13 +331,8 @@ def graph_spaces(model: CompiledModel, registry: Registry | None = None, *, inte
             name, hops = tied[name], hops + 1
         return name
 
-    widths: dict[str, int | None] = {}
-    for name, t in model.input_types.items():
-        widths[name] = None
-    for path in model.order:
-        t = model.nodes[path].out_type
-        last = t.shape[-1] if t.shape else None
-        widths[path] = last if t.dtype == "float" and isinstance(last, int) else None
+    widths: dict[str, int | None] = dict.fromkeys(model.input_types)
+    widths.update((path, _feature_width(model.nodes[path].out_type)) for path in model.order)
     order = {v: i for i, v in enumerate([*model.input_types, *model.order])}
 
     values = _Values()
@@ -346,14 +340,14 @@ def graph_spaces(model: CompiledModel, registry: Registry | None = None, *, inte
         values.fix(name)
     for value in model.outputs.values():
         values.fix(value)
-    attached: list[tuple[str, PermAxis, str]] = []  # (value, axis on the owner tensor, module path)
+    attached: list[tuple[str, PermAxis]] = []  # (value, axis on the owner tensor)
     declared: dict[tuple[str, int], set[str]] = {}  # (owner tensor, axis) -> module paths declaring it
 
     def attach(value: str, space: PermSpace, module_path: str) -> None:
         for axis in space.axes:
             name = owner(f"{module_path}.{axis.param}")
             bound = PermAxis(name, axis.axis, axis.group, axis.chunks, axis.start)
-            attached.append((value, bound, module_path))
+            attached.append((value, bound))
             declared.setdefault((name, axis.axis), set()).add(module_path)
 
     calls: list[tuple[str, str, BlockSpec, tuple[TensorType, ...], dict[str, Any], tuple[str, ...], TensorType | None, bool]] = []
@@ -403,7 +397,7 @@ def graph_spaces(model: CompiledModel, registry: Registry | None = None, *, inte
 
     # One tensor axis lies in one space: declarations of the same axis join their spaces.
     first: dict[tuple[str, int, int, int, int], str] = {}
-    for value, axis, _ in attached:
+    for value, axis in attached:
         key = (axis.param, axis.axis, axis.group, axis.chunks, axis.start)
         if key in first:
             values.union(first[key], value)
@@ -418,32 +412,36 @@ def graph_spaces(model: CompiledModel, registry: Registry | None = None, *, inte
             holder = next((m for m in module_paths if key.startswith(m + ".")), None)
             if holder is not None:
                 members.setdefault(name, set()).add(holder)
-    for value, axis, _ in attached:
+    for value, axis in attached:
         readers = members.get(axis.param)
         if readers and not readers <= declared.get((axis.param, axis.axis), set()):
             values.fix(value)
 
-    groups: dict[str, list[str]] = {}
-    for value in sorted({v for v, _, _ in attached}, key=lambda v: order.get(v, len(order))):
+    def rank(value: str) -> int:  # graph order, values of dropped nodes last
+        return order.get(value, len(order))
+
+    fixed_roots = {values.find(v) for v in values.fixed}
+    group_axes: dict[str, list[PermAxis]] = {}  # root -> the axes attached to its values
+    for value, axis in attached:
+        axes = group_axes.setdefault(values.find(value), [])
+        if axis not in axes:
+            axes.append(axis)
+    groups: dict[str, list[str]] = {}  # root -> its values in graph order (find registered them all)
+    for value in sorted(values.parent, key=rank):
         groups.setdefault(values.find(value), []).append(value)
     spaces = []
-    for root, _ in sorted(groups.items(), key=lambda kv: order.get(kv[1][0], len(order))):
-        if values.is_fixed(root):
+    for root, axes in sorted(group_axes.items(), key=lambda kv: rank(groups[kv[0]][0])):
+        if root in fixed_roots:
             continue
-        members_ = sorted((v for v in values.parent if values.find(v) == root), key=lambda v: order.get(v, len(order)))
-        sizes = {widths.get(v) for v in members_}
+        sizes = {widths.get(v) for v in groups[root]}
         if None in sizes or len(sizes) != 1:
             continue  # a value without a feature width (or of two widths) cannot be permuted
-        axes: list[PermAxis] = []
-        for value, axis, _ in attached:
-            if values.find(value) == root and axis not in axes:
-                axes.append(axis)
         size = sizes.pop()
-        if size is None or size < 2 or not axes:
+        if size < 2:
             continue
         params = {a.param for a in axes}
         ties = tuple((alias, target) for alias, target in tied.items() if owner(target) in params)
-        spaces.append(GraphSpace(RESIDUAL_PREFIX + members_[0], size, tuple(axes), tuple(members_), ties))
+        spaces.append(GraphSpace(RESIDUAL_PREFIX + groups[root][0], size, tuple(axes), tuple(groups[root]), ties))
     _check_disjoint(spaces, internal, model.state_dict())
     return spaces
 

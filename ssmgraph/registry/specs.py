@@ -136,6 +136,14 @@ class PermAxis:
     start: int = 0
 
 
+def rows_of(module: str, bias: bool = True) -> tuple[PermAxis, ...]:
+    """The output rows of a linear layer (or the entries of a norm's affine) at ``module``
+    ("" for the block's own parameters): ``weight`` axis 0 and, with ``bias``, the bias."""
+    prefix = f"{module}." if module else ""
+    weight = PermAxis(f"{prefix}weight", 0)
+    return (weight, PermAxis(f"{prefix}bias", 0)) if bias else (weight,)
+
+
 INPUT_SPACE = "<input>"
 """Reserved :class:`PermSpace` name: the axes that carry the block's input feature dimension
 (``"<input:PORT>"`` names one port of a multi-input block)."""
