@@ -334,14 +334,13 @@ def vandermonde(v: Tensor, log_a: Tensor, L: int) -> Tensor:
     return _Vandermonde.apply(v, log_a, L)
 
 
-def _vandermonde_blocks(log_a: Tensor, L: int) -> list[tuple[Tensor, Tensor]]:
-    """(positions, exp(log_a · positions)) for consecutive blocks of positions."""
+def _vandermonde_blocks(log_a: Tensor, L: int) -> Iterator[tuple[slice, Tensor, Tensor]]:
+    """(slice of positions, positions, exp(log_a · positions)) for consecutive blocks."""
     block = max(1, VANDERMONDE_CHUNK_ELEMENTS // max(1, log_a.numel()))
-    out = []
     for start in range(0, L, block):
-        pos = torch.arange(start, min(start + block, L), device=log_a.device, dtype=log_a.real.dtype)
-        out.append((pos, cexp(log_a.unsqueeze(-1) * pos)))
-    return out
+        end = min(start + block, L)
+        pos = torch.arange(start, end, device=log_a.device, dtype=log_a.real.dtype)
+        yield slice(start, end), pos, cexp(log_a.unsqueeze(-1) * pos)
 
 
 class _Vandermonde(torch.autograd.Function):
@@ -353,28 +352,22 @@ class _Vandermonde(torch.autograd.Function):
     def forward(ctx, v: Tensor, log_a: Tensor, L: int) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(v, log_a)
         ctx.L = L
-        return torch.cat([torch.einsum("...n,...nl->...l", v, w) for _, w in _vandermonde_blocks(log_a, L)], dim=-1)
+        return torch.cat([torch.einsum("...n,...nl->...l", v, w) for _, _, w in _vandermonde_blocks(log_a, L)], dim=-1)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
         v, log_a = ctx.saved_tensors
-        grad_v = grad_log_a = None
         grad = grad.to(v.dtype if v.is_complex() else log_a.dtype)
-        acc_v = acc_l = None
-        for pos, w in _vandermonde_blocks(log_a, ctx.L):
-            g = grad[..., int(pos[0]) : int(pos[-1]) + 1]
-            wc = w.conj()
-            if ctx.needs_input_grad[0]:
-                part = torch.einsum("...l,...nl->...n", g, wc)
-                acc_v = part if acc_v is None else acc_v + part
-            if ctx.needs_input_grad[1]:
-                part = torch.einsum("...l,...nl->...n", g * pos, wc)
-                acc_l = part if acc_l is None else acc_l + part
-        if acc_v is not None:
-            grad_v = acc_v if v.is_complex() else acc_v.real
-            grad_v = grad_v.sum_to_size(v.shape) if grad_v.shape != v.shape else grad_v
-        if acc_l is not None:
-            grad_log_a = (v.conj() * acc_l).sum_to_size(log_a.shape)
+        want_v, want_a = ctx.needs_input_grad[:2]
+        acc_v = acc_a = 0
+        for span, pos, w in _vandermonde_blocks(log_a, ctx.L):
+            g, wc = grad[..., span], w.conj()
+            if want_v:
+                acc_v = acc_v + torch.einsum("...l,...nl->...n", g, wc)
+            if want_a:
+                acc_a = acc_a + torch.einsum("...l,...nl->...n", g * pos, wc)
+        grad_v = (acc_v if v.is_complex() else acc_v.real).sum_to_size(v.shape) if want_v else None
+        grad_log_a = (v.conj() * acc_a).sum_to_size(log_a.shape) if want_a else None
         return grad_v, grad_log_a, None
 
 

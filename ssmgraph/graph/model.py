@@ -177,8 +177,7 @@ class CompiledModel(nn.Module):
                 env[call.value] = y.unsqueeze(1)
             else:
                 env[call.value] = module(*args)
-        outs = {name: env[value].squeeze(1) for name, value in self.outputs.items()}
-        return (next(iter(outs.values())) if len(outs) == 1 else outs), new_state
+        return self._packed({name: env[value].squeeze(1) for name, value in self.outputs.items()}), new_state
 
     def forward_with_state(self, *inputs: Tensor, state: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Run whole sequences in parallel, continuing from ``state`` (None: the zero state), and
@@ -196,8 +195,12 @@ class CompiledModel(nn.Module):
                 env[call.value], new_state[call.value] = module(*args, state=None if state is None else state[call.value], return_state=True)
             else:
                 env[call.value] = module(*args)
-        outs = {name: env[value] for name, value in self.outputs.items()}
-        return (next(iter(outs.values())) if len(outs) == 1 else outs), new_state
+        return self._packed({name: env[value] for name, value in self.outputs.items()}), new_state
+
+    @staticmethod
+    def _packed(outs: dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
+        """One output: the tensor itself; several: the dict by output name (as ``forward``)."""
+        return next(iter(outs.values())) if len(outs) == 1 else outs
 
     @torch.no_grad()
     def generate(

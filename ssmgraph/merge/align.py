@@ -11,10 +11,12 @@ from ssmgraph.merge.context import LoadedModel, MergeError
 from ssmgraph.train.tasks.base import Task
 
 
-def permute_onto_base(models: Sequence[LoadedModel], options: Mapping[str, Any], task: Task | None = None, seed: int = 0) -> dict[str, Any]:
+def permute_onto_base(
+    models: Sequence[LoadedModel], options: Mapping[str, Any], task: Task | None = None, *, batch_size: int = 32, seed: int = 0
+) -> dict[str, Any]:
     """Permute each later model's spaces (in place) to match the first model — by weights, or
-    the residual stream by activations on ``task``'s data (``match: activations``); returns,
-    per model, how many units moved (for the report)."""
+    the residual stream by activations on ``task``'s training data (``match: activations``,
+    which the recipe checks has a task); returns, per model, how many units moved (for the report)."""
     from ssmgraph.merge.permute import GraphSpace, activation_matching, model_spaces, weight_matching
 
     base = models[0]
@@ -22,11 +24,9 @@ def permute_onto_base(models: Sequence[LoadedModel], options: Mapping[str, Any],
     if not spaces:
         raise MergeError(f"permute: model {base.name!r} has no blocks that declare permutation spaces (nothing to align); drop `permute`")
     batches = []
-    if options["match"] == "activations":
-        if task is None:
-            raise MergeError("permute: `match: activations` reads the models' activations on data; add a `data:` section with a task")
+    if options["match"] == "activations" and task is not None:
         generator = torch.Generator().manual_seed(seed)
-        batches = [(task.sample(32, generator, "train").inputs,) for _ in range(options["probe_batches"])]
+        batches = [(task.sample(batch_size, generator, "train").inputs,) for _ in range(options["probe_batches"])]
     units = sum(s.size for s in spaces)
     summary: dict[str, Any] = {"spaces": len(spaces), "units": units, "match": options["match"]}
     graph = [s for s in spaces if isinstance(s, GraphSpace)]

@@ -189,6 +189,11 @@ def parse_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
         values = _check_mapping(errors, raw["data"], DATA, "data", "data")
         if "task" in values:
             data = DataSpec(values["task"], dict(values["options"]), values["batch_size"], values["eval_batches"], _mark(raw, "data"))
+    if permute_values is not None and permute_values.get("match") == "activations" and data is None:
+        errors.add(
+            "E111", "permute: `match: activations` reads the models' activations on data; the recipe has no 'data'",
+            _mark(raw, "permute") or top, "permute", "add a data section, e.g. data: {task: digits}, or use match: weights",
+        )
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         errors.add("E112", f"seed: expected an integer, got {seed!r}", _mark(raw, "seed"), "seed")

@@ -74,7 +74,7 @@ def run_merge(recipe: Recipe, out_dir: Path, *, overwrite: bool = False, progres
         if recipe.permute is not None:
             from ssmgraph.merge.align import permute_onto_base
 
-            alignment = permute_onto_base(models, recipe.permute, task, recipe.seed)
+            alignment = permute_onto_base(models, recipe.permute, task, batch_size=recipe.data.batch_size if recipe.data else 32, seed=recipe.seed)
         context = MergeContext(recipe, models, compatibility, dict(recipe.parameters), tmp, task, progress)
         result = recipe.method.run(context)
         if not isinstance(result, MergeResult):
