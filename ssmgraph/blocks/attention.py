@@ -248,12 +248,8 @@ def _attention_spaces(in_types: Sequence[TensorType], *, heads: int, kv_heads: i
     return (
         PermSpace("heads", kv, tuple(axes), "key/value heads, each with the query heads that share it"),
         PermSpace(INPUT_SPACE, dim, (PermAxis("qkv.weight", 1),)),
-        PermSpace(OUTPUT_SPACE, dim, _out_rows(bias)),
+        PermSpace(OUTPUT_SPACE, dim, rows_of("out_proj", bias)),
     )
-
-
-def _out_rows(bias: bool) -> tuple[PermAxis, ...]:
-    return rows_of("out_proj", bias)
 
 
 def _cross_spaces(in_types: Sequence[TensorType], *, heads: int, bias: bool, **_: Any) -> tuple[PermSpace, ...]:
@@ -266,7 +262,7 @@ def _cross_spaces(in_types: Sequence[TensorType], *, heads: int, bias: bool, **_
         PermSpace("heads", heads, tuple(axes), "attention heads"),
         PermSpace(input_space("x"), dim, (PermAxis("q_proj.weight", 1),)),
         PermSpace(input_space("memory"), memory, (PermAxis("kv_proj.weight", 1),)),
-        PermSpace(OUTPUT_SPACE, dim, _out_rows(bias)),
+        PermSpace(OUTPUT_SPACE, dim, rows_of("out_proj", bias)),
     )
 
 
