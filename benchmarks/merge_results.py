@@ -2,10 +2,10 @@
 
     python -m benchmarks.merge_results [--only barrier,mutual,stitch,superpose] [--out benchmarks/results]
 
-barrier   two runs of one blueprint from different seeds: the held-out loss along the linear
-          path between them, as trained and after aligning the second onto the first
-          (`permute`: weight matching of the blocks' internal spaces only, of every space, and
-          activation matching of the residual stream); barrier = the largest rise above the
+barrier   two runs of one blueprint from different seeds, over a width sweep: the held-out loss
+          along the linear path between them, as trained and after aligning the second onto the
+          first (`permute`: weight matching of the blocks' internal spaces only, of every space,
+          and activation matching of the residual stream); barrier = the largest rise above the
           straight line between the ends.
 mutual    Transformer + Mamba + LSTM classifiers trained together (`merge_method: mutual`)
           against each trained alone, and the CKA of their hidden states before and after.
@@ -63,41 +63,55 @@ def barrier(losses: list[float]) -> float:
     return max(loss - ((1 - i / n) * losses[0] + (i / n) * losses[-1]) for i, loss in enumerate(losses))
 
 
+BARRIER_SWEEP = {
+    "mix.lstm": ((64, 600), (128, 600), (256, 600)),
+    "mix.mamba": ((32, 600), (64, 600)),
+    "mix.attention": ((32, 600),),
+}
+"""Mixer → (d_model, training steps) of the width sweep: two layers, two seeds each."""
+
+
 def run_barrier(workdir: Path, out: Path) -> dict[str, Any]:
     from ssmgraph.merge.permute import GraphSpace, activation_matching, model_spaces, weight_matching
     from ssmgraph.merge.plots import curves
 
-    results = {}
-    setups = {
-        "digits, classifier with Mamba mixers (d_model 32, 2 layers)": ("classifier", "digits", {"mixer": "mix.mamba", "d_model": 32, "layers": 2}, 600),
-        "digits, classifier with attention (d_model 32, 2 layers)": ("classifier", "digits", {"mixer": "mix.attention", "d_model": 32, "layers": 2}, 600),
+    results: dict[str, Any] = {}
+    task = make_task("digits", {})
+    for mixer, widths in BARRIER_SWEEP.items():
+        for width, steps in widths:
+            label = f"digits, classifier with {mixer} (d_model {width}, 2 layers, {steps} steps)"
+            slug = f"{mixer.removeprefix('mix.')}_{width}"
+            overrides = {"mixer": mixer, "d_model": width, "layers": 2}
+            runs = [train_model("classifier", "digits", overrides, workdir, f"{slug}-{i}", seed=i, steps=steps) for i in (0, 1)]
+            a, b = ssmgraph.load(runs[0]), ssmgraph.load(runs[1])
+            state_a, state_b = a.state_dict(), b.state_dict()
+            spaces = model_spaces(a)
+            generator = torch.Generator().manual_seed(0)
+            probes = [(task.sample(32, generator, "train").inputs,) for _ in range(8)]
+            residual = activation_matching(a, b, [s for s in spaces if isinstance(s, GraphSpace)], probes)
+            aligned = {
+                "as trained": state_b,
+                "weights, internal spaces": weight_matching(state_a, state_b, model_spaces(a, residual=False))[1],
+                "weights, all spaces": weight_matching(state_a, state_b, spaces)[1],
+                "activations (residual) + weights": weight_matching(state_a, state_b, spaces, fixed=residual)[1],
+            }
+            paths = {name: linear_path(runs[0], state, task) for name, state in aligned.items()}
+            ts = [i / 10 for i in range(11)]
+            curves({name: (ts, path) for name, path in paths.items()}, "t (0: model A, 1: model B)", "held-out loss", label, out / f"barrier_{slug}.png")
+            barriers = {name: barrier(path) for name, path in paths.items()}
+            results[label] = {
+                "mixer": mixer, "d_model": width, "steps": steps,
+                "paths": paths, "barriers": barriers,
+                "ratios": {name: value / max(barriers["as trained"], 1e-12) for name, value in barriers.items()},
+                "spaces": len(spaces), "units": sum(s.size for s in spaces),
+            }
+            print(label, {name: round(value, 3) for name, value in barriers.items()}, flush=True)
+    best = {
+        mixer: ([r["d_model"] for r in results.values() if r["mixer"] == mixer],
+                [min(v for k, v in r["ratios"].items() if k != "as trained") for r in results.values() if r["mixer"] == mixer])
+        for mixer in BARRIER_SWEEP
     }
-    for label, (blueprint, task_name, overrides, steps) in setups.items():
-        task = make_task(task_name, {})
-        slug = label.split(",")[1].split("(")[0].strip().replace(" ", "_")
-        runs = [train_model(blueprint, task_name, overrides, workdir, f"{slug}-{i}", seed=i, steps=steps) for i in (0, 1)]
-        a, b = ssmgraph.load(runs[0]), ssmgraph.load(runs[1])
-        state_a, state_b = a.state_dict(), b.state_dict()
-        spaces = model_spaces(a)
-        generator = torch.Generator().manual_seed(0)
-        probes = [(task.sample(32, generator, "train").inputs,) for _ in range(8)]
-        residual = activation_matching(a, b, [s for s in spaces if isinstance(s, GraphSpace)], probes)
-        aligned = {
-            "as trained": state_b,
-            "weights, internal spaces": weight_matching(state_a, state_b, model_spaces(a, residual=False))[1],
-            "weights, all spaces": weight_matching(state_a, state_b, spaces)[1],
-            "activations (residual) + weights": weight_matching(state_a, state_b, spaces, fixed=residual)[1],
-        }
-        paths = {name: linear_path(runs[0], state, task) for name, state in aligned.items()}
-        ts = [i / 10 for i in range(11)]
-        curves({name: (ts, path) for name, path in paths.items()}, "t (0: model A, 1: model B)", "held-out loss", label, out / f"barrier_{slug}.png")
-        barriers = {name: barrier(path) for name, path in paths.items()}
-        results[label] = {
-            "paths": paths, "barriers": barriers,
-            "ratios": {name: value / max(barriers["as trained"], 1e-12) for name, value in barriers.items()},
-            "spaces": len(spaces), "units": sum(s.size for s in spaces),
-        }
-        print(label, {name: round(value, 3) for name, value in barriers.items()}, flush=True)
+    curves(best, "d_model", "barrier after the best alignment / as trained", "width sweep: two seeds of one classifier", out / "barrier_width.png")
     return results
 
 

@@ -482,3 +482,52 @@ def test_activation_matching_needs_data(tmp_path):
     with pytest.raises(SsmgraphError, match=r"merge.yaml:3.*`match: activations` reads the models' activations on data; the recipe has no 'data'"):
         run_merge(recipe_from_text(text, "merge.yaml", tmp_path), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_weight_matching_brings_two_trained_mlps_into_one_basin():
+    """Git Re-Basin's MLP result, reproduced: two ReLU MLPs trained on digits from different
+    seeds have a loss barrier on the straight line between them; after weight matching over
+    their hidden units it (all but) vanishes."""
+    from sklearn.datasets import load_digits
+
+    from ssmgraph.merge.weights import linear
+
+    x, y = load_digits(return_X_y=True)
+    x, y = torch.tensor(x, dtype=torch.float32) / 16, torch.tensor(y)
+    width, hidden_layers = 128, 3
+
+    def train(seed: int) -> torch.nn.Sequential:
+        torch.manual_seed(seed)
+        dims = [64] + [width] * hidden_layers
+        layers: list[torch.nn.Module] = []
+        for d_in, d_out in zip(dims, dims[1:]):
+            layers += [torch.nn.Linear(d_in, d_out), torch.nn.ReLU()]
+        model = torch.nn.Sequential(*layers, torch.nn.Linear(width, 10))
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(600):
+            batch = torch.randint(0, 1400, (64,), generator=generator)
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            optimizer.step()
+        return model
+
+    a, b = train(0), train(1)
+    state_a, state_b = a.state_dict(), b.state_dict()
+    spaces = [
+        GraphSpace(f"hidden{i}", width, (PermAxis(f"{2 * i}.weight", 0), PermAxis(f"{2 * i}.bias", 0), PermAxis(f"{2 * i + 2}.weight", 1)), ())
+        for i in range(hidden_layers)
+    ]
+    _, aligned = weight_matching(state_a, state_b, spaces)
+
+    def barrier(state_b: dict[str, torch.Tensor]) -> float:
+        model, losses = copy.deepcopy(a), []
+        for t in torch.linspace(0, 1, 11).tolist():
+            model.load_state_dict(linear([state_a, state_b], [1 - t, t]))
+            with torch.no_grad():
+                losses.append(torch.nn.functional.cross_entropy(model(x[1400:]), y[1400:]).item())
+        return max(loss - ((1 - i / 10) * losses[0] + i / 10 * losses[-1]) for i, loss in enumerate(losses))
+
+    naive, after = barrier(state_b), barrier(aligned)
+    assert naive > 0.3
+    assert after < 0.1 * naive
