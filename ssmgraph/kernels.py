@@ -3,11 +3,13 @@
 Plugins import SSM building blocks from here, never from ``ssmgraph.blocks.*`` (whose
 layout may change): HiPPO matrices and their normal-plus-low-rank forms, discretisations,
 kernels (Vandermonde for diagonal SSMs, Cauchy/Woodbury for DPLR), FFT convolution, scans,
-the S4/S4D SSM cores and their reference block tail, and the parameter helpers that give
-SSM tensors their own learning rate (read by :func:`ssmgraph.param_groups`).
+the S4/S4D SSM cores and their reference block tail, the parameter helpers that give
+SSM tensors their own learning rate (read by :func:`ssmgraph.param_groups`), and ``Linear`` /
+``linear``: ``nn.Linear`` / ``F.linear`` with the built-in blocks' faster fp32 CPU path.
 """
 
 from ssmgraph.blocks._optim import mark_optim
+from ssmgraph.blocks.linear import Linear, linear
 from ssmgraph.blocks.s4 import DPLRSSM
 from ssmgraph.blocks.s4d import ConvSSMBlock, DiagSSM, block_params, check_ssm_args, make_activation, ssm_params
 from ssmgraph.blocks.ssm_kernels import (
@@ -37,6 +39,7 @@ __all__ = [
     "DPLRSSM",
     "ConvSSMBlock",
     "DiagSSM",
+    "Linear",
     "bilinear_dense",
     "block_params",
     "check_ssm_args",
@@ -49,6 +52,7 @@ __all__ = [
     "fft_conv",
     "hippo",
     "host_init",
+    "linear",
     "log_uniform",
     "make_activation",
     "mark_optim",

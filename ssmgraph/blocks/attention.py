@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ssmgraph.blocks.linear import Linear
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, input_space, rows_of, same_as_input
 
@@ -94,8 +95,8 @@ class Attention(nn.Module):
         self.head_dim = dim // heads
         self.causal, self.rope, self.rope_base, self.dropout = causal, rope, rope_base, dropout
         kv_dim = self.kv_heads * self.head_dim
-        self.qkv = nn.Linear(dim, dim + 2 * kv_dim, bias=bias)
-        self.out_proj = nn.Linear(dim, dim, bias=bias)
+        self.qkv = Linear(dim, dim + 2 * kv_dim, bias=bias)
+        self.out_proj = Linear(dim, dim, bias=bias)
 
     def forward(
         self,
@@ -179,9 +180,9 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, memory_dim: int, *, heads: int, bias: bool = False, dropout: float = 0.0):
         super().__init__()
         self.dim, self.heads, self.dropout = dim, heads, dropout
-        self.q_proj = nn.Linear(dim, dim, bias=bias)
-        self.kv_proj = nn.Linear(memory_dim, 2 * dim, bias=bias)
-        self.out_proj = nn.Linear(dim, dim, bias=bias)
+        self.q_proj = Linear(dim, dim, bias=bias)
+        self.kv_proj = Linear(memory_dim, 2 * dim, bias=bias)
+        self.out_proj = Linear(dim, dim, bias=bias)
 
     def forward(self, x: Tensor, memory: Tensor, *, mask: Tensor | None = None, memory_mask: Tensor | None = None) -> Tensor:
         """``memory_mask``: optional (B, S) bool, True = a real memory token (keys to attend to).

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssmgraph.blocks.linear import Linear
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, THROUGH_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType
 
@@ -75,9 +76,9 @@ class CausalAutoencoder(nn.Module):
             raise ValueError(f"kernel must be ≥ 1 and bottleneck > 0, got {kernel} and {bottleneck}")
         self.dim, self.kind, self.kernel, self.residual = dim, kind, kernel, residual
         self.inner = max(1, math.ceil(dim * bottleneck - 1e-9))
-        self.encoder: nn.Module = nn.Linear(dim, self.inner) if kind == "linear" else nn.Conv1d(dim, self.inner, kernel)
+        self.encoder: nn.Module = Linear(dim, self.inner) if kind == "linear" else nn.Conv1d(dim, self.inner, kernel)
         self.activation = ACTIVATIONS[activation]()
-        self.decoder = nn.Linear(self.inner, dim)
+        self.decoder = Linear(self.inner, dim)
         if residual:  # start near the identity; not at it, so the encoder gets gradients from step one
             nn.init.normal_(self.decoder.weight, std=1e-3)
             nn.init.zeros_(self.decoder.bias)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ssmgraph.blocks.linear import Linear
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, rows_of, same_as_input
 
@@ -185,7 +186,7 @@ LINEAR = BlockSpec(
         Param("dim", int, doc="embedding dimension", min=1),
         Param("bias", bool, True, "learn an additive bias"),
     ),
-    factory=lambda in_types, *, dim, bias: nn.Linear(in_types[0].dim, dim, bias=bias),
+    factory=lambda in_types, *, dim, bias: Linear(in_types[0].dim, dim, bias=bias),
     shape=_linear_shape,
     perm_spaces=linear_spaces,
     pointwise=True,

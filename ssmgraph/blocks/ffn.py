@@ -24,6 +24,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ssmgraph.blocks.linear import Linear
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, TensorType, rows_of, same_as_input
 
@@ -41,8 +42,8 @@ class MLP(nn.Module):
     def __init__(self, dim: int, *, hidden: int, activation: str = "gelu", bias: bool = True, dropout: float = 0.0):
         super().__init__()
         self.activation = activation
-        self.fc1 = nn.Linear(dim, hidden, bias=bias)
-        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+        self.fc1 = Linear(dim, hidden, bias=bias)
+        self.fc2 = Linear(hidden, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -58,9 +59,9 @@ class GLU(nn.Module):
     def __init__(self, dim: int, *, hidden: int, activation: str = "silu", bias: bool = False):
         super().__init__()
         self.activation = activation
-        self.w_gate = nn.Linear(dim, hidden, bias=bias)
-        self.w_up = nn.Linear(dim, hidden, bias=bias)
-        self.w_down = nn.Linear(hidden, dim, bias=bias)
+        self.w_gate = Linear(dim, hidden, bias=bias)
+        self.w_up = Linear(dim, hidden, bias=bias)
+        self.w_down = Linear(hidden, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w_down(ACTIVATIONS[self.activation](self.w_gate(x)) * self.w_up(x))

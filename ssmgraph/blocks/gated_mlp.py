@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssmgraph.blocks.linear import Linear
 from ssmgraph.blocks.s4 import DPLRSSM
 from ssmgraph.blocks.s4d import DiagSSM, check_ssm_args, ssm_feature_axes, ssm_mode_space
 from ssmgraph.blocks.ssm_kernels import DIAG_INITS, DISCRETIZATIONS, mask_lengths, ssm_dtype
@@ -58,14 +59,14 @@ class GatedMLPSSM(nn.Module):
     ) -> None:
         super().__init__()
         inner = expand * d_model
-        self.in_proj = nn.Linear(d_model, 2 * inner, bias=bias)
+        self.in_proj = Linear(d_model, 2 * inner, bias=bias)
         common = dict(d_state=d_state, channels=1, dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr)
         if ssm == "s4d":
             self.ssm = DiagSSM(inner, init=init, disc=disc, **common)
         else:
             self.ssm = DPLRSSM(inner, measure="legs", l_max=l_max, **common)
         self.D = nn.Parameter(torch.randn(inner))
-        self.out_proj = nn.Linear(inner, d_model, bias=bias)
+        self.out_proj = Linear(inner, d_model, bias=bias)
 
     def forward(
         self,

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssmgraph.blocks.linear import Linear
 from ssmgraph.blocks.s4 import DPLRSSM
 from ssmgraph.blocks.s4d import DiagSSM, check_ssm_args, ssm_feature_axes, ssm_mode_space
 from ssmgraph.blocks.ssm_kernels import fft_conv, mask_lengths, register_ssm_param, right_align, ssm_dtype
@@ -132,9 +133,9 @@ class H3Block(nn.Module):
     ) -> None:
         super().__init__()
         self.dim, self.heads, self.head_dim = d_model, heads, d_model // heads
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
+        self.q_proj = Linear(d_model, d_model)
+        self.k_proj = Linear(d_model, d_model)
+        self.v_proj = Linear(d_model, d_model)
         self.shift = ShiftSSM(d_model, d_state, ssm_lr)
         self.D_k = nn.Parameter(torch.randn(d_model))
         common = dict(d_state=d_state, channels=1, dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr)
@@ -143,7 +144,7 @@ class H3Block(nn.Module):
         else:
             self.ssm = DPLRSSM(heads, measure="legs", l_max=l_max, **common)
         self.D = nn.Parameter(torch.randn(heads))
-        self.out_proj = nn.Linear(d_model, d_model)
+        self.out_proj = Linear(d_model, d_model)
 
     def _heads(self, t: Tensor) -> Tensor:
         """(B, D, ...) → (B, d, H, ...): channel h·d + i to [i, h]."""

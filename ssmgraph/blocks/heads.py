@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ssmgraph.blocks.linear import Linear
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import INPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
 
@@ -30,7 +31,7 @@ class ClassifierHead(nn.Module):
     def __init__(self, dim: int, classes: int, *, pooling: str = "mean", bias: bool = True):
         super().__init__()
         self.pooling = pooling
-        self.proj = nn.Linear(dim, classes, bias=bias)
+        self.proj = Linear(dim, classes, bias=bias)
 
     def pool(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """(..., L, D) -> (..., D); ``mask`` (..., L) bool marks valid tokens (right padding)."""
@@ -82,7 +83,7 @@ LM = BlockSpec(
         Param("vocab", int, doc="number of output tokens", min=1),
         Param("bias", bool, False, "learn a bias per token"),
     ),
-    factory=lambda in_types, *, vocab, bias: nn.Linear(in_types[0].dim, vocab, bias=bias),
+    factory=lambda in_types, *, vocab, bias: Linear(in_types[0].dim, vocab, bias=bias),
     shape=_lm_shape,
     perm_spaces=_lm_spaces,
     pointwise=True,

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ssmgraph.blocks.linear import Linear
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, TensorType, rows_of, same_as_input
 
@@ -57,7 +58,7 @@ class LSTMMixer(nn.Module):
         self.bidirectional = bidirectional
         self.lstm = nn.LSTM(dim, self.hidden, num_layers=layers, batch_first=True, dropout=dropout, bidirectional=bidirectional)
         width = self.hidden * (2 if bidirectional else 1)
-        self.out_proj = nn.Linear(width, dim) if width != dim else None
+        self.out_proj = Linear(width, dim) if width != dim else None
 
     def _project(self, y: Tensor) -> Tensor:
         return y if self.out_proj is None else self.out_proj(y)

@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssmgraph.blocks.linear import Linear, linear
 from ssmgraph.blocks._optim import mark_optim
 from ssmgraph.blocks.selective_scan import METHODS, selective_scan
 from ssmgraph.registry.hookspecs import hookimpl
@@ -111,18 +112,18 @@ class Mamba(nn.Module):
         self.dt_init, self.dt_scale = dt_init, dt_scale
         self.scan = scan
         e, n = self.d_inner, d_state
-        self.in_proj = nn.Linear(d_model, 2 * e, bias=bias)
+        self.in_proj = Linear(d_model, 2 * e, bias=bias)
         # padding is explicit in forward (the carried conv state, or zeros)
         self.conv1d = nn.Conv1d(e, e, kernel_size=d_conv, groups=e, bias=conv_bias)
-        self.x_proj = nn.Linear(e, self.dt_rank + 2 * n, bias=False)
-        self.dt_proj = nn.Linear(self.dt_rank, e, bias=True)
+        self.x_proj = Linear(e, self.dt_rank + 2 * n, bias=False)
+        self.dt_proj = Linear(self.dt_rank, e, bias=True)
         self.dt_proj.bias._no_reinit = True  # type: ignore[attr-defined]  # upstream's flag, see module doc
         self.A_log = nn.Parameter(torch.empty(e, n, dtype=torch.float32))
         self.D = nn.Parameter(torch.empty(e, dtype=torch.float32))
         for p in (self.A_log, self.D):
             mark_optim(p, lr=ssm_lr, weight_decay=0.0)
             p._no_weight_decay = True  # type: ignore[attr-defined]  # upstream's flag, for ported training code
-        self.out_proj = nn.Linear(e, d_model, bias=bias)
+        self.out_proj = Linear(e, d_model, bias=bias)
         self._init_ssm()
 
     def _init_ssm(self) -> None:
@@ -162,7 +163,7 @@ class Mamba(nn.Module):
     def _ssm_inputs(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(δ projected to E channels without bias, B, C) from the conv output u (..., E)."""
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        return F.linear(dt, self.dt_proj.weight), B, C
+        return linear(dt, self.dt_proj.weight), B, C
 
     def forward(
         self, x: Tensor, *, state: MambaState | None = None, return_state: bool = False, mask: Tensor | None = None

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ssmgraph.blocks.linear import Linear
 from ssmgraph.blocks.ssm_kernels import (
     DIAG_INITS,
     DISCRETIZATIONS,
@@ -169,7 +170,7 @@ class ConvSSMBlock(nn.Module):
         self.activation = make_activation(activation)
         self.dropout = nn.Dropout(dropout)
         width = ssm.channels * d_model
-        self.out_proj = nn.Linear(width, 2 * d_model if glu else d_model)
+        self.out_proj = Linear(width, 2 * d_model if glu else d_model)
         self.glu = nn.GLU(dim=-1) if glu else nn.Identity()
 
     def _tail(self, y: Tensor) -> Tensor:

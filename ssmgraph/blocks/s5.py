@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssmgraph.blocks.linear import Linear
 from ssmgraph.blocks.ssm_kernels import (
     DISCRETIZATIONS,
     complex_dtype,
@@ -177,9 +178,9 @@ class S5Block(nn.Module):
         self.bidirectional = ssm.bidirectional
         H = ssm.H
         if activation == "full_glu":
-            self.out1 = nn.Linear(H, H)
+            self.out1 = Linear(H, H)
         if activation in ("full_glu", "half_glu1", "half_glu2"):
-            self.out2 = nn.Linear(H, H)
+            self.out2 = Linear(H, H)
         self.dropout = nn.Dropout(dropout)
 
     def _tail(self, y: Tensor) -> Tensor:

@@ -16,14 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from torch import nn
-
+from ssmgraph.blocks.linear import Linear
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.blocks.embed import linear_spaces
 from ssmgraph.registry.specs import BlockSpec, Param, TensorType, same_as_input
 
 
-class StitchLinear(nn.Linear):
+class StitchLinear(Linear):
     """y = x Wᵀ + b from the input dim to ``dim`` (an ``nn.Linear``; the class marks its role)."""
 
 

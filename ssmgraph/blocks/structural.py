@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ssmgraph.blocks.linear import Linear
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.blocks.embed import linear_spaces
 from ssmgraph.registry.specs import THROUGH_SPACE, BlockSpec, Param, PermSpace, ShapeError, TensorType, same_as_input
@@ -166,7 +167,7 @@ LINEAR = BlockSpec(
         Param("dim", int, doc="output feature dimension", min=1),
         Param("bias", bool, True, "learn an additive bias"),
     ),
-    factory=lambda in_types, *, dim, bias: nn.Linear(in_types[0].dim, dim, bias=bias),
+    factory=lambda in_types, *, dim, bias: Linear(in_types[0].dim, dim, bias=bias),
     shape=_linear_shape,
     perm_spaces=linear_spaces,
     pointwise=True,

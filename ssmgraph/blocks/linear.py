@@ -1,0 +1,100 @@
+"""``nn.Linear`` whose fp32 CPU matmuls go through oneDNN where that is faster.
+
+PyTorch runs an fp32 ``nn.Linear`` on the CPU through MKL's sgemm. oneDNN, which PyTorch also
+ships, picks its kernels from the CPU's instruction set; on the benchmark machine (AMD EPYC,
+AVX-512) it computes the forward product and the input gradient 10–20% faster than MKL
+(``docs/performance.md``), while MKL stays as fast for the weight gradient, which is left to
+it. The arithmetic is the same (fp32 products and sums, in another order): outputs agree with
+``F.linear`` to rounding.
+
+The fast path applies to fp32 tensors of at least 64 rows on the CPU, in eager mode, when
+PyTorch is built with oneDNN; anything else (CUDA, other dtypes, autocast, ``torch.compile``,
+which packs its own oneDNN kernels, a double backward) runs ``F.linear``.
+``SSMGRAPH_ONEDNN_LINEAR=0`` turns it off. The class keeps ``nn.Linear``'s parameters, state
+dict and ``isinstance``, so plugins can use it in place of ``nn.Linear``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def _onednn_op() -> Any:
+    if os.environ.get("SSMGRAPH_ONEDNN_LINEAR", "1") == "0" or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise.default
+    except (AttributeError, RuntimeError):  # a build without the op
+        return None
+
+
+_ONEDNN_LINEAR = _onednn_op()
+_MIN_ROWS = 64
+"""Fewer rows (a decoding step) stay with ``F.linear``: oneDNN's per-call cost outweighs its
+faster kernel there (at 16 × 256 → 256 it takes 1.6× as long; at 64 rows the two are even)."""
+
+
+def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x @ weightᵀ (+ bias) for 2-D ``x`` (weight may be a transposed view)."""
+    return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        ctx.save_for_backward(rows, weight)
+        ctx.has_bias = bias is not None
+        return _onednn(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        rows, weight = ctx.saved_tensors
+        grad_rows = grad.reshape(-1, grad.shape[-1])
+        need_x, need_w, need_b = ctx.needs_input_grad
+        differentiable = torch.is_grad_enabled()  # create_graph=True: stay with ops autograd can differentiate
+        grad_x = grad_w = grad_b = None
+        if need_x:
+            grad_x = grad_rows @ weight if differentiable else _onednn(grad_rows, weight.t(), None)
+            grad_x = grad_x.view(*grad.shape[:-1], weight.shape[1])
+        if need_w:
+            grad_w = grad_rows.t() @ rows
+        if need_b and ctx.has_bias:
+            grad_b = grad_rows.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear``, through oneDNN for fp32 CPU tensors in eager mode (see the module doc)."""
+    if (
+        _ONEDNN_LINEAR is None
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or weight.dtype != torch.float32
+        or x.numel() < _MIN_ROWS * x.shape[-1]
+        or torch.compiler.is_compiling()
+        or _cpu_autocast()
+    ):
+        return F.linear(x, weight, bias)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+        return _OneDNNLinear.apply(x, weight, bias)
+    return _onednn(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` computed by :func:`linear`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
