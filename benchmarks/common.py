@@ -14,16 +14,26 @@ from typing import Any
 import torch
 
 
+def _finished() -> None:
+    """Wait for queued CUDA work, so that a timer stops when the GPU is done, not when the
+    kernels are launched (nothing to wait for on the CPU)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    _finished()
+    start = time.perf_counter()
+    fn()
+    _finished()
+    return time.perf_counter() - start
+
+
 def time_call(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 5) -> list[float]:
     """Wall-clock seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+    return [_timed(fn) for _ in range(repeats)]
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 2, rounds: int = 7) -> dict[str, float]:
@@ -34,9 +44,7 @@ def interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 2, rounds: i
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(_timed(fn))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
