@@ -94,11 +94,11 @@ def main() -> None:
             x = torch.randn(1, length, args.dim, device=args.device, requires_grad=True)
             repeats = args.repeats if length <= 4096 else 1
 
-            def forward(x: torch.Tensor = x) -> None:
+            def forward(x: torch.Tensor = x, module: torch.nn.Module = module) -> None:
                 with torch.no_grad():
                     module(x)
 
-            train = min(time_call(lambda x=x: fwd_bwd(module, x), warmup=1, repeats=repeats))
+            train = min(time_call(lambda x=x, module=module: fwd_bwd(module, x), warmup=1, repeats=repeats))
             fwd = min(time_call(forward, warmup=1, repeats=repeats))
             memory = in_fresh_process(_memory_worker, name, args.dim, length, args.device)
             row = {"mixer": name, "length": length, "fwd+bwd s": train, "fwd s": fwd, "peak MiB": round(memory, 1)}

@@ -71,48 +71,53 @@ BARRIER_SWEEP = {
 """Mixer → (d_model, training steps) of the width sweep: two layers, two seeds each."""
 
 
-def run_barrier(workdir: Path, out: Path) -> dict[str, Any]:
+def barrier_pair(mixer: str, width: int, steps: int, task: Any, workdir: Path, out: Path) -> dict[str, Any]:
+    """Two seeds of the classifier with ``mixer`` at ``width``: the loss along the straight line
+    between them as trained and after each alignment, and its plot."""
     from ssmgraph.merge.permute import GraphSpace, activation_matching, model_spaces, weight_matching
     from ssmgraph.merge.plots import curves
 
-    results: dict[str, Any] = {}
+    label = f"digits, classifier with {mixer} (d_model {width}, 2 layers, {steps} steps)"
+    slug = f"{mixer.removeprefix('mix.')}_{width}"
+    overrides = {"mixer": mixer, "d_model": width, "layers": 2}
+    runs = [train_model("classifier", "digits", overrides, workdir, f"{slug}-{i}", seed=i, steps=steps) for i in (0, 1)]
+    a, b = ssmgraph.load(runs[0]), ssmgraph.load(runs[1])
+    state_a, state_b = a.state_dict(), b.state_dict()
+    spaces = model_spaces(a)
+    generator = torch.Generator().manual_seed(0)
+    probes = [(task.sample(32, generator, "train").inputs,) for _ in range(8)]
+    residual = activation_matching(a, b, [s for s in spaces if isinstance(s, GraphSpace)], probes)
+    aligned = {
+        "as trained": state_b,
+        "weights, internal spaces": weight_matching(state_a, state_b, model_spaces(a, residual=False))[1],
+        "weights, all spaces": weight_matching(state_a, state_b, spaces)[1],
+        "activations (residual) + weights": weight_matching(state_a, state_b, spaces, fixed=residual)[1],
+    }
+    paths = {name: linear_path(runs[0], state, task) for name, state in aligned.items()}
+    ts = [i / 10 for i in range(11)]
+    curves({name: (ts, path) for name, path in paths.items()}, "t (0: model A, 1: model B)", "held-out loss", label, out / f"barrier_{slug}.png")
+    barriers = {name: barrier(path) for name, path in paths.items()}
+    print(label, {name: round(value, 3) for name, value in barriers.items()}, flush=True)
+    return {
+        "label": label, "mixer": mixer, "d_model": width, "steps": steps,
+        "paths": paths, "barriers": barriers,
+        "ratios": {name: value / max(barriers["as trained"], 1e-12) for name, value in barriers.items()},
+        "spaces": len(spaces), "units": sum(s.size for s in spaces),
+    }
+
+
+def run_barrier(workdir: Path, out: Path) -> dict[str, Any]:
+    from ssmgraph.merge.plots import curves
+
     task = make_task("digits", {})
-    for mixer, widths in BARRIER_SWEEP.items():
-        for width, steps in widths:
-            label = f"digits, classifier with {mixer} (d_model {width}, 2 layers, {steps} steps)"
-            slug = f"{mixer.removeprefix('mix.')}_{width}"
-            overrides = {"mixer": mixer, "d_model": width, "layers": 2}
-            runs = [train_model("classifier", "digits", overrides, workdir, f"{slug}-{i}", seed=i, steps=steps) for i in (0, 1)]
-            a, b = ssmgraph.load(runs[0]), ssmgraph.load(runs[1])
-            state_a, state_b = a.state_dict(), b.state_dict()
-            spaces = model_spaces(a)
-            generator = torch.Generator().manual_seed(0)
-            probes = [(task.sample(32, generator, "train").inputs,) for _ in range(8)]
-            residual = activation_matching(a, b, [s for s in spaces if isinstance(s, GraphSpace)], probes)
-            aligned = {
-                "as trained": state_b,
-                "weights, internal spaces": weight_matching(state_a, state_b, model_spaces(a, residual=False))[1],
-                "weights, all spaces": weight_matching(state_a, state_b, spaces)[1],
-                "activations (residual) + weights": weight_matching(state_a, state_b, spaces, fixed=residual)[1],
-            }
-            paths = {name: linear_path(runs[0], state, task) for name, state in aligned.items()}
-            ts = [i / 10 for i in range(11)]
-            curves({name: (ts, path) for name, path in paths.items()}, "t (0: model A, 1: model B)", "held-out loss", label, out / f"barrier_{slug}.png")
-            barriers = {name: barrier(path) for name, path in paths.items()}
-            results[label] = {
-                "mixer": mixer, "d_model": width, "steps": steps,
-                "paths": paths, "barriers": barriers,
-                "ratios": {name: value / max(barriers["as trained"], 1e-12) for name, value in barriers.items()},
-                "spaces": len(spaces), "units": sum(s.size for s in spaces),
-            }
-            print(label, {name: round(value, 3) for name, value in barriers.items()}, flush=True)
-    best = {
-        mixer: ([r["d_model"] for r in results.values() if r["mixer"] == mixer],
-                [min(v for k, v in r["ratios"].items() if k != "as trained") for r in results.values() if r["mixer"] == mixer])
+    pairs = [barrier_pair(mixer, width, steps, task, workdir, out) for mixer, sweep in BARRIER_SWEEP.items() for width, steps in sweep]
+    best = {  # per mixer: widths, and the best alignment's barrier over the barrier as trained
+        mixer: ([r["d_model"] for r in pairs if r["mixer"] == mixer],
+                [min(v for k, v in r["ratios"].items() if k != "as trained") for r in pairs if r["mixer"] == mixer])
         for mixer in BARRIER_SWEEP
     }
     curves(best, "d_model", "barrier after the best alignment / as trained", "width sweep: two seeds of one classifier", out / "barrier_width.png")
-    return results
+    return {r.pop("label"): r for r in pairs}
 
 
 # ---- mutual ----------------------------------------------------------------------------------------
@@ -129,7 +134,7 @@ data: {task: digits, batch_size: 64, eval_batches: 6}
 
 def run_recipe(text: str, workdir: Path, out: Path, name: str) -> dict[str, Any]:
     recipe = recipe_from_text(textwrap.dedent(text), f"{name}.yaml", workdir)
-    folder, result = run_merge(recipe, workdir / name, overwrite=True, progress=False)
+    folder, _ = run_merge(recipe, workdir / name, overwrite=True, progress=False)
     for png in folder.glob("*.png"):
         (out / f"{name}_{png.name}").write_bytes(png.read_bytes())
     report = json.loads((folder / "report.json").read_text())

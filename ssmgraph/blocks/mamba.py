@@ -56,8 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssmgraph.blocks.linear import Linear, linear
 from ssmgraph.blocks._optim import mark_optim
+from ssmgraph.blocks.linear import Linear, linear
 from ssmgraph.blocks.selective_scan import METHODS, selective_scan
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, rows_of, same_as_input
