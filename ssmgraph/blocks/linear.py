@@ -91,7 +91,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         or x.device.type != "cpu"
         or x.dtype != torch.float32
         or weight.dtype != torch.float32
-        or x.numel() < _MIN_ROWS * x.shape[-1]
+        or x.numel() < _MIN_ROWS * max(x.shape[-1], 1)
         or torch.compiler.is_compiling()
         or _cpu_autocast()
     ):
