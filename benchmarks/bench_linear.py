@@ -7,31 +7,27 @@ and off between calls):
 
 - per layer shape of the GPT-2 benchmark model (batch 8 × length 256 rows): forward, and
   forward + backward, of one linear layer;
-- whole models: a training step (forward + cross-entropy + backward) of the GPT-2, Llama and
-  Mamba configurations of ``bench_hf`` built by ssmgraph, batch 8 × length 256.
+- whole models: ``bench_hf``'s training step (forward + cross-entropy + backward) of its
+  GPT-2, Llama and Mamba models as ssmgraph imports them, batch 8 × length 256.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
-import ssmgraph
 import ssmgraph.blocks.linear as fast
+from benchmarks.bench_hf import VOCAB, build_pair, training_step
 from benchmarks.common import interleaved, write_results
 
 ROWS = 8 * 256
 SHAPES = {"qkv 256→768": (256, 768), "out 256→256": (256, 256), "fc1 256→1024": (256, 1024), "fc2 1024→256": (1024, 256)}
-MODELS = {
-    "gpt2": ("gpt", {"d_model": 256, "layers": 4, "heads": 4, "vocab": 256, "max_len": 1024}),
-    "llama": ("llama", {"d_model": 256, "layers": 4, "heads": 4, "vocab": 256}),
-    "mamba": ("mamba", {"d_model": 256, "layers": 4, "vocab": 256}),
-}
+FAMILIES = ("gpt2", "llama", "mamba")
 
 
 def switched(fn: Callable[[], Any], on: bool) -> Callable[[], None]:
@@ -74,17 +70,11 @@ def layer_rows(rounds: int) -> list[dict[str, Any]]:
 
 def model_rows(rounds: int) -> list[dict[str, Any]]:
     rows = []
-    for family, (blueprint, args) in MODELS.items():
-        torch.manual_seed(0)
-        model = ssmgraph.build(blueprint, **args)
-        tokens = torch.randint(0, 256, (8, 257))
-
-        def step(model: torch.nn.Module = model, tokens: torch.Tensor = tokens) -> None:
-            model.zero_grad(set_to_none=True)
-            logits = model(tokens[:, :-1])
-            F.cross_entropy(logits.reshape(-1, 256), tokens[:, 1:].reshape(-1)).backward()
-
-        rows.append({"what": f"{family} training step, 8 × 256", **compare(step, rounds)})
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in FAMILIES:
+            _, ours = build_pair(family, 257, Path(tmp), "cpu")
+            tokens = torch.randint(0, VOCAB, (8, 257))
+            rows.append({"what": f"{family} training step, 8 × 256", **compare(training_step(ours.train(), tokens), rounds)})
     return rows
 
 

@@ -49,11 +49,11 @@ def slope(xs: list[int], ys: list[float]) -> float:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
     import matplotlib.ticker
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ssmgraph.merge.plots import pyplot
+
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in ((axes[0], "fwd+bwd s", "forward+backward time (s)"), (axes[1], "peak MiB", "peak memory of fwd+bwd (MiB)")):

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -118,7 +118,7 @@ class GraphSpace:
         return [(axis.param, axis) for axis in self.axes]
 
 
-Space = Union[BoundSpace, GraphSpace]
+Space = BoundSpace | GraphSpace
 
 
 @dataclass(frozen=True)
@@ -396,13 +396,12 @@ def graph_spaces(model: CompiledModel, registry: Registry | None = None, *, inte
             values.fix(path)
 
     # One tensor axis lies in one space: declarations of the same axis join their spaces.
-    first: dict[tuple[str, int, int, int, int], str] = {}
+    first: dict[PermAxis, str] = {}
     for value, axis in attached:
-        key = (axis.param, axis.axis, axis.group, axis.chunks, axis.start)
-        if key in first:
-            values.union(first[key], value)
+        if axis in first:
+            values.union(first[axis], value)
         else:
-            first[key] = value
+            first[axis] = value
     # A tied tensor read along an axis by a module that does not declare that axis pins it.
     members: dict[str, set[str]] = {}
     module_paths = sorted({c[1] for c in calls}, key=len, reverse=True)
