@@ -15,6 +15,9 @@ in alternation (median of the rounds):
   cancels out; measured after a short and a long prompt to show whether decoding cost grows
   with the context (it must not for the state-space model).
 
+With ``--compile``, both models are also timed under ``torch.compile``, in the same rounds as
+their eager selves (training and forward; no memory or generation).
+
 Transformers' Mamba on CPU runs its sequential "slow path", so its training at length 1024
 takes minutes per step; it is timed at the shorter lengths only unless ``--full``.
 
@@ -140,25 +143,25 @@ def _memory_worker(family: str, side: str, length: int, batch: int, max_len: int
 def bench_family(family: str, args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     max_len = max(args.lengths) + args.context_long + args.new_tokens + 2
     theirs, ours = build_pair(family, max_len, workdir, args.device)
-    if args.compile:
-        ours = torch.compile(ours)
-        theirs = torch.compile(theirs)
     models = {"ssmgraph": ours, "transformers": theirs}
+    if args.compile:  # the eager models are timed beside their compiled selves, in the same rounds
+        models |= {"ssmgraph compiled": torch.compile(ours), "transformers compiled": torch.compile(theirs)}
     rows = []
     for length in args.lengths:
         tokens = torch.randint(0, VOCAB, (args.batch, length + 1), device=args.device)
         row: dict[str, Any] = {"model": family, "length": length}
         slow = not args.full and length > SLOW_HF_TRAINING.get(family, length)
-        train_calls = {name: training_step(m.train(), tokens) for name, m in models.items() if not (slow and name == "transformers")}
+        train_calls = {name: training_step(m.train(), tokens) for name, m in models.items() if not (slow and name.startswith("transformers"))}
         rounds = 1 if family in SLOW_HF_TRAINING and "transformers" in train_calls else args.rounds
         train = interleaved(train_calls, warmup=1, rounds=rounds)
         fwd = interleaved({name: forward_pass(m.eval(), tokens) for name, m in models.items()}, warmup=1, rounds=args.rounds)
-        for name in models:
-            row[f"{name} train tok/s"] = round(args.batch * length / train[name]) if name in train else None
-        row["train ×"] = round(train["transformers"] / train["ssmgraph"], 2) if "transformers" in train else None
-        for name in models:
-            row[f"{name} fwd tok/s"] = round(args.batch * (length + 1) / fwd[name])
-        row["fwd ×"] = round(fwd["transformers"] / fwd["ssmgraph"], 2)
+        for mode, timings, tokens_per_call in (("train", train, args.batch * length), ("fwd", fwd, args.batch * (length + 1))):
+            for name in models:
+                row[f"{name} {mode} tok/s"] = round(tokens_per_call / timings[name]) if name in timings else None
+            for suffix in ("", " compiled") if args.compile else ("",):
+                ratio = f"{mode} ×{suffix}"
+                theirs_s, ours_s = timings.get("transformers" + suffix), timings["ssmgraph" + suffix]
+                row[ratio] = round(theirs_s / ours_s, 2) if theirs_s is not None else None
         if not args.compile and not args.no_memory:
             for name in train_calls:  # not where transformers' training is skipped as too slow
                 row[f"{name} peak MiB"] = round(in_fresh_process(_memory_worker, family, name, length, args.batch, max_len, args.device), 1)
@@ -189,7 +192,7 @@ def main() -> None:
     parser.add_argument("--gen-rounds", type=int, default=7)
     parser.add_argument("--context-short", type=int, default=32)
     parser.add_argument("--context-long", type=int, default=1024)
-    parser.add_argument("--compile", action="store_true", help="torch.compile both models (training and forward only)")
+    parser.add_argument("--compile", action="store_true", help="also time both models under torch.compile, beside their eager selves (training and forward only)")
     parser.add_argument("--full", action="store_true", help="also time transformers' slow CPU Mamba training at every length")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-process peak-memory measurements")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
