@@ -76,7 +76,7 @@ def build_pair(family: str, max_len: int, workdir: Path, device: str) -> tuple[t
     theirs.save_pretrained(workdir / family)
     ours = ssmgraph.load(import_hf(workdir / family, workdir / f"{family}-ssmgraph"))
     theirs, ours = theirs.to(device).eval(), ours.to(device).eval()
-    tokens = torch.randint(0, VOCAB, (2, 64), device=device)
+    tokens = torch.randint(0, VOCAB, (2, min(64, max_len)), device=device)
     with torch.no_grad():
         diff = (theirs(tokens).logits - ours(tokens)).abs().max().item()
     if diff > 1e-4:

@@ -31,14 +31,9 @@ FAMILIES = ("gpt2", "llama", "mamba")
 
 
 def switched(fn: Callable[[], Any], on: bool) -> Callable[[], None]:
-    op = fast._ONEDNN_LINEAR
-
     def run() -> None:
-        fast._ONEDNN_LINEAR = op if on else None
-        try:
+        with fast.onednn_linear(on):
             fn()
-        finally:
-            fast._ONEDNN_LINEAR = op
 
     return run
 

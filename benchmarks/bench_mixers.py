@@ -5,7 +5,7 @@ Each `mix.*` block is built at width D and run on a batch of B sequences of leng
 recurrent `step` for --gen-steps tokens after an L-token prefix state (for attention: a KV
 cache of L tokens), so its time per token shows whether decoding is O(1) in the length.
 
-    python -m benchmarks.bench_mixers [--mixers mix.attention,mix.lstm] [--seq 1024] [--out benchmarks/results]
+    python -m benchmarks.bench_mixers [--mixers mix.attention,mix.lstm] [--seq 1024] [--device cuda] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def build_mixer(name: str, dim: int) -> torch.nn.Module:
 
 def bench(name: str, args: argparse.Namespace) -> dict[str, object]:
     torch.manual_seed(0)
-    module = build_mixer(name, args.dim)
-    x = torch.randn(args.batch, args.seq, args.dim, requires_grad=True)
+    module = build_mixer(name, args.dim).to(args.device)
+    x = torch.randn(args.batch, args.seq, args.dim, device=args.device, requires_grad=True)
 
     def train() -> None:
         module.zero_grad(set_to_none=True)
@@ -51,8 +51,8 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, object]:
             try:
                 _, state = module(x.detach(), return_state=True)
             except (TypeError, RuntimeError, ValueError):
-                state = module.init_state(args.batch)
-            x_t = torch.randn(args.batch, args.dim)
+                state = module.init_state(args.batch, device=args.device)
+            x_t = torch.randn(args.batch, args.dim, device=args.device)
 
             def generate() -> None:
                 s = state
@@ -74,12 +74,13 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--gen-steps", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     registry = get_registry()
     names = args.mixers.split(",") if args.mixers else [s.name for s in registry.search("mix.*") if s.inputs == ("x",)]
     rows = [bench(name, args) for name in names]
-    write_results("mixers", rows, args.out)
+    write_results("mixers" + ("_cuda" if args.device == "cuda" else ""), rows, args.out)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@ layout may change): HiPPO matrices and their normal-plus-low-rank forms, discret
 kernels (Vandermonde for diagonal SSMs, Cauchy/Woodbury for DPLR), FFT convolution, scans,
 the S4/S4D SSM cores and their reference block tail, the parameter helpers that give
 SSM tensors their own learning rate (read by :func:`ssmgraph.param_groups`), and ``Linear`` /
-``linear``: ``nn.Linear`` / ``F.linear`` with the built-in blocks' faster fp32 CPU path.
+``linear``: ``nn.Linear`` / ``F.linear`` with the built-in blocks' faster fp32 CPU path
+(``onednn_linear(False)`` switches it off for a block of code).
 """
 
 from ssmgraph.blocks._optim import mark_optim
-from ssmgraph.blocks.linear import Linear, linear
+from ssmgraph.blocks.linear import Linear, linear, onednn_linear
 from ssmgraph.blocks.s4 import DPLRSSM
 from ssmgraph.blocks.s4d import ConvSSMBlock, DiagSSM, block_params, check_ssm_args, make_activation, ssm_params
 from ssmgraph.blocks.ssm_kernels import (
@@ -35,8 +36,8 @@ from ssmgraph.blocks.ssm_kernels import (
 )
 
 __all__ = [
-    "MEASURES",
     "DPLRSSM",
+    "MEASURES",
     "ConvSSMBlock",
     "DiagSSM",
     "Linear",
@@ -58,9 +59,11 @@ __all__ = [
     "mark_optim",
     "mask_lengths",
     "nplr",
+    "onednn_linear",
     "parallel_scan",
     "register_ssm_param",
     "sequential_scan",
     "ssm_dtype",
+    "ssm_params",
     "vandermonde",
 ]

@@ -10,7 +10,8 @@ gradient, which is left to it. The arithmetic is the same (fp32 products and sum
 The fast path applies to fp32 tensors of at least 64 rows on x86-64 CPUs, in eager mode,
 when PyTorch is built with oneDNN; anything else (CUDA, other dtypes, autocast, ``torch.compile``,
 which packs its own oneDNN kernels, a double backward) runs ``F.linear``.
-``SSMGRAPH_ONEDNN_LINEAR=0`` turns it off. The class keeps ``nn.Linear``'s parameters, state
+``SSMGRAPH_ONEDNN_LINEAR=0`` turns it off for the process, ``with onednn_linear(False):`` for a
+block of code (to compare the two, or to get ``F.linear``'s exact rounding). The class keeps ``nn.Linear``'s parameters, state
 dict and ``isinstance``, so plugins can use it in place of ``nn.Linear``.
 """
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -41,10 +44,24 @@ def _onednn_op() -> Any:
 
 
 _ONEDNN_LINEAR = _onednn_op()
+_enabled = True
 _MIN_ROWS = 64
 """Fewer rows (a decoding step) stay with ``F.linear``: oneDNN's per-call cost outweighs its
 faster kernel there (through a 256 → 256 layer it takes 2.5× as long for one row, 1.6× for 16;
 at 64 rows the two are even)."""
+
+
+@contextmanager
+def onednn_linear(enabled: bool) -> Iterator[None]:
+    """Inside the block, :func:`linear` takes the oneDNN path where it applies (``True``) or
+    always ``F.linear`` (``False``). A process-wide switch, not a per-thread one; a backward
+    run after the block still computes what its forward chose."""
+    global _enabled
+    before, _enabled = _enabled, enabled
+    try:
+        yield
+    finally:
+        _enabled = before
 
 
 def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -88,6 +105,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear``, through oneDNN for fp32 CPU tensors in eager mode (see the module doc)."""
     if (
         _ONEDNN_LINEAR is None
+        or not _enabled
         or x.device.type != "cpu"
         or x.dtype != torch.float32
         or weight.dtype != torch.float32

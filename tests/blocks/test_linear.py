@@ -1,5 +1,6 @@
-"""``ssmgraph.blocks.linear``: the oneDNN path equals ``F.linear`` in values and gradients and
-steps aside where it must (autocast, other dtypes, double backward, torch.compile)."""
+"""``ssmgraph.blocks.linear``: the oneDNN path equals ``F.linear`` in values and gradients,
+steps aside where it must (autocast, other dtypes, double backward, torch.compile) and when
+switched off."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 import ssmgraph.blocks.linear as fast
-from ssmgraph.blocks.linear import Linear, linear
+from ssmgraph.blocks.linear import Linear, linear, onednn_linear
 
 needs_onednn = pytest.mark.skipif(fast._ONEDNN_LINEAR is None, reason="PyTorch built without oneDNN's linear op")
 
@@ -81,6 +82,26 @@ def test_other_dtypes_autocast_few_rows_and_the_switch_take_f_linear(monkeypatch
     monkeypatch.setattr(fast, "_ONEDNN_LINEAR", None)
     y = linear(x.requires_grad_(), w, b)
     assert "OneDNN" not in type(y.grad_fn).__name__
+
+
+@needs_onednn
+def test_onednn_linear_switches_the_path_for_a_block_of_code():
+    x, w, b = _inputs((64, 8), 4, True)
+    x, w = x.requires_grad_(), w.requires_grad_()
+    with onednn_linear(False):
+        off = linear(x, w, b)
+        with onednn_linear(True):
+            on = linear(x, w, b)
+        assert "OneDNN" not in type(linear(x, w, b).grad_fn).__name__  # the outer setting is back
+    assert "OneDNN" not in type(off.grad_fn).__name__
+    assert "OneDNN" in type(on.grad_fn).__name__
+    assert "OneDNN" in type(linear(x, w, b).grad_fn).__name__
+    grad = torch.randn_like(on)
+    with onednn_linear(False):  # a backward outside its forward's setting still runs
+        gx, gw = torch.autograd.grad(on, (x, w), grad)
+    gx2, gw2 = torch.autograd.grad(off, (x, w), grad)
+    torch.testing.assert_close(gx, gx2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gw, gw2, rtol=1e-5, atol=1e-5)
 
 
 def test_the_module_is_an_nn_linear_with_its_state_dict():
