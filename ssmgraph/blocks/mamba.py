@@ -168,7 +168,7 @@ class Mamba(nn.Module):
     def forward(
         self, x: Tensor, *, state: MambaState | None = None, return_state: bool = False, mask: Tensor | None = None
     ) -> Tensor | tuple[Tensor, MambaState]:
-        batch, length, _ = x.shape
+        batch = x.shape[0]
         xi, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
         xi = xi.transpose(1, 2)  # (B, E, L) for the depthwise conv
         if state is None:

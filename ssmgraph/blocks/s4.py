@@ -29,7 +29,6 @@ Code: state-spaces/s4 ``models/s4/s4.py`` (``SSMKernelDPLR``, ``FFTConv``, ``S4B
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch

@@ -109,7 +109,7 @@ def joint_loss(
     parts = {f"ce_{n}": _task_loss(task, logits[n], targets) for n in names}
     total = sum(parts.values())
     if w.kl > 0 and len(names) > 1:
-        kl = sum(_kl(logits[l].detach(), logits[k], w.temperature, keep) for k in names for l in names if l != k) / (len(names) - 1)
+        kl = sum(_kl(logits[other].detach(), logits[k], w.temperature, keep) for k in names for other in names if other != k) / (len(names) - 1)
         parts["kl"], total = kl, total + w.kl * kl
     if need_taps:
         feature = _feature_loss(taps, names)
