@@ -151,7 +151,8 @@ def bench_family(family: str, args: argparse.Namespace, workdir: Path) -> list[d
         tokens = torch.randint(0, VOCAB, (args.batch, length + 1), device=args.device)
         row: dict[str, Any] = {"model": family, "length": length}
         slow = not args.full and length > SLOW_HF_TRAINING.get(family, length)
-        train_calls = {name: training_step(m.train(), tokens) for name, m in models.items() if not (slow and name.startswith("transformers"))}
+        timed = {name: m for name, m in models.items() if not (slow and name.startswith("transformers"))}
+        train_calls = {name: training_step(m.train(), tokens) for name, m in timed.items()}
         rounds = 1 if family in SLOW_HF_TRAINING and "transformers" in train_calls else args.rounds
         train = interleaved(train_calls, warmup=1, rounds=rounds)
         fwd = interleaved({name: forward_pass(m.eval(), tokens) for name, m in models.items()}, warmup=1, rounds=args.rounds)
@@ -192,7 +193,9 @@ def main() -> None:
     parser.add_argument("--gen-rounds", type=int, default=7)
     parser.add_argument("--context-short", type=int, default=32)
     parser.add_argument("--context-long", type=int, default=1024)
-    parser.add_argument("--compile", action="store_true", help="also time both models under torch.compile, beside their eager selves (training and forward only)")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time both models under torch.compile, beside their eager selves (training and forward)"
+    )
     parser.add_argument("--full", action="store_true", help="also time transformers' slow CPU Mamba training at every length")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-process peak-memory measurements")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

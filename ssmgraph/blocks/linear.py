@@ -11,8 +11,9 @@ The fast path applies to fp32 tensors of at least 64 rows on x86-64 CPUs, in eag
 when PyTorch is built with oneDNN; anything else (CUDA, other dtypes, autocast, ``torch.compile``,
 which packs its own oneDNN kernels, a double backward) runs ``F.linear``.
 ``SSMGRAPH_ONEDNN_LINEAR=0`` turns it off for the process, ``with onednn_linear(False):`` for a
-block of code (to compare the two, or to get ``F.linear``'s exact rounding). The class keeps ``nn.Linear``'s parameters, state
-dict and ``isinstance``, so plugins can use it in place of ``nn.Linear``.
+block of code (to compare the two, or to get ``F.linear``'s exact rounding). The class keeps
+``nn.Linear``'s parameters, state dict and ``isinstance``, so plugins can use it in place of
+``nn.Linear``.
 """
 
 from __future__ import annotations

@@ -109,7 +109,8 @@ def joint_loss(
     parts = {f"ce_{n}": _task_loss(task, logits[n], targets) for n in names}
     total = sum(parts.values())
     if w.kl > 0 and len(names) > 1:
-        kl = sum(_kl(logits[other].detach(), logits[k], w.temperature, keep) for k in names for other in names if other != k) / (len(names) - 1)
+        pairs = [(teacher, student) for student in names for teacher in names if teacher != student]
+        kl = sum(_kl(logits[teacher].detach(), logits[student], w.temperature, keep) for teacher, student in pairs) / (len(names) - 1)
         parts["kl"], total = kl, total + w.kl * kl
     if need_taps:
         feature = _feature_loss(taps, names)

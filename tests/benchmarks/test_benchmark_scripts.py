@@ -65,8 +65,8 @@ def test_bench_scaling_writes_rows_slopes_and_the_plot(tmp_path: Path) -> None:
 
 def test_bench_hf_against_transformers(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
-    run_benchmark("bench_hf", tmp_path, "--lengths", "16", "--batch", "2", "--rounds", "1", "--new-tokens", "2", "--gen-rounds", "1",
-                  "--context-short", "4", "--context-long", "8", "--no-memory", "--device", "cpu")
+    sizes = ("--lengths", "16", "--batch", "2", "--rounds", "1", "--new-tokens", "2", "--gen-rounds", "1")
+    run_benchmark("bench_hf", tmp_path, *sizes, "--context-short", "4", "--context-long", "8", "--no-memory", "--device", "cpu")
     speed = rows(tmp_path, "hf_speed")
     assert [r["model"] for r in speed] == ["gpt2", "llama", "mamba"]
     assert all(positive(r["train ×"]) and positive(r["fwd ×"]) for r in speed)
