@@ -91,7 +91,7 @@ class MergeResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _state_shapes(model: CompiledModel) -> dict[str, tuple[int, ...]]:
+def state_shapes(model: CompiledModel) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -120,7 +120,7 @@ def classify(models: list[LoadedModel]) -> tuple[str, str]:
 def _pair_class(a: LoadedModel, b: LoadedModel) -> tuple[str, str]:
     if _plain_blueprint(a.model) == _plain_blueprint(b.model):
         return "identical", "the same blueprint"
-    if _state_shapes(a.model) == _state_shapes(b.model):
+    if state_shapes(a.model) == state_shapes(b.model):
         return "same_shape", f"models {a.name!r} and {b.name!r} have different blueprints but the same state-dict names and shapes"
     sa, sb = _structure(a.model), _structure(b.model)
     if sa == sb:

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ssmgraph.graph.model import CompiledModel
-from ssmgraph.merge.context import LoadedModel, MergeContext, MergeError, MergeResult
+from ssmgraph.merge.context import LoadedModel, MergeContext, MergeError, MergeResult, state_shapes
 from ssmgraph.registry.specs import MergeMethodSpec, Param
 from ssmgraph.train.tasks.base import Task
 
@@ -130,14 +130,17 @@ def superposed_blueprint(a: LoadedModel, b: LoadedModel, params: Mapping[str, An
 
 
 def superposed_state(a: LoadedModel, b: LoadedModel) -> dict[str, Tensor]:
+    """Both models' weights under the superposed blueprint's names: the layers of each stack
+    inside A's stack node (named as A's, see :func:`superposed_blueprint`), the rest prefixed."""
     out = {}
+    stack_name = _single_stack(a).name
     for prefix, model in (("a", a), ("b", b)):
         stack = _single_stack(model)
         for key, value in model.model.state_dict().items():
             head, _, rest = key.partition(".")
             if head == stack.name:
                 layer, _, tail = rest.partition(".")
-                out[f"{stack.name}.{layer}.{prefix}_{tail}"] = value
+                out[f"{stack_name}.{layer}.{prefix}_{tail}"] = value
             else:
                 out[f"{prefix}_{key}"] = value
     return out
@@ -308,10 +311,12 @@ def run_superpose(context: MergeContext) -> MergeResult:
         score = merged if m is model else _score(m, tasks, bs, limit)
         figures[name] = {"bpb_a": score[0], "bpb_b": score[1]}
         rows.append([name, score[0], score[1]])
-    t_best, score, grid = _best_of({f"{t:.1f}": _interpolated(a, b, t) for t in [i / 10 for i in range(11)]}, tasks, bs, limit)
-    figures["linear interpolation"] = {"t": float(t_best), "bpb_a": score[0], "bpb_b": score[1], "grid": grid}
-    rows.append([f"linear interpolation (best t = {t_best})", score[0], score[1]])
-    if context.params["base"]:
+    weight_baselines = state_shapes(a.model) == state_shapes(b.model)
+    if weight_baselines:
+        t_best, score, grid = _best_of({f"{t:.1f}": _interpolated(a, b, t) for t in [i / 10 for i in range(11)]}, tasks, bs, limit)
+        figures["linear interpolation"] = {"t": float(t_best), "bpb_a": score[0], "bpb_b": score[1], "grid": grid}
+        rows.append([f"linear interpolation (best t = {t_best})", score[0], score[1]])
+    if context.params["base"] and weight_baselines:
         base = load(context.path(context.params["base"]))
         s_best, score, grid = _best_of({f"{s:.2f}": _task_arithmetic(a, b, base, s) for s in (0.25, 0.5, 0.75, 1.0)}, tasks, bs, limit)
         figures["task arithmetic"] = {"scale": float(s_best), "bpb_a": score[0], "bpb_b": score[1], "grid": grid}
@@ -332,7 +337,9 @@ def run_superpose(context: MergeContext) -> MergeResult:
     result.notes += [
         f"Parameters added (autoencoders and α): {overhead} ({100 * overhead / sources:.1f}% of both sources); compute per token: both models' layers run, about 2× one model.",
         "Causal: every block is causal and the autoencoders are pointwise or left-padded; no position reads a later token (tested).",
-        "Linear interpolation and task arithmetic are grid-searched for the lowest mean bits per byte over both languages, on the same held-out data.",
+        "Linear interpolation and task arithmetic are grid-searched for the lowest mean bits per byte over both languages, on the same held-out data."
+        if weight_baselines
+        else "No linear-interpolation or task-arithmetic baseline: the two models' weights differ in names or shapes, so they cannot be averaged.",
     ]
     return result
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
 import ssmgraph
+from ssmgraph.blueprint import builtin_blueprints
 from ssmgraph.merge.context import LoadedModel, MergeError
 from ssmgraph.merge.recipe import ModelSource, recipe_from_text
 from ssmgraph.merge.run import run_merge
@@ -59,6 +62,39 @@ def test_models_of_different_depth_or_width_are_refused():
         build_superposed(a, loaded("fr", 1, **{**SHAPES, "layers": 3}), DEFAULTS)
     with pytest.raises(MergeError, match="one width"):
         build_superposed(a, loaded("fr", 1, **{**SHAPES, "d_model": 8, "heads": 2}), DEFAULTS)
+
+
+def test_the_layer_stacks_may_have_different_names(tmp_path: Path):
+    shipped = builtin_blueprints()["mamba"]
+    shutil.copytree(shipped.parent / "fragments", tmp_path / "fragments")
+    text = shipped.read_text().replace("name: mamba", "name: mamba_renamed").replace("blocks", "stack")
+    (tmp_path / "renamed.yaml").write_text(text)
+    shapes = {"d_model": 16, "layers": 2}
+    a = loaded("en", 0, "mamba", **shapes)
+    b = loaded("fr", 1, str(tmp_path / "renamed.yaml"), **shapes)
+    model = build_superposed(a, b, DEFAULTS).eval()
+    _set_alpha(model, 1.0)
+    tokens = torch.randint(0, 256, (2, 12))
+    torch.testing.assert_close(model(tokens), b.model(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_models_of_different_architectures_merge_without_the_weight_baselines(tmp_path: Path):
+    torch.manual_seed(1)
+    ssmgraph.save(ssmgraph.build("gpt", **SHAPES), tmp_path / "en")
+    torch.manual_seed(2)
+    ssmgraph.save(ssmgraph.build("mamba", d_model=16, layers=2, vocab=256), tmp_path / "fr")
+    recipe = recipe_from_text(textwrap.dedent("""
+        merge_method: superpose
+        models: [{name: en, checkpoint: en}, {name: fr, checkpoint: fr}]
+        parameters: {options_a: {corpus: en}, options_b: {corpus: fr}, steps: 2}
+        data: {task: bytes, options: {seq_len: 16}, batch_size: 4, eval_batches: 1}
+    """), "superpose.yaml", tmp_path)
+    out, _ = run_merge(recipe, tmp_path / "out", progress=False)
+    report = json.loads((out / "report.json").read_text())
+    assert {"specialist en", "specialist fr", "superposed"} <= set(report["metrics"])
+    assert "linear interpolation" not in report["metrics"]
+    assert any("cannot be averaged" in note for note in report["notes"])
+    assert ssmgraph.load(out)(torch.randint(0, 256, (1, 10))).shape == (1, 10, 256)
 
 
 def test_a_superpose_merge_trains_alpha_and_reports_every_figure(tmp_path):
