@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ssmgraph.merge.context import MergeContext, MergeResult
+from ssmgraph.merge.context import MergeContext, MergeError, MergeResult
 from ssmgraph.merge.mutual import MUTUAL
 from ssmgraph.merge.stitch import STITCH
 from ssmgraph.merge.superpose import SUPERPOSE
@@ -63,7 +63,11 @@ def _linear(context: MergeContext) -> StateDict:
     from ssmgraph.merge import weights as W
 
     states = [m.model.state_dict() for m in context.models]
-    return W.linear(states, [m.weight for m in context.models], normalize=context.params["normalize"])
+    weights = [m.weight for m in context.models]
+    if context.params["normalize"] and sum(weights) == 0:
+        listed = ", ".join(f"{m.name}: {m.weight:g}" for m in context.models)
+        raise MergeError(f"{context.recipe.source}: the models' weights ({listed}) sum to 0, so they cannot be normalised; change a weight or set normalize: false")
+    return W.linear(states, weights, normalize=context.params["normalize"])
 
 
 def _task_arithmetic(context: MergeContext) -> StateDict:

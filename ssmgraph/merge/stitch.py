@@ -180,15 +180,24 @@ def fit_map(estimator: str, X: Tensor, Y: Tensor, ridge: float, seed: int, cca_d
 
 
 def fit_conditioned(estimator: str, condition: str, X: Tensor, Y: Tensor, labels: Tensor, ridge: float, seed: int, cca_dims: int = 0) -> tuple[Tensor, Tensor]:
-    """The map's (weight, bias): one fit on all tokens, or the mean of one fit per class."""
+    """The map's (weight, bias): one fit on all tokens, or the mean of one fit per class (over
+    the classes seen at least twice: one row has no covariance to fit, and an LM's 256 byte
+    classes often include some seen once)."""
     if condition == "pooled":
         fitted = fit_map(estimator, X, Y, ridge, seed, cca_dims)
-        return fitted.weight, fitted.bias
-    classes = [c for c in labels.unique().tolist() if c >= 0]
-    if not classes:
-        raise MergeError("condition 'per_class' needs a classification task (or an LM task, whose targets are the classes)")
-    fits = [fit_map(estimator, X[labels == c], Y[labels == c], ridge, seed, cca_dims) for c in classes]
-    return torch.stack([f.weight for f in fits]).mean(0), torch.stack([f.bias for f in fits]).mean(0)
+        weight, bias = fitted.weight, fitted.bias
+    else:
+        counts = {c: int((labels == c).sum()) for c in labels.unique().tolist() if c >= 0}
+        if not counts:
+            raise MergeError("condition 'per_class' needs a classification task (or an LM task, whose targets are the classes)")
+        classes = [c for c, n in counts.items() if n >= 2]
+        if not classes:
+            raise MergeError("condition 'per_class': no class is seen twice in the probe batches; raise `probe_batches` or use condition: pooled")
+        fits = [fit_map(estimator, X[labels == c], Y[labels == c], ridge, seed, cca_dims) for c in classes]
+        weight, bias = torch.stack([f.weight for f in fits]).mean(0), torch.stack([f.bias for f in fits]).mean(0)
+    if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+        raise MergeError(f"the {estimator} map came out non-finite (too few probe rows for the width?); raise `probe_batches` or try estimator: lstsq")
+    return weight, bias
 
 
 def layer_pairs(n_a: int, n_b: int, how: str) -> list[tuple[int, int]]:

@@ -88,6 +88,13 @@ def test_an_existing_output_is_not_replaced_without_overwrite(saved, tmp_path):
         run_merge(r, tmp_path / "out", progress=False)
 
 
+def test_linear_weights_that_sum_to_zero_are_a_merge_error_not_a_traceback(saved, tmp_path):
+    r = recipe("merge_method: linear\nmodels: [{name: a, checkpoint: gpt, parameters: {weight: 1}}, {name: b, checkpoint: gpt, parameters: {weight: -1}}]\n", saved)
+    with pytest.raises(MergeError, match=r"merge.yaml: the models' weights \(a: 1, b: -1\) sum to 0.*normalize: false") as info:
+        run_merge(r, tmp_path / "out", progress=False)
+    assert info.value.code == "E700" and not (tmp_path / "out").exists()
+
+
 def test_a_failing_method_leaves_nothing_half_written(with_plugin, saved, tmp_path):
     def explode(context):
         (context.out_dir / "partial.png").write_text("x")

@@ -12,7 +12,7 @@ import ssmgraph
 from ssmgraph.merge.context import LoadedModel, MergeError
 from ssmgraph.merge.recipe import ModelSource, recipe_from_text
 from ssmgraph.merge.run import run_merge
-from ssmgraph.merge.stitch import build_stitched, layer_pairs, stitched_blueprint
+from ssmgraph.merge.stitch import build_stitched, fit_conditioned, layer_pairs, stitched_blueprint
 
 SHAPES = {"d_model": 12, "layers": 3}
 
@@ -57,6 +57,18 @@ def test_stitching_after_the_last_layer_feeds_the_head_directly():
 def test_layer_pairs():
     assert layer_pairs(2, 3, "all") == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
     assert layer_pairs(2, 4, "matched") == [(0, 1), (1, 3)]
+
+
+@pytest.mark.parametrize("estimator", ["lstsq", "procrustes", "cca", "ot"])
+def test_per_class_maps_skip_classes_seen_once(estimator):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(41, 4, generator=g, dtype=torch.float64)
+    Y = X @ torch.randn(4, 3, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0] * 20 + [1] * 20 + [2])  # class 2 has one row: no covariance to fit
+    weight, bias = fit_conditioned(estimator, "per_class", X, Y, labels, 1e-4, 0)
+    assert torch.isfinite(weight).all() and torch.isfinite(bias).all()
+    with pytest.raises(MergeError, match="no class is seen twice"):
+        fit_conditioned(estimator, "per_class", X[:3], Y[:3], torch.tensor([0, 1, 2]), 1e-4, 0)
 
 
 def test_a_model_without_a_layer_stack_is_refused():
