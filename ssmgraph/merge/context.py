@@ -120,6 +120,9 @@ def classify(models: list[LoadedModel]) -> tuple[str, str]:
 def _pair_class(a: LoadedModel, b: LoadedModel) -> tuple[str, str]:
     if _plain_blueprint(a.model) == _plain_blueprint(b.model):
         return "identical", "the same blueprint"
+    if a.model.tied != b.model.tied:  # one tensor in one model is two in the other: no tensor-wise average
+        ties = {m.name: ", ".join(f"{k} to {v}" for k, v in sorted(m.model.tied.items())) or "nothing" for m in (a, b)}
+        return "heterogeneous", f"models {a.name!r} and {b.name!r} tie different weights ({a.name!r} ties {ties[a.name]}; {b.name!r} ties {ties[b.name]})"
     if state_shapes(a.model) == state_shapes(b.model):
         return "same_shape", f"models {a.name!r} and {b.name!r} have different blueprints but the same state-dict names and shapes"
     sa, sb = _structure(a.model), _structure(b.model)

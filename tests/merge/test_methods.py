@@ -81,6 +81,17 @@ def test_a_weight_method_on_different_architectures_says_what_applies(saved, tmp
     assert not (tmp_path / "out").exists()
 
 
+def test_a_tied_and_an_untied_model_are_not_averaged_tensor_by_tensor(saved, tmp_path):
+    from ssmgraph.blueprint import builtin_blueprints
+
+    untied = builtin_blueprints()["gpt"].read_text().replace(", tie: {weight: embed.weight}", "")
+    (tmp_path / "untied.yaml").write_text(untied)
+    ssmgraph.save(ssmgraph.build(str(tmp_path / "untied.yaml"), d_model=16, layers=1, heads=2, vocab=11, max_len=32), tmp_path / "untied")
+    r = recipe(f"merge_method: linear\nmodels: [{{name: a, checkpoint: {saved / 'gpt'}}}, {{name: b, checkpoint: {tmp_path / 'untied'}}}]\n", saved)
+    with pytest.raises(MergeError, match=r"heterogeneous: models 'a' and 'b' tie different weights \('a' ties head.weight to embed.weight; 'b' ties nothing\)"):
+        run_merge(r, tmp_path / "out", progress=False)
+
+
 def test_an_existing_output_is_not_replaced_without_overwrite(saved, tmp_path):
     (tmp_path / "out").mkdir()
     r = recipe("merge_method: linear\nmodels: [{name: a, checkpoint: gpt}, {name: b, checkpoint: gpt}]\n", saved)
