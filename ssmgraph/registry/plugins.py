@@ -133,7 +133,11 @@ class Registry:
     # ---- loading ------------------------------------------------------------------------
     def register(self, plugin: object, name: str, dist: str, version: str, entry_point: str = "") -> None:
         """Register a plugin object (module or instance) under ``name``."""
-        if self.pm.is_registered(plugin) or self.pm.has_plugin(name):
+        if self.pm.is_registered(plugin):
+            return
+        if self.pm.has_plugin(name):
+            other = self.plugins[name]
+            self.fail(PluginRecord(f"{dist}:{name}", dist, version, "failed", f"the name {name!r} is taken by {other.dist} {other.version}", entry_point=entry_point))
             return
         try:
             self.pm.register(plugin, name=name)
@@ -157,7 +161,9 @@ class Registry:
                 error = f"{type(exc).__name__}: {exc}"
                 self.fail(PluginRecord(ep.name, dist, version, "failed", error, entry_point=ep.value), exc)
                 continue
-            self.register(plugin, ep.name, dist, version, ep.value)
+            # two distributions may both name their entry point e.g. "blocks": the second is kept under "dist:name"
+            name = f"{dist}:{ep.name}" if self.pm.has_plugin(ep.name) and self.plugins[ep.name].dist != dist else ep.name
+            self.register(plugin, name, dist, version, ep.value)
 
     def fail(self, record: PluginRecord, exc: BaseException | None = None) -> None:
         self.plugins[record.name] = record
@@ -194,16 +200,20 @@ class Registry:
                     record.status = "failed"
                     self.fail(replace(record, error=f"{hook_name}() returned {type(spec).__name__}, not a {record_type.__name__}"))
                     continue
-                problems = spec.validate()
+                try:
+                    problems = spec.validate()
+                except Exception as exc:  # a record too broken to check is malformed, not fatal
+                    problems = [f"checking it raised {type(exc).__name__}: {exc}"]
                 if problems:
                     self.fail(replace(record, error=f"{what} {spec.name!r} is malformed: {'; '.join(problems)}"))
                     continue
                 if spec.name in table:
                     first = providers[spec.name]
+                    switch = record.dist if ":" in record.name else record.name  # what SSMGRAPH_DISABLE_PLUGINS matches
                     raise PluginError(
                         f"{what} {spec.name!r} is provided twice: by {first.name} ({first.dist} {first.version}) "
                         f"and by {record.name} ({record.dist} {record.version}); uninstall one of them or disable it with "
-                        f"SSMGRAPH_DISABLE_PLUGINS={record.name}"
+                        f"SSMGRAPH_DISABLE_PLUGINS={switch}"
                     )
                 table[spec.name] = replace(spec, plugin=record.dist)
                 providers[spec.name] = record

@@ -119,6 +119,24 @@ class Param:
         return f"[{lo}, {hi}]"
 
 
+def param_problems(params: Any) -> list[str]:
+    """What is wrong with a record's ``params``: a tuple or list of documented, uniquely
+    named :class:`Param` records."""
+    if not isinstance(params, (tuple, list)):
+        return [f"params must be a tuple of Param records, got {type(params).__name__}"]
+    problems, seen = [], set()
+    for p in params:
+        if not isinstance(p, Param):
+            problems.append(f"params holds {p!r}, not a Param")
+            continue
+        if p.name in seen:
+            problems.append(f"parameter {p.name!r} is declared twice")
+        seen.add(p.name)
+        if not p.doc:
+            problems.append(f"parameter {p.name!r} has no doc")
+    return problems
+
+
 @dataclass(frozen=True)
 class PermAxis:
     """Where a permutation space lies in one parameter of a block.
@@ -273,16 +291,7 @@ class BlockSpec:
             problems.append("perm_spaces must be a callable (in_types, **args) -> PermSpace records, or None")
         if not self.doc:
             problems.append("doc is empty")
-        seen = set()
-        for p in self.params:
-            if not isinstance(p, Param):
-                problems.append(f"params holds {p!r}, not a Param")
-                continue
-            if p.name in seen:
-                problems.append(f"parameter {p.name!r} is declared twice")
-            seen.add(p.name)
-            if not p.doc:
-                problems.append(f"parameter {p.name!r} has no doc")
+        problems.extend(param_problems(self.params))
         if not self.inputs:
             problems.append("a block takes at least one input port")
         return problems
@@ -347,7 +356,7 @@ class TaskSpec:
             problems.append("doc is empty")
         if not callable(self.factory):
             problems.append("factory must be callable")
-        problems.extend(f"parameter {p.name!r} has no doc" for p in self.params if not p.doc)
+        problems.extend(param_problems(self.params))
         return problems
 
     def to_json(self) -> dict[str, Any]:
@@ -406,7 +415,7 @@ class MergeMethodSpec:
             problems.append("run must be callable")
         if self.needs not in COMPATIBILITY:
             problems.append(f"needs {self.needs!r} is not one of {', '.join(COMPATIBILITY)}")
-        problems.extend(f"parameter {p.name!r} has no doc" for p in self.params if not p.doc)
+        problems.extend(param_problems(self.params))
         return problems
 
     def to_json(self) -> dict[str, Any]:

@@ -33,13 +33,14 @@ def ssmgraph_blocks():
 '''
 
 
-def fake_distribution(root: Path, dist: str, module: str, source: str, version: str = "0.3.1") -> None:
-    """A real installed distribution on sys.path: a module plus dist-info with an entry point."""
+def fake_distribution(root: Path, dist: str, module: str, source: str, version: str = "0.3.1", entry_point: str = "") -> None:
+    """A real installed distribution on sys.path: a module plus dist-info with an entry point
+    (named after the module unless ``entry_point`` is given)."""
     (root / f"{module}.py").write_text(textwrap.dedent(source))
     info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-    (info / "entry_points.txt").write_text(f"[ssmgraph]\n{module} = {module}\n")
+    (info / "entry_points.txt").write_text(f"[ssmgraph]\n{entry_point or module} = {module}\n")
 
 
 @pytest.fixture
@@ -141,6 +142,22 @@ def test_malformed_spec_is_reported_and_skipped(site) -> None:
     registry = Registry()
     assert "Not A Name" not in registry.blocks
     assert any("ssmgraph-bad 0.3.1" in p and "malformed" in p for p in registry.problems)
+
+
+def test_a_spec_too_broken_to_check_is_reported_and_skipped(site) -> None:
+    source = GOOD_BLOCK.format(name="norm.single").replace('params=(Param("scale", float, 1.0, "a multiplier"),)', 'params=Param("scale", float, 1.0, "a multiplier")')
+    fake_distribution(site, "ssmgraph-single", "single_plugin", source)
+    registry = Registry()
+    assert "norm.single" not in registry.blocks and registry.get("mix.attention") is not None
+    assert any("ssmgraph-single 0.3.1" in p and "params must be a tuple of Param records, got Param" in p for p in registry.problems)
+
+
+def test_two_distributions_may_name_their_entry_points_alike(site) -> None:
+    fake_distribution(site, "ssmgraph-one", "one_plugin", GOOD_BLOCK.format(name="norm.one"), entry_point="blocks")
+    fake_distribution(site, "ssmgraph-two", "two_plugin", GOOD_BLOCK.format(name="norm.two"), entry_point="blocks")
+    registry = Registry()
+    assert registry.get("norm.one") is not None and registry.get("norm.two") is not None
+    assert {registry.plugins[name].dist for name in ("blocks", "ssmgraph-two:blocks")} == {"ssmgraph-one", "ssmgraph-two"}
 
 
 def test_hook_that_raises_is_reported(site) -> None:
