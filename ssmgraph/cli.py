@@ -93,7 +93,10 @@ def build(
     blueprint: Annotated[str, typer.Argument(help="A blueprint file, or the name of a shipped one (e.g. `gpt`, `lstm`).")],
     set_: SetOption = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Build one named view of a multi-model blueprint.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Save the built model here (resolved blueprint + safetensors).")] = None,
+    out_dir: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Save the built model here (resolved blueprint + safetensors); replaces only a model saved there before."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")] = False,
     graph: Annotated[Optional[Path], typer.Option("--graph", "-g", help="Draw the graph: .dot, .mmd, or .svg/.png (needs Graphviz).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed for the initial weights.")] = 0,
@@ -113,8 +116,11 @@ def build(
     from ssmgraph.graph.compile import compile_blueprint
     from ssmgraph.graph.export import write_graph
     from ssmgraph.graph.summary import summarize, summary_table
+    from ssmgraph.serialization import check_replaceable
 
     _warn_plugin_problems()
+    if out_dir is not None:
+        check_replaceable(out_dir)
     torch.manual_seed(seed)
     compiled = compile_blueprint(load_blueprint(blueprint, parse_overrides(set_ or [])), model=model)
     if as_json:
@@ -152,7 +158,9 @@ def train(
     resume_run: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint, bit for bit.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     show: Annotated[bool, typer.Option(help="Show the trained model on a few held-out examples.")] = True,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out instead of refusing.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing run in --out instead of refusing (once the new run's task and blueprint check out).")
+    ] = False,
 ) -> None:
     """Train a blueprint on a built-in or plugin task.
 
@@ -175,20 +183,11 @@ def train(
             raise SsmgraphError("name a blueprint to train (e.g. `ssmgraph train gpt --task bytes`), or use --resume")
         settings: dict[str, Any] = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("lr", lr), ("seed", seed), ("task", task)) if v is not None}
         cfg = load_config(config, settings)
-        if overwrite:
-            _remove_run(out)
         if task_option:
             cfg.task_options = {**cfg.task_options, **parse_overrides(task_option)}
-        result = run_training(blueprint, out, cfg, overrides=parse_overrides(set_ or []), model_view=model, progress=not quiet)
+        overrides = parse_overrides(set_ or [])
+        result = run_training(blueprint, out, cfg, overrides=overrides, model_view=model, progress=not quiet, overwrite=overwrite)
     _report_training(result, show and not quiet)
-
-
-def _remove_run(run_dir: Path) -> None:
-    """Delete a previous run (only a directory that is one: it has run.json or checkpoints)."""
-    import shutil
-
-    if run_dir.is_dir() and ((run_dir / "run.json").exists() or (run_dir / "checkpoints").exists()):
-        shutil.rmtree(run_dir)
 
 
 def _report_training(result: Any, show: bool) -> None:
@@ -300,22 +299,25 @@ def generate(
     import torch
 
     from ssmgraph import load
+    from ssmgraph.train.loop import position_limit, token_vocab
 
     model = load(run_dir).eval()
-    vocab = _vocab_size(model)
+    vocab = token_vocab(model)
     ids = list(prompt.encode("utf-8")) or [ord("\n")]
     if vocab != 256:
         raise SsmgraphError(f"{run_dir}: generate works on byte-level models (vocabulary 256); this model's is {vocab}")
+    _check_generation_length(run_dir, position_limit(model, learned_only=True), len(ids), max_new_tokens)
     generator = torch.Generator().manual_seed(seed)
     tokens = model.generate(torch.tensor([ids]), max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
     sys.stdout.write(bytes(tokens[0].tolist()).decode("utf-8", errors="replace") + "\n")
 
 
-def _vocab_size(model: Any) -> int | None:
-    for info in model.nodes.values():
-        if info.block == "embed.token":
-            return int(model.get_submodule(info.module_path).weight.shape[0])
-    return None
+def _check_generation_length(run_dir: Path, limit: int | None, prompt_len: int, new: int) -> None:
+    """Learned positions end at max_len: refuse up front rather than fail mid-generation."""
+    if limit is None or prompt_len + new <= limit:
+        return
+    fix = f"ask for at most -n {limit - prompt_len}" if prompt_len < limit else f"shorten the prompt to under {limit} bytes"
+    raise SsmgraphError(f"{run_dir}: the prompt ({prompt_len} bytes) and -n {new} new tokens exceed the model's learned positions (max_len {limit}); {fix}")
 
 
 @app.command()

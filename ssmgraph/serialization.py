@@ -52,15 +52,39 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         for path in tmp.iterdir():
             _fsync(path)
         old = None
-        if target.exists():
+        if target.exists() or target.is_symlink():
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(target, old)
         os.replace(tmp, target)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a directory tree (a file is not a tree: rmtree would leave it behind)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
+def is_saved_model(directory: Path) -> bool:
+    """Whether ``directory`` holds a saved model (what :func:`save` writes)."""
+    return directory.is_dir() and any((directory / name).is_file() for name in (META_FILE, WEIGHTS_FILE, BLUEPRINT_FILE))
+
+
+def check_replaceable(directory: Path) -> None:
+    """Refuse to save over anything but nothing, an empty directory or a saved model."""
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory} is a file, not a model directory; save the model to another path (e.g. {directory}-model)")
+    if directory.is_dir() and any(directory.iterdir()) and not is_saved_model(directory):
+        raise CheckpointError(
+            f"{directory} is a directory that holds other files, not a saved model; saving would delete them. "
+            f"Choose a new or empty directory (e.g. {directory / 'model'})"
+        )
 
 
 def _fsync(path: Path) -> None:
@@ -75,8 +99,12 @@ def weights_to_save(model: torch.nn.Module, tied: Mapping[str, str]) -> dict[str
 
 
 def save(model: CompiledModel, directory: str | Path, *, extra_meta: Mapping[str, Any] | None = None) -> Path:
-    """Write ``model`` to ``directory`` (replacing what is there, atomically)."""
+    """Write ``model`` to ``directory`` atomically, replacing a model saved there before.
+
+    Anything else already at ``directory`` (a file, a directory of other files) is left alone:
+    :class:`CheckpointError`."""
     directory = Path(directory)
+    check_replaceable(directory)
     with atomic_directory(directory) as tmp:
         write_model_files(model, tmp, weights_to_save(model, model.tied), extra_meta)
     return directory

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ssmgraph.graph.model import CompiledModel
@@ -25,6 +26,8 @@ CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_FILE = "trainer.json"
+TRAINER_KEYS = ("data_rng", "torch_rng", "config")
+_DAMAGED = "the checkpoint is damaged: delete its directory to resume from the one before, or start again with --overwrite"
 
 
 def flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "") -> Any:
@@ -93,9 +96,20 @@ def save_checkpoint(
 
 def load_trainer_state(checkpoint: Path) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """(step, optimizer state dict, trainer state) of a checkpoint directory."""
+    path = checkpoint / TRAINER_FILE
     try:
-        meta = json.loads((checkpoint / TRAINER_FILE).read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read the training state ({exc}); {_DAMAGED}") from None
+    try:
         tensors = load_file(str(checkpoint / OPTIMIZER_FILE))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{checkpoint}: cannot read the training state ({exc})") from None
-    return int(meta["step"]), unflatten(meta["optimizer"], tensors), unflatten(meta["trainer"], tensors)
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"{checkpoint / OPTIMIZER_FILE}: cannot read the optimizer state ({type(exc).__name__}: {exc}); {_DAMAGED}") from None
+    try:
+        step, optimizer, trainer = int(meta["step"]), unflatten(meta["optimizer"], tensors), unflatten(meta["trainer"], tensors)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a training state (missing or bad {exc}); {_DAMAGED}") from None
+    missing = [key for key in TRAINER_KEYS if not isinstance(trainer, dict) or key not in trainer]
+    if missing or not isinstance(optimizer, dict):
+        raise CheckpointError(f"{path}: not a training state (missing {', '.join(missing) or 'the optimizer state'}); {_DAMAGED}")
+    return step, optimizer, trainer

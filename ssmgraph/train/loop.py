@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from ssmgraph.optim import param_groups
 from ssmgraph.registry.plugins import get_registry
 from ssmgraph.serialization import load as load_model
 from ssmgraph.train import distributed
-from ssmgraph.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from ssmgraph.train.checkpoint import CHECKPOINTS, TRAINER_FILE, latest_checkpoint, load_trainer_state, save_checkpoint
 from ssmgraph.train.config import TrainConfig
 from ssmgraph.train.losses import batch_sums, summarize
 from ssmgraph.train.metrics import MetricsLog
@@ -124,6 +126,40 @@ def check_compatible(model: CompiledModel, task: Task) -> None:
         want = "one value per sequence [batch, 1] (head.classify with classes 1)"
     if not ok:
         raise TrainingError(f"task needs {want}, but blueprint {name!r} outputs {out}; e.g. `ssmgraph train classifier --task ...` for sequence tasks")
+    check_input_range(model, task)
+
+
+def token_vocab(model: CompiledModel) -> int | None:
+    """The smallest token-embedding vocabulary of the model (None: it reads no token ids)."""
+    sizes = [int(info.args["vocab"]) for info in model.nodes.values() if info.block == "embed.token"]
+    return min(sizes, default=None)
+
+
+def position_limit(model: CompiledModel, *, learned_only: bool = False) -> int | None:
+    """The longest sequence the model's position embeddings take (None: no limit)."""
+    limits = [
+        int(info.args["max_len"])
+        for info in model.nodes.values()
+        if info.block == "embed.position" and (not learned_only or info.args.get("kind", "learned") == "learned")
+    ]
+    return min(limits, default=None)
+
+
+def check_input_range(model: CompiledModel, task: Task) -> None:
+    """Token ids must fit the embedding table and sequences the position embedding."""
+    name = model.blueprint.name
+    vocab = token_vocab(model)
+    if task.vocab_size is not None and vocab is not None and task.vocab_size > vocab:
+        raise TrainingError(
+            f"task {task.describe()!r} feeds token ids up to {task.vocab_size - 1}, but blueprint {name!r} embeds only {vocab} tokens; "
+            "use a model trained or built for this task (or a larger --set vocab=...)"
+        )
+    limit = position_limit(model)
+    if limit is not None and task.seq_len > limit:
+        raise TrainingError(
+            f"task sequences have length {task.seq_len}, but blueprint {name!r} embeds positions only up to max_len {limit}; "
+            f"use a shorter -t seq_len=... (at most {limit}) or a model with a larger max_len"
+        )
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -140,6 +176,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.groups, lr=config.lr, betas=(config.beta1, config.beta2))
         self.data = torch.Generator().manual_seed(config.seed + 1)
         self.step = 0
+        self.step_start: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self.progress = progress and self.dist.is_main
         self.log = MetricsLog(run_dir, enabled=self.dist.is_main)
 
@@ -147,13 +184,21 @@ class Trainer:
     def trainer_state(self) -> dict[str, Any]:
         return {"data_rng": self.data.get_state(), "torch_rng": torch.get_rng_state(), "config": self.config.to_dict()}
 
-    def restore(self, checkpoint: Path) -> None:
-        step, optimizer_state, state = load_trainer_state(checkpoint)
+    def restore(self, step: int, optimizer_state: dict[str, Any], state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's state (see :func:`load_trainer_state`)."""
         self.optimizer.load_state_dict(optimizer_state)
         self.data.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
         self.step = step
         self.log.truncate_after(step)
+
+    def rewind_unfinished_step(self) -> None:
+        """Put back the RNG states an interrupted step had already advanced (its batch is drawn
+        before the update), so the checkpoint of the last completed step resumes exactly."""
+        if self.step_start is not None and self.step_start[0] == self.step:
+            _, data_state, torch_state = self.step_start
+            self.data.set_state(data_state)
+            torch.set_rng_state(torch_state)
 
     def save(self) -> Path | None:
         path = None
@@ -175,6 +220,7 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         config = self.config
+        self.step_start = (self.step, self.data.get_state(), torch.get_rng_state())
         scale = config.lr_at(self.step) / config.lr if config.lr > 0 else 0.0
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * scale
@@ -188,10 +234,7 @@ class Trainer:
         loss = sums.loss / global_count.clamp(min=1) * self.dist.world_size
         totals = distributed.all_reduce_sum(sums.as_tensor(), self.dist)
         if not math.isfinite(float(totals[0])):
-            raise TrainingError(
-                f"the loss became {float(totals[0])} at step {self.step + 1}; stopped without saving "
-                f"(the last good checkpoint is intact). Try a lower lr (now {config.lr:g}), grad_clip, or fp32."
-            )
+            raise TrainingError(f"the loss became {float(totals[0])} at step {self.step + 1}; {self.diverged_advice()}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
@@ -201,6 +244,16 @@ class Trainer:
         out = summarize(self.task.kind, totals)
         out["lr"] = config.lr_at(self.step - 1)
         return out
+
+    def diverged_advice(self) -> str:
+        config = self.config
+        checkpoint = latest_checkpoint(self.run_dir)
+        kept = (
+            f"stopped without saving (the last good checkpoint is intact: {checkpoint})"
+            if checkpoint is not None
+            else f"stopped before the first checkpoint, so there is nothing to resume: start again with `--overwrite` (or another --out than {self.run_dir})"
+        )
+        return f"{kept}. Try a lower lr (now {config.lr:g}), grad_clip, or fp32."
 
     @torch.no_grad()
     def evaluate(self, split: str = "test") -> dict[str, float]:
@@ -232,6 +285,7 @@ class Trainer:
                     bar(self.step, last)
             except KeyboardInterrupt:
                 interrupted = True
+                self.rewind_unfinished_step()
                 self.save()
         return TrainResult(self.run_dir, self.step, last, interrupted, self.model, self.task)
 
@@ -291,11 +345,14 @@ def train(
     overrides: Mapping[str, Any] | None = None,
     model_view: str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> TrainResult:
-    """Train a blueprint on ``config.task`` into a new run directory."""
+    """Train a blueprint on ``config.task`` into a new run directory.
+
+    With ``overwrite`` an earlier run in ``run_dir`` is deleted, but only once the task, the
+    blueprint and their fit have been checked: a typo never costs the old run."""
     run_dir = Path(run_dir)
-    if latest_checkpoint(run_dir) is not None or (run_dir / RUN_FILE).exists():
-        raise TrainingError(f"{run_dir} already holds a run; continue it with --resume, or choose another --out")
+    check_new_run_dir(run_dir, overwrite)
     if not config.task:
         raise TrainingError("no task: give --task NAME or 'task:' in the train config (`ssmgraph tasks` lists them)")
     dist = distributed.init()
@@ -306,43 +363,103 @@ def train(
     model = compile_blueprint(load_blueprint(source, fitted), model=model_view).to(dist.device)
     check_compatible(model, task)
     if dist.is_main:
+        if overwrite:
+            remove_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         record = {"blueprint": str(source), "overrides": fitted, "model": model_view, "config": config.to_dict(), "task": task.describe(), "world_size": dist.world_size}
-        (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
-        (run_dir / "train.yaml").write_text(dump_yaml(config.to_dict()), encoding="utf-8")
+        write_atomic(run_dir / RUN_FILE, json.dumps(record, indent=2, default=str))
+        write_atomic(run_dir / "train.yaml", dump_yaml(config.to_dict()))
     distributed.barrier(dist)
     return Trainer(model, task, config, run_dir, progress=progress).run()
 
 
+def is_run(run_dir: Path) -> bool:
+    return run_dir.is_dir() and ((run_dir / RUN_FILE).exists() or (run_dir / CHECKPOINTS).exists())
+
+
+def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """``run_dir`` must be a directory (or nothing yet), and no earlier run unless ``overwrite``."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(f"--out {run_dir} is a file, not a run directory; choose another --out")
+    if any(parent.exists() and not parent.is_dir() for parent in run_dir.parents):
+        raise TrainingError(f"--out {run_dir} lies under a file, not a directory; choose another --out")
+    if is_run(run_dir) and not overwrite:
+        how = "continue it with --resume, " if latest_checkpoint(run_dir) is not None else "one that stopped before its first checkpoint: "
+        raise TrainingError(f"{run_dir} already holds a run; {how}replace it with --overwrite, or choose another --out")
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete an earlier run (only a directory that is one: it has run.json or checkpoints)."""
+    if is_run(run_dir):
+        shutil.rmtree(run_dir)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a small text file so that a kill leaves the old content or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_run_record(run_dir: Path) -> dict[str, Any]:
+    """run.json of a run directory, checked enough that a damaged one is named, not a traceback."""
+    path = run_dir / RUN_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TrainingError(f"{path}: cannot read the run record ({exc}); restore the file, or start a new run with --overwrite") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise TrainingError(f"{path}: not a run record (no 'config' mapping); restore the file, or start a new run with --overwrite")
+    return record
+
+
+def config_from(mapping: Mapping[str, Any], source: Path) -> TrainConfig:
+    """A TrainConfig from a stored mapping, with a clear error for keys this version lacks."""
+    try:
+        return TrainConfig(**mapping)
+    except TypeError as exc:
+        raise TrainingError(f"{source}: the stored train config does not fit this version of ssmgraph ({exc})") from None
+
+
 def resume(run_dir: str | Path, *, steps: int | None = None, progress: bool = True) -> TrainResult:
-    """Continue a run from its latest checkpoint (optionally to a new total of ``steps``)."""
+    """Continue a run from its latest checkpoint (optionally to a new total of ``steps``).
+
+    The config comes from the checkpoint, so a total extended by an earlier ``steps`` holds on
+    the next plain resume."""
     run_dir = Path(run_dir)
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None or not (run_dir / RUN_FILE).is_file():
-        raise TrainingError(f"{run_dir}: nothing to resume (no run.json or checkpoint); start one with `ssmgraph train ... --out {run_dir}`")
-    record = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-    config = TrainConfig(**record["config"])
+    checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    if checkpoint is None and is_run(run_dir):
+        raise TrainingError(
+            f"{run_dir}: nothing to resume (the run stopped before its first checkpoint); "
+            f"start it again with `ssmgraph train ... --out {run_dir} --overwrite`"
+        )
+    if checkpoint is None:
+        raise TrainingError(f"{run_dir}: nothing to resume (no training run there); start one with `ssmgraph train ... --out {run_dir}`")
+    step, optimizer_state, state = load_trainer_state(checkpoint)
+    config = config_from(state["config"], checkpoint / TRAINER_FILE)
     if steps is not None:
         config.steps = steps
     dist = distributed.init()
     task = make_task(config.task, config.task_options)
     model = load_model(checkpoint).to(dist.device)
     trainer = Trainer(model, task, config, run_dir, progress=progress)
-    trainer.restore(checkpoint)
+    trainer.restore(step, optimizer_state, state)
     return trainer.run()
 
 
 def evaluate_run(run_dir: str | Path, task_name: str | None = None, options: Mapping[str, Any] | None = None, split: str = "test") -> dict[str, Any]:
-    """Evaluate a run's latest model on its task (or another)."""
+    """Evaluate a run's latest model on its task (or another).
+
+    On the run's own task, ``options`` override the run's task options one by one."""
     run_dir = Path(run_dir)
-    record = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")) if (run_dir / RUN_FILE).is_file() else {}
-    config = TrainConfig(**record["config"]) if "config" in record else TrainConfig()
+    record = read_run_record(run_dir) if (run_dir / RUN_FILE).is_file() else None
+    config = config_from(record["config"], run_dir / RUN_FILE) if record else TrainConfig()
     name = task_name or config.task
     if not name:
         raise TrainingError(f"{run_dir}: not a training run; name the task with --task")
-    task = make_task(name, options if options is not None else (config.task_options if name == config.task else {}))
+    base = config.task_options if name == config.task else {}
+    task = make_task(name, {**base, **(options or {})})
     model = load_model(run_dir)
     check_compatible(model, task)
     metrics = evaluate(model, task, config.batch_size, config.eval_size, split)
     return {"run": str(run_dir), "task": name, "split": split, **metrics}
-

@@ -51,9 +51,9 @@ class MetricsLog:
         """Drop records past ``step`` (a resumed run logs those steps again)."""
         if not self.enabled or not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        kept = [record for record in parse_records(self.path) if record["step"] <= step]
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
         os.replace(tmp, self.path)
 
 
@@ -61,4 +61,17 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return parse_records(path)
+
+
+def parse_records(path: Path) -> list[dict[str, Any]]:
+    """The file's records, skipping lines that are not one (a kill mid-append leaves half a line)."""
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and "split" in record:
+            records.append(record)
+    return records

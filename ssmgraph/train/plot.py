@@ -18,7 +18,10 @@ def plot_run(run_dir: Path, out_dir: Path) -> list[Path]:
     records = read_metrics(run_dir)
     if not records:
         raise SsmgraphError(f"{run_dir}: no metrics.jsonl to plot (is it a training run?)")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # --out names a file, or a path through one
+        raise SsmgraphError(f"cannot make the folder {out_dir} for the PNGs ({exc.strerror}); give another --out") from None
     written = []
     for metric, label in (("loss", "loss"), ("accuracy", "accuracy")):
         fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)

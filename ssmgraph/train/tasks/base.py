@@ -24,7 +24,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ssmgraph.errors import SsmgraphError
+
 IGNORE = -100
+HELD_OUT_SPLITS = ("test", "valid")
+"""Synthetic tasks draw two independent held-out sets (each from its own fixed seed)."""
 Kind = Literal["lm", "classify", "regress"]
 
 
@@ -55,6 +59,8 @@ class Task:
 
     def eval_batches(self, batch_size: int, split: str = "test", size: int | None = None) -> Iterator[Batch]:
         """A fixed held-out set of ``size`` examples (default ``eval_size``; the same on every call)."""
+        if split not in HELD_OUT_SPLITS:
+            raise SsmgraphError(f"this task has held-out splits {' and '.join(map(repr, HELD_OUT_SPLITS))}, not {split!r}; use --split test")
         generator = torch.Generator().manual_seed(1_000_003 if split == "test" else 1_000_033)
         remaining = self.eval_size if size is None else size
         while remaining > 0:
