@@ -164,7 +164,7 @@ class BlueprintError(SsmgraphError):
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """A "did you mean" help text, or a listing when nothing is close."""
-    options = sorted(set(candidates))
+    word, options = str(word), sorted({str(c) for c in candidates})
     close = difflib.get_close_matches(word, options, n=3, cutoff=0.6)
     if not close and len(word) >= 3:  # init_method -> init, heads_count -> heads
         close = [o for o in options if len(o) >= 3 and (word.startswith(o) or o.startswith(word))][:3]

@@ -70,6 +70,11 @@ def unescape(value: Any) -> Any:
     return value[1:] if isinstance(value, str) and value.startswith("$$") else value
 
 
+def escape(value: Any) -> Any:
+    """The inverse of :func:`unescape`: a string that starts with ``$`` reads back as itself."""
+    return "$" + value if isinstance(value, str) and value.startswith("$") else value
+
+
 def to_python_syntax(text: str) -> str:
     """``$d * 4`` and ``${d} * 4`` become ``d * 4``."""
     body = text[1:] if text.startswith("$") and not text.startswith("${") else text
@@ -123,19 +128,21 @@ class _Evaluator:
         if op is None:
             raise ExprError(f"operator {type(node.op).__name__} is not allowed")
         left, right = self.visit(node.left), self.visit(node.right)
-        if op is operator.pow:
-            _check_power(left, right)
         if isinstance(left, str) or isinstance(right, str):
             if op is not operator.add or not (isinstance(left, str) and isinstance(right, str)):
                 raise ExprError("strings can only be joined with + to other strings")
             if len(left) + len(right) > MAX_EXPR_CHARS * 4:
                 raise ExprError("string result is too long")
+        elif not (_is_number(left) and _is_number(right)):
+            raise ExprError(f"arithmetic takes numbers, got {_what(left)} and {_what(right)}")
+        if op is operator.pow:
+            _check_power(left, right)
         try:
             return op(left, right)
         except ZeroDivisionError:
             raise ExprError("division by zero") from None
-        except TypeError as exc:
-            raise ExprError(f"cannot compute: {exc}") from None
+        except OverflowError:
+            raise ExprError("number is too large") from None
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> Any:
         value = self.visit(node.operand)
@@ -180,9 +187,21 @@ class _Evaluator:
             raise ExprError(f"{node.func.id}(): {exc}") from None
 
 
-def _check_power(base: Any, exponent: Any) -> None:
-    """Refuse powers whose result would be huge before computing them."""
-    if not (isinstance(base, (int, float)) and isinstance(exponent, (int, float))) or abs(base) <= 1:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float))
+
+
+def _what(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return "null" if value is None else type(value).__name__
+
+
+def _check_power(base: float, exponent: float) -> None:
+    """Refuse powers whose result would be huge before computing them (``0.5 ** -1e5`` too)."""
+    if base == 0 or abs(base) == 1:
         return
     if isinstance(base, int) and isinstance(exponent, int):
         too_large = exponent > 64 or exponent * math.log2(abs(base)) > 63
@@ -193,6 +212,8 @@ def _check_power(base: Any, exponent: Any) -> None:
 
 
 def _bounded(value: Any) -> Any:
+    if isinstance(value, complex):  # (-8) ** 0.5
+        raise ExprError("result is not a real number")
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= MAX_INT:
         raise ExprError("integer result does not fit in 64 bits")
     if isinstance(value, float) and math.isfinite(value) and abs(value) > 1e300:

@@ -10,10 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ssmgraph.blueprint.expr import escape
 from ssmgraph.blueprint.yamlsafe import plain
 from ssmgraph.errors import Mark
 
 FORMAT_VERSION = 1
+
+
+def as_written(value: Any) -> Any:
+    """Resolved values as plain data that reads back equal: a string starting with ``$``
+    (from ``$$`` in the source) is escaped again, or reloading would evaluate it."""
+    if isinstance(value, dict):
+        return {k: as_written(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_written(v) for v in value]
+    return escape(value)
 
 
 @dataclass
@@ -79,7 +90,7 @@ class NodeDecl:
         if self.block is not None:
             out["block"] = self.block
         if self.args:
-            out["args"] = plain(self.args)
+            out["args"] = as_written(self.args)
         if self.share is not None:
             out["share"] = self.share.target
         if self.tie:
@@ -123,7 +134,7 @@ class TapDecl:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"at": self.at}
         if self.project_block:
-            out["project"] = {"block": self.project_block, "args": plain(self.project_args)}
+            out["project"] = {"block": self.project_block, "args": as_written(self.project_args)}
         return out
 
 
@@ -165,7 +176,7 @@ class Blueprint:
         if self.doc:
             out["doc"] = self.doc
         if self.params:
-            out["params"] = plain(self.params)
+            out["params"] = as_written(self.params)
         out["inputs"] = {name: decl.to_dict() for name, decl in self.inputs.items()}
         out["nodes"] = {name: node.to_dict() for name, node in self.nodes.items()}
         out["outputs"] = {name: ref.target for name, ref in self.outputs.items()}

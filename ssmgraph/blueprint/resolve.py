@@ -12,6 +12,7 @@ from __future__ import annotations
 import keyword
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +44,37 @@ MAX_FRAGMENT_DEPTH = 16
 
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
-# Names that would shadow nn.Module attributes or the compiled model's own members.
+# Names that would shadow nn.Module attributes or the compiled model's own members, or the
+# ``self`` of the generated forward. Names starting with ``_`` are refused too (private members).
 RESERVED = frozenset(
     {
         "taps", "forward", "forward_with_state", "step", "init_state", "generate", "training", "state_dict", "blueprint", "view",
         "input_types", "outputs", "tap_sources", "tap_names", "nodes", "order", "tied", "generated_source",
-        "supports_step",
+        "supports_step", "self",
     }
 ) | frozenset(n for n in dir(__import__("torch").nn.Module) if not n.startswith("__"))
 
 _BAD = object()  # the value of something that already produced an error
+
+
+@dataclass(frozen=True)
+class _Evaluated:
+    """A value already evaluated in the scope that wrote it (fragment args, ``at:`` overrides).
+
+    A fragment evaluates it again in its own scope; unwrapped as is, ``$$price`` stays the
+    string ``$price`` there instead of becoming an expression over the fragment's params."""
+
+    value: Any
+
+
+@dataclass(frozen=True)
+class _MergedArgs:
+    """A node's ``args`` with an ``at:`` override's (evaluated) args on top.
+
+    ``base`` may be an expression (``args: $mixer_args``), so the merge waits for its value."""
+
+    base: Any
+    extra: Mapping[str, Any]
 
 
 class _Scope(dict):
@@ -101,6 +123,10 @@ class Resolver:
 
     def value(self, value: Any, scope: Mapping[str, Any], mark: Mark | None, path: str) -> Any:
         """Evaluate expressions anywhere inside ``value`` (keeping marks)."""
+        if isinstance(value, _Evaluated):
+            return value.value
+        if isinstance(value, _MergedArgs):
+            return self.merged_args(value, scope, mark, path)
         if is_expression(value):
             try:
                 return evaluate(value, scope)
@@ -127,6 +153,22 @@ class Resolver:
         if isinstance(value, list):
             return [self.value(v, scope, mark, f"{path}[{i}]") for i, v in enumerate(value)]
         return unescape(value)
+
+    def merged_args(self, value: _MergedArgs, scope: Mapping[str, Any], mark: Mark | None, path: str) -> Any:
+        base = self.value(value.base, scope, mark, path)
+        if base is None:
+            base = LDict(mark=mark)
+        if not isinstance(base, dict):
+            return base  # not a mapping: the node reports it
+        return _merge_marked(base, value.extra)
+
+    def string_keys(self, table: Mapping[Any, Any], path: str, what: str) -> bool:
+        """Report keys that are not strings (``{1: 2}``); True when there are none."""
+        bad = [key for key in table if not isinstance(key, str)]
+        for key in bad:
+            mark = table.key_mark(key) if isinstance(table, LDict) else None
+            self.err("E112", f"{what} name must be a string, got {_kind(key)}", mark, f"{path}.{key}", "names are identifiers such as dim or heads")
+        return not bad
 
     def typed(self, raw: LDict, key: str, types: tuple[type, ...], scope: Mapping[str, Any], path: str, what: str) -> Any:
         value = self.value(raw[key], scope, raw.mark_of(key), f"{path}.{key}")
@@ -248,6 +290,9 @@ class Resolver:
         if name in RESERVED:
             self.err("E200", f"name {name!r} is reserved (it would shadow a module attribute)", mark, path, f"rename it, e.g. {name}_")
             return False
+        if name.startswith("_"):
+            self.err("E200", f"name {name!r} starts with '_', which is reserved for module internals", mark, path, f"rename it, e.g. {name.lstrip('_') or 'x'}")
+            return False
         return True
 
     # ---- nodes --------------------------------------------------------------------------
@@ -298,6 +343,8 @@ class Resolver:
             args = self.value(raw.get("args"), scope, raw.mark_of("args"), f"{path}.args")
             args = self.expect_map(args, raw.mark_of("args"), f"{path}.args", "args") if args is not _BAD else None
             node.args = args if args is not None else LDict()
+            if args is not None:
+                self.string_keys(args, f"{path}.args", "argument")
             if args is not None and any(v is _BAD for v in args.values()):
                 node.args = LDict({k: v for k, v in args.items() if v is not _BAD})
             if isinstance(args, LDict):
@@ -305,6 +352,14 @@ class Resolver:
                     node.marks[f"args.{k}"] = self.m(args.key_mark(k))
         elif "args" in raw and kinds[0] == "share":
             self.err("E110", "a 'share' node reuses another node's module and takes no args", raw.key_mark("args"), f"{path}.args")
+        elif "args" in raw and kinds[0] == "body":
+            self.err(
+                "E110",
+                "a node with 'body' takes no args (they would be ignored)",
+                raw.key_mark("args"),
+                f"{path}.args",
+                "give a fragment its args inside the body, body: {use: ..., args: {...}}, or write use: and args: on the node",
+            )
         if "share" in raw:
             share = self.typed(raw, "share", (str,), scope, path, "share")
             if share is not _BAD:
@@ -483,6 +538,9 @@ class Resolver:
             if nodes_raw is None:
                 return None
         nodes = self.nodes(nodes_raw, raw.mark_of("nodes"), scope, base_dir, f"{path}.nodes")
+        for name in inputs:
+            if name in nodes:
+                self.err("E200", f"{name!r} names both a body input and a node", nodes[name].mark, f"{path}.nodes.{name}", "rename the node")
         outputs = self.outputs(raw.get("outputs"), raw.mark_of("outputs"), f"{path}.outputs", required=True)
         return Body(inputs=inputs, nodes=nodes, outputs=outputs, mark=self.m(raw.mark))
 
@@ -501,17 +559,20 @@ class Resolver:
                 self.err("E112", "a node override may set 'block' and 'args' (a mapping) only", where, f"{path}.nodes.{name}")
                 continue
             base = nodes_raw[name]
-            if not isinstance(base, dict) or not isinstance(base.get("args") or {}, dict):
-                continue  # the node itself is malformed; resolving it reports why
-            node = LDict(base, mark=base.mark) if isinstance(base, LDict) else LDict(base or {})
-            if isinstance(base, LDict):
-                node.key_marks, node.value_marks = dict(base.key_marks), dict(base.value_marks)
-            if "block" in change:
-                node["block"] = change["block"]
-            if "args" in change:
-                node["args"] = {**(base.get("args") or {}), **(change["args"] or {})}
-            merged[name] = node
+            if isinstance(base, dict):  # else the node itself is malformed; resolving it reports why
+                merged[name] = self.override_node(base, change)
         return merged
+
+    def override_node(self, base: dict, change: dict) -> LDict:
+        """``base`` (a node as written) with an override's already evaluated block and args."""
+        node = _merge_marked(base)
+        for key in ("block", "args"):
+            if key not in change:
+                continue
+            node[key] = _Evaluated(change[key]) if key == "block" else _MergedArgs(base.get("args"), change[key] or {})
+            if isinstance(change, LDict):
+                node.value_marks[key] = change.mark_of(key)
+        return node
 
     def fragment(self, raw: LDict, scope: Mapping[str, Any], base_dir: Path, path: str, extra_args: Any, node_overrides: Any) -> Body | None:
         use_mark = raw.mark_of("use")
@@ -534,8 +595,11 @@ class Resolver:
         if args is not None and not isinstance(args, dict):
             self.err("E112", f"fragment args must be a mapping, got {_kind(args)}", raw.mark_of("args"), f"{path}.args")
             return None
-        args = dict(args or {})
-        args.update(extra_args or {})
+        given = (args or {}, extra_args or {})
+        for table in given:
+            self.string_keys(table, f"{path}.args", "argument")
+        # Evaluated here, in the caller's scope: the fragment must not evaluate them again.
+        args = {k: _Evaluated(v) for table in given for k, v in table.items() if isinstance(k, str)}
         doc = self.fragment_cache.get(found)
         if doc is None:
             try:
@@ -594,6 +658,10 @@ class Resolver:
             if not isinstance(name, str) or not DOTTED.match(name):
                 self.err("E200", f"tap name {name!r} must be a name (dots allowed)", table.key_mark(name), "taps")
                 continue
+            reserved = [seg for seg in name.split(".") if keyword.iskeyword(seg) or seg in RESERVED or seg.startswith("_")]
+            if reserved:
+                self.err("E200", f"tap name {name!r}: {reserved[0]!r} is a Python keyword or reserved name", table.key_mark(name), path, "a tap's projection becomes the module taps.<name>: rename it")
+                continue
             if isinstance(spec, str):
                 spec = LDict({"at": spec}, mark=table.mark_of(name))
             spec = self.expect_map(spec, table.mark_of(name), path, "a tap")
@@ -610,6 +678,7 @@ class Resolver:
                     tap.project_block, tap.project_args = "stitch.linear", {"dim": project}
                 elif isinstance(project, dict) and isinstance(project.get("block", "stitch.linear"), str) and isinstance(project.get("args") or {}, dict):
                     tap.project_block = project.get("block", "stitch.linear")
+                    self.string_keys(project.get("args") or {}, f"{path}.project.args", "argument")
                     tap.project_args = dict(project.get("args") or {})
                 elif project is not _BAD:
                     self.err("E112", "project must be a dimension (int) or {block: ..., args: {...}}", spec.mark_of("project"), f"{path}.project")
@@ -642,6 +711,20 @@ class Resolver:
                 self.err("E111", "a model view needs at least one output", spec.mark, path)
             out[view.name] = view
         return out
+
+
+def _merge_marked(*tables: Mapping[Any, Any]) -> LDict:
+    """The tables merged left to right, keeping the marks of the ones that have them."""
+    out = LDict(mark=next((t.mark for t in tables if isinstance(t, LDict)), None))
+    for table in tables:
+        for key, value in table.items():
+            out[key] = value
+            out.key_marks.pop(key, None)
+            out.value_marks.pop(key, None)
+            if isinstance(table, LDict):
+                out.key_marks[key] = table.key_mark(key)
+                out.value_marks[key] = table.mark_of(key)
+    return out
 
 
 def mark_of_item(container: Any, index: int, default: Mark | None) -> Mark | None:

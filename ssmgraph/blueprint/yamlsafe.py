@@ -23,7 +23,6 @@ MAX_DEPTH = 64
 MAX_INT_DIGITS = 19  # |value| < 2**63 is checked after parsing
 
 _STD = "tag:yaml.org,2002:"
-_ALLOWED_TAGS = {_STD + t for t in ("str", "int", "float", "bool", "null", "map", "seq")}
 
 
 class _Core12Resolver(yaml.resolver.Resolver):
@@ -53,6 +52,20 @@ class _Loader(
         yaml.parser.Parser.__init__(self)
         yaml.composer.Composer.__init__(self)
         _Core12Resolver.__init__(self)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        """Refuse every explicit tag, standard ones included (``!!int abc``, ``!!bool maybe``):
+        the resolver alone decides a value's type."""
+        event = self.peek_event()
+        tag = getattr(event, "tag", None)  # aliases have none
+        if tag is not None:
+            raise _Refused(
+                "E103",
+                f"tag {tag!r} is not allowed: blueprints are plain data",
+                event,
+                "remove the tag; only plain YAML values (maps, lists, strings, numbers, booleans, null) are read",
+            )
+        return super().compose_node(parent, index)
 
 
 class LDict(dict):
@@ -108,7 +121,7 @@ class _Builder:
         self.count = 0
 
     def mark(self, node: yaml.Node) -> Mark:
-        return Mark(self.name, node.start_mark.line + 1, node.start_mark.column + 1)
+        return _mark(self.name, node)
 
     def build(self, node: yaml.Node, depth: int) -> Any:
         self.count += 1
@@ -116,13 +129,6 @@ class _Builder:
             raise _Refused("E103", f"the document expands to more than {MAX_VALUES} values (an alias bomb?)", node)
         if depth > MAX_DEPTH:
             raise _Refused("E103", f"values are nested deeper than {MAX_DEPTH} levels", node)
-        if node.tag not in _ALLOWED_TAGS:
-            raise _Refused(
-                "E103",
-                f"tag {node.tag!r} is not allowed: blueprints are plain data",
-                node,
-                "remove the tag; only plain YAML values (maps, lists, strings, numbers, booleans, null) are read",
-            )
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node)
         if isinstance(node, yaml.SequenceNode):
@@ -172,15 +178,19 @@ class _Builder:
             if abs(value) >= 2**63:
                 raise _Refused("E104", f"integer {text} does not fit in 64 bits", node)
             return value
-        try:
-            return float(text.replace(".inf", "inf").replace(".Inf", "inf").replace(".INF", "inf").lower())
-        except ValueError:
-            raise _Refused("E112", f"{text!r} is not a number", node) from None
+        # The float resolver matched: Python reads it once .inf/.nan lose their dot.
+        return float(text.lower().replace(".inf", "inf").replace(".nan", "nan"))
 
 
 class _Refused(Exception):
-    def __init__(self, code: str, message: str, node: yaml.Node, help: str = ""):
+    """A refused value; ``node`` is the composed node or parser event (both have a start mark)."""
+
+    def __init__(self, code: str, message: str, node: yaml.Node | yaml.Event, help: str = ""):
         self.code, self.message, self.node, self.help = code, message, node, help
+
+
+def _mark(name: str, node: yaml.Node | yaml.Event) -> Mark:
+    return Mark(name, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
 def read_text(path: Path, display: str | None = None) -> str:
@@ -221,6 +231,9 @@ def load_yaml(text: str, name: str) -> Any:
         errors.raise_if_any()
     try:
         node = _Loader(text).get_single_node()
+    except _Refused as refused:
+        errors.add(refused.code, refused.message, _mark(name, refused.node), help=refused.help)
+        errors.raise_if_any()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = Mark(name, mark.line + 1, mark.column + 1) if mark else Mark(name, 1, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
@@ -9,9 +10,9 @@ import torch
 from torch import nn
 
 from ssmgraph.blueprint.model import Blueprint, NodeDecl
-from ssmgraph.errors import Collector, did_you_mean
+from ssmgraph.errors import Collector, Mark, did_you_mean
 from ssmgraph.graph.codegen import generate
-from ssmgraph.graph.expand import Expanded, TapInstance, expand
+from ssmgraph.graph.expand import Expanded, GraphNode, TapInstance, expand
 from ssmgraph.graph.infer import TypedNode, check_args, infer
 from ssmgraph.graph.model import CompiledModel, Container, NodeInfo
 from ssmgraph.registry.plugins import Registry, get_registry
@@ -27,10 +28,11 @@ def compile_blueprint(blueprint: Blueprint, *, model: str | None = None, registr
     expanded = expand(blueprint, errors)
     typed = infer(blueprint, expanded, registry, errors)
     outputs, tap_instances = _select_view(blueprint, expanded, model, errors)
+    ties = _resolve_ties(expanded, errors)
     errors.raise_if_any()
 
     needed = _ancestors(expanded.graph, list(outputs.values()) + [t.value for t in tap_instances.values()])
-    tie_sources = {target for node in expanded.nodes.values() if node.path in needed for _, target, _, _ in node.ties}
+    tie_sources = {tie.owner.path for tie in ties if tie.node.path in needed}
     keep = [p for p in nx.topological_sort(expanded.graph) if p in typed and (p in needed or p in tie_sources)]
 
     root = _Root()
@@ -45,8 +47,9 @@ def compile_blueprint(blueprint: Blueprint, *, model: str | None = None, registr
             modules[module_path] = module
             _install(root, module_path, module)
     errors.raise_if_any()
-    tied = _apply_ties(expanded, typed, keep, modules, errors)
-    tap_modules = _tap_projections(tap_instances, typed, expanded, registry, root, errors)
+    tied = _apply_ties([tie for tie in ties if tie.node.path in keep], modules, errors)
+    input_types = {name: TensorType(decl.shape, decl.dtype) for name, decl in blueprint.inputs.items()}
+    tap_modules = _tap_projections(tap_instances, input_types | {p: t.out_type for p, t in typed.items()}, registry, root, errors)
     errors.raise_if_any()
 
     input_names = list(blueprint.inputs)
@@ -76,7 +79,7 @@ def compile_blueprint(blueprint: Blueprint, *, model: str | None = None, registr
     compiled = CompiledModel(
         blueprint,
         view=model,
-        input_types={name: TensorType(decl.shape, decl.dtype) for name, decl in blueprint.inputs.items()},
+        input_types=input_types,
         outputs=outputs,
         taps={name: inst.value for name, inst in tap_instances.items()},
         nodes=infos,
@@ -150,45 +153,90 @@ def _install(root: nn.Module, path: str, module: nn.Module) -> None:
     holder.add_module(leaf, module)
 
 
-def _apply_ties(expanded: Expanded, typed: dict[str, TypedNode], keep: list[str], modules: dict[str, nn.Module], errors: Collector) -> dict[str, str]:
+@dataclass(frozen=True)
+class _Tie:
+    """``node.attr`` becomes an alias of ``owner.owner_attr``, the tensor's final owner."""
+
+    node: GraphNode
+    attr: str
+    owner: GraphNode
+    owner_attr: str
+    mark: Mark | None
+
+
+_TieKey = tuple[str, str]  # (module path, parameter name): a share call site sees its module's ties
+
+
+def _resolve_ties(expanded: Expanded, errors: Collector) -> list[_Tie]:
+    """Every tie with its target followed to the parameter that is not itself tied.
+
+    A ties to B and B to C makes A an alias of C, whatever order the nodes run in. A chain
+    that comes back to itself is E230, reported once per cycle."""
+    direct = {(node.module_path, attr): (expanded.nodes[target], target_attr) for node in expanded.nodes.values() for attr, target, target_attr, _ in node.ties}
+    reported: set[frozenset[_TieKey]] = set()
+    ties: list[_Tie] = []
+    for node in expanded.nodes.values():
+        for attr, target_path, target_attr, mark in node.ties:
+            owner, owner_attr, loop = _final_owner(direct, (node.module_path, attr), expanded.nodes[target_path], target_attr)
+            if loop is None:
+                ties.append(_Tie(node, attr, owner, owner_attr, mark))
+            elif frozenset(loop) not in reported:
+                reported.add(frozenset(loop))
+                shown = " -> ".join(f"{m}.{a}" for m, a in (*loop, loop[0]))
+                errors.add("E230", f"ties form a cycle: {shown}", mark, f"{node.path}.tie.{attr}", "one parameter of the cycle must own the tensor: remove its tie")
+    return ties
+
+
+def _final_owner(direct: dict[_TieKey, tuple[GraphNode, str]], start: _TieKey, owner: GraphNode, owner_attr: str) -> tuple[GraphNode, str, list[_TieKey] | None]:
+    """Follow ties from ``owner.owner_attr`` on; returns the owner reached and, when the chain
+    comes back on itself (``start`` included), the cycle instead."""
+    chain, key = [start], (owner.module_path, owner_attr)
+    while key in direct and key not in chain:
+        chain.append(key)
+        owner, owner_attr = direct[key]
+        key = (owner.module_path, owner_attr)
+    return owner, owner_attr, chain[chain.index(key) :] if key in chain else None
+
+
+def _apply_ties(ties: list[_Tie], modules: dict[str, nn.Module], errors: Collector) -> dict[str, str]:
     """Alias parameters (``tie:``); returns {alias state-dict key: owning key}."""
     tied: dict[str, str] = {}
-    for path in keep:
-        node = expanded.nodes[path]
-        for attr, target_path, target_attr, mark in node.ties:
-            where = f"{path}.tie.{attr}"
-            module = modules.get(node.module_path)
-            target_node = expanded.nodes[target_path]
-            owner = modules.get(target_node.module_path)
-            if module is None or owner is None:
-                continue
-            try:
-                source = owner.get_parameter(target_attr)
-            except AttributeError:
-                names = [n for n, _ in owner.named_parameters()]
-                errors.add("E230", f"{target_path} ({target_node.block}) has no parameter {target_attr!r}", mark, where, did_you_mean(target_attr, names))
-                continue
-            try:
-                own = module.get_parameter(attr)
-            except AttributeError:
-                names = [n for n, _ in module.named_parameters()]
-                errors.add("E230", f"{path} ({node.block}) has no parameter {attr!r} to tie", mark, where, did_you_mean(attr, names))
-                continue
-            if own.shape != source.shape:
-                errors.add("E230", f"cannot tie {path}.{attr} {tuple(own.shape)} to {target_path}.{target_attr} {tuple(source.shape)}: shapes differ", mark, where, "tied parameters must have exactly the same shape")
-                continue
-            *parents, leaf = attr.split(".")
-            holder = module.get_submodule(".".join(parents)) if parents else module
-            setattr(holder, leaf, source)
-            tied[f"{node.module_path}.{attr}"] = f"{target_node.module_path}.{target_attr}"
+    for tie in ties:
+        node, attr, owner_node, owner_attr = tie.node, tie.attr, tie.owner, tie.owner_attr
+        where = f"{node.path}.tie.{attr}"
+        module = modules.get(node.module_path)
+        owner = modules.get(owner_node.module_path)
+        if module is None or owner is None:
+            continue
+        try:
+            source = owner.get_parameter(owner_attr)
+        except AttributeError:
+            names = [n for n, _ in owner.named_parameters()]
+            errors.add("E230", f"{owner_node.path} ({owner_node.block}) has no parameter {owner_attr!r}", tie.mark, where, did_you_mean(owner_attr, names))
+            continue
+        try:
+            own = module.get_parameter(attr)
+        except AttributeError:
+            names = [n for n, _ in module.named_parameters()]
+            errors.add("E230", f"{node.path} ({node.block}) has no parameter {attr!r} to tie", tie.mark, where, did_you_mean(attr, names))
+            continue
+        if own.shape != source.shape:
+            errors.add("E230", f"cannot tie {node.path}.{attr} {tuple(own.shape)} to {owner_node.path}.{owner_attr} {tuple(source.shape)}: shapes differ", tie.mark, where, "tied parameters must have exactly the same shape")
+            continue
+        *parents, leaf = attr.split(".")
+        holder = module.get_submodule(".".join(parents)) if parents else module
+        setattr(holder, leaf, source)
+        tied[f"{node.module_path}.{attr}"] = f"{owner_node.module_path}.{owner_attr}"
     return tied
 
 
-def _tap_projections(taps: dict[str, TapInstance], typed: dict[str, TypedNode], expanded: Expanded, registry: Registry, root: nn.Module, errors: Collector) -> dict[str, str]:
-    """Learnable projections of taps into a common space; returns {tap name: module path}."""
+def _tap_projections(taps: dict[str, TapInstance], value_types: dict[str, TensorType], registry: Registry, root: nn.Module, errors: Collector) -> dict[str, str]:
+    """Learnable projections of taps into a common space; returns {tap name: module path}.
+
+    ``value_types`` holds the type of every input and node a tap may read."""
     paths: dict[str, str] = {}
     for name, inst in taps.items():
-        if inst.project_block is None or inst.value not in typed:
+        if inst.project_block is None:
             continue
         spec = registry.get(inst.project_block)
         where = f"taps.{name.split('.')[0]}.project"
@@ -198,7 +246,7 @@ def _tap_projections(taps: dict[str, TapInstance], typed: dict[str, TypedNode], 
         args = check_args(spec, inst.project_args, NodeDecl(name=inst.name, mark=inst.mark), f"{where}.args", errors)
         if args is None:
             continue
-        in_types = [typed[inst.value].out_type]
+        in_types = [value_types[inst.value]]
         try:
             spec.shape(in_types, **args)
             module = spec.factory(in_types, **args)

@@ -34,7 +34,7 @@ class GraphNode:
     """(own attribute, target node path, target attribute, mark)."""
     share_of: str | None = None
     broken: bool = False
-    """An input reference failed to resolve (already reported)."""
+    """An input or ``share`` reference failed to resolve (already reported)."""
 
     @property
     def mark(self) -> Mark | None:
@@ -245,18 +245,45 @@ class _Expander:
                 else:
                     node.inputs.append((ref.port, value))
                     self.graph.add_edge(value, node.path)
+        self.connect_shares()
+        for node, scope, attr, ref in self.pending_ties:
+            self.tie(node, scope, attr, ref)
+
+    def connect_shares(self) -> None:
+        """Point every ``share`` node at the block call that owns the module.
+
+        All targets are resolved before any chain is followed, so ``a share b, b share c``
+        works in any file order; a chain that returns to itself is E230."""
+        direct: dict[str, GraphNode] = {}
         for node, scope, ref in self.pending_shares:
             value, _ = self.resolve(scope, ref, f"{node.path}.share")
             target = self.nodes.get(value or "")
             if value is not None and target is None:
                 self.errors.add("E230", f"share target {ref.target!r} is an input, not a block", ref.mark, f"{node.path}.share")
-            elif target is not None:
-                while target.share_of:
-                    target = self.nodes[target.share_of]
+            if target is None:
+                node.broken = True
+            else:
+                direct[node.path] = target
+        reported: set[frozenset[str]] = set()
+        for path, target in direct.items():
+            node, chain = self.nodes[path], [path]
+            while target.path in direct and target.path not in chain:
+                chain.append(target.path)
+                target = direct[target.path]
+            if target.path not in chain:
                 node.share_of = target.path
                 node.block, node.args, node.module_path = target.block, target.args, target.module_path
-        for node, scope, attr, ref in self.pending_ties:
-            self.tie(node, scope, attr, ref)
+                continue
+            node.broken = True
+            loop = chain[chain.index(target.path) :]
+            if frozenset(loop) not in reported:
+                reported.add(frozenset(loop))
+                self.share_cycle(loop)
+
+    def share_cycle(self, loop: list[str]) -> None:
+        first = self.nodes[loop[0]]
+        shown = " -> ".join([*loop, loop[0]])
+        self.errors.add("E230", f"shares form a cycle: {shown}", first.decl.mark_of("share"), f"{first.path}.share", "one node of the cycle must be a block call: give it 'block:'")
 
     def tie(self, node: GraphNode, scope: _Scope, attr: str, ref: Ref) -> None:
         parts = ref.target.split(".")

@@ -89,7 +89,7 @@ def infer(blueprint: Blueprint, expanded: Expanded, registry: Registry, errors: 
     for path, node in expanded.nodes.items():
         spec = registry.get(node.block)
         if spec is None:
-            if node.block:
+            if node.block or not node.broken:  # a broken share has no block; its error is reported
                 errors.add("E201", f"unknown block {node.block!r}", node.decl.mark_of("block"), f"{path}.block", registry.suggest(node.block))
             continue
         args = check_args(spec, node.args, node.decl, path, errors)
