@@ -61,7 +61,12 @@ def _version(value: bool) -> None:
         from ssmgraph import __version__
         from ssmgraph.registry.plugins import get_registry
 
-        plugins = [p for p in get_registry().plugins.values() if not p.builtin]
+        try:
+            registry = get_registry()
+        except SsmgraphError as exc:  # e.g. two plugins provide one block name
+            sys.stderr.write(exc.render() + "\n")
+            raise typer.Exit(exc.exit_code) from None
+        plugins = [p for p in registry.plugins.values() if not p.builtin]
         extra = ", ".join(f"{p.dist}-{p.version}" + ("" if p.status == "loaded" else f" ({p.status})") for p in plugins)
         _stdout().print(f"ssmgraph {__version__}" + (f" (plugins: {extra})" if extra else ""), highlight=False)
         raise typer.Exit()
@@ -313,10 +318,11 @@ def generate(
 
 
 def _check_generation_length(run_dir: Path, limit: int | None, prompt_len: int, new: int) -> None:
-    """Learned positions end at max_len: refuse up front rather than fail mid-generation."""
-    if limit is None or prompt_len + new <= limit:
+    """Learned positions end at max_len: refuse up front rather than fail mid-generation (the
+    last new token is returned, not read, so it needs no position)."""
+    if limit is None or prompt_len + new - 1 <= limit:
         return
-    fix = f"ask for at most -n {limit - prompt_len}" if prompt_len < limit else f"shorten the prompt to under {limit} bytes"
+    fix = f"ask for at most -n {limit - prompt_len + 1}" if prompt_len <= limit else f"shorten the prompt to at most {limit} bytes"
     raise SsmgraphError(f"{run_dir}: the prompt ({prompt_len} bytes) and -n {new} new tokens exceed the model's learned positions (max_len {limit}); {fix}")
 
 

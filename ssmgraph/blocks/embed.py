@@ -99,6 +99,8 @@ class PositionEmbedding(nn.Module):
             raise ValueError(f"sequence of length {length} exceeds max_len {self.max_len}")
         if state is None:
             state = self.init_state(batch, device=x.device)
+        elif length:
+            self._check_reach(state + (length - 1))
         positions = state.unsqueeze(1) + torch.arange(length, device=x.device)
         out = self._embed(positions, x)
         if not return_state:
@@ -114,7 +116,17 @@ class PositionEmbedding(nn.Module):
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """``x_t``: (B,) token ids or (B, F) features; returns ((B, dim), next position)."""
+        self._check_reach(state)
         return self._embed(state, x_t), state + 1
+
+    def _check_reach(self, last: Tensor) -> None:
+        """Learned positions end at ``max_len - 1``: a clear error, not an IndexError from inside
+        ``F.embedding`` (sinusoids have no end)."""
+        if self.kind == "learned" and last.numel() and int(last.max()) >= self.max_len:
+            raise ValueError(
+                f"position {int(last.max())} is past the learned position embedding's max_len {self.max_len}; "
+                "generate fewer tokens, or use a model built with a larger max_len"
+            )
 
     def extra_repr(self) -> str:
         return f"max_len={self.max_len}, dim={self.dim}, kind={self.kind!r}"

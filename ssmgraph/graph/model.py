@@ -219,13 +219,18 @@ class CompiledModel(nn.Module):
             raise SsmgraphError("generate() needs a model with a single logits output")
         if prompt.ndim == 1:
             prompt = prompt.unsqueeze(0)
+        if prompt.shape[1] == 0:
+            raise SsmgraphError("generate() needs a prompt of at least one token")
+        if top_k is not None and top_k < 1:
+            raise SsmgraphError(f"top_k must be at least 1, got {top_k}")
         logits, state = self.forward_with_state(prompt)
         logits = logits[:, -1]
         tokens = [prompt]
-        for _ in range(max_new_tokens):
+        for i in range(max_new_tokens):
             next_token = _sample(logits, temperature, top_k, generator)
             tokens.append(next_token[:, None])
-            logits, state = self.step(next_token, state=state)
+            if i + 1 < max_new_tokens:  # the last token is returned, not read
+                logits, state = self.step(next_token, state=state)
         return torch.cat(tokens, dim=1)
 
 

@@ -150,3 +150,13 @@ def test_position_rejects_too_long_input(build):
     pe = build(embed.POSITION, TOKENS, max_len=4, dim=2, kind="sinusoidal")
     with pytest.raises(ValueError, match="max_len"):
         pe(torch.zeros(1, 5, dtype=torch.long))
+
+
+def test_learned_positions_past_max_len_are_a_clear_error_in_chunks_and_steps(build):
+    pe = build(embed.POSITION, TOKENS, max_len=4, dim=2, kind="learned")
+    _, state = pe(torch.zeros(1, 3, dtype=torch.long), return_state=True)
+    with pytest.raises(ValueError, match="position 4 is past the learned position embedding's max_len 4"):
+        pe(torch.zeros(1, 2, dtype=torch.long), state=state)  # positions 3 and 4
+    _, state = pe.step(torch.zeros(1, dtype=torch.long), state)  # position 3: the last
+    with pytest.raises(ValueError, match="position 4 is past"):
+        pe.step(torch.zeros(1, dtype=torch.long), state)

@@ -102,6 +102,18 @@ def test_step_and_generate_match_forward() -> None:
             assert torch.equal(out[:, t], model(out[:, :t])[:, -1].argmax(-1))
 
 
+def test_generate_fills_learned_positions_to_the_end_and_refuses_bad_calls() -> None:
+    model = ssmgraph.build("gpt", vocab=VOCAB, d_model=16, layers=1, heads=2, max_len=8).eval()
+    prompt = torch.randint(0, VOCAB, (1, 6))
+    assert model.generate(prompt, 3, temperature=0).shape == (1, 9)  # the 9th token is read by no position
+    with pytest.raises(ValueError, match="past the learned position embedding's max_len 8"):
+        model.generate(prompt, 4, temperature=0)
+    with pytest.raises(ssmgraph.SsmgraphError, match="at least one token"):
+        model.generate(prompt[:, :0], 2)
+    with pytest.raises(ssmgraph.SsmgraphError, match="top_k must be at least 1"):
+        model.generate(prompt, 2, top_k=0)
+
+
 @pytest.mark.parametrize("name", ["gpt", "llama", "mamba", "lstm", "transformer"])
 def test_forward_with_state_reads_chunks_like_one_pass_and_steps_on(name: str) -> None:
     """The parallel prefill: its outputs are the forward's, its state continues the sequence

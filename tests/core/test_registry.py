@@ -137,6 +137,18 @@ def test_duplicate_block_name_names_both_plugins(site) -> None:
     assert "ssmgraph.blocks.norm (ssmgraph" in message and "clash_plugin (ssmgraph-clash 0.3.1)" in message
 
 
+def test_version_reports_a_plugin_clash_as_an_error_not_a_traceback(site) -> None:
+    from typer.testing import CliRunner
+
+    from ssmgraph.cli import app
+
+    fake_distribution(site, "ssmgraph-clash", "clash_plugin", GOOD_BLOCK.format(name="norm.layer"))
+    reset_registry(None)
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 2 and "error[E300]: block 'norm.layer' is provided twice" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_malformed_spec_is_reported_and_skipped(site) -> None:
     fake_distribution(site, "ssmgraph-bad", "bad_plugin", GOOD_BLOCK.format(name="Not A Name"))
     registry = Registry()

@@ -224,8 +224,8 @@ def test_task_longer_than_the_position_embedding() -> None:
 def test_generate_past_max_len(tmp_path) -> None:
     ssmgraph.save(ssmgraph.build("gpt", d_model=16, layers=1, heads=2, max_len=16), tmp_path / "lm")
     result = run("generate", tmp_path / "lm", "-p", "the", "-n", "20")
-    assert result.exit_code == 2 and "max_len 16" in result.output and "at most -n 13" in result.output
-    assert run("generate", tmp_path / "lm", "-p", "the", "-n", "13").exit_code == 0
+    assert result.exit_code == 2 and "max_len 16" in result.output and "at most -n 14" in result.output
+    assert run("generate", tmp_path / "lm", "-p", "the", "-n", "14").exit_code == 0  # the 17th byte needs no position
 
 
 # ---- 9. a run that stopped before its first checkpoint ----------------------------------------------
