@@ -209,7 +209,8 @@ Factory = Callable[..., nn.Module]
 class Capabilities:
     """What a configured block can do.
 
-    causal: output at t depends only on inputs at positions <= t.
+    causal: output at t depends only on the (first) input at positions <= t; further inputs
+        may be context read whole (cross-attention's memory).
     bidirectional: output at t may depend on later positions.
     step: the module has ``init_state(batch, device=, dtype=)`` and ``step(x_t, state)``
         (x_t of shape B×D) for O(1)-per-token recurrent decoding.

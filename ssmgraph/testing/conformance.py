@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import tempfile
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -261,18 +262,22 @@ def check_causality(case: BlockCase) -> None:
     xs = case.inputs()
     y = module(*xs)
     scale = y.abs().max().clamp_min(1e-12)
-    for t in (0, SEQ // 2, SEQ - 2):
-        later = slice(t + 1, None)
-        y2 = module(_perturbed(xs[0], later, t), *xs[1:])
-        leak = ((y2[:, : t + 1] - y[:, : t + 1]).abs().max() / scale).item()
+
+    def with_changed(i: int, positions: slice, t: int) -> Tensor:
+        return module(*xs[:i], _perturbed(xs[i], positions, t), *xs[i + 1 :])
+
+    # Causal is about the sequence being processed, the first input (cross-attention's memory
+    # is context, read whole); every cut, as a leak of one position shows at one cut only.
+    for t in range(SEQ - 1):
+        leak = ((with_changed(0, slice(t + 1, None), t)[:, : t + 1] - y[:, : t + 1]).abs().max() / scale).item()
         if leak > 1e-10:
             raise AssertionError(f"changing inputs after position {t} changed outputs at or before it (by {leak:.3g})")
-        if case.caps.pointwise:
-            y3 = module(_perturbed(xs[0], slice(t, t + 1), t), *xs[1:])
-            moved = (y3 - y).abs().amax(dim=tuple(range(2, y.dim()))).amax(0)
-            others = torch.cat([moved[:t], moved[t + 1 :]])
-            if (others > 1e-10 * scale).any():
-                raise AssertionError(f"declared pointwise, but changing position {t} changed other positions")
+    if case.caps.pointwise:  # each position on its own, in every input
+        for i, t in itertools.product(range(len(xs)), range(SEQ)):
+            moved = (with_changed(i, slice(t, t + 1), t) - y).abs().reshape(y.shape[0], y.shape[1], -1).amax(-1).amax(0)
+            if (torch.cat([moved[:t], moved[t + 1 :]]) > 1e-10 * scale).any():
+                which = f"input {i}" if len(xs) > 1 else "the input"
+                raise AssertionError(f"declared pointwise, but changing {which} at position {t} changed other positions")
 
 
 def _step_loop(module: nn.Module, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
@@ -335,14 +340,21 @@ def check_state_carry(case: BlockCase) -> None:
     (x,) = case.inputs()
     y, state = module(x, return_state=True)
     _, stepped_state = _step_loop(module, x)
-    for i, (a, b) in enumerate(zip(_flat(state), _flat(stepped_state))):
-        _close(a, b, f"final state part {i}, forward vs stepped")
+    _close_states(state, stepped_state, "forward", "stepped")
     for split in (1, SEQ // 2 + 1):
         y1, s1 = module(x[:, :split], return_state=True)
         y2, s2 = module(x[:, split:], state=s1, return_state=True)
         _close(torch.cat([y1, y2], 1), y, f"outputs in two chunks split at {split}, state carried, vs one pass")
-        for i, (a, b) in enumerate(zip(_flat(s2), _flat(state))):
-            _close(a, b, f"final state part {i} after two chunks vs one pass")
+        _close_states(s2, state, "two chunks", "one pass")
+
+
+def _close_states(a: Any, b: Any, what_a: str, what_b: str) -> None:
+    """Two states part by part; a part one of them lacks is a failure, not a skipped part."""
+    parts_a, parts_b = _flat(a), _flat(b)
+    if len(parts_a) != len(parts_b):
+        raise AssertionError(f"the final state has {len(parts_a)} parts after {what_a} but {len(parts_b)} after {what_b}")
+    for i, (u, v) in enumerate(zip(parts_a, parts_b)):
+        _close(u, v, f"final state part {i}, {what_a} vs {what_b}")
 
 
 def check_mask(case: BlockCase) -> None:
@@ -371,6 +383,8 @@ def check_mask(case: BlockCase) -> None:
         x2 = x.clone()
         x2[1, lengths[1] :] = 100.0
         _close(module(x2, mask=mask)[1, : lengths[1]], y[1, : lengths[1]], "valid outputs after changing the padding", 1e-10)
+        for b, n in enumerate(lengths.tolist()):  # nor how much padding there is
+            _close(y[b : b + 1, :n], module(x[b : b + 1, :n]), f"valid outputs of sequence {b} (length {n}) vs running it alone")
 
 
 def check_state_dict_round_trip(case: BlockCase) -> None:

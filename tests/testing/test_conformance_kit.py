@@ -32,7 +32,7 @@ class CumMean(nn.Module):
         self.flaw = flaw
 
     def _scan(self, x: Tensor, state, mask: Tensor | None):
-        total, count = state if state is not None else self.init_state(x.shape[0], dtype=x.dtype)
+        total, count = (state if state is not None else self.init_state(x.shape[0], dtype=x.dtype))[:2]
         if self.flaw == "ignores_state":
             total, count = torch.zeros_like(total), torch.zeros_like(count)
         valid = torch.ones(x.shape[:2], dtype=x.dtype) if mask is None or self.flaw == "ignores_mask" else mask.to(x.dtype)
@@ -43,12 +43,19 @@ class CumMean(nn.Module):
     def forward(self, x: Tensor, *, state=None, return_state: bool = False, mask: Tensor | None = None):
         if self.flaw == "peeks":
             x = x + 0.1 * torch.roll(x, -1, dims=1)
+        if self.flaw == "peeks_once" and x.shape[1] > 2:  # position 1 reads position 2, nothing else leaks
+            x = torch.cat([x[:, :1], x[:, 1:2] + 0.1 * x[:, 2:3], x[:, 2:]], 1)
         if self.flaw == "graph_break" and x.sum().item() > float("inf"):
             x = x * 2
         mean, new_state = self._scan(x, state, mask)
         y = self.proj(mean)
         if self.flaw == "wrong_shape":
             y = y[..., :-1]
+        if self.flaw == "counts_padding":  # a global term divided by the padded length
+            valid = torch.ones(x.shape[:2], dtype=x.dtype) if mask is None else mask.to(x.dtype)
+            y = y + (x * valid[..., None]).sum(1, keepdim=True) / x.shape[1]
+        if self.flaw == "extra_state":  # a state part that forward returns and step never does
+            new_state = (*new_state, torch.zeros_like(new_state[0]))
         return (y, new_state) if return_state else y
 
     def init_state(self, batch: int, *, device=None, dtype=None):
@@ -56,7 +63,7 @@ class CumMean(nn.Module):
         return torch.zeros(batch, self.proj[0].in_features, device=device, dtype=dtype), torch.zeros(batch, 1, device=device, dtype=dtype)
 
     def step(self, x_t: Tensor, state):
-        total, count = state
+        total, count = state[:2]
         total, count = total + x_t, count + 1
         mean = total / count
         if self.flaw == "step_drifts":
@@ -103,6 +110,8 @@ def test_the_reference_mixer_passes_every_check():
     "flaw,check",
     [
         ("peeks", "causality"),
+        ("peeks_once", "causality"),
+        ("extra_state", "state_carry"),
         ("step_drifts", "step_equals_forward"),
         ("unused_param", "gradients"),
         ("ignores_state", "state_carry"),
@@ -114,6 +123,29 @@ def test_the_reference_mixer_passes_every_check():
 )
 def test_each_broken_promise_fails_its_check(flaw, check):
     assert check in failed(spec(flaw))
+
+
+def test_a_mixer_whose_outputs_depend_on_the_amount_of_padding_fails_mask():
+    bidirectional = spec("counts_padding", causal=False, bidirectional=True, step=False)
+    assert "mask" in failed(bidirectional)
+
+
+def test_a_pointwise_block_with_a_per_position_scalar_output_passes_causality():
+    scalar = BlockSpec(
+        name="head.scalar", role="head", doc="One value per position: x @ w.", reference="a test fixture", params=(),
+        factory=lambda in_types: Scalar(in_types[0].dim), shape=lambda in_types: TensorType(in_types[0].shape[:2], "float"), pointwise=True,
+    )
+    report = check_block(scalar, raise_on_failure=False)
+    assert {r.check: r.status for r in report.results}["causality"] == "passed"
+
+
+class Scalar(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ self.w
 
 
 def test_a_lying_shape_rule_fails_shapes():

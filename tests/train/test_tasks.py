@@ -124,6 +124,16 @@ def test_synthetic_batches_are_determined_by_the_generator(name):
 
 
 @pytest.mark.parametrize("name", list(SMALL))
+def test_the_held_out_set_does_not_depend_on_the_batch_size(name):
+    task = small(name)
+    sets = [[b for b in task.eval_batches(batch_size, "test", 70)] for batch_size in (3, 16, 70)]  # 70: across a chunk
+    assert [len(b) for b in sets[0]] == [3] * 23 + [1]
+    for batches in sets[1:]:
+        for field in ("inputs", "targets"):
+            assert torch.equal(torch.cat([getattr(b, field) for b in batches]), torch.cat([getattr(b, field) for b in sets[0]]))
+
+
+@pytest.mark.parametrize("name", list(SMALL))
 def test_a_perfect_prediction_scores_full_accuracy_with_the_trainer_losses(name):
     """The targets line up with what the trainer scores: position t's logits against targets[:, t]."""
     task = small(name)

@@ -17,7 +17,7 @@ that does not depend on the training generator.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +27,8 @@ from torch import Tensor
 from ssmgraph.errors import SsmgraphError
 
 IGNORE = -100
+EVAL_CHUNK = 64
+"""Held-out examples are sampled this many at a time, whatever the evaluation batch size."""
 HELD_OUT_SPLITS = ("test", "valid")
 """Synthetic tasks draw two independent held-out sets (each from its own fixed seed)."""
 Kind = Literal["lm", "classify", "regress"]
@@ -38,6 +40,24 @@ class Batch:
     """(B, L) int64 token ids, or (B, L, F) float features."""
     targets: Tensor
     """(B, L) int64 with IGNORE (lm); (B,) int64 (classify); (B,) float (regress)."""
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+
+def rebatch(chunks: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
+    """The examples of ``chunks``, in order, as batches of ``batch_size`` (the last one smaller)."""
+    buffer: list[Batch] = []
+    count = 0
+    for chunk in chunks:
+        buffer.append(chunk)
+        count += len(chunk)
+        while count >= batch_size:
+            inputs, targets = torch.cat([b.inputs for b in buffer]), torch.cat([b.targets for b in buffer])
+            yield Batch(inputs[:batch_size], targets[:batch_size])
+            buffer, count = [Batch(inputs[batch_size:], targets[batch_size:])], count - batch_size
+    if count:
+        yield Batch(torch.cat([b.inputs for b in buffer]), torch.cat([b.targets for b in buffer]))
 
 
 class Task:
@@ -62,11 +82,10 @@ class Task:
         if split not in HELD_OUT_SPLITS:
             raise SsmgraphError(f"this task has held-out splits {' and '.join(map(repr, HELD_OUT_SPLITS))}, not {split!r}; use --split test")
         generator = torch.Generator().manual_seed(1_000_003 if split == "test" else 1_000_033)
-        remaining = self.eval_size if size is None else size
-        while remaining > 0:
-            size = min(batch_size, remaining)
-            yield self.sample(size, generator, split)
-            remaining -= size
+        total = self.eval_size if size is None else size
+        # Drawn in chunks of a fixed size, then re-batched: the set is the same at any batch size.
+        chunks = (self.sample(min(EVAL_CHUNK, total - start), generator, split) for start in range(0, total, EVAL_CHUNK))
+        yield from rebatch(chunks, batch_size)
 
     @property
     def input_dtype(self) -> str:
