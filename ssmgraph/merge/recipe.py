@@ -77,8 +77,8 @@ class Recipe:
         models = []
         for m in self.models:
             entry: dict[str, Any] = {"name": m.name}
-            if m.checkpoint is not None:
-                entry["checkpoint"] = str(m.checkpoint)
+            if m.checkpoint is not None:  # absolute: the written recipe re-runs from any folder
+                entry["checkpoint"] = str(Path(m.checkpoint).resolve())
             if m.blueprint is not None:
                 entry["blueprint"] = m.blueprint
             if m.overrides:

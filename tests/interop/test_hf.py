@@ -212,6 +212,15 @@ def test_sharded_safetensors(checkpoints: dict[str, Any], tmp_path: Path) -> Non
     assert max_diff(model, hf, tokens()) <= TOL
 
 
+def test_paths_may_start_with_a_tilde(checkpoints: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hf, source, _ = checkpoints["gpt2"]
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(source, tmp_path / "ckpt")
+    model = ssmgraph.load(import_hf("~/ckpt", "~/run")).eval()
+    assert max_diff(model, hf, tokens()) <= TOL
+    assert (export_hf("~/run", "~/back") / "config.json").is_file()
+
+
 def test_import_needs_no_transformers(checkpoints: dict[str, Any], tmp_path: Path) -> None:
     _, source, _ = checkpoints["mamba"]
     script = (

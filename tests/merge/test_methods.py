@@ -92,6 +92,14 @@ def test_a_tied_and_an_untied_model_are_not_averaged_tensor_by_tensor(saved, tmp
         run_merge(r, tmp_path / "out", progress=False)
 
 
+def test_the_written_recipe_runs_again_from_another_folder(saved, tmp_path):
+    out, _ = run_merge(recipe("merge_method: linear\nmodels: [{name: a, checkpoint: gpt}, {name: b, checkpoint: gpt}]\n", saved), tmp_path / "out", progress=False)
+    written = (out / "merge.yaml").read_text()
+    again, _ = run_merge(recipe(written, tmp_path / "elsewhere"), tmp_path / "again", progress=False)
+    tokens = torch.randint(0, 11, (2, 5))
+    torch.testing.assert_close(ssmgraph.load(again)(tokens), ssmgraph.load(out)(tokens))
+
+
 def test_an_existing_output_is_not_replaced_without_overwrite(saved, tmp_path):
     (tmp_path / "out").mkdir()
     r = recipe("merge_method: linear\nmodels: [{name: a, checkpoint: gpt}, {name: b, checkpoint: gpt}]\n", saved)

@@ -33,7 +33,7 @@ def import_hf(source: str | Path, out: str | Path, *, overwrite: bool = False) -
 
     ``out`` holds a plain blueprint.yaml, model.safetensors and meta.json (which keeps the
     original config under ``hf``); ``ssmgraph.load(out)`` rebuilds the model."""
-    source, out = Path(source), Path(out)
+    source, out = Path(source).expanduser(), Path(out).expanduser()
     check_output(out, overwrite, source=source)
     config = read_config(source)
     layout = _family(config).from_config(config)
@@ -49,7 +49,7 @@ def import_hf(source: str | Path, out: str | Path, *, overwrite: bool = False) -
 def export_hf(run_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write the model in ``run_dir`` (a saved model, or a training run's latest checkpoint) as a
     Hugging Face checkpoint directory ``out``: config.json and model.safetensors."""
-    run_dir, out = Path(run_dir), Path(out)
+    run_dir, out = Path(run_dir).expanduser(), Path(out).expanduser()
     check_output(out, overwrite, source=run_dir)
     directory = model_directory(run_dir)
     model = load(directory)
