@@ -21,7 +21,9 @@ def examples_table(model: CompiledModel, task: Task, count: int | None = None) -
     model.eval()
     count = count or (12 if task.kind == "classify" else 3)
     batch = next(iter(task.eval_batches(count, "test")))
-    output = model(batch.inputs)
+    device = next(model.parameters()).device  # a model trained on a GPU is still there
+    with torch.no_grad():
+        output = model(batch.inputs.to(device)).float().cpu()
     model.train(was_training)
     table = Table(title="held-out examples", show_lines=task.kind == "lm")
     if task.kind == "lm":
