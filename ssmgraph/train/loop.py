@@ -176,19 +176,31 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.groups, lr=config.lr, betas=(config.beta1, config.beta2))
         self.data = torch.Generator().manual_seed(config.seed + 1)
         self.step = 0
-        self.step_start: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self.step_start: tuple[int, dict[str, torch.Tensor]] | None = None
         self.progress = progress and self.dist.is_main
         self.log = MetricsLog(run_dir, enabled=self.dist.is_main)
 
     # state --------------------------------------------------------------------------------------
     def trainer_state(self) -> dict[str, Any]:
-        return {"data_rng": self.data.get_state(), "torch_rng": torch.get_rng_state(), "config": self.config.to_dict()}
+        return {**self.rng_states(), "config": self.config.to_dict()}
+
+    def rng_states(self) -> dict[str, torch.Tensor]:
+        """The data generator's and torch's RNG states (the GPU's too: dropout draws there)."""
+        states = {"data_rng": self.data.get_state(), "torch_rng": torch.get_rng_state()}
+        if self.dist.device.type == "cuda":
+            states["cuda_rng"] = torch.cuda.get_rng_state(self.dist.device)
+        return states
+
+    def set_rng_states(self, states: Mapping[str, torch.Tensor]) -> None:
+        self.data.set_state(states["data_rng"])
+        torch.set_rng_state(states["torch_rng"])
+        if "cuda_rng" in states and self.dist.device.type == "cuda":
+            torch.cuda.set_rng_state(states["cuda_rng"], self.dist.device)
 
     def restore(self, step: int, optimizer_state: dict[str, Any], state: dict[str, Any]) -> None:
         """Continue from a checkpoint's state (see :func:`load_trainer_state`)."""
         self.optimizer.load_state_dict(optimizer_state)
-        self.data.set_state(state["data_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        self.set_rng_states(state)
         self.step = step
         self.log.truncate_after(step)
 
@@ -196,9 +208,7 @@ class Trainer:
         """Put back the RNG states an interrupted step had already advanced (its batch is drawn
         before the update), so the checkpoint of the last completed step resumes exactly."""
         if self.step_start is not None and self.step_start[0] == self.step:
-            _, data_state, torch_state = self.step_start
-            self.data.set_state(data_state)
-            torch.set_rng_state(torch_state)
+            self.set_rng_states(self.step_start[1])
 
     def save(self) -> Path | None:
         path = None
@@ -220,7 +230,7 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         config = self.config
-        self.step_start = (self.step, self.data.get_state(), torch.get_rng_state())
+        self.step_start = (self.step, self.rng_states())
         scale = config.lr_at(self.step) / config.lr if config.lr > 0 else 0.0
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * scale
