@@ -75,9 +75,10 @@ class LSTMMixer(nn.Module):
             raise ValueError("a bidirectional mix.lstm has no recurrent state (set bidirectional: false)")
         if mask is None:
             y, new_state = self.lstm(x, state)
+            y = self._project(y)
         else:
             y, new_state = self._packed(x, state, mask)
-        y = self._project(y)
+            y = self._project(y) * mask.unsqueeze(-1).to(y.dtype)  # padded outputs are zero (out_proj's bias too)
         return (y, new_state) if return_state else y
 
     def _packed(self, x: Tensor, state: LSTMState | None, mask: Tensor) -> tuple[Tensor, LSTMState]:

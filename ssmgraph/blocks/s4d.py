@@ -253,6 +253,8 @@ def check_ssm_args(d_state: int, dt_min: float, dt_max: float) -> None:
     """Shared parameter checks of the SSM shape rules."""
     if d_state % 2:
         raise ShapeError(f"d_state {d_state} must be even (N/2 conjugate-pair modes are stored)")
+    if dt_min <= 0:
+        raise ShapeError(f"dt_min must be positive (Δ is drawn log-uniformly), got {dt_min:g}")
     if dt_min > dt_max:
         raise ShapeError(f"dt_min {dt_min:g} is larger than dt_max {dt_max:g}")
 

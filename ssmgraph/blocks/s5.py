@@ -232,6 +232,8 @@ def _shape(in_types: list[TensorType], **args: Any) -> TensorType:
         raise ShapeError(f"d_state {P} is not divisible by blocks {J}")
     if args["conj_sym"] and (P // J) % 2:
         raise ShapeError(f"conj_sym needs an even block size, got d_state/blocks = {P // J}")
+    if args["dt_min"] <= 0:
+        raise ShapeError(f"dt_min must be positive (Δ is drawn log-uniformly), got {args['dt_min']:g}")
     if args["dt_min"] > args["dt_max"]:
         raise ShapeError(f"dt_min {args['dt_min']:g} is larger than dt_max {args['dt_max']:g}")
     return same_as_input(in_types)

@@ -126,6 +126,7 @@ def test_mask_final_state_is_after_last_valid_token(build):
         torch.testing.assert_close(y[b, :n], y_b[0], rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(h[:, b], h_b[:, 0], rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(c[:, b], c_b[:, 0], rtol=1e-10, atol=1e-12)
+    assert y[~mask].abs().max() == 0  # padded outputs are zero, out_proj's bias and the empty row included
     # continuing after a padded chunk equals continuing the unpadded sequence
     nxt = torch.randn(3, D, dtype=torch.float64)
     y_next, _ = m.step(nxt, (h, c))

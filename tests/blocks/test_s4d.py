@@ -51,6 +51,8 @@ def test_shape_rule():
         S4D.shape([TensorType(("b", "l", 32))], **{**args, "d_state": 7})
     with pytest.raises(ShapeError):
         S4D.shape([TensorType(("b", "l"), "int")], **args)
+    with pytest.raises(ShapeError, match="dt_min must be positive"):  # log-uniform Δ: log(0) at build time before
+        S4D.shape([TensorType(("b", "l", 32))], **{**args, "dt_min": 0.0})
 
 
 @pytest.mark.parametrize("over", VARIANTS)

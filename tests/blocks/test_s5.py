@@ -50,6 +50,8 @@ def test_shape_rule():
     with pytest.raises(ShapeError, match="even block"):
         S5.shape([TensorType(("b", "l", 8))], **{**args, "blocks": 8})
     assert S5.shape([TensorType(("b", "l", 8))], **{**args, "blocks": 8, "conj_sym": False}).dim == 8
+    with pytest.raises(ShapeError, match="dt_min must be positive"):
+        S5.shape([TensorType(("b", "l", 8))], **{**args, "blocks": 2, "dt_min": 0.0})
 
 
 @pytest.mark.parametrize("over", VARIANTS)
