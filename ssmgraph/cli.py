@@ -379,7 +379,7 @@ def _show_block(spec: Any) -> None:
 def merge(
     recipe: Annotated[Optional[Path], typer.Argument(help="A merge recipe (YAML): merge_method, models, parameters, data.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the merged model and its report here.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it holds an earlier merge (a saved model); never a folder of other files or a model the recipe reads.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the recipe, load the models, say how alike they are and which methods apply; merge nothing.")] = False,
     methods: Annotated[bool, typer.Option("--methods", help="List the merge methods (built-in and from plugins) and their parameters.")] = False,
 ) -> None:

@@ -18,8 +18,9 @@ def tapped(model: CompiledModel, name: str) -> CompiledModel:
     from ssmgraph.blueprint.yamlsafe import dump_yaml
     from ssmgraph.graph.compile import compile_blueprint
     from ssmgraph.merge.compose import compose, state_from_sources
+    from ssmgraph.merge.context import blueprint_of
 
-    joint = compile_blueprint(load_blueprint(f"{name}.yaml", text=dump_yaml(compose({name: model.blueprint.to_dict()}, d_common=1))))
+    joint = compile_blueprint(load_blueprint(f"{name}.yaml", text=dump_yaml(compose({name: blueprint_of(model)}, d_common=1))))
     state = state_from_sources({name: model.state_dict()}, joint)
     joint.load_state_dict(state, strict=False)
     return joint.eval()

@@ -99,8 +99,25 @@ def _structure(model: CompiledModel) -> list[tuple[str, str]]:
     return [(info.path, info.block) for info in model.nodes.values()]
 
 
-def _plain_blueprint(model: CompiledModel) -> dict[str, Any]:
+def blueprint_of(model: CompiledModel) -> dict[str, Any]:
+    """The blueprint ``model`` computes, as plain data: for a model built as one view of a
+    multi-model blueprint (``--model``), only that view's nodes, outputs and taps, since the
+    other views' layers are not in its weights."""
     data = model.blueprint.to_dict()
+    if model.view is None:
+        return data
+    kept = {path.split(".")[0] for path in model.nodes}
+    view_taps = set(data.get("models", {}).get(model.view, {}).get("taps", ()))
+    data["nodes"] = {name: node for name, node in data["nodes"].items() if name in kept}
+    data["outputs"] = {name: ref for name, ref in data["outputs"].items() if name in model.outputs}
+    data["taps"] = {name: tap for name, tap in data.get("taps", {}).items() if name in view_taps}
+    for key in ("models", "align"):
+        data.pop(key, None)
+    return data
+
+
+def _plain_blueprint(model: CompiledModel) -> dict[str, Any]:
+    data = blueprint_of(model)
     for key in ("name", "doc"):
         data.pop(key, None)
     return data
@@ -120,10 +137,10 @@ def classify(models: list[LoadedModel]) -> tuple[str, str]:
 def _pair_class(a: LoadedModel, b: LoadedModel) -> tuple[str, str]:
     if _plain_blueprint(a.model) == _plain_blueprint(b.model):
         return "identical", "the same blueprint"
-    if a.model.tied != b.model.tied:  # one tensor in one model is two in the other: no tensor-wise average
-        ties = {m.name: ", ".join(f"{k} to {v}" for k, v in sorted(m.model.tied.items())) or "nothing" for m in (a, b)}
-        return "heterogeneous", f"models {a.name!r} and {b.name!r} tie different weights ({a.name!r} ties {ties[a.name]}; {b.name!r} ties {ties[b.name]})"
     if state_shapes(a.model) == state_shapes(b.model):
+        if a.model.tied != b.model.tied:  # one tensor in one model is two in the other: no tensor-wise average
+            ties = {m.name: ", ".join(f"{k} to {v}" for k, v in sorted(m.model.tied.items())) or "nothing" for m in (a, b)}
+            return "heterogeneous", f"models {a.name!r} and {b.name!r} tie different weights ({a.name!r} ties {ties[a.name]}; {b.name!r} ties {ties[b.name]})"
         return "same_shape", f"models {a.name!r} and {b.name!r} have different blueprints but the same state-dict names and shapes"
     sa, sb = _structure(a.model), _structure(b.model)
     if sa == sb:

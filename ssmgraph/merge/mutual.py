@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.merge.compose import model_taps
-from ssmgraph.merge.context import MergeContext, MergeError, MergeResult
+from ssmgraph.merge.context import MergeContext, MergeError, MergeResult, blueprint_of
 from ssmgraph.registry.specs import MergeMethodSpec, Param
 from ssmgraph.train.tasks.base import IGNORE, Task
 
@@ -212,7 +212,7 @@ def _build_joint(context: MergeContext, names: list[str]) -> CompiledModel:
     from ssmgraph.merge.compose import compose, state_from_sources
 
     chosen = [m for m in context.models if m.name in names]
-    sources = {m.name: m.model.blueprint.to_dict() for m in chosen}
+    sources = {m.name: blueprint_of(m.model) for m in chosen}
     text = dump_yaml(compose(sources, d_common=context.params["d_common"], share_embedding=context.params["share_embedding"]))
     torch.manual_seed(context.recipe.seed)
     joint = compile_blueprint(load_blueprint("joint.yaml", text=text))

@@ -21,7 +21,7 @@ from ssmgraph.errors import SsmgraphError
 from ssmgraph.merge.context import LoadedModel, MergeContext, MergeError, MergeResult, classify, methods_for
 from ssmgraph.merge.recipe import ModelSource, Recipe
 from ssmgraph.merge.report import write_report
-from ssmgraph.serialization import atomic_directory, weights_to_save, write_model_files
+from ssmgraph.serialization import atomic_directory, check_replaceable, weights_to_save, write_model_files
 
 RECIPE_FILE = "merge.yaml"
 
@@ -62,11 +62,24 @@ def plan(recipe: Recipe) -> tuple[list[LoadedModel], str, str, Any]:
     return models, compatibility, reason, task
 
 
+def _check_not_read_by(recipe: Recipe, out_dir: Path) -> None:
+    """--overwrite must not delete a model the recipe reads, nor the folder we run in."""
+    target = out_dir.resolve()
+    for source in recipe.models:
+        if source.checkpoint is not None and (target == Path(source.checkpoint).resolve() or target in Path(source.checkpoint).resolve().parents):
+            raise MergeError(f"{recipe.source}: --out {out_dir} holds model {source.name!r}, which the merge reads; choose another --out")
+    if target == Path.cwd() or target in Path.cwd().parents:
+        raise MergeError(f"--out {out_dir} is the current folder (or holds it); choose a new folder for the merged model")
+
+
 def run_merge(recipe: Recipe, out_dir: Path, *, overwrite: bool = False, progress: bool = True) -> tuple[Path, MergeResult]:
     """Merge as the recipe says and write the result into ``out_dir`` (atomically)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise SsmgraphError(f"{out_dir} already exists; pass --overwrite to replace it")
+    if out_dir.exists():
+        check_replaceable(out_dir)  # an earlier merge's output (a saved model), never a folder of other files
+        _check_not_read_by(recipe, out_dir)
     models, compatibility, reason, task = plan(recipe)
     started = time.perf_counter()
     with atomic_directory(out_dir) as tmp:

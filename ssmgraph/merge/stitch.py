@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ssmgraph.graph.model import CompiledModel
-from ssmgraph.merge.context import LoadedModel, MergeContext, MergeError, MergeResult
+from ssmgraph.merge.context import LoadedModel, MergeContext, MergeError, MergeResult, blueprint_of
 from ssmgraph.registry.specs import MergeMethodSpec, Param
 from ssmgraph.train.tasks.base import IGNORE, Task
 
@@ -59,7 +59,7 @@ class Stack:
 def layer_stack(model: LoadedModel) -> Stack:
     from ssmgraph.merge.compose import layer_stacks
 
-    bp = model.model.blueprint.to_dict()
+    bp = blueprint_of(model.model)
     stacks = layer_stacks(bp)
     if len(stacks) != 1:
         raise MergeError(f"stitching needs a model with one layer stack (a `repeat:` node); {model.name!r} has {len(stacks)}")
@@ -80,7 +80,7 @@ def stitched_blueprint(a: LoadedModel, b: LoadedModel, i: int, j: int) -> dict[s
     from ssmgraph.merge.compose import rename_node
 
     sa, sb = layer_stack(a), layer_stack(b)
-    bpa, bpb = a.model.blueprint.to_dict(), b.model.blueprint.to_dict()
+    bpa, bpb = blueprint_of(a.model), blueprint_of(b.model)
     if bpa["inputs"] != bpb["inputs"]:
         raise MergeError(f"models {a.name!r} and {b.name!r} read different inputs; a stitched model feeds B's layers from A's")
     d_b = b.model.nodes[f"{sb.name}.0.{sb.out_node}"].out_type.dim

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ssmgraph.graph.model import CompiledModel
-from ssmgraph.merge.context import LoadedModel, MergeContext, MergeError, MergeResult, state_shapes
+from ssmgraph.merge.context import LoadedModel, MergeContext, MergeError, MergeResult, blueprint_of, state_shapes
 from ssmgraph.registry.specs import MergeMethodSpec, Param
 from ssmgraph.train.tasks.base import Task
 
@@ -72,7 +72,7 @@ def superposed_blueprint(a: LoadedModel, b: LoadedModel, params: Mapping[str, An
     from ssmgraph.merge.compose import rename_node, rename_ref
 
     sa, sb = _single_stack(a), _single_stack(b)
-    bpa, bpb = a.model.blueprint.to_dict(), b.model.blueprint.to_dict()
+    bpa, bpb = blueprint_of(a.model), blueprint_of(b.model)
     if sa.layers != sb.layers:
         raise MergeError(f"superposition pairs layers one to one; {a.name!r} has {sa.layers} and {b.name!r} has {sb.layers} (try stitch)")
     if bpa["inputs"] != bpb["inputs"] or len(bpa["outputs"]) != 1 or len(bpb["outputs"]) != 1:

@@ -114,6 +114,20 @@ def test_linear_weights_that_sum_to_zero_are_a_merge_error_not_a_traceback(saved
     assert info.value.code == "E700" and not (tmp_path / "out").exists()
 
 
+def test_overwrite_replaces_an_earlier_merge_only(saved, tmp_path):
+    r = recipe("merge_method: linear\nmodels: [{name: a, checkpoint: gpt}, {name: b, checkpoint: gpt}]\n", saved)
+    run_merge(r, tmp_path / "out", progress=False)
+    run_merge(r, tmp_path / "out", overwrite=True, progress=False)  # an earlier merge: replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(ssmgraph.SsmgraphError, match="holds other files"):
+        run_merge(r, tmp_path / "mine", overwrite=True, progress=False)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    with pytest.raises(MergeError, match="holds model 'a', which the merge reads"):
+        run_merge(r, saved / "gpt", overwrite=True, progress=False)
+    assert ssmgraph.load(saved / "gpt") is not None
+
+
 def test_a_failing_method_leaves_nothing_half_written(with_plugin, saved, tmp_path):
     def explode(context):
         (context.out_dir / "partial.png").write_text("x")

@@ -1,0 +1,46 @@
+"""``ssmgraph compare``: CKA between the layers of two saved models, views of a multi-model
+blueprint included (their other views' layers are not in their weights)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import ssmgraph
+from ssmgraph.merge.compare import compare_models
+from ssmgraph.merge.context import LoadedModel, blueprint_of, classify
+from ssmgraph.merge.recipe import ModelSource
+from ssmgraph.train.loop import make_task
+
+PAIR = {"d_model": 8, "vocab": 4, "heads": 2, "d_common": 4, "max_len": 64}
+
+
+@pytest.fixture(scope="module")
+def views(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("views")
+    torch.manual_seed(0)
+    for view in ("transformer", "lstm"):
+        ssmgraph.save(ssmgraph.build("pair", model=view, **PAIR), root / view)
+    torch.manual_seed(1)
+    ssmgraph.save(ssmgraph.build("gpt", d_model=8, layers=2, heads=2, vocab=4, max_len=64), root / "gpt")
+    return root
+
+
+@pytest.mark.parametrize("name", ["transformer", "gpt"])
+def test_a_model_compared_with_itself_has_cka_one_on_the_diagonal(views: Path, tmp_path: Path, name: str) -> None:
+    task = make_task("parity", {"seq_len": 16})
+    result = compare_models(views / name, views / name, task, tmp_path, batches=1, batch_size=8)
+    cka = torch.tensor(result["cka"])
+    assert cka.shape == (2, 2) and torch.allclose(cka.diagonal(), torch.ones(2), atol=1e-9)
+    assert json.loads((tmp_path / "cka.json").read_text())["cka"] == result["cka"] and (tmp_path / "cka.png").stat().st_size > 0
+
+
+def test_a_view_is_its_own_blueprint(views: Path) -> None:
+    transformer = ssmgraph.load(views / "transformer")
+    data = blueprint_of(transformer)
+    assert "lstm" not in data["nodes"] and list(data["outputs"]) == ["transformer.logits"] and "models" not in data
+    loaded = [LoadedModel(v, ModelSource(v, checkpoint=views / v), ssmgraph.load(views / v)) for v in ("transformer", "lstm")]
+    assert classify(loaded)[0] == "heterogeneous"
