@@ -228,3 +228,19 @@ def test_two_process_gloo_run_matches_one_process(tmp_path) -> None:
     assert double.returncode == 0, double.stderr
     assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
     torch.testing.assert_close(torch.tensor(losses(tmp_path / "two")), torch.tensor(losses(tmp_path / "one")), rtol=1e-5, atol=1e-6)
+
+
+def test_ddp_trains_a_model_whose_tap_projections_get_no_gradient() -> None:
+    import torch.distributed as dist
+
+    from ssmgraph.train import distributed
+
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29531", rank=0, world_size=1)
+    try:
+        model = ssmgraph.build("pair", model="transformer", d_model=8, vocab=4, heads=2, d_common=4, max_len=32)
+        assert any(name.startswith("taps.") for name, _ in model.named_parameters())
+        wrapped = distributed.wrap(model, distributed.DistInfo(0, 2, torch.device("cpu")))  # as under torchrun
+        for _ in range(2):  # DDP reports unused parameters at the second step
+            wrapped(torch.randint(0, 4, (2, 8))).sum().backward()
+    finally:
+        dist.destroy_process_group()
