@@ -250,7 +250,7 @@ def _parse_models(errors: Collector, raw: Mapping[str, Any], base_dir: Path, top
             overrides = {}
         params = _check_mapping(errors, item.get("parameters"), PER_MODEL, f"{path}.parameters", "a model entry")
         if has_bp and not Path(blueprint).is_absolute() and (base_dir / blueprint).exists():
-            blueprint = str(base_dir / blueprint)
+            blueprint = str((base_dir / blueprint).resolve())  # a file next to the recipe; absolute, as merge.yaml re-runs anywhere
         models.append(ModelSource(name, checkpoint, blueprint if has_bp else None, dict(overrides), params, _mark(item)))
     return models
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,6 +97,22 @@ def test_the_written_recipe_runs_again_from_another_folder(saved, tmp_path):
     out, _ = run_merge(recipe("merge_method: linear\nmodels: [{name: a, checkpoint: gpt}, {name: b, checkpoint: gpt}]\n", saved), tmp_path / "out", progress=False)
     written = (out / "merge.yaml").read_text()
     again, _ = run_merge(recipe(written, tmp_path / "elsewhere"), tmp_path / "again", progress=False)
+    tokens = torch.randint(0, 11, (2, 5))
+    torch.testing.assert_close(ssmgraph.load(again)(tokens), ssmgraph.load(out)(tokens))
+
+
+def test_a_written_recipe_with_a_blueprint_file_runs_again_from_another_folder(tmp_path, monkeypatch):
+    from ssmgraph.blueprint import builtin_blueprints
+
+    monkeypatch.chdir(tmp_path)  # the recipe is given by a relative path, as on a command line
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "rec" / "tiny.yaml").write_text(builtin_blueprints()["gpt"].read_text())
+    tiny = "blueprint: tiny.yaml, set: {d_model: 8, layers: 1, heads: 2, vocab: 11}"
+    source = f"merge_method: linear\nmodels: [{{name: a, {tiny}}}, {{name: b, {tiny}}}]\n"
+    out, _ = run_merge(recipe(source, Path("rec")), tmp_path / "out", progress=False)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again, _ = run_merge(recipe((out / "merge.yaml").read_text(), Path(".")), tmp_path / "again", progress=False)
     tokens = torch.randint(0, 11, (2, 5))
     torch.testing.assert_close(ssmgraph.load(again)(tokens), ssmgraph.load(out)(tokens))
 
