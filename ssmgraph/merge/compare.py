@@ -47,13 +47,17 @@ def compare_models(path_a: Path, path_b: Path, task: Task, out_dir: Path, *, bat
     import ssmgraph
     from ssmgraph.merge.plots import heatmap
     from ssmgraph.merge.similarity import cka_matrix
+    from ssmgraph.train.loop import check_reads
 
     names = ("a", "b") if Path(path_a).name == Path(path_b).name else (Path(path_a).name, Path(path_b).name)
     name_a, name_b = (n.replace("-", "_") if n.replace("-", "_").isidentifier() else "model" for n in names)
     if name_a == name_b:
         name_a, name_b = "a", "b"
-    feats_a = hidden_states(ssmgraph.load(path_a), name_a, task, batches, batch_size)
-    feats_b = hidden_states(ssmgraph.load(path_b), name_b, task, batches, batch_size)
+    model_a, model_b = ssmgraph.load(path_a), ssmgraph.load(path_b)
+    for model in (model_a, model_b):
+        check_reads(model, task)  # only the inputs: compare reads hidden states, not outputs
+    feats_a = hidden_states(model_a, name_a, task, batches, batch_size)
+    feats_b = hidden_states(model_b, name_b, task, batches, batch_size)
     cka = cka_matrix(list(feats_a.values()), list(feats_b.values()))
     out_dir.mkdir(parents=True, exist_ok=True)
     png = heatmap(cka, list(feats_a), list(feats_b), f"linear CKA: {path_a} vs {path_b}", out_dir / "cka.png", "CKA")

@@ -106,13 +106,7 @@ def check_compatible(model: CompiledModel, task: Task) -> None:
     name = model.blueprint.name
     if len(model.input_types) != 1 or len(model.outputs) != 1:
         raise TrainingError(f"blueprint {name!r} has {len(model.input_types)} inputs and {len(model.outputs)} outputs; training needs one of each (build a view with --model)")
-    (in_type,) = model.input_types.values()
-    if in_type.dtype != task.input_dtype:
-        want = "token ids (an embed.token input)" if task.input_dtype == "int" else "float features (an embed.linear input)"
-        raise TrainingError(
-            f"task {task.describe()!r} feeds {want}, but blueprint {name!r} reads {in_type}; pick a blueprint whose input matches "
-            "(shipped: `classifier` reads features; `token_classifier` and the language models read tokens)"
-        )
+    check_input_dtype(model, task)
     out_value = next(iter(model.outputs.values()))
     out = model.nodes[out_value].out_type
     if task.kind == "lm":
@@ -127,6 +121,26 @@ def check_compatible(model: CompiledModel, task: Task) -> None:
     if not ok:
         raise TrainingError(f"task needs {want}, but blueprint {name!r} outputs {out}; e.g. `ssmgraph train classifier --task ...` for sequence tasks")
     check_input_range(model, task)
+
+
+def check_reads(model: CompiledModel, task: Task) -> None:
+    """The model's (single) input takes what the task feeds: the dtype, token ids within the
+    embedding, sequences within the position embedding. Its outputs are not checked here."""
+    if len(model.input_types) != 1:
+        raise TrainingError(f"blueprint {model.blueprint.name!r} has {len(model.input_types)} inputs; a task feeds one (build a view with --model)")
+    check_input_dtype(model, task)
+    check_input_range(model, task)
+
+
+def check_input_dtype(model: CompiledModel, task: Task) -> None:
+    name = model.blueprint.name
+    (in_type,) = model.input_types.values()
+    if in_type.dtype != task.input_dtype:
+        want = "token ids (an embed.token input)" if task.input_dtype == "int" else "float features (an embed.linear input)"
+        raise TrainingError(
+            f"task {task.describe()!r} feeds {want}, but blueprint {name!r} reads {in_type}; pick a blueprint whose input matches "
+            "(shipped: `classifier` reads features; `token_classifier` and the language models read tokens)"
+        )
 
 
 def token_vocab(model: CompiledModel) -> int | None:

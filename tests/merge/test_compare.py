@@ -44,3 +44,10 @@ def test_a_view_is_its_own_blueprint(views: Path) -> None:
     assert "lstm" not in data["nodes"] and list(data["outputs"]) == ["transformer.logits"] and "models" not in data
     loaded = [LoadedModel(v, ModelSource(v, checkpoint=views / v), ssmgraph.load(views / v)) for v in ("transformer", "lstm")]
     assert classify(loaded)[0] == "heterogeneous"
+
+
+def test_a_task_the_models_cannot_read_is_a_clear_error(views: Path, tmp_path: Path) -> None:
+    from ssmgraph.train import TrainingError
+
+    with pytest.raises(TrainingError, match="feeds float features"):
+        compare_models(views / "gpt", views / "gpt", make_task("digits", {}), tmp_path)
