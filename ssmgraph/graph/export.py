@@ -12,8 +12,13 @@ from ssmgraph.graph.model import CompiledModel
 FORMATS = (".dot", ".gv", ".mmd", ".md", ".svg", ".png")
 
 
+_KEYWORDS = frozenset({"node", "edge", "graph", "digraph", "subgraph", "strict", "end", "flowchart", "style", "class", "classdef", "click", "linkstyle", "direction"})
+"""Words Graphviz or Mermaid read as statements, not node ids (case-insensitively): a node may be named so."""
+
+
 def _id(value: str) -> str:
-    return value.replace(".", "_")
+    safe = value.replace(".", "_")
+    return f"{safe}_" if safe.lower() in _KEYWORDS else safe
 
 
 def _shape(model: CompiledModel, value: str) -> str:
@@ -55,6 +60,8 @@ def write_graph(model: CompiledModel, path: Path) -> Path:
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise SsmgraphError(f"--graph {path}: unknown format {suffix!r}; use one of {', '.join(FORMATS)}")
+    if not path.parent.is_dir():
+        raise SsmgraphError(f"--graph {path}: the folder {path.parent} does not exist; create it or write the picture elsewhere")
     if suffix in (".dot", ".gv"):
         path.write_text(to_dot(model), encoding="utf-8")
     elif suffix in (".mmd", ".md"):

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,23 @@ def test_build_graph_uses_safe_ids_for_dotted_paths(tmp_path: Path) -> None:
     assert "blocks_0_norm1 -> blocks_0_mix;" in text
     ids = re.findall(r"^\s+([^\s\[]+) \[", text, re.MULTILINE)
     assert all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", i) for i in ids), ids
+
+
+def test_build_graph_ids_never_read_as_keywords(tmp_path: Path) -> None:
+    (tmp_path / "kw.yaml").write_text(textwrap.dedent("""
+        ssmgraph: 1
+        inputs: {graph: {dtype: float32, shape: [batch, seq, 4]}}
+        nodes:
+          node: {block: norm.layer, in: graph}
+          end: {block: norm.layer, in: node}
+        outputs: {y: end}
+    """))
+    dot, mmd = tmp_path / "kw.dot", tmp_path / "kw.mmd"
+    assert run("build", str(tmp_path / "kw.yaml"), "--graph", str(dot)).exit_code == 0
+    assert run("build", str(tmp_path / "kw.yaml"), "--graph", str(mmd)).exit_code == 0
+    assert "graph_ -> node_;" in dot.read_text() and "node_ --> end_" in mmd.read_text()
+    missing = run("build", "lstm", "--graph", str(tmp_path / "nodir" / "g.dot"))
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_build_graph_unknown_format_is_a_user_error(tmp_path: Path) -> None:
