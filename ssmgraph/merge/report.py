@@ -22,8 +22,20 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with NaN and ±inf as null: strict JSON, which bare ``NaN`` is not."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def write_report(folder: Path, summary: dict[str, Any], result: MergeResult) -> None:
-    (folder / "report.json").write_text(json.dumps({**summary, "metrics": result.metrics, "notes": result.notes}, indent=2, default=str), encoding="utf-8")
+    report = strict_json({**summary, "metrics": result.metrics, "notes": result.notes})
+    (folder / "report.json").write_text(json.dumps(report, indent=2, default=str, allow_nan=False), encoding="utf-8")
     parts = [
         f"# Merge report: {summary['method']}",
         "",

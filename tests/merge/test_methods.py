@@ -176,3 +176,16 @@ def test_duplicate_and_malformed_methods_are_plugin_problems():
     registry.register(Dup(), "dup", "ssmgraph-dup", "0.2")
     with pytest.raises(PluginError, match=r"merge method 'linear' is provided twice.*ssmgraph-dup 0.2"):
         registry.collect()
+
+
+def test_report_json_is_strict_json_even_with_nan_metrics(tmp_path):
+    from ssmgraph.merge.report import write_report
+
+    summary = {"method": "m", "plugin": "p", "models": {"a": "x"}, "compatibility": "identical", "compatibility_reason": "r", "parameters": {}, "seconds": 0.1}
+    write_report(tmp_path, summary, MergeResult(torch.nn.Linear(1, 1), metrics={"r2": float("nan"), "grid": [1.0, float("inf")]}))
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    report = json.loads((tmp_path / "report.json").read_text(), parse_constant=refuse)
+    assert report["metrics"] == {"r2": None, "grid": [1.0, None]}
