@@ -44,15 +44,17 @@ MAX_FRAGMENT_DEPTH = 16
 
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
-# Names that would shadow nn.Module attributes or the compiled model's own members, or the
-# ``self`` of the generated forward. Names starting with ``_`` are refused too (private members).
+MODULE_ATTRS = frozenset(n for n in dir(__import__("torch").nn.Module) if not n.startswith("__"))
+"""What a submodule name must not shadow on any ``nn.Module`` (a tap's projection lives in ``taps``)."""
+# Node names also must not shadow the compiled model's own members, nor the ``self`` of the
+# generated forward. Names starting with ``_`` are refused too (private members).
 RESERVED = frozenset(
     {
         "taps", "forward", "forward_with_state", "step", "init_state", "generate", "training", "state_dict", "blueprint", "view",
         "input_types", "outputs", "tap_sources", "tap_names", "nodes", "order", "tied", "generated_source",
         "supports_step", "self",
     }
-) | frozenset(n for n in dir(__import__("torch").nn.Module) if not n.startswith("__"))
+) | MODULE_ATTRS
 
 _BAD = object()  # the value of something that already produced an error
 
@@ -658,7 +660,7 @@ class Resolver:
             if not isinstance(name, str) or not DOTTED.match(name):
                 self.err("E200", f"tap name {name!r} must be a name (dots allowed)", table.key_mark(name), "taps")
                 continue
-            reserved = [seg for seg in name.split(".") if keyword.iskeyword(seg) or seg in RESERVED or seg.startswith("_")]
+            reserved = [seg for seg in name.split(".") if keyword.iskeyword(seg) or seg in MODULE_ATTRS or seg.startswith("_")]
             if reserved:
                 self.err("E200", f"tap name {name!r}: {reserved[0]!r} is a Python keyword or reserved name", table.key_mark(name), path, "a tap's projection becomes the module taps.<name>: rename it")
                 continue

@@ -270,6 +270,9 @@ class _Expander:
             while target.path in direct and target.path not in chain:
                 chain.append(target.path)
                 target = direct[target.path]
+            if target.path not in chain and target.broken and not target.block:
+                node.broken = True  # it shares a share that failed, whose error is reported already
+                continue
             if target.path not in chain:
                 node.share_of = target.path
                 node.block, node.args, node.module_path = target.block, target.args, target.module_path

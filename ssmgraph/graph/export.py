@@ -16,9 +16,20 @@ _KEYWORDS = frozenset({"node", "edge", "graph", "digraph", "subgraph", "strict",
 """Words Graphviz or Mermaid read as statements, not node ids (case-insensitively): a node may be named so."""
 
 
-def _id(value: str) -> str:
-    safe = value.replace(".", "_")
-    return f"{safe}_" if safe.lower() in _KEYWORDS else safe
+def _ids(model: CompiledModel) -> dict[str, str]:
+    """A readable, unique node id per input, node and output (``out:<name>``): dots become
+    underscores, keywords get a ``_``, and an id already taken (``a.b`` and ``a_b``) a number."""
+    ids: dict[str, str] = {}
+    taken: set[str] = set()
+    for value in [*model.input_types, *model.nodes, *(f"out:{name}" for name in model.outputs)]:
+        base = value.replace("out:", "out_", 1).replace(".", "_")
+        base = f"{base}_" if base.lower() in _KEYWORDS else base
+        ident, n = base, 2
+        while ident in taken:
+            ident, n = f"{base}_{n}", n + 1
+        ids[value] = ident
+        taken.add(ident)
+    return ids
 
 
 def _shape(model: CompiledModel, value: str) -> str:
@@ -27,31 +38,33 @@ def _shape(model: CompiledModel, value: str) -> str:
 
 
 def to_dot(model: CompiledModel) -> str:
+    ids = _ids(model)
     lines = [f'digraph "{model.blueprint.name}" {{', "  rankdir=TB;", '  node [shape=box, fontname="Helvetica"];']
     for name in model.input_types:
-        lines.append(f'  {_id(name)} [label="{name}\\n{_shape(model, name)}", shape=oval];')
+        lines.append(f'  {ids[name]} [label="{name}\\n{_shape(model, name)}", shape=oval];')
     for path, info in model.nodes.items():
-        lines.append(f'  {_id(path)} [label="{path}\\n{info.block}\\n{_shape(model, path)}"];')
+        lines.append(f'  {ids[path]} [label="{path}\\n{info.block}\\n{_shape(model, path)}"];')
         for source in info.inputs:
-            lines.append(f"  {_id(source)} -> {_id(path)};")
+            lines.append(f"  {ids[source]} -> {ids[path]};")
     for name, value in model.outputs.items():
-        lines.append(f'  out_{_id(name)} [label="{name}", shape=oval];')
-        lines.append(f"  {_id(value)} -> out_{_id(name)};")
+        lines.append(f'  {ids["out:" + name]} [label="{name}", shape=oval];')
+        lines.append(f"  {ids[value]} -> {ids['out:' + name]};")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
 def to_mermaid(model: CompiledModel) -> str:
+    ids = _ids(model)
     lines = ["flowchart TD"]
     for name in model.input_types:
-        lines.append(f'  {_id(name)}(["{name} {_shape(model, name)}"])')
+        lines.append(f'  {ids[name]}(["{name} {_shape(model, name)}"])')
     for path, info in model.nodes.items():
-        lines.append(f'  {_id(path)}["{path}<br/>{info.block}<br/>{_shape(model, path)}"]')
+        lines.append(f'  {ids[path]}["{path}<br/>{info.block}<br/>{_shape(model, path)}"]')
         for source in info.inputs:
-            lines.append(f"  {_id(source)} --> {_id(path)}")
+            lines.append(f"  {ids[source]} --> {ids[path]}")
     for name, value in model.outputs.items():
-        lines.append(f'  out_{_id(name)}(["{name}"])')
-        lines.append(f"  {_id(value)} --> out_{_id(name)}")
+        lines.append(f'  {ids["out:" + name]}(["{name}"])')
+        lines.append(f"  {ids[value]} --> {ids['out:' + name]}")
     return "\n".join(lines) + "\n"
 
 

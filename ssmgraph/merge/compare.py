@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import keyword
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,16 @@ def hidden_states(model: CompiledModel, name: str, task: Task, batches: int, bat
     return {f"{name}.{i}": torch.cat(chunks) for i, chunks in enumerate(layers)}
 
 
+def _layer_prefix(folder: str) -> str:
+    """A model's folder name as the prefix of its layers' names (``runs-a`` -> ``runs_a``), or
+    ``model`` where it could not name a tap (``2nd``, ``class``, ``train``)."""
+    from ssmgraph.blueprint.resolve import MODULE_ATTRS
+
+    name = folder.replace("-", "_")
+    ok = name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("_") and name not in MODULE_ATTRS
+    return name if ok else "model"
+
+
 def compare_models(path_a: Path, path_b: Path, task: Task, out_dir: Path, *, batches: int = 8, batch_size: int = 32) -> dict[str, Any]:
     """CKA of every layer pair of two saved models; writes ``cka.png`` and ``cka.json``."""
     import ssmgraph
@@ -51,7 +62,7 @@ def compare_models(path_a: Path, path_b: Path, task: Task, out_dir: Path, *, bat
     from ssmgraph.train.loop import check_reads
 
     names = ("a", "b") if Path(path_a).name == Path(path_b).name else (Path(path_a).name, Path(path_b).name)
-    name_a, name_b = (n.replace("-", "_") if n.replace("-", "_").isidentifier() else "model" for n in names)
+    name_a, name_b = (_layer_prefix(n) for n in names)
     if name_a == name_b:
         name_a, name_b = "a", "b"
     if out_dir.exists() and not out_dir.is_dir():

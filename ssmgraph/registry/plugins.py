@@ -152,17 +152,17 @@ class Registry:
         for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist = ep.dist.name if ep.dist else ep.name
             version = ep.dist.version if ep.dist else "unknown"
+            # two distributions may both name their entry point e.g. "blocks": the second is kept under "dist:name"
+            name = f"{dist}:{ep.name}" if ep.name in self.plugins and self.plugins[ep.name].dist != dist else ep.name
             if (allow is not None and ep.name not in allow and dist not in allow) or ep.name in deny or dist in deny:
-                self.plugins[ep.name] = PluginRecord(ep.name, dist, version, "disabled", entry_point=ep.value)
+                self.plugins[name] = PluginRecord(name, dist, version, "disabled", entry_point=ep.value)
                 continue
             try:
                 plugin = ep.load()
             except Exception as exc:  # a broken plugin must not break the host
                 error = f"{type(exc).__name__}: {exc}"
-                self.fail(PluginRecord(ep.name, dist, version, "failed", error, entry_point=ep.value), exc)
+                self.fail(PluginRecord(name, dist, version, "failed", error, entry_point=ep.value), exc)
                 continue
-            # two distributions may both name their entry point e.g. "blocks": the second is kept under "dist:name"
-            name = f"{dist}:{ep.name}" if self.pm.has_plugin(ep.name) and self.plugins[ep.name].dist != dist else ep.name
             self.register(plugin, name, dist, version, ep.value)
 
     def fail(self, record: PluginRecord, exc: BaseException | None = None) -> None:

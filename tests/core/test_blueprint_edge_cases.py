@@ -274,6 +274,19 @@ def test_tap_name_with_a_keyword_or_reserved_part_is_e200(tap: str, part: str) -
     located(text, "E200", 7, f"{part!r} is a Python keyword or reserved name")
 
 
+@pytest.mark.parametrize("tap", ["step.h", "outputs", "view.p"])
+def test_tap_names_may_reuse_compiled_model_members(tap: str) -> None:
+    """Taps live in their own container: only nn.Module members would clash (merges name them
+    after models, e.g. step.h)."""
+    text = bp(TOKENS, "nodes:", EMBED, "outputs: {y: e}", "taps:", f"  {tap}: {{at: e, project: 3}}")
+    assert build(text)(torch.randint(0, 10, (1, 3)), taps=True)[1][tap].shape == (1, 3, 3)
+
+
+def test_a_share_of_a_failed_share_reports_only_the_first_error() -> None:
+    text = bp(FEATURES, "nodes:", "  a: {block: norm.layer, in: x}", "  b: {share: nothere, in: x}", "  c: {share: b, in: x}", "outputs: {y: c}")
+    located(text, "E210", 5, "no input or node named 'nothere'")
+
+
 # ---- 9. mapping keys that are not strings --------------------------------------------------------------------
 
 

@@ -174,12 +174,14 @@ def test_build_graph_ids_never_read_as_keywords(tmp_path: Path) -> None:
         nodes:
           node: {block: norm.layer, in: graph}
           end: {block: norm.layer, in: node}
-        outputs: {y: end}
+          end_: {block: norm.rms, in: end}
+        outputs: {y: end_}
     """))
     dot, mmd = tmp_path / "kw.dot", tmp_path / "kw.mmd"
     assert run("build", str(tmp_path / "kw.yaml"), "--graph", str(dot)).exit_code == 0
     assert run("build", str(tmp_path / "kw.yaml"), "--graph", str(mmd)).exit_code == 0
     assert "graph_ -> node_;" in dot.read_text() and "node_ --> end_" in mmd.read_text()
+    assert "end_ --> end__2" in mmd.read_text()  # the node named end_ keeps an id of its own
     missing = run("build", "lstm", "--graph", str(tmp_path / "nodir" / "g.dot"))
     assert missing.exit_code == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
 

@@ -172,6 +172,17 @@ def test_two_distributions_may_name_their_entry_points_alike(site) -> None:
     assert {registry.plugins[name].dist for name in ("blocks", "ssmgraph-two:blocks")} == {"ssmgraph-one", "ssmgraph-two"}
 
 
+def test_disabling_one_of_two_alike_named_entry_points_keeps_the_other(site, monkeypatch) -> None:
+    fake_distribution(site, "ssmgraph-one", "one_plugin", GOOD_BLOCK.format(name="norm.one"), entry_point="blocks")
+    fake_distribution(site, "ssmgraph-two", "two_plugin", GOOD_BLOCK.format(name="norm.two"), entry_point="blocks")
+    for disabled, kept in (("ssmgraph-one", "ssmgraph-two"), ("ssmgraph-two", "ssmgraph-one")):
+        monkeypatch.setenv("SSMGRAPH_DISABLE_PLUGINS", disabled)
+        registry = Registry()
+        records = {r.dist: r.status for r in registry.plugins.values() if r.dist in (disabled, kept)}
+        assert records == {disabled: "disabled", kept: "loaded"}
+        assert registry.get("norm." + kept.split("-")[1]).plugin == kept and registry.get("norm." + disabled.split("-")[1]) is None
+
+
 def test_hook_that_raises_is_reported(site) -> None:
     fake_distribution(site, "ssmgraph-raises", "raises_plugin", "import ssmgraph\n@ssmgraph.hookimpl\ndef ssmgraph_blocks():\n    raise RuntimeError('boom')\n")
     registry = Registry()

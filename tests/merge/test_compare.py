@@ -58,3 +58,33 @@ def test_an_output_path_that_is_a_file_is_a_clear_error(views: Path, tmp_path: P
     with pytest.raises(ssmgraph.SsmgraphError, match="is a file"):
         compare_models(views / "gpt", views / "gpt", make_task("parity", {"seq_len": 16}), tmp_path / "taken")
     assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_folders_named_like_model_members_still_compare(views: Path, tmp_path: Path) -> None:
+    import shutil
+
+    for name in ("step", "train"):  # a CompiledModel member, an nn.Module member
+        shutil.copytree(views / "gpt", tmp_path / name)
+    result = compare_models(tmp_path / "step", tmp_path / "train", make_task("parity", {"seq_len": 16}), tmp_path / "out", batches=1, batch_size=8)
+    assert result["layers_a"][0].startswith("step.") and result["layers_b"][0].startswith("model.")
+
+
+def test_a_view_that_shares_another_views_module_rebuilds_with_the_same_weights() -> None:
+    from ssmgraph.blueprint import load_blueprint
+    from ssmgraph.blueprint.yamlsafe import dump_yaml
+    from ssmgraph.graph.compile import compile_blueprint
+
+    text = """
+ssmgraph: 1
+inputs: {x: {dtype: float32, shape: [batch, seq, 8]}}
+nodes:
+  a_mix: {block: ffn.mlp, in: x}
+  a_out: {block: struct.linear, in: a_mix, args: {dim: 8}}
+  b_mix: {block: norm.layer, in: x}
+  b_out: {share: a_out, in: b_mix}
+outputs: {a.y: a_out, b.y: b_out}
+models: {a: {outputs: [a.y], taps: []}, b: {outputs: [b.y], taps: []}}
+"""
+    view = compile_blueprint(load_blueprint("two.yaml", text=text), model="b")
+    rebuilt = compile_blueprint(load_blueprint("b.yaml", text=dump_yaml(blueprint_of(view))))
+    assert list(rebuilt.state_dict()) == list(view.state_dict())  # the owner a_out is kept, a_mix pruned again
