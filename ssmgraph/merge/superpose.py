@@ -311,7 +311,7 @@ def run_superpose(context: MergeContext) -> MergeResult:
         score = merged if m is model else _score(m, tasks, bs, limit)
         figures[name] = {"bpb_a": score[0], "bpb_b": score[1]}
         rows.append([name, score[0], score[1]])
-    weight_baselines = state_shapes(a.model) == state_shapes(b.model)
+    weight_baselines = state_shapes(a.model) == state_shapes(b.model) and a.model.tied == b.model.tied
     if weight_baselines:
         t_best, score, grid = _best_of({f"{t:.1f}": _interpolated(a, b, t) for t in [i / 10 for i in range(11)]}, tasks, bs, limit)
         figures["linear interpolation"] = {"t": float(t_best), "bpb_a": score[0], "bpb_b": score[1], "grid": grid}
@@ -339,7 +339,7 @@ def run_superpose(context: MergeContext) -> MergeResult:
         "Causal: every block is causal and the autoencoders are pointwise or left-padded; no position reads a later token (tested).",
         "Linear interpolation and task arithmetic are grid-searched for the lowest mean bits per byte over both languages, on the same held-out data."
         if weight_baselines
-        else "No linear-interpolation or task-arithmetic baseline: the two models' weights differ in names or shapes, so they cannot be averaged.",
+        else "No linear-interpolation or task-arithmetic baseline: the two models' weights differ in names, shapes or ties, so they cannot be averaged.",
     ]
     return result
 
