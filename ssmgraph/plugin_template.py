@@ -25,16 +25,23 @@ def plugin_names(name: str) -> dict[str, str]:
 
 def new_plugin(name: str, parent: Path) -> Path:
     """Write the plugin package into ``parent/<distribution name>`` and return that folder."""
+    from ssmgraph.registry.plugins import get_registry
+    from ssmgraph.serialization import atomic_directory
+
     names = plugin_names(name)
     target = parent / names["dist"]
     if target.exists():
         raise SsmgraphError(f"{target} already exists; choose another name or folder (--out)")
-    for source in sorted(TEMPLATE_DIR.rglob("*.tmpl")):
-        relative = source.relative_to(TEMPLATE_DIR).with_suffix("")
-        path = target / str(relative).replace("__module__", names["module"])
-        text = source.read_text(encoding="utf-8")
-        for key, value in names.items():
-            text = text.replace("{{" + key + "}}", value)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+    taken = get_registry().get(names["block"])
+    if taken is not None:
+        raise SsmgraphError(f"block {names['block']!r} already exists (from {taken.plugin}); a plugin must name a new block, e.g. `ssmgraph plugin new my_{name}`")
+    with atomic_directory(target) as folder:  # a failure leaves nothing half-written
+        for source in sorted(TEMPLATE_DIR.rglob("*.tmpl")):
+            relative = source.relative_to(TEMPLATE_DIR).with_suffix("")
+            path = folder / str(relative).replace("__module__", names["module"])
+            text = source.read_text(encoding="utf-8")
+            for key, value in names.items():
+                text = text.replace("{{" + key + "}}", value)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
     return target

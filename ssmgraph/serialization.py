@@ -44,6 +44,10 @@ class CheckpointError(SsmgraphError):
 def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory that replaces ``target`` when the block succeeds."""
     target = Path(target)
+    if target.resolve() == Path.cwd() or target.resolve() in Path.cwd().parents:
+        raise CheckpointError(f"{target} is the current folder (or holds it); write to a new folder")
+    if any(parent.exists() and not parent.is_dir() for parent in target.parents):
+        raise CheckpointError(f"{target} lies under a file, not a directory; choose another path")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

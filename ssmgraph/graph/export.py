@@ -75,6 +75,8 @@ def write_graph(model: CompiledModel, path: Path) -> Path:
         raise SsmgraphError(f"--graph {path}: unknown format {suffix!r}; use one of {', '.join(FORMATS)}")
     if not path.parent.is_dir():
         raise SsmgraphError(f"--graph {path}: the folder {path.parent} does not exist; create it or write the picture elsewhere")
+    if path.is_dir():
+        raise SsmgraphError(f"--graph {path}: is a folder; name a file, e.g. {path / ('graph' + suffix)}")
     if suffix in (".dot", ".gv"):
         path.write_text(to_dot(model), encoding="utf-8")
     elif suffix in (".mmd", ".md"):

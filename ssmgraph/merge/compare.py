@@ -65,8 +65,8 @@ def compare_models(path_a: Path, path_b: Path, task: Task, out_dir: Path, *, bat
     name_a, name_b = (_layer_prefix(n) for n in names)
     if name_a == name_b:
         name_a, name_b = "a", "b"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SsmgraphError(f"--out {out_dir} is a file; give a folder for cka.png and cka.json")
+    if any(path.exists() and not path.is_dir() for path in (out_dir, *out_dir.parents)):
+        raise SsmgraphError(f"--out {out_dir} is (or lies under) a file; give a folder for cka.png and cka.json")
     model_a, model_b = ssmgraph.load(path_a), ssmgraph.load(path_b)
     for model in (model_a, model_b):
         check_reads(model, task)  # only the inputs: compare reads hidden states, not outputs

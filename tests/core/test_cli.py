@@ -184,6 +184,9 @@ def test_build_graph_ids_never_read_as_keywords(tmp_path: Path) -> None:
     assert "end_ --> end__2" in mmd.read_text()  # the node named end_ keeps an id of its own
     missing = run("build", "lstm", "--graph", str(tmp_path / "nodir" / "g.dot"))
     assert missing.exit_code == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    (tmp_path / "d.mmd").mkdir()
+    folder = run("build", "lstm", "--graph", str(tmp_path / "d.mmd"))
+    assert folder.exit_code == 2 and "is a folder" in folder.stderr
 
 
 def test_build_graph_unknown_format_is_a_user_error(tmp_path: Path) -> None:

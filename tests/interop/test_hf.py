@@ -293,6 +293,16 @@ def test_e600_existing_output_needs_overwrite(checkpoints: dict[str, Any], tmp_p
     assert import_hf(source, run, overwrite=True) == run and ssmgraph.load(run) is not None
     with pytest.raises(HFFileError, match="would replace the model being converted"):
         export_hf(run, run, overwrite=True)
+    with pytest.raises(HFFileError, match="or the folder holding it"):  # --out a parent of the source
+        export_hf(run, run.parent, overwrite=True)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    for convert, src in ((export_hf, run), (import_hf, source)):
+        with pytest.raises(HFFileError, match="holds other files, not an earlier conversion"):
+            convert(src, tmp_path / "mine", overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    exported = export_hf(run, tmp_path / "hf")
+    assert export_hf(run, exported, overwrite=True) == exported  # an earlier export is replaced
 
 
 def test_e601_unsupported_model_type(checkpoints: dict[str, Any], tmp_path: Path) -> None:

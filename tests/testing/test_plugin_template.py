@@ -51,3 +51,9 @@ def test_bad_names_and_existing_folders_are_refused(tmp_path):
     assert runner.invoke(app, ["plugin", "new", "dup", "--out", str(tmp_path)]).exit_code == 0
     again = runner.invoke(app, ["plugin", "new", "dup", "--out", str(tmp_path)])
     assert again.exit_code == 2 and "already exists" in again.stderr
+    builtin = runner.invoke(app, ["plugin", "new", "s4d", "--out", str(tmp_path)])  # mix.s4d is taken
+    assert builtin.exit_code == 2 and "block 'mix.s4d' already exists (from ssmgraph)" in builtin.stderr
+    (tmp_path / "afile").write_text("x")
+    under_a_file = runner.invoke(app, ["plugin", "new", "fresh", "--out", str(tmp_path / "afile")])
+    assert under_a_file.exit_code == 2 and "under a file" in under_a_file.stderr and "Traceback" not in under_a_file.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "ssmgraph-dup"]  # nothing half-written

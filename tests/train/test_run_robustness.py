@@ -253,3 +253,13 @@ def test_unknown_split(done) -> None:
     assert result.exit_code == 2 and "not 'bogus'" in result.output
     assert run("eval", done, "--split", "valid").exit_code == 0
 
+
+
+def test_train_refuses_a_folder_of_other_files_so_overwrite_never_deletes_them(tmp_path) -> None:
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("precious")
+    for extra in ([], ["--overwrite"]):
+        result = run("train", "lstm", *CLI_TINY, "--steps", "1", "--out", folder, *extra)
+        assert result.exit_code == 2 and "holds other files, not a training run" in result.output
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]

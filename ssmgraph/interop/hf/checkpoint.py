@@ -10,7 +10,7 @@ but tensors and plain containers.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,14 +156,24 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def check_output(out: Path, overwrite: bool, *, source: Path) -> None:
-    """Refuse to write over a non-empty directory (without ``overwrite``) or over the source."""
-    if out.resolve() == source.resolve():
-        raise HFFileError(f"{out}: the output would replace the model being converted", "give --out another directory")
+def check_output(out: Path, overwrite: bool, *, source: Path, earlier: Callable[[Path], bool]) -> None:
+    """Refuse to write over the source (or a folder holding it), the current folder, a file, or
+    a non-empty directory — with ``overwrite``, only one that ``earlier`` recognises as a
+    previous output of the same conversion is replaced."""
+    target, held = out.resolve(), source.resolve()
+    if target == held or target in held.parents:
+        raise HFFileError(f"{out}: the output would replace the model being converted (or the folder holding it)", "give --out another directory")
+    if target == Path.cwd() or target in Path.cwd().parents:
+        raise HFFileError(f"{out}: is the current folder (or holds it)", "give --out a new directory")
+    if any(parent.exists() and not parent.is_dir() for parent in out.parents):
+        raise HFFileError(f"{out}: lies under a file, not a directory", "give --out a directory path")
     if out.exists() and not out.is_dir():
         raise HFFileError(f"{out}: exists and is not a directory", "give --out a directory path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise HFFileError(f"{out}: already exists", "pass --overwrite to replace it, or give --out another directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise HFFileError(f"{out}: already exists", "pass --overwrite to replace it, or give --out another directory")
+        if not earlier(out):
+            raise HFFileError(f"{out}: holds other files, not an earlier conversion; --overwrite replaces only that", "give --out a new or empty directory")
 
 
 def write_checkpoint(folder: Path, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:
