@@ -189,7 +189,7 @@ def train(
         settings: dict[str, Any] = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("lr", lr), ("seed", seed), ("task", task)) if v is not None}
         cfg = load_config(config, settings)
         if task_option:
-            cfg.task_options = {**cfg.task_options, **parse_overrides(task_option)}
+            cfg.task_options = {**cfg.task_options, **parse_overrides(task_option, "-t")}
         overrides = parse_overrides(set_ or [])
         result = run_training(blueprint, out, cfg, overrides=overrides, model_view=model, progress=not quiet, overwrite=overwrite)
     _report_training(result, show and not quiet)
@@ -228,7 +228,7 @@ def eval_(
     from ssmgraph.blueprint import parse_overrides
     from ssmgraph.train import evaluate_run
 
-    result = evaluate_run(run_dir, task, parse_overrides(task_option) if task_option else None, split)
+    result = evaluate_run(run_dir, task, parse_overrides(task_option, "-t") if task_option else None, split)
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
@@ -329,7 +329,7 @@ def _check_generation_length(run_dir: Path, limit: int | None, prompt_len: int, 
 @app.command()
 @user_errors
 def blocks(
-    pattern: Annotated[str, typer.Argument(help="A block name (shows its parameters), or a pattern such as `mix.*` or `attn`.")] = "*",
+    pattern: Annotated[str, typer.Argument(help="A block name (shows its parameters), a pattern such as `mix.*`, or part of a name such as `attention`.")] = "*",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON: a list of {name, role, plugin, params, ...}.")] = False,
 ) -> None:
     """List the blocks you can use in a blueprint, or show one block's parameters."""
@@ -340,7 +340,7 @@ def blocks(
     _warn_plugin_problems()
     exact = registry.get(pattern)
     specs = [exact] if exact else registry.search(pattern)
-    if as_json:
+    if as_json:  # a search that matches nothing is an empty list to a script
         sys.stdout.write(json.dumps([s.to_json() for s in specs], indent=2) + "\n")
         return
     if not specs:
@@ -461,7 +461,7 @@ def compare(
     from ssmgraph.merge.compare import compare_models
     from ssmgraph.train.loop import make_task
 
-    result = compare_models(model_a, model_b, make_task(task, parse_overrides(task_option or [])), out_dir, batches=batches, batch_size=batch_size)
+    result = compare_models(model_a, model_b, make_task(task, parse_overrides(task_option or [], "-t")), out_dir, batches=batches, batch_size=batch_size)
     table = Table(title=f"linear CKA: rows {result['a']}, columns {result['b']}")
     table.add_column("layer")
     for name in result["layers_b"]:

@@ -52,17 +52,19 @@ def find_blueprint(name_or_path: str | Path) -> Path:
     return path
 
 
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """``["d=128", "causal=false"]`` → ``{"d": 128, "causal": False}`` (values read as YAML)."""
+def parse_overrides(items: Iterable[str], flag: str = "--set") -> dict[str, Any]:
+    """``["d=128", "causal=false"]`` → ``{"d": 128, "causal": False}`` (values read as YAML);
+    ``flag`` names the option in errors (``-t`` for task options)."""
     errors = Collector()
     out: dict[str, Any] = {}
+    example = "-t seq_len=256" if flag == "-t" else f"{flag} d_model=256"
     for item in items:
         name, sep, text = item.partition("=")
         name = name.strip()
         if not sep or not name:
-            errors.add("E112", f"--set {item!r} must read name=value", None, "--set", "e.g. --set d_model=256")
+            errors.add("E112", f"{flag} {item!r} must read name=value", None, flag, f"e.g. {example}")
             continue
-        out[name] = load_yaml(text, f"--set {name}") if text.strip() else ""
+        out[name] = load_yaml(text, f"{flag} {name}") if text.strip() else ""
     errors.raise_if_any()
     return out
 

@@ -75,10 +75,10 @@ def _check_not_read_by(recipe: Recipe, out_dir: Path) -> None:
 def run_merge(recipe: Recipe, out_dir: Path, *, overwrite: bool = False, progress: bool = True) -> tuple[Path, MergeResult]:
     """Merge as the recipe says and write the result into ``out_dir`` (atomically)."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise SsmgraphError(f"{out_dir} already exists; pass --overwrite to replace it")
     if out_dir.exists():
         check_replaceable(out_dir)  # an earlier merge's output (a saved model), never a folder of other files
+        if not overwrite:
+            raise SsmgraphError(f"{out_dir} already exists; pass --overwrite to replace it")
         _check_not_read_by(recipe, out_dir)
     models, compatibility, reason, task = plan(recipe)
     started = time.perf_counter()

@@ -7,6 +7,7 @@ against the blueprint), the input ports, a shape rule, capabilities, and a facto
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -90,6 +91,8 @@ class Param:
             return value, f"expected {self.type_name}, got a boolean ({value!r})"
         if not isinstance(value, types):
             return value, f"expected {self.type_name}, got {type(value).__name__} {value!r}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return value, f"{value!r} is not a finite number"
         if self.choices is not None and value not in self.choices:
             allowed = ", ".join(repr(c) for c in self.choices)
             return value, f"{value!r} is not one of {allowed}"

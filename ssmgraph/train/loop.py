@@ -478,6 +478,8 @@ def evaluate_run(run_dir: str | Path, task_name: str | None = None, options: Map
 
     On the run's own task, ``options`` override the run's task options one by one."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TrainingError(f"{run_dir}: no such run or model folder ({'a file' if run_dir.exists() else 'nothing there'})")
     record = read_run_record(run_dir) if (run_dir / RUN_FILE).is_file() else None
     config = config_from(record["config"], run_dir / RUN_FILE) if record else TrainConfig()
     name = task_name or config.task

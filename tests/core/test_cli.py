@@ -189,6 +189,10 @@ def test_build_graph_ids_never_read_as_keywords(tmp_path: Path) -> None:
     assert folder.exit_code == 2 and "is a folder" in folder.stderr
 
 
+def test_blocks_finds_part_of_a_name_as_its_help_says() -> None:
+    assert "mix.attention" in run("blocks", "attention").stdout
+
+
 def test_build_graph_unknown_format_is_a_user_error(tmp_path: Path) -> None:
     result = run("build", "lstm", "--graph", str(tmp_path / "g.txt"))
     assert result.exit_code == 2

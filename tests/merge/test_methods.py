@@ -137,8 +137,9 @@ def test_overwrite_replaces_an_earlier_merge_only(saved, tmp_path):
     run_merge(r, tmp_path / "out", overwrite=True, progress=False)  # an earlier merge: replaced
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
-    with pytest.raises(ssmgraph.SsmgraphError, match="holds other files"):
-        run_merge(r, tmp_path / "mine", overwrite=True, progress=False)
+    for overwrite in (False, True):  # never the advice to pass --overwrite where it would not help
+        with pytest.raises(ssmgraph.SsmgraphError, match="holds other files"):
+            run_merge(r, tmp_path / "mine", overwrite=overwrite, progress=False)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     with pytest.raises(MergeError, match="holds model 'a', which the merge reads"):
         run_merge(r, saved / "gpt", overwrite=True, progress=False)

@@ -263,3 +263,12 @@ def test_train_refuses_a_folder_of_other_files_so_overwrite_never_deletes_them(t
         result = run("train", "lstm", *CLI_TINY, "--steps", "1", "--out", folder, *extra)
         assert result.exit_code == 2 and "holds other files, not a training run" in result.output
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+def test_cli_mistakes_name_the_right_option_and_path(tmp_path) -> None:
+    bad_option = run("train", "lstm", "--task", "bytes", "-t", "seq_len", "--out", tmp_path / "r")
+    assert bad_option.exit_code == 2 and "-t 'seq_len' must read name=value" in bad_option.output and "e.g. -t seq_len=256" in bad_option.output
+    missing = run("eval", tmp_path / "nothing")
+    assert missing.exit_code == 2 and "no such run or model folder" in missing.output
+    infinite = run("train", "lstm", *CLI_TINY, "--lr", "inf", "--out", tmp_path / "lr")
+    assert infinite.exit_code == 2 and "not a finite number" in infinite.output and not (tmp_path / "lr").exists()
