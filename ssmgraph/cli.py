@@ -310,7 +310,8 @@ def generate(
     vocab = token_vocab(model)
     ids = list(prompt.encode("utf-8")) or [ord("\n")]
     if vocab != 256:
-        raise SsmgraphError(f"{run_dir}: generate works on byte-level models (vocabulary 256); this model's is {vocab}")
+        has = "reads no token ids" if vocab is None else f"has vocabulary {vocab}"
+        raise SsmgraphError(f"{run_dir}: generate works on byte-level language models (vocabulary 256); this model {has}")
     _check_generation_length(run_dir, position_limit(model, learned_only=True), len(ids), max_new_tokens)
     generator = torch.Generator().manual_seed(seed)
     tokens = model.generate(torch.tensor([ids]), max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
