@@ -55,8 +55,9 @@ def test_a_task_the_models_cannot_read_is_a_clear_error(views: Path, tmp_path: P
 
 def test_an_output_path_that_is_a_file_is_a_clear_error(views: Path, tmp_path: Path) -> None:
     (tmp_path / "taken").write_text("mine")
-    with pytest.raises(ssmgraph.SsmgraphError, match="is a file"):
-        compare_models(views / "gpt", views / "gpt", make_task("parity", {"seq_len": 16}), tmp_path / "taken")
+    for out in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+        with pytest.raises(ssmgraph.SsmgraphError, match=r"is \(or lies under\) a file"):
+            compare_models(views / "gpt", views / "gpt", make_task("parity", {"seq_len": 16}), out)
     assert (tmp_path / "taken").read_text() == "mine"
 
 
