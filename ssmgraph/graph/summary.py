@@ -31,12 +31,20 @@ def node_parameter_counts(model: CompiledModel) -> dict[str, int]:
     return counts
 
 
+def tap_projection_parameters(model: CompiledModel) -> int:
+    """Parameters of the taps' projections, which belong to no node (so the node counts plus
+    these make the total)."""
+    in_nodes = {id(p) for path in model.order for p in model.get_submodule(model.nodes[path].module_path).parameters()}
+    return sum(p.numel() for name, p in model.named_parameters() if name.startswith("taps.") and id(p) not in in_nodes)
+
+
 def summarize(model: CompiledModel) -> dict[str, Any]:
     counts = node_parameter_counts(model)
     return {
         "name": model.blueprint.name,
         "model": model.view,
         "parameters": count_parameters(model),
+        "tap_parameters": tap_projection_parameters(model),
         "inputs": {name: {"dtype": t.dtype, "shape": _shape(t)} for name, t in model.input_types.items()},
         "outputs": {name: _shape(model.nodes[value].out_type) if value in model.nodes else _shape(model.input_types[value]) for name, value in model.outputs.items()},
         "taps": {name: value for name, value in model.tap_sources.items()},
@@ -78,6 +86,7 @@ def _caption(data: dict[str, Any]) -> str:
     if data["tied"]:
         parts.append("tied: " + ", ".join(f"{a} = {b}" for a, b in data["tied"].items()))
     if data["taps"]:
-        parts.append(f"{len(data['taps'])} taps")
+        projections = f" ({data['tap_parameters']:,} parameters in their projections)" if data["tap_parameters"] else ""
+        parts.append(f"{len(data['taps'])} taps{projections}")
     parts.append("step-by-step decoding: " + ("yes" if data["supports_step"] else "no"))
     return " · ".join(parts)

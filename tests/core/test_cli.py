@@ -89,6 +89,12 @@ def test_build_json_of_gpt_in_detail() -> None:
     assert nodes["embed"]["parameters"] == 256 * 128
 
 
+def test_build_json_node_counts_and_tap_projections_add_up_to_the_total() -> None:
+    data = run_json("build", "pair")
+    assert data["tap_parameters"] > 0
+    assert sum(n["parameters"] for n in data["nodes"]) + data["tap_parameters"] == data["parameters"]
+
+
 def test_build_set_overrides() -> None:
     data = run_json("build", "gpt", "--set", "d_model=64", "-s", "layers=1", "--set", "vocab=50", "--set", "heads=2")
     assert data["outputs"]["logits"] == ["batch", "seq", 50]
