@@ -208,17 +208,9 @@ def _apply_ties(ties: list[_Tie], modules: dict[str, nn.Module], errors: Collect
         owner = modules.get(owner_node.module_path)
         if module is None or owner is None:
             continue
-        try:
-            source = owner.get_parameter(owner_attr)
-        except AttributeError:
-            names = [n for n, _ in owner.named_parameters()]
-            errors.add("E230", f"{owner_node.path} ({owner_node.block}) has no parameter {owner_attr!r}", tie.mark, where, did_you_mean(owner_attr, names))
-            continue
-        try:
-            own = module.get_parameter(attr)
-        except AttributeError:
-            names = [n for n, _ in module.named_parameters()]
-            errors.add("E230", f"{node.path} ({node.block}) has no parameter {attr!r} to tie", tie.mark, where, did_you_mean(attr, names))
+        source = _parameter(owner, owner_attr, f"{owner_node.path} ({owner_node.block}) has no parameter {owner_attr!r}", tie, errors)
+        own = _parameter(module, attr, f"{node.path} ({node.block}) has no parameter {attr!r} to tie", tie, errors) if source is not None else None
+        if source is None or own is None:
             continue
         if own.shape != source.shape:
             errors.add("E230", f"cannot tie {node.path}.{attr} {tuple(own.shape)} to {owner_node.path}.{owner_attr} {tuple(source.shape)}: shapes differ", tie.mark, where, "tied parameters must have exactly the same shape")
@@ -228,6 +220,16 @@ def _apply_ties(ties: list[_Tie], modules: dict[str, nn.Module], errors: Collect
         setattr(holder, leaf, source)
         tied[f"{node.module_path}.{attr}"] = f"{owner_node.module_path}.{owner_attr}"
     return tied
+
+
+def _parameter(module: nn.Module, name: str, missing: str, tie: _Tie, errors: Collector) -> nn.Parameter | None:
+    """``module``'s parameter ``name``, or None with E230 (``missing``) and the names it has."""
+    try:
+        return module.get_parameter(name)
+    except AttributeError:
+        names = [n for n, _ in module.named_parameters()]
+        errors.add("E230", missing, tie.mark, f"{tie.node.path}.tie.{tie.attr}", did_you_mean(name, names))
+        return None
 
 
 def _tap_projections(taps: dict[str, TapInstance], value_types: dict[str, TensorType], registry: Registry, root: nn.Module, errors: Collector) -> dict[str, str]:
