@@ -44,7 +44,7 @@ class CheckpointError(SsmgraphError):
 def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory that replaces ``target`` when the block succeeds."""
     target = Path(target)
-    if target.resolve() == Path.cwd() or target.resolve() in Path.cwd().parents:
+    if holds_current_folder(target):
         raise CheckpointError(f"{target} is the current folder (or holds it); write to a new folder")
     if any(parent.exists() and not parent.is_dir() for parent in target.parents):
         raise CheckpointError(f"{target} lies under a file, not a directory; choose another path")
@@ -65,6 +65,11 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def holds_current_folder(path: Path) -> bool:
+    """Whether replacing ``path`` would pull the working directory from under the process."""
+    return path.resolve() == Path.cwd() or path.resolve() in Path.cwd().parents
 
 
 def _remove(path: Path) -> None:

@@ -21,7 +21,7 @@ from ssmgraph.errors import SsmgraphError
 from ssmgraph.merge.context import LoadedModel, MergeContext, MergeError, MergeResult, classify, methods_for
 from ssmgraph.merge.recipe import ModelSource, Recipe
 from ssmgraph.merge.report import write_report
-from ssmgraph.serialization import atomic_directory, check_replaceable, weights_to_save, write_model_files
+from ssmgraph.serialization import atomic_directory, check_replaceable, holds_current_folder, weights_to_save, write_model_files
 
 RECIPE_FILE = "merge.yaml"
 
@@ -68,7 +68,7 @@ def _check_not_read_by(recipe: Recipe, out_dir: Path) -> None:
     for source in recipe.models:
         if source.checkpoint is not None and (target == Path(source.checkpoint).resolve() or target in Path(source.checkpoint).resolve().parents):
             raise MergeError(f"{recipe.source}: --out {out_dir} holds model {source.name!r}, which the merge reads; choose another --out")
-    if target == Path.cwd() or target in Path.cwd().parents:
+    if holds_current_folder(out_dir):
         raise MergeError(f"--out {out_dir} is the current folder (or holds it); choose a new folder for the merged model")
 
 

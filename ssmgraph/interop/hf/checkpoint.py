@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ssmgraph.interop.errors import HFConfigError, HFFileError
+from ssmgraph.serialization import holds_current_folder
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -163,7 +164,7 @@ def check_output(out: Path, overwrite: bool, *, source: Path, earlier: Callable[
     target, held = out.resolve(), source.resolve()
     if target == held or target in held.parents:
         raise HFFileError(f"{out}: the output would replace the model being converted (or the folder holding it)", "give --out another directory")
-    if target == Path.cwd() or target in Path.cwd().parents:
+    if holds_current_folder(out):
         raise HFFileError(f"{out}: is the current folder (or holds it)", "give --out a new directory")
     if any(parent.exists() and not parent.is_dir() for parent in out.parents):
         raise HFFileError(f"{out}: lies under a file, not a directory", "give --out a directory path")
