@@ -13,7 +13,10 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float = 0.0) -> l
     """Groups for ``torch.optim``: hinted SSM parameters get their own learning rate and no
     weight decay (see :func:`ssmgraph.blocks._optim.mark_optim`); biases and 1-D gains
     (norm weights) get no weight decay, as nanoGPT and the S4/Mamba references do; every
-    other parameter gets ``lr`` and ``weight_decay``. Tied parameters appear once."""
+    other parameter gets ``lr`` and ``weight_decay``. Tied parameters appear once.
+
+    The hints are attributes of the parameters, which ``copy.deepcopy`` does not copy: pass
+    the model as built or loaded, not a deep copy of it."""
     groups: dict[tuple[tuple[str, float], ...], list[nn.Parameter]] = {}
     seen: set[int] = set()
     for _, param in model.named_parameters():
