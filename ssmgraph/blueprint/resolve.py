@@ -193,7 +193,13 @@ class Resolver:
             if not isinstance(name, str) or not IDENT.match(name):
                 self.err("E200", f"parameter name {name!r} is not an identifier", params.key_mark(name), path)
                 continue
-            if name in overrides:
+            if name in overrides and origin == "--set" and not _same_kind(value, overrides[name]):
+                wanted = "true or false" if isinstance(value, bool) else "a number"
+                self.err(
+                    "E112", f"--set {name}={overrides[name]!r} does not fit the parameter, whose default is {value!r}",
+                    params.mark_of(name), f"{path}.{name}", f"give {wanted}, e.g. --set {name}={str(value).lower() if isinstance(value, bool) else value}",
+                )  # the default stands in, so that this one mistake is the one reported
+            elif name in overrides:
                 value = overrides[name]
             scope[name] = self.value(value, scope, params.mark_of(name), f"{path}.{name}")
         return scope
@@ -713,6 +719,19 @@ class Resolver:
                 self.err("E111", "a model view needs at least one output", spec.mark, path)
             out[view.name] = view
         return out
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    """Whether a ``--set`` value may replace a literal default: numbers for numbers, booleans for
+    booleans, null for anything (a block's own default); an expression, or a default that is
+    one, is checked where it is used."""
+    if value is None or (isinstance(value, str) and is_expression(value)):
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return True
 
 
 def _merge_marked(*tables: Mapping[Any, Any]) -> LDict:

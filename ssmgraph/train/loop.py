@@ -77,7 +77,9 @@ def make_task(name: str, options: Mapping[str, Any]) -> Task:
         if param.required and param.name not in values:
             errors.add("E204", f"task {name!r} needs option {param.name!r} ({param.doc})", None, "task_options", f"--task-option {param.name}=...")
     errors.raise_if_any()
-    return spec.factory(**values)
+    task = spec.factory(**values)
+    task.name = name
+    return task
 
 
 def fit_params(blueprint_source: str | Path, overrides: Mapping[str, Any], task: Task) -> dict[str, Any]:
@@ -138,7 +140,7 @@ def check_input_dtype(model: CompiledModel, task: Task) -> None:
     if in_type.dtype != task.input_dtype:
         want = "token ids (an embed.token input)" if task.input_dtype == "int" else "float features (an embed.linear input)"
         raise TrainingError(
-            f"task {task.describe()!r} feeds {want}, but blueprint {name!r} reads {in_type}; pick a blueprint whose input matches "
+            f"task {task.label()} feeds {want}, but blueprint {name!r} reads {in_type}; pick a blueprint whose input matches "
             "(shipped: `classifier` reads features; `token_classifier` and the language models read tokens)"
         )
 
@@ -165,7 +167,7 @@ def check_input_range(model: CompiledModel, task: Task) -> None:
     vocab = token_vocab(model)
     if task.vocab_size is not None and vocab is not None and task.vocab_size > vocab:
         raise TrainingError(
-            f"task {task.describe()!r} feeds token ids up to {task.vocab_size - 1}, but blueprint {name!r} embeds only {vocab} tokens; "
+            f"task {task.label()} feeds token ids up to {task.vocab_size - 1}, but blueprint {name!r} embeds only {vocab} tokens; "
             "use a model trained or built for this task (or a larger --set vocab=...)"
         )
     limit = position_limit(model)

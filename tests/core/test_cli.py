@@ -106,6 +106,13 @@ def test_build_set_overrides() -> None:
     )
 
 
+def test_a_set_value_of_the_wrong_kind_is_named_at_the_parameter() -> None:
+    result = run("build", "gpt", "--set", "d_model=abc")
+    assert result.exit_code == 2 and "--set d_model='abc' does not fit the parameter, whose default is 128" in result.stderr
+    assert result.stderr.count("error[") == 1  # the default stands in: no follow-on errors
+    assert run("build", "gpt", "--set", "d_model=$vocab // 4", "--json").exit_code == 0  # expressions stay allowed
+
+
 def test_build_set_values_are_read_as_yaml() -> None:
     data = run_json("build", "lstm", "--set", "hidden=null", "--set", "layers=1")
     lstm = next(n for n in data["nodes"] if n["path"] == "lstm")

@@ -230,12 +230,15 @@ def test_two_process_gloo_run_matches_one_process(tmp_path) -> None:
     torch.testing.assert_close(torch.tensor(losses(tmp_path / "two")), torch.tensor(losses(tmp_path / "one")), rtol=1e-5, atol=1e-6)
 
 
-def test_ddp_trains_a_model_whose_tap_projections_get_no_gradient() -> None:
+def test_ddp_trains_a_model_whose_tap_projections_get_no_gradient(tmp_path) -> None:
+    from datetime import timedelta
+
     import torch.distributed as dist
 
     from ssmgraph.train import distributed
 
-    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29531", rank=0, world_size=1)
+    # A file store, not a TCP port: nothing another process holds can make it wait.
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1, timeout=timedelta(seconds=60))
     try:
         model = ssmgraph.build("pair", model="transformer", d_model=8, vocab=4, heads=2, d_common=4, max_len=32)
         assert any(name.startswith("taps.") for name, _ in model.named_parameters())

@@ -272,3 +272,8 @@ def test_cli_mistakes_name_the_right_option_and_path(tmp_path) -> None:
     assert missing.exit_code == 2 and "no such run or model folder" in missing.output
     infinite = run("train", "lstm", *CLI_TINY, "--lr", "inf", "--out", tmp_path / "lr")
     assert infinite.exit_code == 2 and "not a finite number" in infinite.output and not (tmp_path / "lr").exists()
+
+
+def test_fit_errors_name_the_task_by_its_name(tmp_path) -> None:
+    result = run("train", "classifier", "--task", "bytes", "--steps", "1", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "task 'bytes' (lm: tokens < 256" in result.output

@@ -64,6 +64,8 @@ class Task:
     """Base class of tasks. Subclasses set the attributes and implement ``sample``."""
 
     kind: Kind = "lm"
+    name: str = ""
+    """The registered name (set by ``make_task``; empty for a task built by hand)."""
     vocab_size: int | None = None
     """Token ids lie in [0, vocab_size) (token inputs); None for float features."""
     feature_dim: int | None = None
@@ -90,6 +92,10 @@ class Task:
     @property
     def input_dtype(self) -> str:
         return "int" if self.vocab_size is not None else "float"
+
+    def label(self) -> str:
+        """How errors name the task: ``'bytes' (lm: tokens < 256, ...)``."""
+        return f"{self.name!r} ({self.describe()})" if self.name else repr(self.describe())
 
     def describe(self) -> str:
         """One line for logs: kind, input and target shapes."""
