@@ -46,7 +46,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     target = Path(target)
     if holds_current_folder(target):
         raise CheckpointError(f"{target} is the current folder (or holds it); write to a new folder")
-    if any(parent.exists() and not parent.is_dir() for parent in target.parents):
+    if under_a_file(target):
         raise CheckpointError(f"{target} lies under a file, not a directory; choose another path")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -65,6 +65,18 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def under_a_file(path: Path) -> bool:
+    """Whether a folder above ``path`` is in fact a file (so nothing can be written there)."""
+    return any(parent.exists() and not parent.is_dir() for parent in path.parents)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small text file so that a kill leaves the old content or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def holds_current_folder(path: Path) -> bool:

@@ -11,6 +11,7 @@ import torch
 
 from ssmgraph.errors import SsmgraphError
 from ssmgraph.graph.model import CompiledModel
+from ssmgraph.serialization import under_a_file
 from ssmgraph.train.tasks.base import Task
 
 
@@ -65,7 +66,7 @@ def compare_models(path_a: Path, path_b: Path, task: Task, out_dir: Path, *, bat
     name_a, name_b = (_layer_prefix(n) for n in names)
     if name_a == name_b:
         name_a, name_b = "a", "b"
-    if any(path.exists() and not path.is_dir() for path in (out_dir, *out_dir.parents)):
+    if (out_dir.exists() and not out_dir.is_dir()) or under_a_file(out_dir):
         raise SsmgraphError(f"--out {out_dir} is (or lies under) a file; give a folder for cka.png and cka.json")
     model_a, model_b = ssmgraph.load(path_a), ssmgraph.load(path_b)
     for model in (model_a, model_b):

@@ -10,7 +10,6 @@ Nothing is pickled: tensors go to safetensors, everything else to JSON.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ssmgraph.graph.model import CompiledModel
-from ssmgraph.serialization import CheckpointError, atomic_directory, weights_to_save, write_model_files
+from ssmgraph.serialization import CheckpointError, atomic_directory, weights_to_save, write_model_files, write_text_atomic
 
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
@@ -86,9 +85,7 @@ def save_checkpoint(
         write_model_files(model, tmp, weights_to_save(model, model.tied))
         save_file(tensors, str(tmp / OPTIMIZER_FILE))
         (tmp / TRAINER_FILE).write_text(json.dumps({"step": step, "optimizer": optimizer_tree, "trainer": trainer_tree}), encoding="utf-8")
-    pointer_tmp = run_dir / CHECKPOINTS / f".{LATEST}.tmp"
-    pointer_tmp.write_text(name, encoding="utf-8")
-    os.replace(pointer_tmp, run_dir / CHECKPOINTS / LATEST)
+    write_text_atomic(run_dir / CHECKPOINTS / LATEST, name)
     for old in checkpoint_dirs(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target

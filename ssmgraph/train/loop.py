@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping
@@ -29,6 +28,7 @@ from ssmgraph.graph.model import CompiledModel
 from ssmgraph.optim import param_groups
 from ssmgraph.registry.plugins import get_registry
 from ssmgraph.serialization import load as load_model
+from ssmgraph.serialization import under_a_file, write_text_atomic
 from ssmgraph.train import distributed
 from ssmgraph.train.checkpoint import CHECKPOINTS, TRAINER_FILE, latest_checkpoint, load_trainer_state, save_checkpoint
 from ssmgraph.train.config import TrainConfig
@@ -393,8 +393,8 @@ def train(
             remove_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         record = {"blueprint": str(source), "overrides": fitted, "model": model_view, "config": config.to_dict(), "task": task.describe(), "world_size": dist.world_size}
-        write_atomic(run_dir / RUN_FILE, json.dumps(record, indent=2, default=str))
-        write_atomic(run_dir / "train.yaml", dump_yaml(config.to_dict()))
+        write_text_atomic(run_dir / RUN_FILE, json.dumps(record, indent=2, default=str))
+        write_text_atomic(run_dir / "train.yaml", dump_yaml(config.to_dict()))
     distributed.barrier(dist)
     return Trainer(model, task, config, run_dir, progress=progress).run()
 
@@ -407,7 +407,7 @@ def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
     """``run_dir`` must be a directory (or nothing yet), and no earlier run unless ``overwrite``."""
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainingError(f"--out {run_dir} is a file, not a run directory; choose another --out")
-    if any(parent.exists() and not parent.is_dir() for parent in run_dir.parents):
+    if under_a_file(run_dir):
         raise TrainingError(f"--out {run_dir} lies under a file, not a directory; choose another --out")
     if is_run(run_dir) and not overwrite:
         how = "continue it with --resume, " if latest_checkpoint(run_dir) is not None else "one that stopped before its first checkpoint: "
@@ -420,13 +420,6 @@ def remove_run(run_dir: Path) -> None:
     """Delete an earlier run (only a directory that is one: it has run.json or checkpoints)."""
     if is_run(run_dir):
         shutil.rmtree(run_dir)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a small text file so that a kill leaves the old content or the new, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_run_record(run_dir: Path) -> dict[str, Any]:

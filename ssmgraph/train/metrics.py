@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from ssmgraph.serialization import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -52,9 +53,7 @@ class MetricsLog:
         if not self.enabled or not self.path.is_file():
             return
         kept = [record for record in parse_records(self.path) if record["step"] <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ssmgraph.interop.errors import HFConfigError, HFFileError
-from ssmgraph.serialization import holds_current_folder
+from ssmgraph.serialization import holds_current_folder, under_a_file
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -166,7 +166,7 @@ def check_output(out: Path, overwrite: bool, *, source: Path, earlier: Callable[
         raise HFFileError(f"{out}: the output would replace the model being converted (or the folder holding it)", "give --out another directory")
     if holds_current_folder(out):
         raise HFFileError(f"{out}: is the current folder (or holds it)", "give --out a new directory")
-    if any(parent.exists() and not parent.is_dir() for parent in out.parents):
+    if under_a_file(out):
         raise HFFileError(f"{out}: lies under a file, not a directory", "give --out a directory path")
     if out.exists() and not out.is_dir():
         raise HFFileError(f"{out}: exists and is not a directory", "give --out a directory path")
