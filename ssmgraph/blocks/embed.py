@@ -116,7 +116,8 @@ class PositionEmbedding(nn.Module):
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """``x_t``: (B,) token ids or (B, F) features; returns ((B, dim), next position)."""
-        self._check_reach(state)
+        if state.device.type == "cpu":  # per token: on a GPU the check would sync every step
+            self._check_reach(state)
         return self._embed(state, x_t), state + 1
 
     def _check_reach(self, last: Tensor) -> None:
