@@ -12,7 +12,7 @@ from torch import nn
 from ssmgraph.blueprint.model import Blueprint, NodeDecl
 from ssmgraph.errors import Collector, Mark, did_you_mean
 from ssmgraph.graph.codegen import generate
-from ssmgraph.graph.expand import Expanded, GraphNode, TapInstance, expand
+from ssmgraph.graph.expand import Expanded, GraphNode, TapInstance, expand, follow_chain
 from ssmgraph.graph.infer import TypedNode, check_args, infer
 from ssmgraph.graph.model import CompiledModel, Container, NodeInfo
 from ssmgraph.registry.plugins import Registry, get_registry
@@ -172,30 +172,25 @@ def _resolve_ties(expanded: Expanded, errors: Collector) -> list[_Tie]:
 
     A ties to B and B to C makes A an alias of C, whatever order the nodes run in. A chain
     that comes back to itself is E230, reported once per cycle."""
-    direct = {(node.module_path, attr): (expanded.nodes[target], target_attr) for node in expanded.nodes.values() for attr, target, target_attr, _ in node.ties}
+    parameters: dict[_TieKey, tuple[GraphNode, str]] = {}  # a tie target's key -> (its node, its name)
+    links: dict[_TieKey, _TieKey] = {}
+    for node in expanded.nodes.values():
+        for attr, target, target_attr, _ in node.ties:
+            owner = expanded.nodes[target]
+            parameters[(owner.module_path, target_attr)] = (owner, target_attr)
+            links[(node.module_path, attr)] = (owner.module_path, target_attr)
     reported: set[frozenset[_TieKey]] = set()
     ties: list[_Tie] = []
     for node in expanded.nodes.values():
-        for attr, target_path, target_attr, mark in node.ties:
-            owner, owner_attr, loop = _final_owner(direct, (node.module_path, attr), expanded.nodes[target_path], target_attr)
+        for attr, _, _, mark in node.ties:
+            end, loop = follow_chain((node.module_path, attr), links)
             if loop is None:
-                ties.append(_Tie(node, attr, owner, owner_attr, mark))
+                ties.append(_Tie(node, attr, *parameters[end], mark))
             elif frozenset(loop) not in reported:
                 reported.add(frozenset(loop))
                 shown = " -> ".join(f"{m}.{a}" for m, a in (*loop, loop[0]))
                 errors.add("E230", f"ties form a cycle: {shown}", mark, f"{node.path}.tie.{attr}", "one parameter of the cycle must own the tensor: remove its tie")
     return ties
-
-
-def _final_owner(direct: dict[_TieKey, tuple[GraphNode, str]], start: _TieKey, owner: GraphNode, owner_attr: str) -> tuple[GraphNode, str, list[_TieKey] | None]:
-    """Follow ties from ``owner.owner_attr`` on; returns the owner reached and, when the chain
-    comes back on itself (``start`` included), the cycle instead."""
-    chain, key = [start], (owner.module_path, owner_attr)
-    while key in direct and key not in chain:
-        chain.append(key)
-        owner, owner_attr = direct[key]
-        key = (owner.module_path, owner_attr)
-    return owner, owner_attr, chain[chain.index(key) :] if key in chain else None
 
 
 def _apply_ties(ties: list[_Tie], modules: dict[str, nn.Module], errors: Collector) -> dict[str, str]:

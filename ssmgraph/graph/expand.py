@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import networkx as nx
 
 from ssmgraph.blueprint.model import Blueprint, Body, NodeDecl, Ref
 from ssmgraph.errors import Collector, Mark, did_you_mean
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass
@@ -104,6 +107,17 @@ class _Scope:
     def expand_all(self) -> None:
         for name in self.body.nodes:
             self.entry(name, None)
+
+
+def follow_chain(start: K, links: Mapping[K, K]) -> tuple[K, list[K] | None]:
+    """Follow ``links`` from ``start`` (which has one) to a key that has none: (that key, None);
+    or, when the chain comes back to a key it passed, (that key, the loop). Shares and ties
+    both chain this way."""
+    chain, key = [start], links[start]
+    while key in links and key not in chain:
+        chain.append(key)
+        key = links[key]
+    return (key, chain[chain.index(key) :]) if key in chain else (key, None)
 
 
 class _Expander:
@@ -264,21 +278,20 @@ class _Expander:
                 node.broken = True
             else:
                 direct[node.path] = target
+        links = {path: target.path for path, target in direct.items()}
         reported: set[frozenset[str]] = set()
-        for path, target in direct.items():
-            node, chain = self.nodes[path], [path]
-            while target.path in direct and target.path not in chain:
-                chain.append(target.path)
-                target = direct[target.path]
-            if target.path not in chain and target.broken and not target.block:
+        for path in direct:
+            node = self.nodes[path]
+            end, loop = follow_chain(path, links)
+            target = self.nodes[end]
+            if loop is None and target.broken and not target.block:
                 node.broken = True  # it shares a share that failed, whose error is reported already
                 continue
-            if target.path not in chain:
+            if loop is None:
                 node.share_of = target.path
                 node.block, node.args, node.module_path = target.block, target.args, target.module_path
                 continue
             node.broken = True
-            loop = chain[chain.index(target.path) :]
             if frozenset(loop) not in reported:
                 reported.add(frozenset(loop))
                 self.share_cycle(loop)
