@@ -91,7 +91,7 @@ class MergeResult:
     notes: list[str] = field(default_factory=list)
 
 
-def state_shapes(model: CompiledModel) -> dict[str, tuple[int, ...]]:
+def _state_shapes(model: CompiledModel) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -150,7 +150,7 @@ def classify(models: list[LoadedModel]) -> tuple[str, str]:
 def _pair_class(a: LoadedModel, b: LoadedModel) -> tuple[str, str]:
     if _plain_blueprint(a.model) == _plain_blueprint(b.model):
         return "identical", "the same blueprint"
-    if state_shapes(a.model) == state_shapes(b.model):
+    if _state_shapes(a.model) == _state_shapes(b.model):
         if a.model.tied != b.model.tied:  # one tensor in one model is two in the other: no tensor-wise average
             ties = {m.name: ", ".join(f"{k} to {v}" for k, v in sorted(m.model.tied.items())) or "nothing" for m in (a, b)}
             return "heterogeneous", f"models {a.name!r} and {b.name!r} tie different weights ({a.name!r} ties {ties[a.name]}; {b.name!r} ties {ties[b.name]})"

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ssmgraph.graph.model import CompiledModel
-from ssmgraph.merge.context import LoadedModel, MergeContext, MergeError, MergeResult, blueprint_of, state_shapes
+from ssmgraph.merge.context import LoadedModel, MergeContext, MergeError, MergeResult, blueprint_of, classify
 from ssmgraph.registry.specs import MergeMethodSpec, Param
 from ssmgraph.train.tasks.base import Task
 
@@ -311,7 +311,7 @@ def run_superpose(context: MergeContext) -> MergeResult:
         score = merged if m is model else _score(m, tasks, bs, limit)
         figures[name] = {"bpb_a": score[0], "bpb_b": score[1]}
         rows.append([name, score[0], score[1]])
-    weight_baselines = state_shapes(a.model) == state_shapes(b.model) and a.model.tied == b.model.tied
+    weight_baselines = classify([a, b])[0] in ("identical", "same_shape")  # what tensor-wise averages need
     if weight_baselines:
         t_best, score, grid = _best_of({f"{t:.1f}": _interpolated(a, b, t) for t in [i / 10 for i in range(11)]}, tasks, bs, limit)
         figures["linear interpolation"] = {"t": float(t_best), "bpb_a": score[0], "bpb_b": score[1], "grid": grid}
