@@ -46,6 +46,12 @@ IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 MODULE_ATTRS = frozenset(n for n in dir(__import__("torch").nn.Module) if not n.startswith("__"))
 """What a submodule name must not shadow on any ``nn.Module`` (a tap's projection lives in ``taps``)."""
+
+
+def submodule_name_ok(name: str) -> bool:
+    """Whether ``name`` can name a submodule: an identifier, not a keyword, no ``_`` in front,
+    not an ``nn.Module`` member (taps and the names merges give models' layers)."""
+    return name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("_") and name not in MODULE_ATTRS
 # Node names also must not shadow the compiled model's own members, nor the ``self`` of the
 # generated forward. Names starting with ``_`` are refused too (private members).
 RESERVED = frozenset(
@@ -666,7 +672,7 @@ class Resolver:
             if not isinstance(name, str) or not DOTTED.match(name):
                 self.err("E200", f"tap name {name!r} must be a name (dots allowed)", table.key_mark(name), "taps")
                 continue
-            reserved = [seg for seg in name.split(".") if keyword.iskeyword(seg) or seg in MODULE_ATTRS or seg.startswith("_")]
+            reserved = [seg for seg in name.split(".") if not submodule_name_ok(seg)]
             if reserved:
                 self.err("E200", f"tap name {name!r}: {reserved[0]!r} is a Python keyword or reserved name", table.key_mark(name), path, "a tap's projection becomes the module taps.<name>: rename it")
                 continue

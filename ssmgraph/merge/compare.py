@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import keyword
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +47,10 @@ def hidden_states(model: CompiledModel, name: str, task: Task, batches: int, bat
 def _layer_prefix(folder: str) -> str:
     """A model's folder name as the prefix of its layers' names (``runs-a`` -> ``runs_a``), or
     ``model`` where it could not name a tap (``2nd``, ``class``, ``train``)."""
-    from ssmgraph.blueprint.resolve import MODULE_ATTRS
+    from ssmgraph.blueprint.resolve import submodule_name_ok
 
     name = folder.replace("-", "_")
-    ok = name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("_") and name not in MODULE_ATTRS
-    return name if ok else "model"
+    return name if submodule_name_ok(name) else "model"
 
 
 def compare_models(path_a: Path, path_b: Path, task: Task, out_dir: Path, *, batches: int = 8, batch_size: int = 32) -> dict[str, Any]:

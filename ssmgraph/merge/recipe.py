@@ -19,13 +19,12 @@ blueprint errors (E110 unknown key, E111 missing key, E112 wrong value).
 
 from __future__ import annotations
 
-import keyword
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssmgraph.blueprint.resolve import MODULE_ATTRS
+from ssmgraph.blueprint.resolve import submodule_name_ok
 from ssmgraph.blueprint.yamlsafe import LDict, load_file, load_yaml
 from ssmgraph.errors import Collector, Mark, did_you_mean
 from ssmgraph.registry.specs import MergeMethodSpec, Param
@@ -229,7 +228,7 @@ def _parse_models(errors: Collector, raw: Mapping[str, Any], base_dir: Path, top
             continue
         if name in [m.name for m in models]:
             errors.add("E200", f"model name {name!r} is used twice", _mark(item, "name"), f"{path}.name")
-        if keyword.iskeyword(name) or name.startswith("_") or name in MODULE_ATTRS:
+        if not submodule_name_ok(name):
             # merges name nodes and taps after their models (<name>.h); these would shadow module members
             errors.add("E200", f"model name {name!r} is a Python keyword or a torch module member", _mark(item, "name"), f"{path}.name", f"rename it, e.g. {name.strip('_')}_model")
         has_ckpt, has_bp = "checkpoint" in item, "blueprint" in item
