@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_linear [--rounds 9] [--out benchmarks/results]
 
-Two views, each timed in alternation in one process (``ssmgraph.blocks.linear`` switched on
+Two views, each timed in alternation in one process (``ssmgraph.ops.linear`` switched on
 and off between calls):
 
 - per layer shape of the GPT-2 benchmark model (batch 8 × length 256 rows): forward, and
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-import ssmgraph.blocks.linear as fast
+import ssmgraph.ops.linear as fast
 from benchmarks.bench_hf import VOCAB, build_pair, training_step
 from benchmarks.common import interleaved, write_results
 

@@ -1,4 +1,4 @@
-"""Time the selective-scan variants of ssmgraph/blocks/selective_scan.py on this CPU.
+"""Time the selective-scan variants of ssmgraph/ops/selective_scan.py on this CPU.
 
     python benchmarks/bench_selective_scan.py            # the table in docs/blocks/mamba.md
     python benchmarks/bench_selective_scan.py --sweep    # also the crossover sweeps
@@ -56,7 +56,7 @@ def _inputs(b: int, length: int, d: int, n: int) -> list[torch.Tensor]:
 
 
 def _blelloch_autograd(u, delta, A, B, C, D, z):
-    from ssmgraph.blocks.selective_scan import _recurrence_blelloch
+    from ssmgraph.ops.selective_scan import _recurrence_blelloch
 
     delta = F.softplus(delta)
     a = torch.exp(delta.permute(2, 0, 1).unsqueeze(-1) * A)
@@ -67,7 +67,7 @@ def _blelloch_autograd(u, delta, A, B, C, D, z):
 
 
 def _fn(variant: str):
-    from ssmgraph.blocks.selective_scan import selective_scan, selective_scan_ref
+    from ssmgraph.ops.selective_scan import selective_scan, selective_scan_ref
 
     if variant == "ref":
         return lambda *xs: selective_scan_ref(*xs, delta_softplus=True)
@@ -128,7 +128,7 @@ def _sub(*args: str) -> str:
 
 
 def run(shapes: list[tuple[int, int, int, int]], variants: tuple[str, ...]) -> None:
-    from ssmgraph.blocks.selective_scan import pick_method
+    from ssmgraph.ops.selective_scan import pick_method
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; seconds, best over "

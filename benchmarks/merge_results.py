@@ -33,7 +33,8 @@ import ssmgraph
 from ssmgraph.merge.recipe import recipe_from_text
 from ssmgraph.merge.run import run_merge
 from ssmgraph.train.config import TrainConfig
-from ssmgraph.train.loop import evaluate, make_task, train
+from ssmgraph.train.fitting import make_task
+from ssmgraph.train.trainer import evaluate, train
 
 
 def train_model(blueprint: str, task: str, overrides: dict[str, Any], workdir: Path, name: str, *, seed: int, steps: int, lr: float = 3e-3,
@@ -74,7 +75,9 @@ BARRIER_SWEEP = {
 def barrier_pair(mixer: str, width: int, steps: int, task: Any, workdir: Path, out: Path) -> dict[str, Any]:
     """Two seeds of the classifier with ``mixer`` at ``width``: the loss along the straight line
     between them as trained and after each alignment, and its plot."""
-    from ssmgraph.merge.permute import GraphSpace, activation_matching, model_spaces, weight_matching
+    from ssmgraph.graph.perm_spaces import GraphSpace
+    from ssmgraph.merge.permute.matching import activation_matching, weight_matching
+    from ssmgraph.merge.permute.model_spaces import model_spaces
     from ssmgraph.merge.plots import curves
 
     label = f"digits, classifier with {mixer} (d_model {width}, 2 layers, {steps} steps)"

@@ -22,8 +22,8 @@ import torch
 
 from ssmgraph.graph.compile import count_parameters
 from ssmgraph.train.config import TrainConfig
-from ssmgraph.train.loop import train
 from ssmgraph.train.metrics import read_metrics
+from ssmgraph.train.trainer import train
 
 
 @dataclass

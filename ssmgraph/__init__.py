@@ -3,13 +3,14 @@
 The public API::
 
     import ssmgraph
-    model = ssmgraph.build("gpt", d_model=256)        # a shipped blueprint, a path, or a Blueprint
+    model = ssmgraph.build("gpt", d_model=256)        # a shipped blueprint, a path, a dict, or a Blueprint
     ssmgraph.save(model, "runs/gpt")                  # resolved blueprint + safetensors, atomically
     model = ssmgraph.load("runs/gpt")
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,8 @@ from ssmgraph.optim import param_groups
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType
 from ssmgraph.serialization import load, save
+from ssmgraph.version import __version__ as __version__  # re-exported: ssmgraph.__version__
 from ssmgraph.zoo import create_model
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BlockSpec",
@@ -46,8 +46,8 @@ __all__ = [
 ]
 
 
-def build(source: str | Path | Blueprint, *, model: str | None = None, **params: Any) -> CompiledModel:
-    """Compile a blueprint (a path, a shipped blueprint's name, or a loaded Blueprint).
+def build(source: str | Path | Mapping[str, Any] | Blueprint, *, model: str | None = None, **params: Any) -> CompiledModel:
+    """Compile a blueprint (a path, a shipped blueprint's name, a mapping, or a loaded Blueprint).
 
     Keyword arguments override the blueprint's ``params`` (like ``--set`` on the CLI).
     ``model=`` builds one named view of a multi-model blueprint."""

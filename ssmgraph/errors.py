@@ -43,14 +43,17 @@ ERROR_CODES: dict[str, str] = {
     "E220": "shape mismatch",
     "E230": "bad share or tie",
     "E240": "block failed to build",
+    "E241": "block's forward disagrees with its shape rule",
     "E300": "plugin problem",
     "E400": "bad checkpoint or run directory",
+    "E410": "folder in use: another process is writing it (it holds the folder's lock)",
     "E500": "training stopped (diverged, bad run directory, model and task do not fit)",
     "E600": "Hugging Face checkpoint or output directory cannot be used (missing, unreadable, already there)",
     "E601": "Hugging Face architecture or config value that ssmgraph cannot represent",
     "E602": "Hugging Face weights do not fit the config (missing, unexpected or mis-shaped tensors)",
     "E603": "model cannot be exported to Hugging Face (its blueprint has no equivalent there)",
     "E700": "merge cannot run (the models do not fit the method, or the method failed)",
+    "E701": "merge result holds inf or NaN (weights or parameters that overflow, or a source model that holds them)",
 }
 
 

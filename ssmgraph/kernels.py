@@ -1,39 +1,33 @@
-"""The public state-space toolkit for block plugins.
+"""The public state-space toolkit for block plugins: the one module they import SSM pieces from.
 
-Plugins import SSM building blocks from here, never from ``ssmgraph.blocks.*`` (whose
-layout may change): HiPPO matrices and their normal-plus-low-rank forms, discretisations,
-kernels (Vandermonde for diagonal SSMs, Cauchy/Woodbury for DPLR), FFT convolution, scans,
-the S4/S4D SSM cores and their reference block tail, the parameter helpers that give
-SSM tensors their own learning rate (read by :func:`ssmgraph.param_groups`), and ``Linear`` /
-``linear``: ``nn.Linear`` / ``F.linear`` with the built-in blocks' faster fp32 CPU path
-(``onednn_linear(False)`` switches it off for a block of code).
+It gathers, from two layers whose internal layout may change, what a plugin author needs:
+
+- the math, from ``ssmgraph.ops``: HiPPO matrices and their normal-plus-low-rank forms,
+  diagonal initialisations, discretisations, kernels (Vandermonde for diagonal SSMs,
+  Cauchy/Woodbury for DPLR), FFT convolution, the parallel, sequential and selective scans,
+  state dtypes, and ``Linear`` / ``linear``: ``nn.Linear`` / ``F.linear`` with the built-in
+  blocks' faster fp32 CPU path (``onednn_linear(False)`` switches it off for a block of code);
+- the SSM modules and spec pieces, from ``ssmgraph.blocks``: the S4/S4D cores, their
+  reference block tail and its factory, the SSM parameters every SSM block declares
+  (``ssm_params``) and their checks, and the helpers that give SSM tensors their own
+  learning rate (read by :func:`ssmgraph.param_groups`).
 """
 
-from ssmgraph.blocks._optim import mark_optim
-from ssmgraph.blocks.linear import Linear, linear, onednn_linear
+from ssmgraph.blocks.conv_ssm import ConvSSMBlock, block_params, conv_ssm_factory, make_activation
+from ssmgraph.blocks.optim_hints import mark_optim
 from ssmgraph.blocks.s4 import DPLRSSM
-from ssmgraph.blocks.s4d import ConvSSMBlock, DiagSSM, block_params, check_ssm_args, make_activation, ssm_params
-from ssmgraph.blocks.ssm_kernels import (
-    MEASURES,
-    bilinear_dense,
-    complex_dtype,
-    conj_full,
-    diag_init,
-    discretize_diag,
-    dplr_dense,
-    dplr_kernel,
-    fft_conv,
-    hippo,
-    host_init,
-    log_uniform,
-    mask_lengths,
-    nplr,
-    parallel_scan,
-    register_ssm_param,
-    sequential_scan,
-    ssm_dtype,
-    vandermonde,
-)
+from ssmgraph.blocks.s4d import DiagSSM
+from ssmgraph.blocks.ssm_params import SSMParams, check_ssm_args, register_ssm_param, ssm_params
+from ssmgraph.ops.discretize import bilinear_dense, discretize_diag
+from ssmgraph.ops.dplr import conj_full, dplr_dense, dplr_kernel
+from ssmgraph.ops.fftconv import fft_conv
+from ssmgraph.ops.final_state import mask_lengths
+from ssmgraph.ops.hippo import MEASURES, diag_init, hippo, log_uniform, nplr
+from ssmgraph.ops.linear import Linear, linear, onednn_linear
+from ssmgraph.ops.precision import complex_dtype, host_init, ssm_dtype
+from ssmgraph.ops.scan import parallel_scan, sequential_scan
+from ssmgraph.ops.selective_scan import selective_scan, selective_scan_ref
+from ssmgraph.ops.vandermonde import vandermonde
 
 __all__ = [
     "DPLRSSM",
@@ -41,11 +35,13 @@ __all__ = [
     "ConvSSMBlock",
     "DiagSSM",
     "Linear",
+    "SSMParams",
     "bilinear_dense",
     "block_params",
     "check_ssm_args",
     "complex_dtype",
     "conj_full",
+    "conv_ssm_factory",
     "diag_init",
     "discretize_diag",
     "dplr_dense",
@@ -62,6 +58,8 @@ __all__ = [
     "onednn_linear",
     "parallel_scan",
     "register_ssm_param",
+    "selective_scan",
+    "selective_scan_ref",
     "sequential_scan",
     "ssm_dtype",
     "ssm_params",

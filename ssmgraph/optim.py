@@ -6,12 +6,12 @@ from typing import Any
 
 from torch import nn
 
-from ssmgraph.blocks._optim import OPTIM_ATTR
+from ssmgraph.blocks.optim_hints import OPTIM_ATTR
 
 
 def param_groups(model: nn.Module, *, lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
     """Groups for ``torch.optim``: hinted SSM parameters get their own learning rate and no
-    weight decay (see :func:`ssmgraph.blocks._optim.mark_optim`); biases and 1-D gains
+    weight decay (see :func:`ssmgraph.blocks.optim_hints.mark_optim`); biases and 1-D gains
     (norm weights) get no weight decay, as nanoGPT and the S4/Mamba references do; every
     other parameter gets ``lr`` and ``weight_decay``. Tied parameters appear once.
 

@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 
 from ssmgraph.errors import SsmgraphError
+from ssmgraph.folders import atomic_directory
+from ssmgraph.registry.plugins import get_registry
 
 TEMPLATE_DIR = Path(__file__).parent / "templates" / "plugin"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -25,9 +27,6 @@ def plugin_names(name: str) -> dict[str, str]:
 
 def new_plugin(name: str, parent: Path) -> Path:
     """Write the plugin package into ``parent/<distribution name>`` and return that folder."""
-    from ssmgraph.registry.plugins import get_registry
-    from ssmgraph.serialization import atomic_directory
-
     names = plugin_names(name)
     target = parent / names["dist"]
     if target.exists():

@@ -22,18 +22,27 @@ and bias); without ``residual`` its input and output spaces are separate. Permut
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssmgraph.blocks.linear import Linear
+from ssmgraph.ops.linear import Linear
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, THROUGH_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType
+from ssmgraph.registry.specs import (
+    INPUT_SPACE,
+    OUTPUT_SPACE,
+    THROUGH_SPACE,
+    BlockSpec,
+    Param,
+    PermAxis,
+    PermSpace,
+    ShapeError,
+    TensorType,
+)
 
 
 class Blend(nn.Module):

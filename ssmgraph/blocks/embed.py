@@ -28,9 +28,20 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ssmgraph.blocks.linear import Linear
+from ssmgraph.ops.linear import Linear
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, rows_of, same_as_input
+from ssmgraph.registry.specs import (
+    INPUT_SPACE,
+    OUTPUT_SPACE,
+    BlockSpec,
+    Param,
+    PermAxis,
+    PermSpace,
+    ShapeError,
+    TensorType,
+    rows_of,
+    same_as_input,
+)
 
 EMBED_INIT_STD = 0.02
 

@@ -24,9 +24,19 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ssmgraph.blocks.linear import Linear
+from ssmgraph.ops.linear import Linear
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, TensorType, rows_of, same_as_input
+from ssmgraph.registry.specs import (
+    INPUT_SPACE,
+    OUTPUT_SPACE,
+    BlockSpec,
+    Param,
+    PermAxis,
+    PermSpace,
+    TensorType,
+    rows_of,
+    same_as_input,
+)
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,

@@ -32,12 +32,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssmgraph.blocks.linear import Linear
+from ssmgraph.blocks.conv_ssm import ssm_feature_axes, ssm_mode_space
 from ssmgraph.blocks.s4 import DPLRSSM
-from ssmgraph.blocks.s4d import DiagSSM, check_ssm_args, ssm_feature_axes, ssm_mode_space
-from ssmgraph.blocks.ssm_kernels import DIAG_INITS, DISCRETIZATIONS, mask_lengths, ssm_dtype
+from ssmgraph.blocks.s4d import DiagSSM
+from ssmgraph.blocks.ssm_params import check_ssm_args, ssm_params
+from ssmgraph.ops.discretize import DISCRETIZATIONS
+from ssmgraph.ops.final_state import mask_lengths
+from ssmgraph.ops.hippo import DIAG_INITS
+from ssmgraph.ops.linear import Linear
+from ssmgraph.ops.precision import ssm_dtype
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, TensorType, rows_of, same_as_input
+from ssmgraph.registry.specs import (
+    INPUT_SPACE,
+    OUTPUT_SPACE,
+    BlockSpec,
+    Param,
+    PermAxis,
+    PermSpace,
+    TensorType,
+    rows_of,
+    same_as_input,
+)
 
 
 class GatedMLPSSM(nn.Module):
@@ -60,7 +75,7 @@ class GatedMLPSSM(nn.Module):
         super().__init__()
         inner = expand * d_model
         self.in_proj = Linear(d_model, 2 * inner, bias=bias)
-        common = dict(d_state=d_state, channels=1, dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr)
+        common = {"d_state": d_state, "channels": 1, "dt_min": dt_min, "dt_max": dt_max, "ssm_lr": ssm_lr}
         if ssm == "s4d":
             self.ssm = DiagSSM(inner, init=init, disc=disc, **common)
         else:
@@ -127,6 +142,14 @@ def _spaces(in_types: list[TensorType], *, expand: int, ssm: str, d_state: int, 
     )
 
 
+_SSM_PARAMS = ssm_params(
+    docs={
+        "d_state": "state size N of the SSM (N/2 complex modes stored)",
+        "dt_max": "largest initial step size Δ",
+        "ssm_lr": "learning rate of the SSM parameters (no weight decay); 0 freezes them",
+    }
+)
+
 GATED_MLP = BlockSpec(
     name="mix.gated_mlp",
     examples=({"d_state": 8}, {"d_state": 8, "ssm": "s4"}),
@@ -137,13 +160,13 @@ GATED_MLP = BlockSpec(
     params=(
         Param("expand", int, 2, "inner width E·dim of the value and gate branches", min=1),
         Param("ssm", str, "s4d", "SSM on the value branch", choices=("s4d", "s4")),
-        Param("d_state", int, 64, "state size N of the SSM (N/2 complex modes stored)", min=2),
+        _SSM_PARAMS.d_state,
         Param("init", str, "lin", "S4D initialisation of A (ssm: s4d)", choices=DIAG_INITS),
         Param("disc", str, "zoh", "S4D discretisation (ssm: s4d; S4 is bilinear)", choices=DISCRETIZATIONS),
         Param("l_max", int, 1024, "kernel length of the S4 SSM (ssm: s4)", min=1),
-        Param("dt_min", float, 1e-3, "smallest initial step size Δ (log-uniform init)", min=0.0),
-        Param("dt_max", float, 1e-1, "largest initial step size Δ", min=0.0),
-        Param("ssm_lr", float, 1e-3, "learning rate of the SSM parameters (no weight decay); 0 freezes them", min=0.0),
+        _SSM_PARAMS.dt_min,
+        _SSM_PARAMS.dt_max,
+        _SSM_PARAMS.ssm_lr,
         Param("bias", bool, False, "biases on the input and output projections"),
     ),
     factory=_build,

@@ -39,12 +39,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssmgraph.blocks.linear import Linear
+from ssmgraph.blocks.conv_ssm import ssm_feature_axes, ssm_mode_space
 from ssmgraph.blocks.s4 import DPLRSSM
-from ssmgraph.blocks.s4d import DiagSSM, check_ssm_args, ssm_feature_axes, ssm_mode_space
-from ssmgraph.blocks.ssm_kernels import fft_conv, mask_lengths, register_ssm_param, right_align, ssm_dtype
+from ssmgraph.blocks.s4d import DiagSSM
+from ssmgraph.blocks.ssm_params import check_ssm_args, register_ssm_param, ssm_params
+from ssmgraph.ops.fftconv import fft_conv
+from ssmgraph.ops.final_state import mask_lengths, right_align
+from ssmgraph.ops.linear import Linear
+from ssmgraph.ops.precision import ssm_dtype
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, rows_of, same_as_input
+from ssmgraph.registry.specs import (
+    INPUT_SPACE,
+    OUTPUT_SPACE,
+    BlockSpec,
+    Param,
+    PermAxis,
+    PermSpace,
+    ShapeError,
+    TensorType,
+    rows_of,
+    same_as_input,
+)
 
 H3State = tuple[Tensor, Tensor]
 
@@ -138,7 +153,7 @@ class H3Block(nn.Module):
         self.v_proj = Linear(d_model, d_model)
         self.shift = ShiftSSM(d_model, d_state, ssm_lr)
         self.D_k = nn.Parameter(torch.randn(d_model))
-        common = dict(d_state=d_state, channels=1, dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr)
+        common = {"d_state": d_state, "channels": 1, "dt_min": dt_min, "dt_max": dt_max, "ssm_lr": ssm_lr}
         if inner == "s4d":
             self.ssm = DiagSSM(heads, init="lin", disc="bilinear", **common)
         else:
@@ -248,6 +263,15 @@ def _spaces(in_types: list[TensorType], *, heads: int | None, d_state: int, inne
     return spaces
 
 
+_SSM_PARAMS = ssm_params(
+    docs={
+        "d_state": "state size N of both SSMs (shift width; N/2 complex modes inside)",
+        "dt_min": "smallest initial step size Δ of the inner SSM",
+        "dt_max": "largest initial step size Δ of the inner SSM",
+        "ssm_lr": "learning rate of the SSM parameters (no weight decay); 0 freezes them",
+    }
+)
+
 H3 = BlockSpec(
     name="mix.h3",
     examples=({"d_state": 8}, {"d_state": 8, "heads": 2, "inner": "s4"}),
@@ -256,16 +280,16 @@ H3 = BlockSpec(
     reference="Fu et al. 2023, Hungry Hungry Hippos: Towards Language Modeling with State Space Models; "
     "HazyResearch/H3 src/models/ssm/h3.py",
     params=(
-        Param("d_state", int, 64, "state size N of both SSMs (shift width; N/2 complex modes inside)", min=2),
+        _SSM_PARAMS.d_state,
         Param(
             "heads", int, None, "number of heads H (head size dim/H); null = dim (head size 1, H3's default)",
             min=1, nullable=True,
         ),
         Param("inner", str, "s4d", "SSM on K·V: S4D (Lin init, bilinear) or S4 (DPLR, LegS)", choices=("s4d", "s4")),
         Param("l_max", int, 1024, "kernel length of the S4 inner SSM (ignored for s4d)", min=1),
-        Param("dt_min", float, 1e-3, "smallest initial step size Δ of the inner SSM", min=0.0),
-        Param("dt_max", float, 1e-1, "largest initial step size Δ of the inner SSM", min=0.0),
-        Param("ssm_lr", float, 1e-3, "learning rate of the SSM parameters (no weight decay); 0 freezes them", min=0.0),
+        _SSM_PARAMS.dt_min,
+        _SSM_PARAMS.dt_max,
+        _SSM_PARAMS.ssm_lr,
     ),
     factory=_build,
     shape=_shape,

@@ -39,9 +39,19 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ssmgraph.blocks.linear import Linear
+from ssmgraph.ops.linear import Linear
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, TensorType, rows_of, same_as_input
+from ssmgraph.registry.specs import (
+    INPUT_SPACE,
+    OUTPUT_SPACE,
+    BlockSpec,
+    Param,
+    PermAxis,
+    PermSpace,
+    TensorType,
+    rows_of,
+    same_as_input,
+)
 
 LSTMState = tuple[Tensor, Tensor]
 

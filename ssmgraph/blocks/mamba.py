@@ -15,7 +15,7 @@ With E = expand·d_model channels and N = d_state::
 
 Discretisation is upstream's: zero-order hold for A, Euler (ΔB) for B. The scan runs in
 fp32 with autocast disabled (fp64 models stay fp64) through
-:func:`ssmgraph.blocks.selective_scan.selective_scan`; ``scan`` picks its CPU algorithm.
+:func:`ssmgraph.ops.selective_scan.selective_scan`; ``scan`` picks its CPU algorithm.
 
 Initialisation (upstream's): Linear and Conv1d layers keep PyTorch's defaults; dt_proj's
 weight is U(±dt_scale/√R) (or the constant dt_scale/√R); dt_proj's bias is softplus⁻¹(dt₀)
@@ -56,11 +56,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssmgraph.blocks._optim import mark_optim
-from ssmgraph.blocks.linear import Linear, linear
-from ssmgraph.blocks.selective_scan import METHODS, selective_scan
+from ssmgraph.blocks.optim_hints import mark_optim
+from ssmgraph.blocks.ssm_params import ssm_params
+from ssmgraph.ops.linear import Linear, linear
+from ssmgraph.ops.selective_scan import METHODS, selective_scan
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, rows_of, same_as_input
+from ssmgraph.registry.specs import (
+    INPUT_SPACE,
+    OUTPUT_SPACE,
+    BlockSpec,
+    Param,
+    PermAxis,
+    PermSpace,
+    ShapeError,
+    TensorType,
+    rows_of,
+    same_as_input,
+)
 
 MambaState = tuple[Tensor, Tensor]
 
@@ -266,18 +278,30 @@ def _spaces(
     )
 
 
+_SSM_PARAMS = ssm_params(
+    16,
+    ssm_lr=None,
+    min_state=1,
+    docs={
+        "d_state": "SSM state size N per channel",
+        "dt_min": "smallest initial Δ (log-uniform init)",
+        "dt_max": "largest initial Δ (log-uniform init)",
+        "ssm_lr": "learning rate of A_log and D (null: the group's, as upstream)",
+    },
+)
+
 MAMBA = BlockSpec(
     name="mix.mamba",
     examples=({}, {"scan": "blelloch", "bias": True}),
     role="mix",
     doc="Mamba selective SSM block (S6): expand, causal conv + SiLU, input-dependent Δ/B/C scan, SiLU(z) gate.",
     params=(
-        Param("d_state", int, 16, "SSM state size N per channel", min=1),
+        _SSM_PARAMS.d_state,
         Param("d_conv", int, 4, "width of the causal depthwise convolution", min=1),
         Param("expand", (int, float), 2, "inner width E = int(expand · d_model)", min=0),
         Param("dt_rank", (str, int), "auto", "rank R of the Δ projection: 'auto' = ceil(d_model / 16), or an int"),
-        Param("dt_min", float, 1e-3, "smallest initial Δ (log-uniform init)", min=0),
-        Param("dt_max", float, 1e-1, "largest initial Δ (log-uniform init)", min=0),
+        _SSM_PARAMS.dt_min,
+        _SSM_PARAMS.dt_max,
         Param(
             "dt_init", str, "random", "dt_proj weight init: U(±dt_scale/√R) or the constant dt_scale/√R",
             choices=("random", "constant"),
@@ -286,7 +310,7 @@ MAMBA = BlockSpec(
         Param("dt_init_floor", float, 1e-4, "lower clamp of the initial Δ", min=0),
         Param("conv_bias", bool, True, "bias in the depthwise convolution"),
         Param("bias", bool, False, "biases in in_proj and out_proj"),
-        Param("ssm_lr", float, None, "learning rate of A_log and D (null: the group's, as upstream)", min=0, nullable=True),
+        _SSM_PARAMS.ssm_lr,
         Param("scan", str, "auto", "selective-scan algorithm (auto picks by shape; see docs/blocks/mamba.md)", choices=METHODS),
     ),
     factory=_build,

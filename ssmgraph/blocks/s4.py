@@ -29,28 +29,22 @@ Code: state-spaces/s4 ``models/s4/s4.py`` (``SSMKernelDPLR``, ``FFTConv``, ``S4B
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ssmgraph.blocks.s4d import ConvSSMBlock, block_params, check_ssm_args, conv_ssm_spaces, ssm_params
-from ssmgraph.blocks.ssm_kernels import (
-    MEASURES,
-    bilinear_dense,
-    complex_dtype,
-    conj_full,
-    dense_final_state,
-    dplr_dense,
-    dplr_kernel,
-    fft_conv,
-    host_init,
-    log_uniform,
-    nplr,
-    register_ssm_param,
-)
+from ssmgraph.blocks.conv_ssm import block_params, conv_ssm_factory, conv_ssm_spaces
+from ssmgraph.blocks.ssm_params import check_ssm_args, register_ssm_param, ssm_params
+from ssmgraph.ops.discretize import bilinear_dense
+from ssmgraph.ops.dplr import conj_full, dplr_dense, dplr_kernel
+from ssmgraph.ops.fftconv import fft_conv
+from ssmgraph.ops.final_state import dense_final_state
+from ssmgraph.ops.hippo import MEASURES, log_uniform, nplr
+from ssmgraph.ops.precision import complex_dtype, host_init
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import BlockSpec, Param, PermSpace, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import BlockSpec, Param, ShapeError, TensorType, same_as_input
 
 StepMats = tuple[Tensor, Tensor, Tensor]
 
@@ -223,28 +217,6 @@ def _shape(in_types: list[TensorType], **args: Any) -> TensorType:
     return same_as_input(in_types)
 
 
-def _build(in_types: list[TensorType], **args: Any) -> ConvSSMBlock:
-    H = in_types[0].dim
-    ssm = DPLRSSM(
-        H,
-        d_state=args["d_state"],
-        channels=args["channels"],
-        measure=args["measure"],
-        l_max=args["l_max"],
-        dt_min=args["dt_min"],
-        dt_max=args["dt_max"],
-        ssm_lr=args["ssm_lr"],
-        bidirectional=args["bidirectional"],
-    )
-    return ConvSSMBlock(ssm, H, args["activation"], args["dropout"], args["glu"])
-
-
-def _spaces(in_types: list[TensorType], **args: Any) -> list[PermSpace]:
-    return conv_ssm_spaces(
-        in_types, d_state=args["d_state"], channels=args["channels"], bidirectional=args["bidirectional"], dplr=True, glu=args["glu"]
-    )
-
-
 S4 = BlockSpec(
     name="mix.s4",
     examples=({}, {"measure": "fout", "channels": 2, "glu": False}, {"bidirectional": True}),
@@ -258,9 +230,9 @@ S4 = BlockSpec(
         Param("l_max", int, 1024, "kernel length C~ is tied to; longer inputs run in exact chunks of l_max", min=1),
         *block_params(),
     ),
-    factory=_build,
+    factory=conv_ssm_factory(DPLRSSM, "measure", "l_max"),
     shape=_shape,
-    perm_spaces=_spaces,
+    perm_spaces=partial(conv_ssm_spaces, dplr=True),
     causal=lambda a: not a["bidirectional"],
     bidirectional=lambda a: a["bidirectional"],
     step=lambda a: not a["bidirectional"],

@@ -12,7 +12,7 @@ With conjugate symmetry (default) only the first half of each block's eigenvalue
 order) is kept — P/2 states — and the output is ``2 Re(C̃x)``. Each state has its own step
 Δ (log-uniform in [dt_min, dt_max]); ZOH (default) or bilinear discretisation. The
 recurrence is computed with the work-efficient parallel scan
-(:func:`ssmgraph.blocks.ssm_kernels.parallel_scan`, the torch counterpart of
+(:func:`ssmgraph.ops.scan.parallel_scan`, the torch counterpart of
 ``jax.lax.associative_scan``); ``bidirectional`` adds a reverse scan with its own C̃.
 
 The block is the SSM followed by the S5 ``SequenceLayer`` activation (``half_glu1`` by
@@ -41,20 +41,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssmgraph.blocks.linear import Linear
-from ssmgraph.blocks.ssm_kernels import (
-    DISCRETIZATIONS,
-    complex_dtype,
-    discretize_diag,
-    hippo_normal,
-    log_uniform,
-    mask_lengths,
-    parallel_scan,
-    register_ssm_param,
-    ssm_dtype,
-)
+from ssmgraph.blocks.ssm_params import check_dt_range, register_ssm_param, ssm_params
+from ssmgraph.ops.discretize import DISCRETIZATIONS, discretize_diag
+from ssmgraph.ops.final_state import mask_lengths
+from ssmgraph.ops.hippo import hippo_normal, log_uniform
+from ssmgraph.ops.linear import Linear
+from ssmgraph.ops.precision import complex_dtype, ssm_dtype
+from ssmgraph.ops.scan import parallel_scan
 from ssmgraph.registry.hookspecs import hookimpl
-from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, THROUGH_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
+from ssmgraph.registry.specs import (
+    INPUT_SPACE,
+    OUTPUT_SPACE,
+    THROUGH_SPACE,
+    BlockSpec,
+    Param,
+    PermAxis,
+    PermSpace,
+    ShapeError,
+    TensorType,
+    same_as_input,
+)
 
 C_INITS = ("trunc_standard_normal", "lecun_normal", "complex_normal")
 S5_ACTIVATIONS = ("half_glu1", "half_glu2", "full_glu", "gelu")
@@ -232,10 +238,7 @@ def _shape(in_types: list[TensorType], **args: Any) -> TensorType:
         raise ShapeError(f"d_state {P} is not divisible by blocks {J}")
     if args["conj_sym"] and (P // J) % 2:
         raise ShapeError(f"conj_sym needs an even block size, got d_state/blocks = {P // J}")
-    if args["dt_min"] <= 0:
-        raise ShapeError(f"dt_min must be positive (Δ is drawn log-uniformly), got {args['dt_min']:g}")
-    if args["dt_min"] > args["dt_max"]:
-        raise ShapeError(f"dt_min {args['dt_min']:g} is larger than dt_max {args['dt_max']:g}")
+    check_dt_range(args["dt_min"], args["dt_max"])
     return same_as_input(in_types)
 
 
@@ -276,6 +279,16 @@ def _spaces(
     return (states, PermSpace(INPUT_SPACE, H, reads), PermSpace(OUTPUT_SPACE, H, writes))
 
 
+_SSM_PARAMS = ssm_params(
+    256,
+    docs={
+        "d_state": "state size P (before conjugate symmetry halves it)",
+        "dt_min": "smallest initial step size Δ (one per state, log-uniform)",
+        "dt_max": "largest initial step size Δ",
+        "ssm_lr": "learning rate of Λ, B, log Δ (no weight decay); 0 freezes them",
+    },
+)
+
 S5 = BlockSpec(
     name="mix.s5",
     examples=({"d_state": 16, "blocks": 2}, {"d_state": 16, "blocks": 2, "conj_sym": False, "disc": "bilinear"}, {"d_state": 16, "bidirectional": True}),
@@ -284,16 +297,16 @@ S5 = BlockSpec(
     reference="Smith, Warrington, Linderman 2023, Simplified State Space Layers for Sequence Modeling (S5); "
     "lindermanlab/S5 s5/ssm.py",
     params=(
-        Param("d_state", int, 256, "state size P (before conjugate symmetry halves it)", min=2),
+        _SSM_PARAMS.d_state,
         Param("blocks", int, 8, "number J of HiPPO-N blocks on the diagonal of the init", min=1),
         Param("conj_sym", bool, True, "keep half of each conjugate pair and output 2 Re(C x)"),
         Param("disc", str, "zoh", "discretisation of the continuous SSM (zero-order hold or bilinear)", choices=DISCRETIZATIONS),
         Param("C_init", str, "trunc_standard_normal", "initialisation of C", choices=C_INITS),
-        Param("dt_min", float, 1e-3, "smallest initial step size Δ (one per state, log-uniform)", min=0.0),
-        Param("dt_max", float, 1e-1, "largest initial step size Δ", min=0.0),
+        _SSM_PARAMS.dt_min,
+        _SSM_PARAMS.dt_max,
         Param("clip_eigs", bool, False, "clip Re Λ to <= -1e-4 in the forward pass"),
         Param("step_rescale", float, 1.0, "multiply every Δ (change of sampling rate at test time)", min=0.0),
-        Param("ssm_lr", float, 1e-3, "learning rate of Λ, B, log Δ (no weight decay); 0 freezes them", min=0.0),
+        _SSM_PARAMS.ssm_lr,
         Param("bidirectional", bool, False, "add a reverse-time scan (non-causal; no step or state)"),
         Param("activation", str, "half_glu1", "S5 SequenceLayer activation", choices=S5_ACTIVATIONS),
         Param("dropout", float, 0.0, "dropout inside the activation", min=0.0, max=0.999),

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ssmgraph.blocks.linear import Linear
-from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.blocks.embed import linear_spaces
+from ssmgraph.ops.linear import Linear
+from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import THROUGH_SPACE, BlockSpec, Param, PermSpace, ShapeError, TensorType, same_as_input
 
 

@@ -1,4 +1,4 @@
-"""Blueprints: YAML text → typed, resolved :class:`Blueprint` (see docs/blueprint.md)."""
+"""Blueprints: YAML text or a Python mapping → typed, resolved :class:`Blueprint` (see docs/blueprint.md)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ssmgraph.blueprint.model import Blueprint, Body, InputDecl, ModelView, NodeDecl, Ref, TapDecl
-from ssmgraph.blueprint.resolve import Resolver, display_path
+from ssmgraph.blueprint.document import Blueprint, Body, InputDecl, ModelView, NodeDecl, Ref, TapDecl
+from ssmgraph.blueprint.files import blueprint_dirs, builtin_blueprints, display_path, find_blueprint
+from ssmgraph.blueprint.resolver import resolve
 from ssmgraph.blueprint.yamlsafe import load_file, load_yaml
 from ssmgraph.errors import Collector, Mark, did_you_mean
 
@@ -24,32 +25,6 @@ __all__ = [
     "load_blueprint",
     "parse_overrides",
 ]
-
-
-def blueprint_dirs() -> tuple[Path, ...]:
-    """Where shipped blueprints live: inside the wheel, or the repository's blueprints/."""
-    package = Path(__file__).resolve().parent.parent
-    return tuple(d for d in (package / "blueprints", package.parent / "blueprints") if d.is_dir())
-
-
-def builtin_blueprints() -> dict[str, Path]:
-    """Shipped blueprints by name (``gpt`` for blueprints/gpt.yaml); fragments excluded."""
-    found: dict[str, Path] = {}
-    for folder in blueprint_dirs():
-        for path in sorted(folder.glob("*.yaml")):
-            found.setdefault(path.stem, path)
-    return found
-
-
-def find_blueprint(name_or_path: str | Path) -> Path:
-    """A file path as given, or the shipped blueprint of that name."""
-    path = Path(name_or_path)
-    if path.exists() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
-        return path
-    shipped = builtin_blueprints()
-    if str(name_or_path) in shipped:
-        return shipped[str(name_or_path)]
-    return path
 
 
 def parse_overrides(items: Iterable[str], flag: str = "--set") -> dict[str, Any]:
@@ -70,12 +45,15 @@ def parse_overrides(items: Iterable[str], flag: str = "--set") -> dict[str, Any]
 
 
 def load_blueprint(
-    source: str | Path,
+    source: str | Path | Mapping[str, Any],
     overrides: Mapping[str, Any] | None = None,
     *,
     text: str | None = None,
 ) -> Blueprint:
-    """Load and resolve a blueprint file (or ``text``, named ``source`` in errors)."""
+    """Load and resolve a blueprint file (or ``text``, named ``source`` in errors), or a
+    mapping (see :meth:`Blueprint.from_dict`)."""
+    if isinstance(source, Mapping):
+        return Blueprint.from_dict(source, overrides=overrides)
     path = find_blueprint(source) if text is None else Path(source)
     display = str(source) if text is not None else display_path(path, blueprint_dirs())
     if text is None and not path.exists() and path.suffix == "" and len(path.parts) == 1:
@@ -89,9 +67,4 @@ def load_blueprint(
         )
         errors.raise_if_any()
     raw = load_yaml(text, display) if text is not None else load_file(path, display)
-    errors = Collector()
-    resolver = Resolver(errors, fragment_dirs=blueprint_dirs())
-    blueprint = resolver.blueprint(raw, display, path.parent if text is None else Path.cwd(), overrides or {})
-    errors.raise_if_any()
-    return blueprint
-
+    return resolve(raw, display, path.parent if text is None else Path.cwd(), overrides or {}, blueprint_dirs())

@@ -171,7 +171,7 @@ class _Builder:
             if digits.startswith("0x"):
                 value = int(digits, 16)
             elif digits.startswith("0o"):
-                value = int(digits[2:], 8)
+                value = int(digits, 0)
             else:
                 value = int(digits, 10)
             value = -value if text.startswith("-") else value

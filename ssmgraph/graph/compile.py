@@ -9,8 +9,9 @@ import networkx as nx
 import torch
 from torch import nn
 
-from ssmgraph.blueprint.model import Blueprint, NodeDecl
+from ssmgraph.blueprint.document import Blueprint, NodeDecl
 from ssmgraph.errors import Collector, Mark, did_you_mean
+from ssmgraph.graph.block_checks import allocation, check_forwards, sizes, too_large
 from ssmgraph.graph.codegen import generate
 from ssmgraph.graph.expand import Expanded, GraphNode, TapInstance, expand, follow_chain
 from ssmgraph.graph.infer import TypedNode, check_args, infer
@@ -46,6 +47,8 @@ def compile_blueprint(blueprint: Blueprint, *, model: str | None = None, registr
         if module is not None:
             modules[module_path] = module
             _install(root, module_path, module)
+    errors.raise_if_any()
+    check_forwards([typed[p] for p in keep], modules, errors)
     errors.raise_if_any()
     tied = _apply_ties([tie for tie in ties if tie.node.path in keep], modules, errors)
     input_types = {name: TensorType(decl.shape, decl.dtype) for name, decl in blueprint.inputs.items()}
@@ -107,10 +110,17 @@ def _input_order(item: TypedNode) -> list[str]:
 
 
 def _ancestors(graph: nx.DiGraph, targets: list[str]) -> set[str]:
-    found: set[str] = set()
-    for target in targets:
-        found.add(target)
-        found |= nx.ancestors(graph, target)
+    """The targets and every node they depend on, in one backward walk over the graph.
+
+    One walk shared by all targets keeps this linear in the graph's size; a walk per target
+    (a model with a tap per layer) was quadratic."""
+    found = set(targets)
+    pending = list(found)
+    while pending:
+        for parent in graph.predecessors(pending.pop()):
+            if parent not in found:
+                found.add(parent)
+                pending.append(parent)
     return found
 
 
@@ -133,7 +143,10 @@ def _instantiate(item: TypedNode, errors: Collector) -> nn.Module | None:
         errors.add("E220", f"{item.spec.name}: {exc}", item.node.mark, item.node.path)
         return None
     except Exception as exc:  # a factory belongs to a plugin; report, don't crash
-        errors.add("E240", f"block {item.spec.name} (from {item.spec.plugin}) failed to build: {type(exc).__name__}: {exc}", item.node.mark, item.node.path, "this is a bug in the block or an argument it does not support")
+        if too_large(exc):
+            errors.add("E240", f"block {item.spec.name} is too large to build with {sizes(item)}: {allocation(exc)}", item.node.mark, item.node.path, "these sizes come from the blueprint's arguments (or a --set): make them smaller")
+        else:
+            errors.add("E240", f"block {item.spec.name} (from {item.spec.plugin}) failed to build: {type(exc).__name__}: {exc}", item.node.mark, item.node.path, "this is a bug in the block or an argument it does not support")
         return None
     if not isinstance(module, nn.Module):
         errors.add("E240", f"block {item.spec.name} (from {item.spec.plugin}) returned {type(module).__name__}, not an nn.Module", item.node.mark, item.node.path)

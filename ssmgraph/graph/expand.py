@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import networkx as nx
 
-from ssmgraph.blueprint.model import Blueprint, Body, NodeDecl, Ref
+from ssmgraph.blueprint.document import Blueprint, Body, NodeDecl, Ref
 from ssmgraph.errors import Collector, Mark, did_you_mean
 
 K = TypeVar("K", bound=Hashable)

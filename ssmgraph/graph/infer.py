@@ -8,10 +8,11 @@ from typing import Any
 
 import networkx as nx
 
-from ssmgraph.blueprint.model import Blueprint, NodeDecl
+from ssmgraph.blueprint.document import Blueprint, NodeDecl
 from ssmgraph.errors import Collector, did_you_mean
 from ssmgraph.graph.expand import Expanded, GraphNode
 from ssmgraph.registry.plugins import Registry
+from ssmgraph.registry.records import ClashError
 from ssmgraph.registry.specs import BlockSpec, Capabilities, ShapeError, TensorType
 
 
@@ -87,7 +88,11 @@ def infer(blueprint: Blueprint, expanded: Expanded, registry: Registry, errors: 
     """Resolve blocks and args (all errors of the phase), then propagate types in topological order."""
     checked: dict[str, tuple[BlockSpec, dict[str, Any], list[str]]] = {}
     for path, node in expanded.nodes.items():
-        spec = registry.get(node.block)
+        try:
+            spec = registry.get(node.block)
+        except ClashError as exc:  # two plugins provide the block: neither is used
+            errors.add("E300", exc.clash.message, node.decl.mark_of("block"), f"{path}.block", exc.clash.remedy)
+            continue
         if spec is None:
             if node.block or not node.broken:  # a broken share has no block; its error is reported
                 errors.add("E201", f"unknown block {node.block!r}", node.decl.mark_of("block"), f"{path}.block", registry.suggest(node.block))

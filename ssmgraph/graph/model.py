@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ssmgraph.blueprint.model import Blueprint
+from ssmgraph.blueprint.document import Blueprint
 from ssmgraph.errors import SsmgraphError
 from ssmgraph.registry.specs import Capabilities, TensorType
 

@@ -7,7 +7,11 @@ from typing import Any
 
 import torch
 
-from ssmgraph.merge.context import LoadedModel, MergeError
+from ssmgraph.graph.perm_spaces import GraphSpace
+from ssmgraph.merge.context import MergeError
+from ssmgraph.merge.models import LoadedModel
+from ssmgraph.merge.permute.matching import activation_matching, weight_matching
+from ssmgraph.merge.permute.model_spaces import model_spaces
 from ssmgraph.train.tasks.base import Task
 
 
@@ -17,8 +21,6 @@ def permute_onto_base(
     """Permute each later model's spaces (in place) to match the first model — by weights, or
     the residual stream by activations on ``task``'s training data (``match: activations``,
     which the recipe checks has a task); returns, per model, how many units moved (for the report)."""
-    from ssmgraph.merge.permute import GraphSpace, activation_matching, model_spaces, weight_matching
-
     base = models[0]
     spaces = model_spaces(base.model)
     if not spaces:

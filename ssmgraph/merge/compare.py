@@ -8,21 +8,24 @@ from typing import Any
 
 import torch
 
+from ssmgraph.blueprint import Blueprint
+from ssmgraph.blueprint.names import submodule_name_ok
 from ssmgraph.errors import SsmgraphError
+from ssmgraph.folders import under_a_file
+from ssmgraph.graph.compile import compile_blueprint
 from ssmgraph.graph.model import CompiledModel
-from ssmgraph.serialization import under_a_file
+from ssmgraph.merge.compose import compose, model_taps, state_from_sources
+from ssmgraph.merge.models import blueprint_of
+from ssmgraph.merge.plots import heatmap
+from ssmgraph.merge.similarity import cka_matrix
+from ssmgraph.serialization import load as load_model
+from ssmgraph.train.fitting import check_reads
 from ssmgraph.train.tasks.base import Task
 
 
 def tapped(model: CompiledModel, name: str) -> CompiledModel:
     """``model`` with its hidden states tapped after every layer (tap ``<name>.h``), same weights."""
-    from ssmgraph.blueprint import load_blueprint
-    from ssmgraph.blueprint.yamlsafe import dump_yaml
-    from ssmgraph.graph.compile import compile_blueprint
-    from ssmgraph.merge.compose import compose, state_from_sources
-    from ssmgraph.merge.context import blueprint_of
-
-    joint = compile_blueprint(load_blueprint(f"{name}.yaml", text=dump_yaml(compose({name: blueprint_of(model)}, d_common=1))))
+    joint = compile_blueprint(Blueprint.from_dict(compose({name: blueprint_of(model)}, d_common=1), source=f"<{name} with taps>"))
     state = state_from_sources({name: model.state_dict()}, joint)
     joint.load_state_dict(state, strict=False)
     return joint.eval()
@@ -31,8 +34,6 @@ def tapped(model: CompiledModel, name: str) -> CompiledModel:
 @torch.no_grad()
 def hidden_states(model: CompiledModel, name: str, task: Task, batches: int, batch_size: int) -> dict[str, torch.Tensor]:
     """Each layer's hidden states on held-out inputs, as (tokens × width) matrices."""
-    from ssmgraph.merge.compose import model_taps
-
     probe = tapped(model, name)
     layers: list[list[torch.Tensor]] = []
     for batch in task.eval_batches(batch_size, size=batch_size * batches):
@@ -47,26 +48,19 @@ def hidden_states(model: CompiledModel, name: str, task: Task, batches: int, bat
 def _layer_prefix(folder: str) -> str:
     """A model's folder name as the prefix of its layers' names (``runs-a`` -> ``runs_a``), or
     ``model`` where it could not name a tap (``2nd``, ``class``, ``train``)."""
-    from ssmgraph.blueprint.resolve import submodule_name_ok
-
     name = folder.replace("-", "_")
     return name if submodule_name_ok(name) else "model"
 
 
 def compare_models(path_a: Path, path_b: Path, task: Task, out_dir: Path, *, batches: int = 8, batch_size: int = 32) -> dict[str, Any]:
     """CKA of every layer pair of two saved models; writes ``cka.png`` and ``cka.json``."""
-    import ssmgraph
-    from ssmgraph.merge.plots import heatmap
-    from ssmgraph.merge.similarity import cka_matrix
-    from ssmgraph.train.loop import check_reads
-
     names = ("a", "b") if Path(path_a).name == Path(path_b).name else (Path(path_a).name, Path(path_b).name)
     name_a, name_b = (_layer_prefix(n) for n in names)
     if name_a == name_b:
         name_a, name_b = "a", "b"
     if (out_dir.exists() and not out_dir.is_dir()) or under_a_file(out_dir):
         raise SsmgraphError(f"--out {out_dir} is (or lies under) a file; give a folder for cka.png and cka.json")
-    model_a, model_b = ssmgraph.load(path_a), ssmgraph.load(path_b)
+    model_a, model_b = load_model(path_a), load_model(path_b)
     for model in (model_a, model_b):
         check_reads(model, task)  # only the inputs: compare reads hidden states, not outputs
     feats_a = hidden_states(model_a, name_a, task, batches, batch_size)

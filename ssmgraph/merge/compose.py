@@ -74,7 +74,7 @@ def _tap_point(model: str, bp: Mapping[str, Any], rename: Mapping[str, str]) -> 
 
 
 def compose(sources: Mapping[str, Mapping[str, Any]], *, d_common: int, share_embedding: bool = True) -> dict[str, Any]:
-    """The joint blueprint (a plain dict, ready for ``dump_yaml``) of resolved ``sources``."""
+    """The joint blueprint (a plain dict, ready for ``Blueprint.from_dict``) of resolved ``sources``."""
     names = list(sources)
     first = sources[names[0]]
     nodes: dict[str, Node] = {}

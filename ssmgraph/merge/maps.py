@@ -150,7 +150,7 @@ def barycentric_targets(X: Tensor, Y: Tensor, reg: float = 0.05, tol: float = 1e
     where A's and B's features already correspond (up to scale and shift) — e.g. two fine-tunes
     of one model, or after a permutation alignment."""
     try:
-        import ot
+        import ot  # POT is an optional dependency (ssmgraph[ot]): imported only for this map
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("the optimal-transport map needs the POT library: pip install pot") from err
     x, y, _ = _pair(X, Y, paired=False)

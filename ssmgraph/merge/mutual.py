@@ -27,28 +27,20 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
+from ssmgraph.blueprint import Blueprint
+from ssmgraph.graph.compile import compile_blueprint
 from ssmgraph.graph.model import CompiledModel
-from ssmgraph.merge.compose import model_taps
-from ssmgraph.merge.context import MergeContext, MergeError, MergeResult, blueprint_of
-from ssmgraph.registry.specs import MergeMethodSpec, Param
+from ssmgraph.merge.compose import compose, model_taps, state_from_sources
+from ssmgraph.merge.context import MergeContext, MergeError, MergeResult
+from ssmgraph.merge.models import blueprint_of
+from ssmgraph.merge.plots import curves
+from ssmgraph.merge.similarity import linear_cka
+from ssmgraph.optim import param_groups
+from ssmgraph.serialization import load as load_model
 from ssmgraph.train.tasks.base import IGNORE, Task
-
-PARAMS = (
-    Param("steps", int, 300, "optimizer steps of joint training", min=1),
-    Param("lr", float, 3e-3, "AdamW peak learning rate (cosine decay, 5% warm-up)", min=0.0),
-    Param("weight_decay", float, 0.01, "AdamW weight decay (SSM parameters keep their own hints)", min=0.0),
-    Param("kl_weight", float, 1.0, "weight of the output-consistency (mutual KL) loss", min=0.0),
-    Param("feature_weight", float, 0.1, "weight of the feature-consistency (projected taps MSE) loss", min=0.0),
-    Param("temperature", float, 1.0, "softmax temperature τ of the KL terms", min=1e-3),
-    Param("d_common", int, 64, "width of the common space the taps are projected into", min=1),
-    Param("share_embedding", bool, True, "the models read one token embedding (the first model's)"),
-    Param("teacher", str, "", "a saved model or run directory to distill from ('' for none)"),
-    Param("distill_weight", float, 1.0, "weight of the distillation loss (with a teacher)", min=0.0),
-    Param("baseline", bool, True, "also train each model alone (same steps, data and seed) and report both"),
-    Param("grad_clip", float, 1.0, "clip the gradient norm to this (0: off)", min=0.0),
-)
 
 
 @dataclass(frozen=True)
@@ -136,8 +128,6 @@ def _bar(enabled: bool, total: int, label: str) -> Iterator[Any]:
     if not enabled:
         yield lambda step, text: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     with Progress(TextColumn(f"{label} {{task.description}}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as progress:
         bar = progress.add_task("", total=total)
         yield lambda step, text: progress.update(bar, completed=step, description=text)
@@ -147,8 +137,6 @@ def train_jointly(
     joint: CompiledModel, names: list[str], task: Task, params: Mapping[str, Any], seed: int, *, teacher: Any = None, progress: bool = True, label: str = ""
 ) -> list[dict[str, float]]:
     """Train ``joint`` in place; returns the logged losses (every 10 steps)."""
-    from ssmgraph.optim import param_groups
-
     weights = Weights(params["kl_weight"], params["feature_weight"], params["distill_weight"], params["temperature"])
     groups = param_groups(joint, lr=params["lr"], weight_decay=params["weight_decay"])
     for group in groups:
@@ -184,8 +172,6 @@ def train_jointly(
 def tap_cka(joint: CompiledModel, names: list[str], task: Task, batch_size: int, batches: int = 4) -> dict[str, float]:
     """Linear CKA of the raw hidden states of each model pair at matched relative depth
     (mean over layer pairs), on held-out batches."""
-    from ssmgraph.merge.similarity import linear_cka
-
     feats: dict[str, list[list[Tensor]]] = {n: [] for n in names}
     for batch in task.eval_batches(batch_size, size=batch_size * batches):
         _, taps = joint(batch.inputs, taps=[f"{n}.h" for n in names])
@@ -206,36 +192,27 @@ def tap_cka(joint: CompiledModel, names: list[str], task: Task, batch_size: int,
 
 
 def _build_joint(context: MergeContext, names: list[str]) -> CompiledModel:
-    from ssmgraph.blueprint import load_blueprint
-    from ssmgraph.blueprint.yamlsafe import dump_yaml
-    from ssmgraph.graph.compile import compile_blueprint
-    from ssmgraph.merge.compose import compose, state_from_sources
-
     chosen = [m for m in context.models if m.name in names]
     sources = {m.name: blueprint_of(m.model) for m in chosen}
-    text = dump_yaml(compose(sources, d_common=context.params["d_common"], share_embedding=context.params["share_embedding"]))
+    joint_blueprint = compose(sources, d_common=context.params["d_common"], share_embedding=context.params["share_embedding"])
     torch.manual_seed(context.recipe.seed)
-    joint = compile_blueprint(load_blueprint("joint.yaml", text=text))
+    joint = compile_blueprint(Blueprint.from_dict(joint_blueprint, source="<joint blueprint>"))
     state = state_from_sources({m.name: m.model.state_dict() for m in chosen}, joint)
     joint.load_state_dict(state, strict=False)
     return joint
 
 
 def _view(joint: CompiledModel, view: str) -> CompiledModel:
-    from ssmgraph.graph.compile import compile_blueprint
-
     model = compile_blueprint(joint.blueprint, model=view)
     model.load_state_dict({k: v for k, v in joint.state_dict().items() if k in model.state_dict()})
     return model
 
 
 def run_mutual(context: MergeContext) -> MergeResult:
-    from ssmgraph import load
-
     task = context.task
     params = {**context.params, "batch_size": context.recipe.data.batch_size}
     names = [m.name for m in context.models]
-    teacher = load(context.path(context.params["teacher"])).eval() if context.params["teacher"] else None
+    teacher = load_model(context.path(context.params["teacher"])).eval() if context.params["teacher"] else None
     joint = _build_joint(context, names)
     cka_before = tap_cka(joint, names, task, params["batch_size"])
     log = train_jointly(joint, names, task, params, context.recipe.seed, teacher=teacher, progress=context.progress, label="mutual")
@@ -269,21 +246,9 @@ def run_mutual(context: MergeContext) -> MergeResult:
 
 
 def _plot_losses(context: MergeContext, log: list[dict[str, float]]) -> str:
-    from ssmgraph.merge.plots import curves
-
     steps = [r["step"] for r in log]
     series = {key: (steps, [r[key] for r in log]) for key in sorted(log[0]) if key not in ("step", "loss")}
     curves(series, "step", "loss", "mutual training: loss terms", context.out_dir / "losses.png", log_y=True)
     return "losses.png"
 
 
-MUTUAL = MergeMethodSpec(
-    name="mutual",
-    doc="Train models of any architectures together: shared embedding, mutual KL, feature consistency, optional teacher.",
-    params=PARAMS,
-    run=run_mutual,
-    needs="heterogeneous",
-    min_models=1,
-    data=True,
-    reference="Zhang et al. 2018, Deep Mutual Learning; seeds 000/001 (consistency losses)",
-)

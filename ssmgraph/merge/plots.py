@@ -10,6 +10,8 @@ import torch
 
 
 def pyplot() -> Any:
+    """matplotlib's pyplot on the off-screen Agg backend; imported here, when a plot is drawn,
+    because importing matplotlib costs every command that draws nothing."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -19,15 +19,22 @@ blueprint errors (E110 unknown key, E111 missing key, E112 wrong value).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssmgraph.blueprint.resolve import submodule_name_ok
-from ssmgraph.blueprint.yamlsafe import LDict, load_file, load_yaml
+from ssmgraph.blueprint.names import submodule_name_ok
+from ssmgraph.blueprint.yamlsafe import LDict, LList, load_file, load_yaml
 from ssmgraph.errors import Collector, Mark, did_you_mean
+from ssmgraph.registry.plugins import Registry, get_registry
 from ssmgraph.registry.specs import MergeMethodSpec, Param
+
+MAX_NAME_BYTES = 100
+"""Model names become folder names (``models/<name>/``): well under file systems' 255-byte limit."""
+WINDOWS_DEVICES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"{port}{i}" for port in ("COM", "LPT") for i in range(1, 10))})
+"""Names Windows refuses as folder names, in any case."""
 
 
 @dataclass(frozen=True)
@@ -129,12 +136,14 @@ def _key_mark(node: Any, key: str) -> Mark | None:
     return node.key_mark(key) if isinstance(node, LDict) and key in node else _mark(node)
 
 
-def _check_mapping(errors: Collector, raw: Any, schema: tuple[Param, ...], path: str, what: str) -> dict[str, Any]:
-    """Values of ``raw`` checked against ``schema`` (defaults filled); problems go to ``errors``."""
+def _check_mapping(errors: Collector, raw: Any, schema: tuple[Param, ...], path: str, what: str, where: Mark | None) -> dict[str, Any]:
+    """Values of ``raw`` checked against ``schema`` (defaults filled); problems go to ``errors``.
+
+    ``where`` locates problems of ``raw`` as a whole when it has no mark (absent, or a scalar)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        errors.add("E112", f"{path} must be a mapping", _mark(raw), path)
+        errors.add("E112", f"{path} must be a mapping", _mark(raw) or where, path)
         return {p.name: p.default for p in schema if not p.required}
     values = {p.name: p.default for p in schema if not p.required}
     names = [p.name for p in schema]
@@ -146,24 +155,24 @@ def _check_mapping(errors: Collector, raw: Any, schema: tuple[Param, ...], path:
             continue
         checked, problem = param.check(value)
         if problem:
-            errors.add("E112", f"{path}.{key}: {problem}", _mark(raw, key), f"{path}.{key}", param.doc)
+            errors.add("E112", problem, _mark(raw, key), f"{path}.{key}", param.doc)
             continue
         values[key] = checked
     for param in schema:
         if param.required and param.name not in raw:
-            errors.add("E111", f"{path} needs {param.name!r} ({param.doc})", _mark(raw), path)
+            errors.add("E111", f"{path} needs {param.name!r} ({param.doc})", _mark(raw) or where, path)
     return values
 
 
 def parse_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
     """Check a loaded recipe mapping and resolve it (method from the registry, paths from ``base_dir``)."""
-    from ssmgraph.registry.plugins import get_registry
-
     errors = Collector()
     top = Mark(source, 1, 1)
     if not isinstance(raw, dict):
         errors.add("E112", "a merge recipe is a mapping: merge_method, models, parameters, ...", _mark(raw) or top)
         errors.raise_if_any()
+    _check_finite(errors, raw, "", top)
+    errors.raise_if_any()  # a phase of its own: the schema checks below would report these again
     for key in raw:
         if key not in TOP_KEYS:
             errors.add("E110", f"unknown recipe key {key!r}", _key_mark(raw, key), str(key), did_you_mean(str(key), TOP_KEYS))
@@ -179,17 +188,13 @@ def parse_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
     base = raw.get("base_model")
     if base is not None and base not in names:
         errors.add("E210", f"base_model {base!r} is not one of the models", _mark(raw, "base_model"), "base_model", did_you_mean(str(base), names))
-    parameters = _check_mapping(errors, raw.get("parameters"), method.params, "parameters", f"merge method {method.name!r}") if method else {}
+    parameters = _check_mapping(errors, raw.get("parameters"), method.params, "parameters", f"merge method {method.name!r}", _mark(raw, "parameters")) if method else {}
     permute = raw.get("permute", False)
     if isinstance(permute, bool):
         permute_values = {p.name: p.default for p in PERMUTE} if permute else None
     else:
-        permute_values = _check_mapping(errors, permute, PERMUTE, "permute", "permute")
-    data = None
-    if raw.get("data") is not None:
-        values = _check_mapping(errors, raw["data"], DATA, "data", "data")
-        if "task" in values:
-            data = DataSpec(values["task"], dict(values["options"]), values["batch_size"], values["eval_batches"], _mark(raw, "data"))
+        permute_values = _check_mapping(errors, permute, PERMUTE, "permute", "permute", _mark(raw, "permute"))
+    data = _parse_data(errors, raw, registry)
     if permute_values is not None and permute_values.get("match") == "activations" and data is None:
         errors.add(
             "E111", "permute: `match: activations` reads the models' activations on data; the recipe has no 'data'",
@@ -203,6 +208,54 @@ def parse_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
     errors.raise_if_any()
     assert method is not None
     return Recipe(method, tuple(models), parameters, base, permute_values, data, int(seed), source, base_dir)
+
+
+def _check_finite(errors: Collector, value: Any, path: str, mark: Mark | None) -> None:
+    """Every number in the recipe is finite: an inf or NaN weight or option would only show up as a model of NaNs."""
+    if isinstance(value, float) and not math.isfinite(value):
+        errors.add("E112", f"{value!r} is not a finite number", mark, path, "recipe numbers must be finite (.inf, .nan and 1e999 are not)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(errors, item, f"{path}.{key}" if path else str(key), _mark(value, key) or mark)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_finite(errors, item, f"{path}[{i}]", value.mark_of(i) if isinstance(value, LList) else mark)
+
+
+def _parse_data(errors: Collector, raw: Mapping[str, Any], registry: Registry) -> DataSpec | None:
+    """The data section, its task and the task's options checked here, where they can be located."""
+    section = raw.get("data")
+    if section is None:
+        return None
+    values = _check_mapping(errors, section, DATA, "data", "data", _mark(raw, "data"))
+    if "task" not in values:
+        return None
+    spec = registry.task(values["task"])
+    if spec is None:
+        help_ = did_you_mean(values["task"], registry.tasks) + " (`ssmgraph tasks` lists them)"
+        errors.add("E112", f"unknown task {values['task']!r}", _mark(section, "task"), "data.task", help_)
+    else:
+        where = _mark(section, "options") if "options" in section else _key_mark(section, "task")
+        _check_mapping(errors, values["options"], spec.params, "data.options", f"task {spec.name!r}", where)
+    return DataSpec(values["task"], dict(values["options"]), values["batch_size"], values["eval_batches"], _mark(raw, "data"))
+
+
+def _check_folder_name(errors: Collector, name: str, earlier: list[str], mark: Mark | None, path: str) -> None:
+    """Methods that return their source models write them to ``models/<name>/``: the name must make a folder."""
+    size = len(name.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        errors.add(
+            "E200", f"model name {name[:24]!r}... is too long ({size} bytes): model names become folder names (models/<name>/)",
+            mark, path, f"use a name of at most {MAX_NAME_BYTES} characters (fewer if they are not ASCII)",
+        )
+    if name.upper() in WINDOWS_DEVICES:
+        errors.add("E200", f"model name {name!r} is a device name on Windows, not a folder name", mark, path, f"rename it, e.g. {name}_model")
+    twin = next((other for other in earlier if other != name and other.casefold() == name.casefold()), None)
+    if twin is not None:
+        errors.add(
+            "E200", f"model names {twin!r} and {name!r} differ only in case", mark, path,
+            "their folders models/<name>/ would be one folder on macOS and Windows; rename one",
+        )
 
 
 def _parse_models(errors: Collector, raw: Mapping[str, Any], base_dir: Path, top: Mark) -> list[ModelSource]:
@@ -228,6 +281,7 @@ def _parse_models(errors: Collector, raw: Mapping[str, Any], base_dir: Path, top
             continue
         if name in [m.name for m in models]:
             errors.add("E200", f"model name {name!r} is used twice", _mark(item, "name"), f"{path}.name")
+        _check_folder_name(errors, name, [m.name for m in models], _mark(item, "name"), f"{path}.name")
         if not submodule_name_ok(name):
             # merges name nodes and taps after their models (<name>.h); these would shadow module members
             errors.add("E200", f"model name {name!r} is a Python keyword or a torch module member", _mark(item, "name"), f"{path}.name", f"rename it, e.g. {name.strip('_')}_model")
@@ -252,7 +306,7 @@ def _parse_models(errors: Collector, raw: Mapping[str, Any], base_dir: Path, top
         if not isinstance(overrides, dict):
             errors.add("E112", f"{path}.set must be a mapping of blueprint params", _mark(item, "set"), f"{path}.set")
             overrides = {}
-        params = _check_mapping(errors, item.get("parameters"), PER_MODEL, f"{path}.parameters", "a model entry")
+        params = _check_mapping(errors, item.get("parameters"), PER_MODEL, f"{path}.parameters", "a model entry", _mark(item, "parameters"))
         if has_bp and not Path(blueprint).is_absolute() and (base_dir / blueprint).exists():
             blueprint = str((base_dir / blueprint).resolve())  # a file next to the recipe; absolute, as merge.yaml re-runs anywhere
         models.append(ModelSource(name, checkpoint, blueprint if has_bp else None, dict(overrides), params, _mark(item)))

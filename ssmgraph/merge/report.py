@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ssmgraph.merge.compatibility import Compatibility
 from ssmgraph.merge.context import MergeResult
 
 
@@ -39,8 +40,10 @@ def write_report(folder: Path, summary: dict[str, Any], result: MergeResult) -> 
     parts = [
         f"# Merge report: {summary['method']}",
         "",
-        f"Models: {', '.join(f'`{k}` ({v})' for k, v in summary['models'].items())}. "
-        f"Compatibility: **{summary['compatibility'].replace('_', '-')}** ({summary['compatibility_reason']}).",
+        (
+            f"Models: {', '.join(f'`{k}` ({v})' for k, v in summary['models'].items())}. "
+            f"Compatibility: **{Compatibility(summary['compatibility']).label}** ({summary['compatibility_reason']})."
+        ),
         f"Parameters: `{json.dumps(summary['parameters'], default=str)}`"
         + (f"; permutation alignment first: `{json.dumps(summary['alignment'])}`" if summary.get("alignment") else "")
         + f". Took {summary['seconds']} s.",

@@ -9,32 +9,37 @@ method draws, and ``models/<name>/`` for methods that also produce their source 
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ssmgraph.blueprint import load_blueprint
 from ssmgraph.blueprint.yamlsafe import dump_yaml
 from ssmgraph.errors import SsmgraphError
-from ssmgraph.merge.context import LoadedModel, MergeContext, MergeError, MergeResult, classify, methods_for
+from ssmgraph.folders import atomic_directory, folder_lock, follow_link, holds_current_folder, refuse_checkpoint_target
+from ssmgraph.graph.compile import compile_blueprint
+from ssmgraph.merge.align import permute_onto_base
+from ssmgraph.merge.compatibility import Compatibility, classify, methods_for
+from ssmgraph.merge.context import MergeContext, MergeError, MergeResult
+from ssmgraph.merge.models import LoadedModel
 from ssmgraph.merge.recipe import ModelSource, Recipe
 from ssmgraph.merge.report import write_report
-from ssmgraph.serialization import atomic_directory, check_replaceable, holds_current_folder, weights_to_save, write_model_files
+from ssmgraph.safeio import check_fields, read_json
+from ssmgraph.serialization import check_replaceable, model_directory, weights_to_save, write_model_files
+from ssmgraph.serialization import load as load_model
+from ssmgraph.train.fitting import fit_params, make_task
+from ssmgraph.train.tasks.base import Task
 
 RECIPE_FILE = "merge.yaml"
 
 
-def load_source(source: ModelSource, task: Any, seed: int) -> LoadedModel:
+def load_source(source: ModelSource, task: Task | None, seed: int) -> LoadedModel:
     """A recipe model: a saved model, or a blueprint initialised with ``seed`` (fitted to the task)."""
-    import ssmgraph
-    from ssmgraph.blueprint import load_blueprint
-    from ssmgraph.graph.compile import compile_blueprint
-    from ssmgraph.train.loop import fit_params
-
     if source.checkpoint is not None:
-        model = ssmgraph.load(source.checkpoint)
+        model = load_model(source.checkpoint)
     else:
         assert source.blueprint is not None
         overrides = fit_params(source.blueprint, source.overrides, task) if task is not None else dict(source.overrides)
@@ -43,10 +48,19 @@ def load_source(source: ModelSource, task: Any, seed: int) -> LoadedModel:
     return LoadedModel(source.name, source, model)
 
 
-def plan(recipe: Recipe) -> tuple[list[LoadedModel], str, str, Any]:
-    """Load the models and the task, classify them, and check that the method applies."""
-    from ssmgraph.train.loop import make_task
+@dataclass(frozen=True)
+class MergePlan:
+    """What a recipe merges, checked before anything is written: the loaded models, how alike
+    they are (and why), and the data task (None without ``data:``)."""
 
+    models: list[LoadedModel]
+    compatibility: Compatibility
+    reason: str
+    task: Task | None
+
+
+def plan(recipe: Recipe) -> MergePlan:
+    """Load the models and the task, classify them, and check that the method applies."""
     task = make_task(recipe.data.task, recipe.data.options) if recipe.data is not None else None
     models = [load_source(source, task, recipe.seed + i) for i, source in enumerate(recipe.models)]
     compatibility, reason = classify(models)
@@ -54,44 +68,56 @@ def plan(recipe: Recipe) -> tuple[list[LoadedModel], str, str, Any]:
     if not method.accepts(compatibility):
         usable = ", ".join(methods_for(compatibility)) or "none installed"
         raise MergeError(
-            f"{recipe.source}: merge method {method.name!r} needs {method.needs.replace('_', '-')} models, but these are "
-            f"{compatibility.replace('_', '-')}: {reason}. Methods that apply: {usable}"
+            f"{recipe.source}: merge method {method.name!r} needs {Compatibility(method.needs).label} models, but these are "
+            f"{compatibility.label}: {reason}. Methods that apply: {usable}"
         )
-    if recipe.permute is not None and compatibility not in ("identical", "same_shape"):
-        raise MergeError(f"{recipe.source}: permute aligns models of one blueprint; these are {compatibility.replace('_', '-')} ({reason})")
-    return models, compatibility, reason, task
+    if recipe.permute is not None and not compatibility.within(Compatibility.SAME_SHAPE):
+        raise MergeError(f"{recipe.source}: permute aligns models of one blueprint; these are {compatibility.label} ({reason})")
+    return MergePlan(models, compatibility, reason, task)
 
 
 def _check_not_read_by(recipe: Recipe, out_dir: Path) -> None:
-    """--overwrite must not delete a model the recipe reads, nor the folder we run in."""
-    target = out_dir.resolve()
+    """--overwrite must not delete a model the recipe reads (the folder named, or the checkpoint
+    actually read from a run), nor the folder we run in."""
     for source in recipe.models:
-        if source.checkpoint is not None and (target == Path(source.checkpoint).resolve() or target in Path(source.checkpoint).resolve().parents):
+        if source.checkpoint is None:
+            continue
+        named = Path(source.checkpoint)
+        read = model_directory(named) if named.is_dir() else named
+        if any(out_dir.resolve() == folder.resolve() or out_dir.resolve() in folder.resolve().parents for folder in (named, read)):
             raise MergeError(f"{recipe.source}: --out {out_dir} holds model {source.name!r}, which the merge reads; choose another --out")
     if holds_current_folder(out_dir):
         raise MergeError(f"--out {out_dir} is the current folder (or holds it); choose a new folder for the merged model")
 
 
 def run_merge(recipe: Recipe, out_dir: Path, *, overwrite: bool = False, progress: bool = True) -> tuple[Path, MergeResult]:
-    """Merge as the recipe says and write the result into ``out_dir`` (atomically)."""
-    out_dir = Path(out_dir)
+    """Merge as the recipe says and write the result into ``out_dir`` (atomically), holding
+    ``out_dir``'s lock from the first check to the last write."""
+    out_dir = follow_link(Path(out_dir))
+    refuse_checkpoint_target(out_dir, "--out")
+    with folder_lock(out_dir):
+        return _merge_into(recipe, out_dir, overwrite, progress)
+
+
+def _merge_into(recipe: Recipe, out_dir: Path, overwrite: bool, progress: bool) -> tuple[Path, MergeResult]:
     if out_dir.exists():
         check_replaceable(out_dir)  # an earlier merge's output (a saved model), never a folder of other files
         if not overwrite:
             raise SsmgraphError(f"{out_dir} already exists; pass --overwrite to replace it")
         _check_not_read_by(recipe, out_dir)
-    models, compatibility, reason, task = plan(recipe)
+    merge_plan = plan(recipe)
+    models = merge_plan.models
     started = time.perf_counter()
     with atomic_directory(out_dir) as tmp:
         alignment = None
         if recipe.permute is not None:
-            from ssmgraph.merge.align import permute_onto_base
-
-            alignment = permute_onto_base(models, recipe.permute, task, batch_size=recipe.data.batch_size if recipe.data else 32, seed=recipe.seed)
-        context = MergeContext(recipe, models, compatibility, dict(recipe.parameters), tmp, task, progress)
-        result = recipe.method.run(context)
+            batch_size = recipe.data.batch_size if recipe.data else 32
+            alignment = permute_onto_base(models, recipe.permute, merge_plan.task, batch_size=batch_size, seed=recipe.seed)
+        context = MergeContext(recipe, models, merge_plan.compatibility, dict(recipe.parameters), tmp, merge_plan.task, progress)
+        result = recipe.method.runner()(context)
         if not isinstance(result, MergeResult):
             raise MergeError(f"merge method {recipe.method.name!r} ({recipe.method.plugin}) returned {type(result).__name__}, not a MergeResult")
+        context.check_finite(result)  # E701: a model of inf/NaN is never written
         _write_model(result.model, tmp, {"merge": {"method": recipe.method.name, "models": [m.name for m in models]}})
         for name, model in result.models.items():
             folder = tmp / "models" / name
@@ -101,8 +127,8 @@ def run_merge(recipe: Recipe, out_dir: Path, *, overwrite: bool = False, progres
         summary = {
             "method": recipe.method.name,
             "plugin": recipe.method.plugin,
-            "compatibility": compatibility,
-            "compatibility_reason": reason,
+            "compatibility": merge_plan.compatibility.value,
+            "compatibility_reason": merge_plan.reason,
             "models": {m.name: str(m.source.checkpoint or m.source.blueprint) for m in models},
             "parameters": recipe.parameters,
             "permute": recipe.permute,
@@ -118,4 +144,7 @@ def _write_model(model: Any, folder: Path, extra_meta: dict[str, Any]) -> None:
 
 
 def read_report(out_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(out_dir) / "report.json").read_text(encoding="utf-8"))
+    """report.json of a merge's output folder."""
+    path, fix = Path(out_dir) / "report.json", "run the merge again to write a new report"
+    report = read_json(path, what="cannot read the merge report", error=MergeError, fix=fix, finite=False)
+    return check_fields(report, {}, source=path, error=MergeError, fix=fix)  # an object, whatever its keys

@@ -24,24 +24,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ssmgraph.blueprint import Blueprint
+from ssmgraph.graph.compile import compile_blueprint, count_parameters
 from ssmgraph.graph.model import CompiledModel
-from ssmgraph.merge.context import LoadedModel, MergeContext, MergeError, MergeResult, blueprint_of
-from ssmgraph.registry.specs import MergeMethodSpec, Param
+from ssmgraph.merge import maps
+from ssmgraph.merge.compare import tapped
+from ssmgraph.merge.compose import layer_stacks, model_taps, rename_node
+from ssmgraph.merge.context import MergeContext, MergeError, MergeResult
+from ssmgraph.merge.models import LoadedModel, blueprint_of
+from ssmgraph.merge.mutual import depth_pairs
+from ssmgraph.merge.plots import heatmap
+from ssmgraph.merge.similarity import linear_cka
+from ssmgraph.train.losses import batch_sums
 from ssmgraph.train.tasks.base import IGNORE, Task
-
-ESTIMATORS = ("lstsq", "procrustes", "cca", "ot")
-PARAMS = (
-    Param("estimator", str, "lstsq", "how the map is fitted: least squares, orthogonal Procrustes, CCA or optimal transport", choices=ESTIMATORS),
-    Param("condition", str, "pooled", "probe conditions: all tokens pooled, or one map per class averaged (classification tasks)", choices=("pooled", "per_class")),
-    Param("pairs", str, "matched", "layer pairs scored: matched relative depth, or every pair", choices=("matched", "all")),
-    Param("layer_a", int, -1, "stitch after this layer of A (with layer_b; -1: the best scored pair)", min=-1),
-    Param("layer_b", int, -1, "continue B after this layer (with layer_a; -1: the best scored pair)", min=-1),
-    Param("probe_batches", int, 16, "batches of training inputs the map is fitted on", min=1),
-    Param("finetune_steps", int, 0, "then train only the stitch on the task for this many steps (0: closed form only)", min=0),
-    Param("lr", float, 3e-3, "learning rate of the stitch fine-tuning", min=0.0),
-    Param("ridge", float, 1e-4, "ridge regularisation of least squares (relative to the feature variance)", min=0.0),
-    Param("cca_dims", int, 0, "canonical directions the cca map keeps (0: half the smaller width; all of them equals least squares)", min=0),
-)
 
 
 @dataclass(frozen=True)
@@ -57,8 +52,6 @@ class Stack:
 
 
 def layer_stack(model: LoadedModel) -> Stack:
-    from ssmgraph.merge.compose import layer_stacks
-
     bp = blueprint_of(model.model)
     stacks = layer_stacks(bp)
     if len(stacks) != 1:
@@ -77,8 +70,6 @@ def _strip_missing_ties(node: dict[str, Any], kept: set[str]) -> dict[str, Any]:
 
 def stitched_blueprint(a: LoadedModel, b: LoadedModel, i: int, j: int) -> dict[str, Any]:
     """A's nodes up to its layer i, ``stitch``, B's layers after j and B's head (plain dict)."""
-    from ssmgraph.merge.compose import rename_node
-
     sa, sb = layer_stack(a), layer_stack(b)
     bpa, bpb = blueprint_of(a.model), blueprint_of(b.model)
     if bpa["inputs"] != bpb["inputs"]:
@@ -112,9 +103,7 @@ def stitched_state(a: LoadedModel, b: LoadedModel, i: int, j: int, weight: Tenso
     state: dict[str, Tensor] = {"stitch.weight": weight, "stitch.bias": bias}
     for key, value in a.model.state_dict().items():
         head, _, rest = key.partition(".")
-        if head in sa.before:
-            state[f"a_{key}"] = value
-        elif head == sa.name and int(rest.split(".")[0]) <= i:
+        if head in sa.before or (head == sa.name and int(rest.split(".")[0]) <= i):
             state[f"a_{key}"] = value
     for key, value in b.model.state_dict().items():
         head, _, rest = key.partition(".")
@@ -128,11 +117,7 @@ def stitched_state(a: LoadedModel, b: LoadedModel, i: int, j: int, weight: Tenso
 
 
 def build_stitched(a: LoadedModel, b: LoadedModel, i: int, j: int, weight: Tensor, bias: Tensor) -> CompiledModel:
-    from ssmgraph.blueprint import load_blueprint
-    from ssmgraph.blueprint.yamlsafe import dump_yaml
-    from ssmgraph.graph.compile import compile_blueprint
-
-    model = compile_blueprint(load_blueprint("stitched.yaml", text=dump_yaml(stitched_blueprint(a, b, i, j))))
+    model = compile_blueprint(Blueprint.from_dict(stitched_blueprint(a, b, i, j), source="<stitched blueprint>"))
     state = stitched_state(a, b, i, j, weight.float(), bias.float())
     missing = set(model.state_dict()) - set(state) - set(model.tied)
     if missing:
@@ -146,9 +131,6 @@ def build_stitched(a: LoadedModel, b: LoadedModel, i: int, j: int, weight: Tenso
 def probe(model: LoadedModel, task: Task, batches: list[Any]) -> tuple[list[Tensor], Tensor]:
     """Hidden states after each layer (tokens × width, float64) and each token's label
     (the sequence's class, or the token's target; -1 where none)."""
-    from ssmgraph.merge.compare import tapped
-    from ssmgraph.merge.compose import model_taps
-
     joint = tapped(model.model, model.name)
     layers: list[list[Tensor]] = []
     labels = []
@@ -167,8 +149,6 @@ def probe(model: LoadedModel, task: Task, batches: list[Any]) -> tuple[list[Tens
 
 
 def fit_map(estimator: str, X: Tensor, Y: Tensor, ridge: float, seed: int, cca_dims: int = 0) -> Any:
-    from ssmgraph.merge import maps
-
     if estimator == "lstsq":
         scale = float(X.var(0).mean()) * X.shape[0]
         return maps.fit_lstsq(X, Y, ridge=ridge * scale)
@@ -201,15 +181,11 @@ def fit_conditioned(estimator: str, condition: str, X: Tensor, Y: Tensor, labels
 
 
 def layer_pairs(n_a: int, n_b: int, how: str) -> list[tuple[int, int]]:
-    from ssmgraph.merge.mutual import depth_pairs
-
     return [(i, j) for i in range(n_a) for j in range(n_b)] if how == "all" else depth_pairs(n_a, n_b)
 
 
 def finetune_stitch(model: CompiledModel, task: Task, steps: int, lr: float, batch_size: int, seed: int) -> None:
     """Train only ``stitch.weight``/``stitch.bias`` on the task loss."""
-    from ssmgraph.train.losses import batch_sums
-
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("stitch."))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -229,10 +205,6 @@ def finetune_stitch(model: CompiledModel, task: Task, steps: int, lr: float, bat
 
 
 def run_stitch(context: MergeContext) -> MergeResult:
-    from ssmgraph.graph.compile import count_parameters
-    from ssmgraph.merge.maps import r2_score, random_orthogonal_map
-    from ssmgraph.merge.similarity import linear_cka
-
     p, task, data = context.params, context.task, context.recipe.data
     a, b = context.base, context.others[0]
     sa, sb = layer_stack(a), layer_stack(b)
@@ -252,7 +224,7 @@ def run_stitch(context: MergeContext) -> MergeResult:
     for i, j in pairs:
         weight, bias = fit_conditioned(p["estimator"], p["condition"], feats_a[i], feats_b[j], labels, p["ridge"], context.recipe.seed, p["cca_dims"])
         mapped = test_a[i] @ weight.T.double() + bias.double()
-        r2 = float(r2_score(mapped, test_b[j]))
+        r2 = float(maps.r2_score(mapped, test_b[j]))
         model = build_stitched(a, b, i, j, weight, bias)
         accuracy = context.evaluate(model)["accuracy"]
         cka = (float(linear_cka(test_a[i], test_b[j])), float(linear_cka(mapped, test_b[j])))
@@ -266,7 +238,7 @@ def run_stitch(context: MergeContext) -> MergeResult:
     if p["finetune_steps"] > 0:
         finetune_stitch(model, task, p["finetune_steps"], p["lr"], data.batch_size, context.recipe.seed)
         figures["best"]["finetuned_accuracy"] = context.evaluate(model)["accuracy"]
-    figures["controls"] = _controls(context, a, b, i, j, weight, test_a, test_b, sa.layers, random_orthogonal_map)
+    figures["controls"] = _controls(context, a, b, i, j, weight, test_a, test_b, sa.layers)
     stitch_params = weight.numel() + bias.numel()
     figures["parameters"] = {"stitch": stitch_params, "full_finetune": count_parameters(model), "ratio": stitch_params / count_parameters(model)}
     result = MergeResult(model, metrics=figures)
@@ -284,11 +256,13 @@ def run_stitch(context: MergeContext) -> MergeResult:
     return result
 
 
-def _controls(context: MergeContext, a, b, i, j, weight, test_a, test_b, layers_a, random_map) -> dict[str, Any]:
+def _controls(
+    context: MergeContext, a: LoadedModel, b: LoadedModel, i: int, j: int, weight: Tensor, test_a: list[Tensor], test_b: list[Tensor], layers_a: int
+) -> dict[str, Any]:
     """A random orthogonal map of the same scale at the best pair, and the map fitted at the
     wrong depth (A's first layer into B after its matched layer, or the reverse)."""
     p = context.params
-    rand = random_map(weight.shape[1], weight.shape[0], context.recipe.seed)
+    rand = maps.random_orthogonal_map(weight.shape[1], weight.shape[0], context.recipe.seed)
     scale = weight.norm() / rand.weight.norm().clamp_min(1e-12)
     mean_a, mean_b = test_a[i].mean(0), test_b[j].mean(0)
     r_weight = (rand.weight * scale).to(weight.dtype)
@@ -306,8 +280,6 @@ def _controls(context: MergeContext, a, b, i, j, weight, test_a, test_b, layers_
 
 
 def _heatmap(context: MergeContext, scored: Mapping[str, Any], n_a: int, n_b: int, name_a: str, name_b: str) -> str:
-    from ssmgraph.merge.plots import heatmap
-
     values = torch.full((n_a, n_b), float("nan"))
     for key, figure in scored.items():
         i, j = (int(v) for v in key.split(","))
@@ -316,14 +288,3 @@ def _heatmap(context: MergeContext, scored: Mapping[str, Any], n_a: int, n_b: in
     return "stitch_accuracy.png"
 
 
-STITCH = MergeMethodSpec(
-    name="stitch",
-    doc="Functional-alignment stitching: model A up to a layer, a fitted linear map, model B from the matching layer on.",
-    params=PARAMS,
-    run=run_stitch,
-    needs="heterogeneous",
-    min_models=2,
-    max_models=2,
-    data=True,
-    reference="seed 003 (task-conditioned functional alignment); Bansal et al. 2021, Revisiting Model Stitching",
-)

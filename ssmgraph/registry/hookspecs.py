@@ -26,7 +26,9 @@ def ssmgraph_blocks() -> Iterable[BlockSpec]:
 
     Example::
 
-        @ssmgraph.hookimpl
+        from ssmgraph.plugin import BlockSpec, hookimpl
+
+        @hookimpl
         def ssmgraph_blocks():
             return [BlockSpec(name="mix.my_mixer", role="mix", ...)]
     """
@@ -41,9 +43,11 @@ def ssmgraph_tasks() -> Iterable[TaskSpec]:
 def ssmgraph_merge_methods() -> Iterable[MergeMethodSpec]:
     """Return the merge methods this plugin provides (``merge_method:`` in a merge recipe).
 
-    Example::
+    Example (the implementation is imported when a recipe runs the method)::
 
-        @ssmgraph.hookimpl
+        from ssmgraph.plugin import MergeMethodSpec, hookimpl
+
+        @hookimpl
         def ssmgraph_merge_methods():
-            return [MergeMethodSpec(name="my_merge", doc="...", params=(...), needs="same_shape", run=my_run)]
+            return [MergeMethodSpec(name="my_merge", doc="...", params=(...), needs="same_shape", run="my_package.merge:run")]
     """

@@ -7,19 +7,21 @@ against the blueprint), the input ports, a shape rule, capabilities, and a facto
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from torch import nn
+
+from ssmgraph.registry.params import Param, param_problems
+from ssmgraph.registry.references import is_reference, resolve
 
 ROLES = ("embed", "mix", "ffn", "norm", "head", "struct", "stitch")
 CONTRACT_VERSION = 1
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?$")
 
-Dim = Union[int, str]
+Dim = int | str
 """A tensor dimension: a concrete size, or a symbol such as ``"batch"`` or ``"seq"``."""
 
 
@@ -48,96 +50,6 @@ class TensorType:
 
 class ShapeError(ValueError):
     """Raised by a shape rule when its inputs do not fit; the message is shown to the user."""
-
-
-_MISSING: Any = object()
-REQUIRED: Any = _MISSING
-"""Default of a parameter the blueprint must give."""
-
-ParamType = Union[type, tuple[type, ...]]
-
-
-@dataclass(frozen=True)
-class Param:
-    """One block parameter: its type, default, one-line doc, and allowed values."""
-
-    name: str
-    type: ParamType
-    default: Any = REQUIRED
-    doc: str = ""
-    choices: tuple[Any, ...] | None = None
-    min: float | None = None
-    max: float | None = None
-    nullable: bool = False
-
-    @property
-    def required(self) -> bool:
-        return self.default is REQUIRED
-
-    @property
-    def type_name(self) -> str:
-        types = self.type if isinstance(self.type, tuple) else (self.type,)
-        name = " | ".join(t.__name__ for t in types)
-        return f"{name} | null" if self.nullable else name
-
-    def check(self, value: Any) -> tuple[Any, str | None]:
-        """Return ``(coerced value, None)`` or ``(value, problem)`` for a user-given value."""
-        if value is None:
-            return (None, None) if self.nullable else (value, f"expected {self.type_name}, got null")
-        types = self.type if isinstance(self.type, tuple) else (self.type,)
-        if float in types and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and bool not in types:
-            return value, f"expected {self.type_name}, got a boolean ({value!r})"
-        if not isinstance(value, types):
-            return value, f"expected {self.type_name}, got {type(value).__name__} {value!r}"
-        if isinstance(value, float) and not math.isfinite(value):
-            return value, f"{value!r} is not a finite number"
-        if self.choices is not None and value not in self.choices:
-            allowed = ", ".join(repr(c) for c in self.choices)
-            return value, f"{value!r} is not one of {allowed}"
-        if self.min is not None and isinstance(value, (int, float)) and value < self.min:
-            return value, f"{value!r} is below the minimum {self.min:g}"
-        if self.max is not None and isinstance(value, (int, float)) and value > self.max:
-            return value, f"{value!r} is above the maximum {self.max:g}"
-        return value, None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "type": self.type_name,
-            "required": self.required,
-            "default": None if self.required else self.default,
-            "doc": self.doc,
-            "range": self.describe_range() or None,
-        }
-
-    def describe_range(self) -> str:
-        if self.choices is not None:
-            return " | ".join(repr(c) for c in self.choices)
-        if self.min is None and self.max is None:
-            return ""
-        lo = "-inf" if self.min is None else f"{self.min:g}"
-        hi = "inf" if self.max is None else f"{self.max:g}"
-        return f"[{lo}, {hi}]"
-
-
-def param_problems(params: Any) -> list[str]:
-    """What is wrong with a record's ``params``: a tuple or list of documented, uniquely
-    named :class:`Param` records."""
-    if not isinstance(params, (tuple, list)):
-        return [f"params must be a tuple of Param records, got {type(params).__name__}"]
-    problems, seen = [], set()
-    for p in params:
-        if not isinstance(p, Param):
-            problems.append(f"params holds {p!r}, not a Param")
-            continue
-        if p.name in seen:
-            problems.append(f"parameter {p.name!r} is declared twice")
-        seen.add(p.name)
-        if not p.doc:
-            problems.append(f"parameter {p.name!r} has no doc")
-    return problems
 
 
 @dataclass(frozen=True)
@@ -203,7 +115,7 @@ class PermSpace:
 
 
 PermRule = Callable[..., Sequence[PermSpace]]
-Capability = Union[bool, Callable[[Mapping[str, Any]], bool]]
+Capability = bool | Callable[[Mapping[str, Any]], bool]
 ShapeRule = Callable[..., TensorType]
 Factory = Callable[..., nn.Module]
 
@@ -384,14 +296,16 @@ class MergeMethodSpec:
 
     ``run(context)`` does the merge: it receives a :class:`ssmgraph.merge.context.MergeContext`
     (the loaded models, the method's checked parameters, the data, the output folder) and
-    returns a :class:`ssmgraph.merge.context.MergeResult`. ``needs`` is the least alike the
-    models may be (one of :data:`COMPATIBILITY`): ``same_shape`` methods also accept
+    returns a :class:`ssmgraph.merge.context.MergeResult`. ``run`` is the function or, so
+    that registering the method imports none of its machinery, its ``"package.module:function"``
+    reference (imported by :meth:`runner` when the method runs). ``needs`` is the least alike
+    the models may be (one of :data:`COMPATIBILITY`): ``same_shape`` methods also accept
     identical blueprints, ``heterogeneous`` ones accept anything."""
 
     name: str
     doc: str
     params: tuple[Param, ...]
-    run: Callable[..., Any]
+    run: Callable[..., Any] | str
     needs: str = "identical"
     min_models: int = 2
     max_models: int | None = None
@@ -406,6 +320,12 @@ class MergeMethodSpec:
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params if not p.required}
 
+    def runner(self) -> Callable[..., Any]:
+        """The function that does the merge (imported now when ``run`` is a reference)."""
+        if callable(self.run):
+            return self.run
+        return resolve(self.run, f"merge method {self.name!r} ({self.plugin or 'unregistered'})")
+
     def accepts(self, compatibility: str) -> bool:
         return COMPATIBILITY.index(compatibility) <= COMPATIBILITY.index(self.needs)
 
@@ -415,8 +335,8 @@ class MergeMethodSpec:
             problems.append(f"merge method name {self.name!r} must be lowercase letters, digits and _")
         if not self.doc:
             problems.append("doc is empty")
-        if not callable(self.run):
-            problems.append("run must be callable")
+        if not callable(self.run) and not is_reference(self.run):
+            problems.append(f"run must be a function or a 'package.module:function' reference, got {self.run!r}")
         if self.needs not in COMPATIBILITY:
             problems.append(f"needs {self.needs!r} is not one of {', '.join(COMPATIBILITY)}")
         problems.extend(param_problems(self.params))

@@ -1,27 +1,9 @@
-"""Training: tasks from the registry, a resumable loop, checkpoints, metrics (docs/training.md).
-
-Names are imported lazily: the registry imports ``ssmgraph.train.tasks`` while the loop
-imports the registry.
-"""
+"""Training: tasks from the registry, a resumable loop, checkpoints, metrics (docs/training.md)."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ssmgraph.train.config import TrainConfig, load_config
+from ssmgraph.train.errors import TrainingError
+from ssmgraph.train.trainer import TrainResult, evaluate_run, resume, train
 
-_EXPORTS = {
-    "TrainConfig": "ssmgraph.train.config",
-    "load_config": "ssmgraph.train.config",
-    "TrainResult": "ssmgraph.train.loop",
-    "TrainingError": "ssmgraph.train.loop",
-    "evaluate_run": "ssmgraph.train.loop",
-    "resume": "ssmgraph.train.loop",
-    "train": "ssmgraph.train.loop",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'ssmgraph.train' has no attribute {name!r}")
+__all__ = ["TrainConfig", "TrainResult", "TrainingError", "evaluate_run", "load_config", "resume", "train"]

@@ -10,19 +10,27 @@ Nothing is pickled: tensors go to safetensors, everything else to JSON.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from ssmgraph.folders import (
+    CHECKPOINTS,
+    LATEST,
+    CheckpointError,
+    atomic_directory,
+    checkpoint_dirs,
+    remove_tree,
+    repair,
+    write_text_atomic,
+)
 from ssmgraph.graph.model import CompiledModel
-from ssmgraph.serialization import CheckpointError, atomic_directory, weights_to_save, write_model_files, write_text_atomic
+from ssmgraph.safeio import check_fields, read_json
+from ssmgraph.serialization import weights_to_save, write_model_files, write_safetensors
 
-CHECKPOINTS = "checkpoints"
-LATEST = "LATEST"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_FILE = "trainer.json"
 TRAINER_KEYS = ("data_rng", "torch_rng", "config")
@@ -52,21 +60,6 @@ def unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    folder = run_dir / CHECKPOINTS
-    return sorted(p for p in folder.glob("step_*") if p.is_dir()) if folder.is_dir() else []
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / CHECKPOINTS / LATEST
-    if pointer.is_file():
-        candidate = run_dir / CHECKPOINTS / pointer.read_text(encoding="utf-8").strip()
-        if candidate.is_dir():
-            return candidate
-    found = checkpoint_dirs(run_dir)
-    return found[-1] if found else None
-
-
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -81,32 +74,37 @@ def save_checkpoint(
     tensors: dict[str, torch.Tensor] = {}
     optimizer_tree = flatten(optimizer.state_dict(), tensors, "optimizer")
     trainer_tree = flatten(trainer_state, tensors, "trainer")
+    repair(run_dir / CHECKPOINTS)  # what a killed earlier write left (the trainer holds the run's lock)
     with atomic_directory(target) as tmp:
         write_model_files(model, tmp, weights_to_save(model, model.tied))
-        save_file(tensors, str(tmp / OPTIMIZER_FILE))
+        write_safetensors(tensors, tmp / OPTIMIZER_FILE)
         (tmp / TRAINER_FILE).write_text(json.dumps({"step": step, "optimizer": optimizer_tree, "trainer": trainer_tree}), encoding="utf-8")
     write_text_atomic(run_dir / CHECKPOINTS / LATEST, name)
     for old in checkpoint_dirs(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old)
     return target
 
 
 def load_trainer_state(checkpoint: Path) -> tuple[int, dict[str, Any], dict[str, Any]]:
-    """(step, optimizer state dict, trainer state) of a checkpoint directory."""
+    """(step, optimizer state dict, trainer state) of a checkpoint directory, their types checked
+    so that a damaged or tampered trainer.json is an error naming it, not a traceback mid-run."""
     path = checkpoint / TRAINER_FILE
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: cannot read the training state ({exc}); {_DAMAGED}") from None
+    meta = read_json(path, what="cannot read the training state", error=CheckpointError, fix=_DAMAGED)
+    check_fields(meta, {"step": int, "optimizer": dict, "trainer": dict}, source=path, error=CheckpointError, fix=_DAMAGED)
+    if meta["step"] < 0:
+        raise CheckpointError(f"{path}: key 'step': {meta['step']} is negative; {_DAMAGED}")
     try:
         tensors = load_file(str(checkpoint / OPTIMIZER_FILE))
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"{checkpoint / OPTIMIZER_FILE}: cannot read the optimizer state ({type(exc).__name__}: {exc}); {_DAMAGED}") from None
     try:
-        step, optimizer, trainer = int(meta["step"]), unflatten(meta["optimizer"], tensors), unflatten(meta["trainer"], tensors)
+        optimizer, trainer = unflatten(meta["optimizer"], tensors), unflatten(meta["trainer"], tensors)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a training state (missing or bad {exc}); {_DAMAGED}") from None
-    missing = [key for key in TRAINER_KEYS if not isinstance(trainer, dict) or key not in trainer]
-    if missing or not isinstance(optimizer, dict):
-        raise CheckpointError(f"{path}: not a training state (missing {', '.join(missing) or 'the optimizer state'}); {_DAMAGED}")
-    return step, optimizer, trainer
+    check_fields(optimizer, {"state": dict, "param_groups": list}, source=path, error=CheckpointError, where="optimizer", fix=_DAMAGED)
+    fields = {key: dict if key == "config" else torch.Tensor for key in (*TRAINER_KEYS, "cuda_rng")}
+    check_fields(trainer, fields, source=path, error=CheckpointError, optional={"cuda_rng"}, where="trainer", fix=_DAMAGED)
+    for key in sorted(fields.keys() & trainer.keys() - {"config"}):
+        if trainer[key].dtype != torch.uint8:
+            raise CheckpointError(f"{path}: key 'trainer.{key}': an RNG state is a uint8 tensor, not {trainer[key].dtype}; {_DAMAGED}")
+    return meta["step"], optimizer, trainer

@@ -15,14 +15,16 @@ against the schema below (type, range, choices); unknown keys get a "did you mea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ssmgraph.blueprint.yamlsafe import LDict, load_file, load_yaml
-from ssmgraph.errors import Collector, Mark, did_you_mean
+from ssmgraph.errors import BlueprintError, Collector, Diagnostic, Mark, SsmgraphError, did_you_mean
 from ssmgraph.registry.specs import Param
+from ssmgraph.safeio import check_fields
 
 SCHEMA: tuple[Param, ...] = (
     Param("task", str, "", "the task to train on (`ssmgraph tasks` lists them)"),
@@ -83,8 +85,6 @@ class TrainConfig:
         if self.schedule == "linear":
             factor = 1.0 - progress
         else:
-            import math
-
             factor = 0.5 * (1.0 + math.cos(math.pi * progress))
         return self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * factor)
 
@@ -116,6 +116,26 @@ def parse_config(raw: Any, source: str, overrides: Mapping[str, Any] | None = No
         values[key] = value
     errors.raise_if_any()
     return TrainConfig(**values)
+
+
+def stored_config(stored: Any, source: str | Path, error: type[SsmgraphError]) -> TrainConfig:
+    """The config an earlier run stored (run.json, trainer.json), checked like a fresh one and
+    complete (a missing setting would silently become its default): problems are one ``error``
+    naming ``source`` and the keys."""
+    fix = "the file is damaged or from another version of ssmgraph: restore it, or start a new run with --overwrite"
+    check_fields(stored, {p.name: object for p in SCHEMA}, source=source, error=error, where="config", fix=fix)
+    try:
+        config = parse_config(stored, str(source))
+    except BlueprintError as exc:
+        raise error(f"{source}: {'; '.join(_stored_problem(d) for d in exc.diagnostics)}; {fix}") from None
+    if not config.task:
+        raise error(f"{source}: key 'config.task' is empty; {fix}")
+    return config
+
+
+def _stored_problem(diagnostic: Diagnostic) -> str:
+    problem = diagnostic.message.removeprefix(f"{diagnostic.path}: ")
+    return f"key 'config.{diagnostic.path}': {problem}" + (f" ({diagnostic.help})" if diagnostic.help else "")
 
 
 def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:

@@ -13,13 +13,16 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
 class DistInfo:
     rank: int = 0
     world_size: int = 1
-    device: torch.device = torch.device("cpu")
+    device: torch.device = CPU
 
     @property
     def is_main(self) -> bool:
@@ -48,8 +51,6 @@ def current() -> DistInfo:
 def wrap(model: nn.Module, info: DistInfo) -> nn.Module:
     if info.world_size == 1:
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     # Tap projections (``taps.*``) serve alignment losses; the task loss never reaches them, and
     # DDP must be told that some parameters get no gradient.
     unused = any(name.startswith("taps.") for name, _ in model.named_parameters())

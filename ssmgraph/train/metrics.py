@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ssmgraph.serialization import write_text_atomic
+from ssmgraph.folders import write_text_atomic
+from ssmgraph.safeio import JSONRefused, fits, parse_json
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 METRICS_FILE = "metrics.jsonl"
+MAX_LINE = 1 << 16
 
 
 class MetricsLog:
@@ -20,7 +25,7 @@ class MetricsLog:
         self.handle: Any = None
         self.tensorboard: Any = None
 
-    def __enter__(self) -> MetricsLog:
+    def __enter__(self) -> Self:
         if self.enabled:
             self.handle = open(self.path, "a", encoding="utf-8")
             try:
@@ -64,13 +69,23 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def parse_records(path: Path) -> list[dict[str, Any]]:
-    """The file's records, skipping lines that are not one (a kill mid-append leaves half a line)."""
+    """The file's records, skipping lines that are not one: a kill mid-append leaves half a line,
+    and a line too long, too deeply nested or not of numbers is treated as damaged the same way."""
     records = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+        if len(line) > MAX_LINE:
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and "split" in record:
+        try:
+            record = parse_json(line, max_depth=1, finite=False)
+        except JSONRefused:
+            continue
+        if _is_record(record):
             records.append(record)
     return records
+
+
+def _is_record(record: Any) -> bool:
+    """What :meth:`MetricsLog.write` writes: an integer step, a split name, numbers."""
+    if not isinstance(record, dict) or not fits(record.get("step"), int) or not isinstance(record.get("split"), str):
+        return False
+    return all(fits(value, float) for key, value in record.items() if key != "split")

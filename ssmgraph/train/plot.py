@@ -10,7 +10,7 @@ from ssmgraph.train.metrics import read_metrics
 
 def plot_run(run_dir: Path, out_dir: Path) -> list[Path]:
     """Write loss.png and accuracy.png (train and held-out curves) into ``out_dir``."""
-    import matplotlib
+    import matplotlib  # slow to import: only `ssmgraph plot` pays for it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -77,7 +77,7 @@ def test_bench_hf_against_transformers(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # full-size GPT-2, Llama and Mamba training steps: ~15 s
 def test_bench_linear(tmp_path: Path) -> None:
-    import ssmgraph.blocks.linear as fast
+    import ssmgraph.ops.linear as fast
 
     if fast._ONEDNN_LINEAR is None:
         pytest.skip("PyTorch built without oneDNN's linear op")

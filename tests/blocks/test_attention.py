@@ -94,7 +94,7 @@ def test_gqa_equals_repeated_kv_heads(build):
     mha = build(ATT, D, heads=4, rope=True).double()
     hd = D // 4
     wq, wk, wv = gqa.qkv.weight.split((D, 2 * hd, 2 * hd))
-    rep = lambda w: w.view(2, hd, D).repeat_interleave(2, dim=0).reshape(D, D)  # noqa: E731
+    rep = lambda w: w.view(2, hd, D).repeat_interleave(2, dim=0).reshape(D, D)
     with torch.no_grad():
         mha.qkv.weight.copy_(torch.cat([wq, rep(wk), rep(wv)]))
         mha.out_proj.weight.copy_(gqa.out_proj.weight)

@@ -128,7 +128,7 @@ def test_mask_final_state_counts_valid_tokens(build):
     pe = build(embed.POSITION, TOKENS, max_len=16, dim=4)
     ids = torch.randint(0, 9, (3, 6))
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
-    y, state = pe(ids, mask=mask, return_state=True)
+    _y, state = pe(ids, mask=mask, return_state=True)
     assert state.tolist() == [6, 3, 0]
     y_next, _ = pe.step(ids[:, 0], state)
     torch.testing.assert_close(y_next[1], pe.weight[3])

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from ssmgraph.blocks import mamba
-from ssmgraph.blocks._optim import OPTIM_ATTR
-from ssmgraph.blocks.selective_scan import selective_scan_ref
+from ssmgraph.blocks.optim_hints import OPTIM_ATTR
+from ssmgraph.ops.selective_scan import selective_scan_ref
 from ssmgraph.registry.specs import ShapeError, TensorType
 
 SPEC = mamba.MAMBA
@@ -241,7 +241,7 @@ def test_autocast_bf16_keeps_ssm_in_fp32(build):
     x = torch.randn(2, 10, DM)
     y32, (_, ssm32) = m(x, return_state=True)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        y, (conv, ssm) = m(x, return_state=True)
+        y, (_conv, ssm) = m(x, return_state=True)
         y_t, (_, ssm_t) = m.step(x[:, 0], m.init_state(2))
     assert y.dtype == torch.bfloat16 and y_t.dtype == torch.bfloat16
     assert ssm.dtype == ssm_t.dtype == torch.float32

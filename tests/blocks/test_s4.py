@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from ssmgraph.blocks.s4 import S4
+from ssmgraph.ops.dplr import conj_full, dplr_dense
+from ssmgraph.ops.hippo import hippo, nplr
 from ssmgraph.registry.specs import ShapeError, TensorType
 
 F64, F32 = torch.float64, torch.float32
@@ -81,11 +83,9 @@ def test_dplr_kernel_equals_kernel_of_materialised_matrices(measure):
 
 @pytest.mark.parametrize("measure", ["legs", "legt", "fout"])
 def test_init_is_the_hippo_matrix(measure):
-    from ssmgraph.blocks.ssm_kernels import conj_full, dplr_dense, hippo, nplr
-
     ssm = build(d_state=16, measure=measure).ssm
-    dt, Lam, P, B, _ = ssm.params()
-    W, _, _, V = nplr(measure, 16)
+    _dt, Lam, P, _B, _ = ssm.params()
+    _W, _, _, V = nplr(measure, 16)
     Vf = conj_full(V)  # the unitary change of basis of the NPLR form
     A = Vf @ dplr_dense(Lam, P) @ Vf.conj().T  # (H, N, N) back in the HiPPO basis
     assert torch.allclose(A, hippo(measure, 16)[0].to(C128).expand(DIM, -1, -1), atol=1e-4)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssmgraph.blocks.s5 import S5
-from ssmgraph.blocks.ssm_kernels import hippo_normal
+from ssmgraph.ops.hippo import hippo_normal
 from ssmgraph.registry.specs import ShapeError, TensorType
 
 F64, F32 = torch.float64, torch.float32

@@ -219,7 +219,7 @@ def test_param_groups_follow_hints() -> None:
 
 
 def test_reserved_names_cover_the_compiled_model_members() -> None:
-    from ssmgraph.blueprint.resolve import RESERVED
+    from ssmgraph.blueprint.names import RESERVED
 
     members = {n for n in vars(ssmgraph.CompiledModel) if not n.startswith("_")}
     instance = {n for n in vars(gpt()) if not n.startswith("_")}

@@ -68,7 +68,7 @@ def test_cuda_step_by_step_equals_forward_and_bf16_autocast_runs(name: str) -> N
 
 def test_the_held_out_examples_table_reads_a_model_on_the_gpu() -> None:
     from ssmgraph.train.examples import examples_table
-    from ssmgraph.train.loop import make_task
+    from ssmgraph.train.fitting import make_task
 
     task = make_task("selective_copying", {"seq_len": 16, "n_memorize": 2})
     model = ssmgraph.build("gpt", d_model=16, layers=1, heads=2, vocab=task.vocab_size, max_len=16).cuda()

@@ -954,7 +954,7 @@ def test_e240_block_code_fails(spec: BlockSpec, message: str) -> None:
 # ---- E300: plugins ---------------------------------------------------------------------------------------
 
 
-def test_e300_duplicate_block_name(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_e300_duplicate_block_name() -> None:
     from ssmgraph import hookimpl
     from ssmgraph.registry import plugins
 
@@ -967,16 +967,18 @@ def test_e300_duplicate_block_name(monkeypatch: pytest.MonkeyPatch) -> None:
         ]
 
     module.ssmgraph_blocks = ssmgraph_blocks  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setattr(plugins, "BUILTIN_PLUGINS", (*plugins.BUILTIN_PLUGINS, module.__name__))
-    with pytest.raises(plugins.PluginError) as info:
-        plugins.Registry(autoload=False)
-    assert info.value.code == "E300"
-    text = str(info.value)
-    assert "'norm.layer' is provided twice" in text and "ssmgraph_dup_plugin" in text and "ssmgraph.blocks.norm" in text
-    # The plugin registered first (the built-in) is the provider; the newcomer is the one to disable.
-    assert "by ssmgraph.blocks.norm" in text.split("and by")[0], text
-    assert "SSMGRAPH_DISABLE_PLUGINS=ssmgraph_dup_plugin" in text, text
+    registry = plugins.Registry(autoload=False)
+    registry.register(module, module.__name__, "ssmgraph-dup", "0.1")
+    registry.collect()  # a clash is a warning; a blueprint that uses the block is refused where it names it
+    text = with_head("  z: {block: norm.layer, in: embed}", "outputs: {y: z}")
+    with pytest.raises(BlueprintError) as info:
+        compile_blueprint(load_blueprint(FILE, text=text), registry=registry)
+    (d,) = info.value.diagnostics
+    check(d, "E300", 7, 14, "z.block", "'norm.layer' is provided twice", "SSMGRAPH_DISABLE_PLUGINS=ssmgraph_dup_plugin")
+    assert "ssmgraph_dup_plugin" in d.message and "ssmgraph.blocks.norm" in d.message
+    # The plugin registered first (the built-in) is named first; the newcomer is the one to disable.
+    assert "by ssmgraph.blocks.norm" in d.message.split("and by")[0], d.message
+    assert "ssmgraph.blocks.norm" not in d.help
 
 
 # ---- E400: checkpoints -------------------------------------------------------------------------------------

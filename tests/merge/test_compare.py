@@ -11,9 +11,10 @@ import torch
 
 import ssmgraph
 from ssmgraph.merge.compare import compare_models
-from ssmgraph.merge.context import LoadedModel, blueprint_of, classify
+from ssmgraph.merge.compatibility import classify
+from ssmgraph.merge.models import LoadedModel, blueprint_of
 from ssmgraph.merge.recipe import ModelSource
-from ssmgraph.train.loop import make_task
+from ssmgraph.train.fitting import make_task
 
 PAIR = {"d_model": 8, "vocab": 4, "heads": 2, "d_common": 4, "max_len": 64}
 

@@ -13,7 +13,7 @@ import ssmgraph
 from ssmgraph.merge.mutual import Weights, _kl, joint_loss
 from ssmgraph.merge.recipe import recipe_from_text
 from ssmgraph.merge.run import run_merge
-from ssmgraph.train.loop import make_task
+from ssmgraph.train.fitting import make_task
 
 RECIPE = """
 merge_method: mutual
@@ -47,10 +47,11 @@ def test_joint_loss_is_the_sum_of_its_weighted_parts(tmp_path):
     from ssmgraph.merge.run import plan
 
     recipe = recipe_from_text(textwrap.dedent(LM_RECIPE), "r.yaml", tmp_path)
-    models, compatibility, _, task = plan(recipe)
+    checked = plan(recipe)
+    task = checked.task
     from ssmgraph.merge.context import MergeContext
 
-    context = MergeContext(recipe, models, compatibility, dict(recipe.parameters), tmp_path, task, False)
+    context = MergeContext(recipe, checked.models, checked.compatibility, dict(recipe.parameters), tmp_path, task, False)
     joint = _build_joint(context, ["tf", "lstm"])
     batch = task.sample(4, torch.Generator().manual_seed(0))
     w = Weights(kl=0.5, feature=0.25, distill=0.0, temperature=1.0)
@@ -64,7 +65,7 @@ def test_joint_loss_is_the_sum_of_its_weighted_parts(tmp_path):
 
 def test_a_mutual_run_writes_models_an_ensemble_and_a_report(tmp_path):
     recipe = recipe_from_text(textwrap.dedent(RECIPE), "r.yaml", tmp_path)
-    out, result = run_merge(recipe, tmp_path / "out", progress=False)
+    out, _ = run_merge(recipe, tmp_path / "out", progress=False)
     report = json.loads((out / "report.json").read_text())
     assert report["compatibility"] == "heterogeneous"
     evaluation = report["metrics"]["evaluation"]

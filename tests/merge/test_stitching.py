@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import ssmgraph
-from ssmgraph.merge.context import LoadedModel, MergeError
+from ssmgraph.merge.context import MergeError
+from ssmgraph.merge.models import LoadedModel
 from ssmgraph.merge.recipe import ModelSource, recipe_from_text
 from ssmgraph.merge.run import run_merge
 from ssmgraph.merge.stitch import build_stitched, fit_conditioned, layer_pairs, stitched_blueprint

@@ -12,13 +12,15 @@ import torch
 
 import ssmgraph
 from ssmgraph.blueprint import builtin_blueprints
-from ssmgraph.merge.context import LoadedModel, MergeError
+from ssmgraph.merge.builtin import SUPERPOSE_PARAMS
+from ssmgraph.merge.context import MergeError
+from ssmgraph.merge.models import LoadedModel
 from ssmgraph.merge.recipe import ModelSource, recipe_from_text
 from ssmgraph.merge.run import run_merge
-from ssmgraph.merge.superpose import PARAMS, build_superposed
+from ssmgraph.merge.superpose.model import build_superposed
 
 SHAPES = {"d_model": 16, "layers": 2, "heads": 2, "vocab": 256, "max_len": 64}
-DEFAULTS = {p.name: p.default for p in PARAMS}
+DEFAULTS = {p.name: p.default for p in SUPERPOSE_PARAMS}
 
 
 def loaded(name: str, seed: int, blueprint: str = "gpt", **shapes) -> LoadedModel:

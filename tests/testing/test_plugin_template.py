@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import importlib
 import sys
-import tomllib
 
 import pytest
+import tomllib
 from typer.testing import CliRunner
 
 from ssmgraph.cli import app
@@ -31,6 +31,13 @@ def test_the_package_declares_its_entry_point(generated):
     assert project["project"]["entry-points"]["ssmgraph"] == {"short_conv": "ssmgraph_short_conv"}
     assert (generated / "tests" / "test_conformance.py").exists()
     assert "{{" not in "".join(p.read_text() for p in generated.rglob("*") if p.is_file())
+
+
+def test_the_template_imports_only_the_public_plugin_module(generated):
+    sources = {path.name: path.read_text() for path in generated.rglob("*.py")}
+    imported = [line.split()[1] for text in sources.values() for line in text.splitlines() if line.startswith(("from ", "import "))]
+    imports = {name for name in imported if name.split(".")[0] == "ssmgraph"}
+    assert imports == {"ssmgraph.plugin"}, imports  # before: ssmgraph, ssmgraph.registry.specs, ssmgraph.testing, ...
 
 
 def test_the_template_block_registers_and_passes_every_check(generated):

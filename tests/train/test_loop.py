@@ -15,10 +15,10 @@ import torch
 
 import ssmgraph
 from ssmgraph.errors import BlueprintError
+from ssmgraph.folders import checkpoint_dirs, latest_checkpoint
 from ssmgraph.registry.plugins import Registry, reset_registry
 from ssmgraph.registry.specs import Param, TaskSpec
 from ssmgraph.train import TrainConfig, TrainingError, resume, train
-from ssmgraph.train.checkpoint import checkpoint_dirs, latest_checkpoint
 from ssmgraph.train.config import config_from_text
 from ssmgraph.train.metrics import read_metrics
 from ssmgraph.train.tasks.base import IGNORE, Batch, Task
@@ -66,7 +66,7 @@ def registry():
 
 
 def config(**changes) -> TrainConfig:
-    base = dict(task="previous_token", steps=6, batch_size=4, lr=3e-3, warmup_steps=2, eval_interval=3, eval_size=8, log_interval=1, checkpoint_interval=3, keep_checkpoints=5)
+    base = {"task": "previous_token", "steps": 6, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "eval_interval": 3, "eval_size": 8, "log_interval": 1, "checkpoint_interval": 3, "keep_checkpoints": 5}
     return TrainConfig(**{**base, **changes})
 
 
@@ -93,7 +93,7 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path, monkeypatch) 
     cfg = config(steps=8, checkpoint_interval=4)
     train("lstm", tmp_path / "full", cfg, overrides=LSTM, progress=False)
 
-    from ssmgraph.train.loop import Trainer
+    from ssmgraph.train.trainer import Trainer
 
     real_step = Trainer.train_step
 
@@ -113,12 +113,12 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path, monkeypatch) 
 
 
 def test_a_crash_during_checkpointing_leaves_the_last_good_one(tmp_path, monkeypatch) -> None:
-    import ssmgraph.train.checkpoint as checkpoint
+    from ssmgraph.train import checkpoint
 
     class Killed(BaseException):
         """Stands for SIGKILL: nothing in the trainer may catch it."""
 
-    real, calls = checkpoint.save_file, []
+    real, calls = checkpoint.write_safetensors, []
 
     def dying_save(*args, **kwargs):
         calls.append(1)
@@ -126,7 +126,7 @@ def test_a_crash_during_checkpointing_leaves_the_last_good_one(tmp_path, monkeyp
             raise Killed
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "save_file", dying_save)
+    monkeypatch.setattr(checkpoint, "write_safetensors", dying_save)
     with pytest.raises(Killed):
         train("lstm", tmp_path / "run", config(), overrides=LSTM, progress=False)
     run = tmp_path / "run"
@@ -136,9 +136,9 @@ def test_a_crash_during_checkpointing_leaves_the_last_good_one(tmp_path, monkeyp
 
 
 def test_a_diverging_loss_stops_cleanly(tmp_path, monkeypatch) -> None:
-    import ssmgraph.train.loop as loop
+    from ssmgraph.train import trainer
 
-    real, steps = loop.batch_sums, []
+    real, steps = trainer.batch_sums, []
 
     def poisoned(kind, output, targets, tolerance=None):
         sums = real(kind, output, targets, tolerance)
@@ -147,7 +147,7 @@ def test_a_diverging_loss_stops_cleanly(tmp_path, monkeypatch) -> None:
             sums.loss = sums.loss * float("nan")
         return sums
 
-    monkeypatch.setattr(loop, "batch_sums", poisoned)
+    monkeypatch.setattr(trainer, "batch_sums", poisoned)
     with pytest.raises(TrainingError, match="the loss became nan at step 5.*last good checkpoint is intact") as info:
         train("lstm", tmp_path / "run", config(eval_interval=100), overrides=LSTM, progress=False)
     assert info.value.code == "E500" and info.value.render().startswith("error[E500]: ")
@@ -199,7 +199,7 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path) -> None:
     # A test runner may ignore SIGINT, and a child inherits that: give the child the default.
     proc = subprocess.Popen(
         [*CLI, "--steps", "100000", "--out", str(run)], env=ENV, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - no threads yet in the fresh child
     )
     try:
         deadline = time.time() + 600  # generous: a loaded machine starts slowly
@@ -214,17 +214,17 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path) -> None:
     assert "interrupted: saved step" in stderr and "Traceback" not in stderr
     step = int(latest_checkpoint(run).name.split("_")[1])
     assert step >= 3
-    resumed = subprocess.run([*CLI[:4], "--resume", "--out", str(run), "--steps", str(step + 2), "--quiet"], env=ENV, capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run([*CLI[:4], "--resume", "--out", str(run), "--steps", str(step + 2), "--quiet"], check=False, env=ENV, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert latest_checkpoint(run).name == f"step_{step + 2:08d}"
 
 
 def test_two_process_gloo_run_matches_one_process(tmp_path) -> None:
     common = ["--steps", "4", "--seed", "3"]
-    single = subprocess.run([*CLI, *common, "--out", str(tmp_path / "one")], env=ENV, capture_output=True, text=True, timeout=300)
+    single = subprocess.run([*CLI, *common, "--out", str(tmp_path / "one")], check=False, env=ENV, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "ssmgraph", *CLI[3:]]
-    double = subprocess.run([*torchrun, *common, "--out", str(tmp_path / "two")], env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    double = subprocess.run([*torchrun, *common, "--out", str(tmp_path / "two")], check=False, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert double.returncode == 0, double.stderr
     assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
     torch.testing.assert_close(torch.tensor(losses(tmp_path / "two")), torch.tensor(losses(tmp_path / "one")), rtol=1e-5, atol=1e-6)

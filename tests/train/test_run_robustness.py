@@ -9,9 +9,10 @@ from typer.testing import CliRunner
 
 import ssmgraph
 from ssmgraph.cli import app
-from ssmgraph.serialization import CheckpointError, atomic_directory
-from ssmgraph.train import TrainConfig, TrainingError, evaluate_run, loop, resume, train
-from ssmgraph.train.checkpoint import latest_checkpoint, load_trainer_state
+from ssmgraph.folders import atomic_directory, latest_checkpoint
+from ssmgraph.serialization import CheckpointError
+from ssmgraph.train import TrainConfig, TrainingError, evaluate_run, fitting, resume, train, trainer
+from ssmgraph.train.checkpoint import load_trainer_state
 from ssmgraph.train.metrics import read_metrics
 
 TINY = {"d_model": 16, "layers": 1, "hidden": 16}
@@ -102,7 +103,7 @@ def test_overwrite_replaces_the_run(done) -> None:
 # ---- 3. Ctrl-C inside a step still resumes exactly --------------------------------------------------
 def test_ctrl_c_inside_a_step_resumes_exactly(tmp_path, monkeypatch) -> None:
     train("lstm", tmp_path / "full", config(), overrides=TINY, progress=False)
-    real_run, forwards = loop.Trainer.run, []
+    real_run, forwards = trainer.Trainer.run, []
 
     def run_interrupted_in_forward(self):
         def hook(module, inputs):
@@ -117,10 +118,10 @@ def test_ctrl_c_inside_a_step_resumes_exactly(tmp_path, monkeypatch) -> None:
         finally:
             handle.remove()
 
-    monkeypatch.setattr(loop.Trainer, "run", run_interrupted_in_forward)
+    monkeypatch.setattr(trainer.Trainer, "run", run_interrupted_in_forward)
     result = train("lstm", tmp_path / "part", config(), overrides=TINY, progress=False)
     assert result.interrupted and result.step == 4
-    monkeypatch.setattr(loop.Trainer, "run", real_run)
+    monkeypatch.setattr(trainer.Trainer, "run", real_run)
     resume(tmp_path / "part", progress=False)
     assert losses(tmp_path / "part") == losses(tmp_path / "full")
 
@@ -128,24 +129,24 @@ def test_ctrl_c_inside_a_step_resumes_exactly(tmp_path, monkeypatch) -> None:
 # ---- 4. a --steps extension holds on the next plain --resume ----------------------------------------
 def test_extended_total_survives_a_plain_resume(tmp_path, monkeypatch) -> None:
     train("lstm", tmp_path / "run", config(steps=2), overrides=TINY, progress=False)
-    real_step = loop.Trainer.train_step
+    real_step = trainer.Trainer.train_step
 
     def interrupted_at_four(self):
         if self.step == 4:
             raise KeyboardInterrupt
         return real_step(self)
 
-    monkeypatch.setattr(loop.Trainer, "train_step", interrupted_at_four)
+    monkeypatch.setattr(trainer.Trainer, "train_step", interrupted_at_four)
     assert resume(tmp_path / "run", steps=6, progress=False).step == 4
-    monkeypatch.setattr(loop.Trainer, "train_step", real_step)
+    monkeypatch.setattr(trainer.Trainer, "train_step", real_step)
     assert resume(tmp_path / "run", progress=False).step == 6
 
 
 # ---- 5. eval -t overrides the run's task options one by one -----------------------------------------
 def test_eval_task_options_override_one_by_one(done, monkeypatch) -> None:
     seen = []
-    real = loop.make_task
-    monkeypatch.setattr(loop, "make_task", lambda name, options: seen.append(dict(options)) or real(name, options))
+    real = trainer.make_task
+    monkeypatch.setattr(trainer, "make_task", lambda name, options: seen.append(dict(options)) or real(name, options))
     evaluate_run(done, options={"n_memorize": 3})
     assert seen == [{"seq_len": 16, "n_memorize": 3}]
 
@@ -211,13 +212,13 @@ def test_damaged_training_state(done, name, content) -> None:
 def test_task_vocabulary_larger_than_the_embedding() -> None:
     model = ssmgraph.build("token_classifier", vocab=4, classes=10, d_model=8, layers=1)
     with pytest.raises(TrainingError, match="embeds only 4 tokens"):
-        loop.check_compatible(model, loop.make_task("listops", {"seq_len": 16}))
+        fitting.check_compatible(model, fitting.make_task("listops", {"seq_len": 16}))
 
 
 def test_task_longer_than_the_position_embedding() -> None:
     model = ssmgraph.build("gpt", d_model=16, layers=1, heads=2, max_len=8)
     with pytest.raises(TrainingError, match="max_len 8"):
-        loop.check_compatible(model, loop.make_task("selective_copying", {"seq_len": 16, "n_memorize": 2}))
+        fitting.check_compatible(model, fitting.make_task("selective_copying", {"seq_len": 16, "n_memorize": 2}))
 
 
 # ---- 8. generate stops at the learned positions up front --------------------------------------------
@@ -230,14 +231,14 @@ def test_generate_past_max_len(tmp_path) -> None:
 
 # ---- 9. a run that stopped before its first checkpoint ----------------------------------------------
 def test_divergence_before_the_first_checkpoint(tmp_path, monkeypatch) -> None:
-    real = loop.batch_sums
+    real = trainer.batch_sums
 
     def poisoned(kind, output, targets, tolerance=None):
         sums = real(kind, output, targets, tolerance)
         sums.loss = sums.loss * float("nan")
         return sums
 
-    monkeypatch.setattr(loop, "batch_sums", poisoned)
+    monkeypatch.setattr(trainer, "batch_sums", poisoned)
     with pytest.raises(TrainingError) as info:
         train("lstm", tmp_path / "run", config(), overrides=TINY, progress=False)
     assert "intact" not in str(info.value) and "--overwrite" in str(info.value)

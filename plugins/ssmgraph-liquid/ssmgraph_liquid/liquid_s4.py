@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import ssmgraph
-from ssmgraph.kernels import DPLRSSM, MEASURES, ConvSSMBlock, block_params, check_ssm_args, conj_full, ssm_params
+from ssmgraph.kernels import DPLRSSM, MEASURES, block_params, check_ssm_args, conj_full, conv_ssm_factory, ssm_params
 from ssmgraph.registry.specs import same_as_input
 
 VARIANTS = ("causal", "reference_pb")
@@ -190,21 +190,9 @@ def _shape(in_types: list[ssmgraph.TensorType], **args: Any) -> ssmgraph.TensorT
     return same_as_input(in_types)
 
 
-def _build(in_types: list[ssmgraph.TensorType], **args: Any) -> ConvSSMBlock:
-    H = in_types[0].dim
-    core = DPLRSSM(
-        H,
-        d_state=args["d_state"],
-        channels=args["channels"],
-        measure=args["measure"],
-        l_max=args["l_max"],
-        dt_min=args["dt_min"],
-        dt_max=args["dt_max"],
-        ssm_lr=args["ssm_lr"],
-        bidirectional=args["bidirectional"],
-    )
-    ssm = LiquidSSM(core, args["liquid_degree"], args["variant"], args["lcontract"])
-    return ConvSSMBlock(ssm, H, args["activation"], args["dropout"], args["glu"])
+def _core(H: int, *, liquid_degree: int, variant: str, lcontract: str | None, **s4_args: Any) -> LiquidSSM:
+    """The SSM of the block: ``mix.s4``'s core with the liquid terms added."""
+    return LiquidSSM(DPLRSSM(H, **s4_args), liquid_degree, variant, lcontract)
 
 
 SPEC = ssmgraph.BlockSpec(
@@ -235,7 +223,7 @@ SPEC = ssmgraph.BlockSpec(
         ),
         *block_params(),
     ),
-    factory=_build,
+    factory=conv_ssm_factory(_core, "measure", "l_max", "liquid_degree", "variant", "lcontract"),
     shape=_shape,
     causal=_causal,
     bidirectional=lambda a: not _causal(a),

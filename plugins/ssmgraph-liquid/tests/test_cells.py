@@ -72,7 +72,7 @@ def test_cfc_equals_the_closed_form_per_step(mode):
     m = build("mix.cfc", units=5, backbone_units=7, backbone_layers=1, mode=mode)
     x = torch.randn(2, 6, DIM, dtype=F64)
     h = torch.zeros(2, 5, dtype=F64)
-    lin = lambda layer, z: z @ layer.weight.T + layer.bias  # noqa: E731
+    lin = lambda layer, z: z @ layer.weight.T + layer.bias
     outs = []
     for t in range(x.shape[1]):
         z = 1.7159 * torch.tanh(0.666 * lin(m.backbone[0], torch.cat([x[:, t], h], -1)))

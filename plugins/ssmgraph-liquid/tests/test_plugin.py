@@ -6,11 +6,11 @@ import importlib.metadata as md
 
 import pytest
 import torch
+from ssmgraph_liquid import BLUEPRINTS
 
 import ssmgraph
 from ssmgraph.registry.plugins import get_registry
 from ssmgraph.testing import parametrize_block_checks
-from ssmgraph_liquid import BLUEPRINTS
 
 BLOCKS = ["mix.liquid_s4", "mix.ltc", "mix.cfc"]
 

@@ -20,7 +20,8 @@ from ssmgraph.interop.hf.gpt2 import GPT2
 from ssmgraph.interop.hf.layout import HELP_LAYOUTS, Layout, ModelReader
 from ssmgraph.interop.hf.llama import Llama
 from ssmgraph.interop.hf.mamba import Mamba
-from ssmgraph.serialization import atomic_directory, is_saved_model, load, model_directory, read_meta, write_model_files
+from ssmgraph.folders import atomic_directory, folder_lock, follow_link, refuse_checkpoint_target, refuse_sources
+from ssmgraph.serialization import is_saved_model, load, model_directory, read_meta, write_model_files
 
 FAMILIES: tuple[type[Layout], ...] = (Mamba, GPT2, Llama)
 """In the order export tries their ``signature`` blocks (GPT-2 and Llama both have attention)."""
@@ -33,8 +34,14 @@ def import_hf(source: str | Path, out: str | Path, *, overwrite: bool = False) -
 
     ``out`` holds a plain blueprint.yaml, model.safetensors and meta.json (which keeps the
     original config under ``hf``); ``ssmgraph.load(out)`` rebuilds the model."""
-    source, out = Path(source).expanduser(), Path(out).expanduser()
+    source, out = Path(source).expanduser(), follow_link(Path(out).expanduser())
+    with folder_lock(out):
+        return _import(source, out, overwrite)
+
+
+def _import(source: Path, out: Path, overwrite: bool) -> Path:
     check_output(out, overwrite, source=source, earlier=is_saved_model)
+    refuse_checkpoint_target(out)
     config = read_config(source)
     layout = _family(config).from_config(config)
     weights = read_weights(source)
@@ -49,9 +56,15 @@ def import_hf(source: str | Path, out: str | Path, *, overwrite: bool = False) -
 def export_hf(run_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write the model in ``run_dir`` (a saved model, or a training run's latest checkpoint) as a
     Hugging Face checkpoint directory ``out``: config.json and model.safetensors."""
-    run_dir, out = Path(run_dir).expanduser(), Path(out).expanduser()
+    run_dir, out = Path(run_dir).expanduser(), follow_link(Path(out).expanduser())
+    with folder_lock(out):
+        return _export(run_dir, out, overwrite)
+
+
+def _export(run_dir: Path, out: Path, overwrite: bool) -> Path:
     check_output(out, overwrite, source=run_dir, earlier=lambda folder: (folder / "config.json").is_file())
     directory = model_directory(run_dir)
+    refuse_sources(out, [directory])
     model = load(directory)
     family = _detect(model, str(directory))
     layout = family.from_model(ModelReader(model, family.title, str(directory)))

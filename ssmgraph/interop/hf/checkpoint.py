@@ -10,22 +10,27 @@ but tensors and plain containers.
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from ssmgraph.folders import holds_current_folder, under_a_file
 from ssmgraph.interop.errors import HFConfigError, HFFileError
-from ssmgraph.serialization import holds_current_folder, under_a_file
+from ssmgraph.safeio import check_fields, check_items, describe, read_json
+from ssmgraph.serialization import write_safetensors
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 BIN_FILE = "pytorch_model.bin"
 WEIGHT_FILES = (SAFETENSORS_FILE, f"{SAFETENSORS_FILE}.index.json", BIN_FILE, f"{BIN_FILE}.index.json")
 
+_REFETCH = "download the checkpoint again, or write it with save_pretrained"
 _JSON_TYPES = {int: "integer", float: "number", bool: "boolean (true or false)", str: "string", dict: "object"}
 
 
@@ -84,12 +89,9 @@ def read_config(directory: Path) -> HFConfig:
             f"{path}: missing; a Hugging Face checkpoint directory holds {CONFIG_FILE} and its weights",
             "save one with model.save_pretrained(DIR), or download the model's config.json next to its weights",
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HFFileError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json(path, what="cannot read the model's config", error=HFFileError, fix=_REFETCH)
     if not isinstance(data, dict):
-        raise HFFileError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise HFFileError(f"{path}: expected a JSON object, got {describe(data)}", _REFETCH)
     return HFConfig(data, path)
 
 
@@ -126,11 +128,13 @@ def read_weights(directory: Path) -> HFWeights:
 
 
 def _shards(index: Path) -> list[Path]:
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        names = sorted(set(weight_map.values()))
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise HFFileError(f"{index}: not a weights index (a JSON object with a 'weight_map'): {exc}") from None
+    """The shard files an index names, each inside the index's folder."""
+    data = read_json(index, what="cannot read the weights index", error=HFFileError, fix=_REFETCH)
+    check_fields(data, {"weight_map": dict}, source=index, error=HFFileError, fix=_REFETCH)
+    check_items(data["weight_map"], str, source=index, error=HFFileError, where="weight_map", fix=_REFETCH)
+    names = sorted(set(data["weight_map"].values()))
+    for name in names:
+        _check_inside(index, name)
     missing = [n for n in names if not (index.parent / n).is_file()]
     if missing:
         raise HFFileError(
@@ -139,22 +143,56 @@ def _shards(index: Path) -> list[Path]:
     return [index.parent / n for n in names]
 
 
+def _check_inside(index: Path, name: str) -> None:
+    """Refuse a shard name that is absolute or climbs out of the index's folder (``..``, or a
+    symlinked folder on the way). The shard file itself may be a symlink, as in the HF cache."""
+    parts = PureWindowsPath(name)  # reads both / and \ as separators, and drive letters
+    if not name or "\x00" in name or parts.anchor or ".." in parts.parts or not _folder_holds(index.parent, name):
+        raise HFFileError(
+            f"{index}: weight_map entry {name!r} is not a file inside {index.parent}",
+            "shard names are file names next to the index (model-00001-of-00002.safetensors): "
+            "the index may have been tampered with; download the checkpoint again",
+        )
+
+
+def _folder_holds(folder: Path, name: str) -> bool:
+    """Whether the folder that ``name`` lies in is ``folder`` or below it, symlinks resolved."""
+    try:
+        root, parent = folder.resolve(), (folder / name).parent.resolve()
+    except (OSError, RuntimeError):  # a symlink loop on the way
+        return False
+    return parent == root or root in parent.parents
+
+
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
             raise HFFileError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle refuses non-tensor objects with UnpicklingError, corrupt files with others
-        raise HFFileError(
-            f"{path}: refused by the weights-only loader ({type(exc).__name__}: {str(exc).splitlines()[0]})",
-            "convert the checkpoint to safetensors (model.save_pretrained(DIR) does) from a source you trust",
-        ) from None
+    except Exception as exc:  # noqa: BLE001 - pickle refuses non-tensor objects with UnpicklingError, corrupt files with others
+        raise _refused(path, exc) from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise HFFileError(f"{path}: not a state dict (a mapping from names to tensors)")
     return state
+
+
+def _refused(path: Path, exc: Exception) -> HFFileError:
+    """The weights-only loader's refusal, without torch's advice to load the file unrestricted:
+    for an untrusted file that would run whatever code its pickle holds."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if isinstance(exc, pickle.UnpicklingError):
+        held = f" (it names {found.group(1)})" if found else ""
+        problem = f"the file holds pickled objects other than tensors{held}, or is damaged"
+    else:
+        problem = f"damaged or not a PyTorch weights file ({type(exc).__name__})"
+    return HFFileError(
+        f"{path}: refused by the weights-only loader: {problem}",
+        "convert it to safetensors with the tool that made it (transformers: model.save_pretrained(DIR) writes "
+        "model.safetensors), or download the model's safetensors weights",
+    )
 
 
 def check_output(out: Path, overwrite: bool, *, source: Path, earlier: Callable[[Path], bool]) -> None:
@@ -180,8 +218,8 @@ def check_output(out: Path, overwrite: bool, *, source: Path, earlier: Callable[
 def write_checkpoint(folder: Path, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:
     """config.json and model.safetensors, as ``save_pretrained`` writes them (format metadata "pt")."""
     (folder / CONFIG_FILE).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    save_file(
+    write_safetensors(
         {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()},
-        str(folder / SAFETENSORS_FILE),
-        metadata={"format": "pt"},
+        folder / SAFETENSORS_FILE,
+        {"format": "pt"},
     )

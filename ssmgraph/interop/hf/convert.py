@@ -6,8 +6,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ssmgraph.blueprint import load_blueprint
-from ssmgraph.blueprint.yamlsafe import dump_yaml
+from ssmgraph.blueprint import Blueprint
 from ssmgraph.graph.compile import compile_blueprint
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.interop.errors import HFExportError, HFWeightsError
@@ -23,7 +22,7 @@ a width that the tensor shapes (compared too) already show."""
 
 def compile_layout(layout: Layout) -> CompiledModel:
     """The layout's blueprint compiled on the meta device: graph and shapes, no memory for weights."""
-    blueprint = load_blueprint(f"<{layout.model_type} layout>", text=dump_yaml(layout.blueprint()))
+    blueprint = Blueprint.from_dict(layout.blueprint(), source=f"<{layout.model_type} layout>")
     with torch.device("meta"):
         return compile_blueprint(blueprint)
 

@@ -1,11 +1,5 @@
 """Training tasks: the built-in ones are plugins like any other (hook ``ssmgraph_tasks``).
 
-``BUILTIN_TASK_PLUGINS`` lists the modules the registry loads as built-in plugins; each has a
+Each module of built-in tasks is an entry point of group ``ssmgraph`` (pyproject.toml) with a
 hookimpl ``ssmgraph_tasks()`` returning its TaskSpecs. docs/tasks.md describes every task.
 """
-
-BUILTIN_TASK_PLUGINS: tuple[str, ...] = (
-    "ssmgraph.train.tasks.synthetic",
-    "ssmgraph.train.tasks.digits",
-    "ssmgraph.train.tasks.text",
-)

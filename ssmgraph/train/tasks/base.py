@@ -34,6 +34,16 @@ HELD_OUT_SPLITS = ("test", "valid")
 Kind = Literal["lm", "classify", "regress"]
 
 
+class TaskOptionError(SsmgraphError):
+    """Options that are each in range but do not fit together (e.g. too many tokens for seq_len)."""
+
+
+def require(ok: bool, message: str) -> None:
+    """Refuse a task's options with ``message`` unless ``ok``."""
+    if not ok:
+        raise TaskOptionError(message)
+
+
 @dataclass
 class Batch:
     inputs: Tensor

@@ -17,23 +17,13 @@ tokens (blank, marker, trigger) are documented per task; docs/tasks.md shows an 
 
 from __future__ import annotations
 
-import random
 import torch
 from torch import Tensor
 
-from ssmgraph.errors import SsmgraphError
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import Param, TaskSpec
-from ssmgraph.train.tasks.base import IGNORE, Batch, Task
-
-
-class TaskOptionError(SsmgraphError):
-    """Options that are each in range but do not fit together (e.g. too many tokens for seq_len)."""
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise TaskOptionError(message)
+from ssmgraph.train.tasks.base import IGNORE, Batch, Task, require
+from ssmgraph.train.tasks.listops import ListOpsTask
 
 
 def _distinct(batch: int, k: int, n: int, generator: torch.Generator) -> Tensor:
@@ -69,7 +59,7 @@ class CopyingTask(Task):
 
     def __init__(self, seq_len: int = 120, n_memorize: int = 10, vocab: int = 10):
         need = 2 * n_memorize + 1
-        _require(seq_len >= need, f"copying: seq_len {seq_len} is too short for n_memorize {n_memorize} (needs 2 * n_memorize + 1 = {need})")
+        require(seq_len >= need, f"copying: seq_len {seq_len} is too short for n_memorize {n_memorize} (needs 2 * n_memorize + 1 = {need})")
         self.seq_len, self.n_memorize = seq_len, n_memorize
         self.vocab_size = self.num_classes = vocab
         self.blank, self.marker = 0, vocab - 1
@@ -99,7 +89,7 @@ class SelectiveCopyingTask(Task):
 
     def __init__(self, seq_len: int = 256, n_memorize: int = 16, vocab: int = 16):
         need = 2 * n_memorize
-        _require(seq_len >= need, f"selective_copying: seq_len {seq_len} is too short for n_memorize {n_memorize} (needs {need})")
+        require(seq_len >= need, f"selective_copying: seq_len {seq_len} is too short for n_memorize {n_memorize} (needs {need})")
         self.seq_len, self.n_memorize = seq_len, n_memorize
         self.vocab_size = self.num_classes = vocab
         self.blank, self.marker = 0, vocab - 1
@@ -161,14 +151,14 @@ class MQARTask(Task):
         n_queries = n_pairs if n_queries is None else n_queries
         self.n_keys = (vocab - 1) // 2
         n_values = vocab - 1 - self.n_keys
-        _require(n_queries <= n_pairs, f"mqar: n_queries {n_queries} is more than n_pairs {n_pairs} (queries ask distinct keys)")
-        _require(
+        require(n_queries <= n_pairs, f"mqar: n_queries {n_queries} is more than n_pairs {n_pairs} (queries ask distinct keys)")
+        require(
             n_pairs <= self.n_keys,
             f"mqar: n_pairs {n_pairs} needs as many distinct keys, but vocab {vocab} has {self.n_keys} "
             f"(raise vocab to at least {2 * n_pairs + 1})",
         )
         slots = (seq_len - 2 * n_pairs) // 2
-        _require(
+        require(
             slots >= n_queries,
             f"mqar: seq_len {seq_len} is too short: {n_pairs} pairs take {2 * n_pairs} positions and {n_queries} queries "
             f"need {2 * n_queries} more (seq_len >= {2 * (n_pairs + n_queries)})",
@@ -245,106 +235,6 @@ class ParityTask(Task):
     def sample(self, batch_size: int, generator: torch.Generator, split: str = "train") -> Batch:
         bits = torch.randint(0, 2, (batch_size, self.seq_len), generator=generator)
         return Batch(bits, bits.sum(dim=1) % 2)
-
-
-# ---- ListOps -------------------------------------------------------------------------------------
-LISTOPS_PAD = 0
-LISTOPS_DIGIT0 = 1  # digit d is token d + 1
-LISTOPS_OPERATORS = ("[MAX", "[MIN", "[MED", "[SM")
-LISTOPS_OP0 = 11  # [MAX 11, [MIN 12, [MED 13, [SM 14
-LISTOPS_CLOSE = 15
-LISTOPS_VOCAB = ("<pad>",) + tuple(str(d) for d in range(10)) + LISTOPS_OPERATORS + ("]",)
-"""Token id -> text: 0 pad, 1..10 the digits 0..9, 11 [MAX, 12 [MIN, 13 [MED, 14 [SM, 15 ]."""
-
-
-def listops_apply(op: int, args: list[int]) -> int:
-    """The value of operator ``op`` (0 MAX, 1 MIN, 2 MED, 3 SM) on its arguments, as in LRA.
-
-    MED is LRA's ``int(np.median(args))``: the middle value, or for an even count the floor of
-    the mean of the two middle values; SM is the sum modulo 10."""
-    if op == 0:
-        return max(args)
-    if op == 1:
-        return min(args)
-    if op == 2:
-        s = sorted(args)
-        mid = len(s) // 2
-        return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) // 2
-    return sum(args) % 10
-
-
-class _TooLong(Exception):
-    pass
-
-
-class ListOpsTask(Task):
-    """ListOps (Nangia & Bowman 2018) as generated for Long Range Arena (Tay et al. 2021).
-
-    The tree generator is LRA's ``listops.py``: below ``max_depth`` a node is an operator with
-    probability 0.25 (else a digit 0-9), an operator takes 2 .. ``max_args`` arguments, and
-    trees are kept when their token count lies in [``min_len``, ``seq_len``] (LRA: depth 10,
-    10 arguments, 500 .. 2000 tokens). The root is always an operator (a one-digit tree is
-    never kept anyway). Tokens (see ``LISTOPS_VOCAB``) are right-padded with PAD (0) to
-    ``seq_len``; the label is the value of the expression, 0 .. 9.
-    """
-
-    kind = "classify"
-    vocab_size = len(LISTOPS_VOCAB)
-    num_classes = 10
-    VALUE_P = 0.25
-
-    def __init__(self, seq_len: int = 512, min_len: int | None = None, max_depth: int = 10, max_args: int = 10):
-        min_len = seq_len // 4 if min_len is None else min_len
-        _require(min_len <= seq_len, f"listops: min_len {min_len} is above seq_len {seq_len}")
-        _require(seq_len >= 4, f"listops: seq_len {seq_len} is too short for one operator with two arguments (4 tokens)")
-        self.seq_len, self.min_len, self.max_depth, self.max_args = seq_len, min_len, max_depth, max_args
-        self.max_tries = 100_000
-
-    def _tree(self, rng: random.Random, depth: int, out: list[int], force_op: bool = False) -> int:
-        """Append one subtree's tokens to ``out``; return its value. Raise _TooLong past seq_len."""
-        if not force_op and (depth >= self.max_depth or rng.random() > self.VALUE_P):
-            value = rng.randrange(10)
-            out.append(LISTOPS_DIGIT0 + value)
-            if len(out) > self.seq_len:
-                raise _TooLong
-            return value
-        op = rng.randrange(len(LISTOPS_OPERATORS))
-        out.append(LISTOPS_OP0 + op)
-        args = [self._tree(rng, depth + 1, out) for _ in range(rng.randint(2, self.max_args))]
-        out.append(LISTOPS_CLOSE)
-        if len(out) > self.seq_len:
-            raise _TooLong
-        return listops_apply(op, args)
-
-    def expression(self, rng: random.Random) -> tuple[list[int], int]:
-        """One expression of ``min_len`` .. ``seq_len`` tokens and its value."""
-        for _ in range(self.max_tries):
-            tokens: list[int] = []
-            try:
-                value = self._tree(rng, 1, tokens, force_op=True)
-            except _TooLong:
-                continue
-            if len(tokens) >= self.min_len:
-                return tokens, value
-        raise TaskOptionError(
-            f"listops: no expression of {self.min_len} .. {self.seq_len} tokens in {self.max_tries} tries "
-            f"with max_depth {self.max_depth} and max_args {self.max_args}; lower min_len or raise max_depth/max_args"
-        )
-
-    def sample(self, batch_size: int, generator: torch.Generator, split: str = "train") -> Batch:
-        rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        inputs = torch.full((batch_size, self.seq_len), LISTOPS_PAD, dtype=torch.long)
-        labels = torch.empty(batch_size, dtype=torch.long)
-        for i in range(batch_size):
-            tokens, labels[i] = self.expression(rng)
-            inputs[i, : len(tokens)] = torch.tensor(tokens)
-        return Batch(inputs, labels)
-
-
-def listops_text(tokens: Tensor | list[int]) -> str:
-    """Render ListOps token ids as text, without the padding: ``[MAX 2 9 [MIN 4 7 ] 0 ]``."""
-    ids = tokens.tolist() if isinstance(tokens, Tensor) else tokens
-    return " ".join(LISTOPS_VOCAB[t] for t in ids if t != LISTOPS_PAD)
 
 
 # ---- specs ---------------------------------------------------------------------------------------

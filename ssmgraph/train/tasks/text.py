@@ -51,7 +51,7 @@ def _read_text_file(path: Path) -> bytes:
             f"{path}: not UTF-8 text (invalid byte 0x{data[exc.start]:02x} at offset {exc.start}, line {line}); "
             "convert it, e.g. with iconv -t UTF-8"
         ) from exc
-    return data[len(_BOM) :] if data.startswith(_BOM) else data
+    return data.removeprefix(_BOM)
 
 
 def read_corpus(path: str | Path) -> tuple[bytes, list[Path]]:

@@ -1,0 +1,152 @@
+"""``ssmgraph train``, ``eval``, ``plot``, ``tasks`` and ``generate``: runs and what they learned."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ssmgraph.blueprint import parse_overrides
+from ssmgraph.cli.errors import user_errors, warn_plugin_problems
+from ssmgraph.cli.options import SetOption, TaskOption
+from ssmgraph.cli.output import err, listing, params_table, print_json, stdout
+from ssmgraph.errors import SsmgraphError, did_you_mean
+from ssmgraph.registry.plugins import get_registry
+from ssmgraph.train.config import load_config
+from ssmgraph.train.distributed import current
+from ssmgraph.train.examples import examples_table
+from ssmgraph.train.generate import generate_text
+from ssmgraph.train.metrics import read_metrics
+from ssmgraph.train.plot import plot_run
+from ssmgraph.train.trainer import TrainResult, evaluate_run, resume
+from ssmgraph.train.trainer import train as run_training
+
+
+@user_errors
+def train(
+    blueprint: Annotated[str, typer.Argument(help="A blueprint file or shipped name; with --resume, ignored (give the run directory as --out).")] = "",
+    task: Annotated[str | None, typer.Option("--task", help="The task (`ssmgraph tasks` lists them); or `task:` in --config.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The run directory: checkpoints, metrics.jsonl, run.json.")] = Path("runs/latest"),
+    steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps (overrides the config).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="A train config YAML (docs/training.md lists its settings).")] = None,
+    set_: SetOption = None,
+    task_option: TaskOption = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", min=1, help="Sequences per step (overrides the config).")] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="Peak learning rate (overrides the config).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for weights and data (overrides the config).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Train one view of a multi-model blueprint.")] = None,
+    resume_run: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint, bit for bit.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    show: Annotated[bool, typer.Option(help="Show the trained model on a few held-out examples.")] = True,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing run in --out instead of refusing (once the new run's task and blueprint check out).")
+    ] = False,
+) -> None:
+    """Train a blueprint on a built-in or plugin task.
+
+    Checkpoints (safetensors) are written atomically; Ctrl-C saves and exits; `--resume`
+    continues with the same losses an uninterrupted run would have. Several processes:
+    `torchrun --nproc_per_node 2 -m ssmgraph train ...`. Examples:
+
+    * `ssmgraph train mamba --task selective_copying --steps 500 --out runs/sc`
+    * `ssmgraph train classifier --task digits --set mixer=mix.s4d --out runs/digits`
+    * `ssmgraph train gpt --task bytes -t path=my_texts/ --out runs/lm`
+    """
+    warn_plugin_problems()
+    if resume_run:
+        result = resume(out, steps=steps, progress=not quiet)
+    else:
+        if not blueprint:
+            raise SsmgraphError("name a blueprint to train (e.g. `ssmgraph train gpt --task bytes`), or use --resume")
+        settings: dict[str, Any] = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("lr", lr), ("seed", seed), ("task", task)) if v is not None}
+        cfg = load_config(config, settings)
+        if task_option:
+            cfg.task_options = {**cfg.task_options, **parse_overrides(task_option, "-t")}
+        overrides = parse_overrides(set_ or [])
+        result = run_training(blueprint, out, cfg, overrides=overrides, model_view=model, progress=not quiet, overwrite=overwrite)
+    _report_training(result, show and not quiet)
+
+
+def _report_training(result: TrainResult, show: bool) -> None:
+    if not current().is_main:
+        return
+    if show and result.task is not None and result.model is not None:
+        stdout().print(examples_table(result.model, result.task))
+    evals = [r for r in read_metrics(result.run_dir) if r["split"] == "eval"]
+    if result.interrupted:
+        err.print(f"interrupted: saved step {result.step} to {result.run_dir}; continue with `ssmgraph train --resume --out {result.run_dir}`", highlight=False)
+    if evals:
+        last = evals[-1]
+        extra = f", {last['bits']:.3f} bits/token" if "bits" in last else ""
+        err.print(f"step {last['step']}: held-out loss {last['loss']:.4f}, accuracy {last['accuracy']:.3f}{extra}", highlight=False)
+    err.print(f"run saved in {result.run_dir} (`ssmgraph eval {result.run_dir}`, `ssmgraph plot {result.run_dir}`)", highlight=False)
+
+
+@user_errors
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
+    task: Annotated[str | None, typer.Option("--task", help="Evaluate on another task than the run's.")] = None,
+    task_option: TaskOption = None,
+    split: Annotated[str, typer.Option(help="Held-out split: test, or valid where the task has one.")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Evaluate a run's latest checkpoint on its task's held-out set."""
+    result = evaluate_run(run_dir, task, parse_overrides(task_option, "-t") if task_option else None, split)
+    if as_json:
+        print_json(result)
+        return
+    table = Table(title=f"{run_dir} on {result['task']} ({split})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        if isinstance(value, float):
+            table.add_row(key, f"{value:.4f}")
+    stdout().print(table)
+
+
+@user_errors
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the PNGs (default: the run directory).")] = None,
+) -> None:
+    """Draw loss and accuracy curves of a run as PNG files (needs matplotlib)."""
+    for path in plot_run(run_dir, out or run_dir):
+        err.print(f"wrote {path}", highlight=False)
+
+
+@user_errors
+def tasks(
+    name: Annotated[str | None, typer.Argument(help="A task name: show its options.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the training tasks (built-in and from plugins), or show one task's options."""
+    registry = get_registry()
+    specs = [registry.task(name)] if name else [registry.tasks[k] for k in sorted(registry.tasks)]
+    if name and specs[0] is None:
+        raise SsmgraphError(f"no task {name!r}; {did_you_mean(name, registry.tasks)}")
+    if as_json:
+        print_json([s.to_json() for s in specs])
+    elif name:
+        stdout().print(params_table(specs[0].params, key="option", title=name))
+    else:
+        stdout().print(listing(("task", "plugin", "description"), [(s.name, s.plugin, s.doc) for s in specs], title="tasks"))
+
+
+@user_errors
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="A saved model directory (`ssmgraph build ... --out DIR`, or a training run).")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue; encoded as UTF-8 bytes (byte-level models, vocab 256).")] = "",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1, help="How many tokens to sample.")] = 200,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature; 0 picks the most likely token.")] = 0.8,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="Sample among the k most likely tokens only.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed for sampling.")] = 0,
+) -> None:
+    """Continue a text prompt with a saved byte-level language model.
+
+    Recurrent models (SSMs, LSTM) decode in O(1) work per token; attention uses a KV cache.
+    Example: `ssmgraph generate runs/mamba --prompt "The " -n 100 --temperature 0.7`
+    """
+    sys.stdout.write(generate_text(run_dir, prompt, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed) + "\n")

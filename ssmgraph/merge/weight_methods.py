@@ -1,0 +1,76 @@
+"""The weight-space merge methods (linear, task_arithmetic, ties, dare, slerp) as merge-method
+runs: the context's state dicts merged by :mod:`ssmgraph.merge.weights`, loaded into a copy
+of the base model, and evaluated when the recipe has data.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ssmgraph.merge import weights as W
+from ssmgraph.merge.context import MergeContext, MergeError, MergeResult
+
+StateDict = dict[str, torch.Tensor]
+
+
+def run_linear(context: MergeContext) -> MergeResult:
+    states = [m.model.state_dict() for m in context.models]
+    weights = [m.weight for m in context.models]
+    if context.params["normalize"] and sum(weights) == 0:
+        listed = ", ".join(f"{m.name}: {m.weight:g}" for m in context.models)
+        raise MergeError(f"{context.recipe.source}: the models' weights ({listed}) sum to 0, so they cannot be normalised; change a weight or set normalize: false")
+    return _result(context, W.linear(states, weights, normalize=context.params["normalize"]))
+
+
+def run_task_arithmetic(context: MergeContext) -> MergeResult:
+    base, others, weights = _states(context)
+    return _result(context, W.task_arithmetic(base, others, weights, scale=context.params["scale"]))
+
+
+def run_ties(context: MergeContext) -> MergeResult:
+    base, others, weights = _states(context)
+    merged = W.ties(base, others, weights, density=context.params["density"], majority=context.params["majority"])
+    if context.params["scale"] != 1.0:  # λ on the merged task vector, as in task arithmetic
+        merged = {k: base[k] + context.params["scale"] * (v - base[k]) if v.is_floating_point() else v for k, v in merged.items()}
+    return _result(context, merged)
+
+
+def run_dare(context: MergeContext) -> MergeResult:
+    base, others, weights = _states(context)
+    merged = W.dare(
+        base, others, weights, density=context.params["density"], rescale=context.params["rescale"],
+        sign_election=context.params["ties"], generator=context.generator(),
+    )
+    return _result(context, merged)
+
+
+def run_slerp(context: MergeContext) -> MergeResult:
+    a, b = (m.model.state_dict() for m in context.models)
+    return _result(context, W.slerp(a, b, context.params["t"]))
+
+
+def _states(context: MergeContext) -> tuple[StateDict, list[StateDict], list[float]]:
+    """The base model's state dict, the other models' and their weights."""
+    base = context.base.model.state_dict()
+    others = [m.model.state_dict() for m in context.others]
+    return base, others, [m.weight for m in context.others]
+
+
+def _result(context: MergeContext, state: StateDict) -> MergeResult:
+    """``state`` in a copy of the base model; held-out loss and accuracy of every source and
+    the merge, when the recipe has data."""
+    merged = copy.deepcopy(context.base.model)
+    merged.load_state_dict(state)
+    result = MergeResult(merged)
+    if context.task is None:
+        result.notes.append("no `data:` in the recipe, so nothing was evaluated")
+        return result
+    rows, figures = [], {}
+    for name, model in [*((m.name, m.model) for m in context.models), ("merged", merged)]:
+        figures[name] = context.evaluate(model)
+        rows.append([name, figures[name]["loss"], figures[name]["accuracy"]])
+    result.metrics["evaluation"] = figures
+    result.tables.append((f"Held-out {context.recipe.data.task}", ["model", "loss", "accuracy"], rows))
+    return result
