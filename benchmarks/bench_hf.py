@@ -51,13 +51,26 @@ def hf_config(family: str, max_len: int) -> Any:
 
     if family == "gpt2":
         return transformers.GPT2Config(
-            vocab_size=VOCAB, n_positions=max_len, n_embd=WIDTH, n_layer=LAYERS, n_head=HEADS,
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+            vocab_size=VOCAB,
+            n_positions=max_len,
+            n_embd=WIDTH,
+            n_layer=LAYERS,
+            n_head=HEADS,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
         )
     if family == "llama":
         return transformers.LlamaConfig(
-            vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=688, num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS, num_key_value_heads=HEADS, max_position_embeddings=max_len,
+            vocab_size=VOCAB,
+            hidden_size=WIDTH,
+            intermediate_size=688,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=HEADS,
+            max_position_embeddings=max_len,
         )
     if family == "mamba":
         return transformers.MambaConfig(vocab_size=VOCAB, hidden_size=WIDTH, state_size=16, num_hidden_layers=LAYERS)
@@ -80,7 +93,9 @@ def build_pair(family: str, max_len: int, workdir: Path, device: str) -> tuple[t
     with torch.no_grad():
         diff = (theirs(tokens).logits - ours(tokens)).abs().max().item()
     if diff > 1e-4:
-        raise SystemExit(f"{family}: ssmgraph's logits differ from transformers' by {diff:.2e}; not benchmarking different models")
+        raise SystemExit(
+            f"{family}: ssmgraph's logits differ from transformers' by {diff:.2e}; not benchmarking different models"
+        )
     return theirs, ours
 
 
@@ -165,7 +180,9 @@ def bench_family(family: str, args: argparse.Namespace, workdir: Path) -> list[d
                 row[ratio] = round(theirs_s / ours_s, 2) if theirs_s is not None else None
         if not args.compile and not args.no_memory:
             for name in train_calls:  # not where transformers' training is skipped as too slow
-                row[f"{name} peak MiB"] = round(in_fresh_process(_memory_worker, family, name, length, args.batch, max_len, args.device), 1)
+                row[f"{name} peak MiB"] = round(
+                    in_fresh_process(_memory_worker, family, name, length, args.batch, max_len, args.device), 1
+                )
         rows.append(row)
         print(json.dumps(row), flush=True)
     if not args.compile:
@@ -194,7 +211,9 @@ def main() -> None:
     parser.add_argument("--context-short", type=int, default=32)
     parser.add_argument("--context-long", type=int, default=1024)
     parser.add_argument(
-        "--compile", action="store_true", help="also time both models under torch.compile, beside their eager selves (training and forward)"
+        "--compile",
+        action="store_true",
+        help="also time both models under torch.compile, beside their eager selves (training and forward)",
     )
     parser.add_argument("--full", action="store_true", help="also time transformers' slow CPU Mamba training at every length")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-process peak-memory measurements")

@@ -40,7 +40,11 @@ def switched(fn: Callable[[], Any], on: bool) -> Callable[[], None]:
 
 def compare(fn: Callable[[], Any], rounds: int) -> dict[str, float]:
     times = interleaved({"F.linear": switched(fn, False), "oneDNN": switched(fn, True)}, rounds=rounds)
-    return {"F.linear ms": round(1000 * times["F.linear"], 2), "oneDNN ms": round(1000 * times["oneDNN"], 2), "speed-up ×": round(times["F.linear"] / times["oneDNN"], 3)}
+    return {
+        "F.linear ms": round(1000 * times["F.linear"], 2),
+        "oneDNN ms": round(1000 * times["oneDNN"], 2),
+        "speed-up ×": round(times["F.linear"] / times["oneDNN"], 3),
+    }
 
 
 def layer_rows(rounds: int) -> list[dict[str, Any]]:

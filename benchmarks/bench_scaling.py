@@ -56,7 +56,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, label in ((axes[0], "fwd+bwd s", "forward+backward time (s)"), (axes[1], "peak MiB", "peak memory of fwd+bwd (MiB)")):
+    for ax, key, label in (
+        (axes[0], "fwd+bwd s", "forward+backward time (s)"),
+        (axes[1], "peak MiB", "peak memory of fwd+bwd (MiB)"),
+    ):
         for mixer in dict.fromkeys(r["mixer"] for r in rows):
             points = [(r["length"], r[key]) for r in rows if r["mixer"] == mixer and r.get(key)]
             if points:
@@ -109,13 +112,15 @@ def main() -> None:
     for name in args.mixers.split(","):
         mine = [r for r in rows if r["mixer"] == name]
         tail = mine[min(len(mine) // 2, len(mine) - 2) :]  # the longer half, two points at least
-        summary.append({
-            "mixer": name,
-            "time slope": round(slope([r["length"] for r in tail], [r["fwd+bwd s"] for r in tail]), 2),
-            "memory slope": round(slope([r["length"] for r in tail], [max(r["peak MiB"], 1e-3) for r in tail]), 2),
-            f"fwd+bwd s at {mine[-1]['length']}": mine[-1]["fwd+bwd s"],
-            f"peak MiB at {mine[-1]['length']}": mine[-1]["peak MiB"],
-        })
+        summary.append(
+            {
+                "mixer": name,
+                "time slope": round(slope([r["length"] for r in tail], [r["fwd+bwd s"] for r in tail]), 2),
+                "memory slope": round(slope([r["length"] for r in tail], [max(r["peak MiB"], 1e-3) for r in tail]), 2),
+                f"fwd+bwd s at {mine[-1]['length']}": mine[-1]["fwd+bwd s"],
+                f"peak MiB at {mine[-1]['length']}": mine[-1]["peak MiB"],
+            }
+        )
     write_results(f"scaling{suffix}", rows, args.out)
     write_results(f"scaling_slopes{suffix}", summary, args.out)
     if args.out is not None:

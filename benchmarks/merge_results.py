@@ -37,10 +37,30 @@ from ssmgraph.train.fitting import make_task
 from ssmgraph.train.trainer import evaluate, train
 
 
-def train_model(blueprint: str, task: str, overrides: dict[str, Any], workdir: Path, name: str, *, seed: int, steps: int, lr: float = 3e-3,
-                batch_size: int = 64, task_options: dict[str, Any] | None = None) -> Path:
-    config = TrainConfig(task=task, task_options=task_options or {}, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                         eval_interval=steps, checkpoint_interval=steps, warmup_steps=min(100, steps // 10))
+def train_model(
+    blueprint: str,
+    task: str,
+    overrides: dict[str, Any],
+    workdir: Path,
+    name: str,
+    *,
+    seed: int,
+    steps: int,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    task_options: dict[str, Any] | None = None,
+) -> Path:
+    config = TrainConfig(
+        task=task,
+        task_options=task_options or {},
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        eval_interval=steps,
+        checkpoint_interval=steps,
+        warmup_steps=min(100, steps // 10),
+    )
     train(blueprint, workdir / name, config, overrides=overrides, progress=False)
     return workdir / name
 
@@ -98,14 +118,25 @@ def barrier_pair(mixer: str, width: int, steps: int, task: Any, workdir: Path, o
     }
     paths = {name: linear_path(runs[0], state, task) for name, state in aligned.items()}
     ts = [i / 10 for i in range(11)]
-    curves({name: (ts, path) for name, path in paths.items()}, "t (0: model A, 1: model B)", "held-out loss", label, out / f"barrier_{slug}.png")
+    curves(
+        {name: (ts, path) for name, path in paths.items()},
+        "t (0: model A, 1: model B)",
+        "held-out loss",
+        label,
+        out / f"barrier_{slug}.png",
+    )
     barriers = {name: barrier(path) for name, path in paths.items()}
     print(label, {name: round(value, 3) for name, value in barriers.items()}, flush=True)
     return {
-        "label": label, "mixer": mixer, "d_model": width, "steps": steps,
-        "paths": paths, "barriers": barriers,
+        "label": label,
+        "mixer": mixer,
+        "d_model": width,
+        "steps": steps,
+        "paths": paths,
+        "barriers": barriers,
         "ratios": {name: value / max(barriers["as trained"], 1e-12) for name, value in barriers.items()},
-        "spaces": len(spaces), "units": sum(s.size for s in spaces),
+        "spaces": len(spaces),
+        "units": sum(s.size for s in spaces),
     }
 
 
@@ -113,13 +144,23 @@ def run_barrier(workdir: Path, out: Path) -> dict[str, Any]:
     from ssmgraph.merge.plots import curves
 
     task = make_task("digits", {})
-    pairs = [barrier_pair(mixer, width, steps, task, workdir, out) for mixer, sweep in BARRIER_SWEEP.items() for width, steps in sweep]
+    pairs = [
+        barrier_pair(mixer, width, steps, task, workdir, out) for mixer, sweep in BARRIER_SWEEP.items() for width, steps in sweep
+    ]
     best = {  # per mixer: widths, and the best alignment's barrier over the barrier as trained
-        mixer: ([r["d_model"] for r in pairs if r["mixer"] == mixer],
-                [min(v for k, v in r["ratios"].items() if k != "as trained") for r in pairs if r["mixer"] == mixer])
+        mixer: (
+            [r["d_model"] for r in pairs if r["mixer"] == mixer],
+            [min(v for k, v in r["ratios"].items() if k != "as trained") for r in pairs if r["mixer"] == mixer],
+        )
         for mixer in BARRIER_SWEEP
     }
-    curves(best, "d_model", "barrier after the best alignment / as trained", "width sweep: two seeds of one classifier", out / "barrier_width.png")
+    curves(
+        best,
+        "d_model",
+        "barrier after the best alignment / as trained",
+        "width sweep: two seeds of one classifier",
+        out / "barrier_width.png",
+    )
     return {r.pop("label"): r for r in pairs}
 
 
@@ -152,7 +193,11 @@ def run_mutual(workdir: Path, out: Path) -> dict[str, Any]:
 # ---- stitch ----------------------------------------------------------------------------------------
 def run_stitch(workdir: Path, out: Path) -> dict[str, Any]:
     shapes = {"d_model": 48, "layers": 3}
-    attention = {"mixer": "mix.attention", "layer_args": {"heads": 4, "rope": True}, **shapes}  # RoPE: the classifier adds no positions
+    attention = {
+        "mixer": "mix.attention",
+        "layer_args": {"heads": 4, "rope": True},
+        **shapes,
+    }  # RoPE: the classifier adds no positions
     runs = {
         "tf0": train_model("classifier", "digits", attention, workdir, "tf0", seed=0, steps=700),
         "tf1": train_model("classifier", "digits", attention, workdir, "tf1", seed=1, steps=700),
@@ -179,10 +224,21 @@ def run_superpose(workdir: Path, out: Path) -> dict[str, Any]:
     ssmgraph.save(ssmgraph.build("gpt", **shapes), base)
     runs = {}
     for lang in ("en", "fr"):
-        runs[lang] = train_model("gpt", "bytes", shapes, workdir, lang, seed=0, steps=800, lr=2e-3, batch_size=32, task_options={**opts, "corpus": lang})
+        runs[lang] = train_model(
+            "gpt",
+            "bytes",
+            shapes,
+            workdir,
+            lang,
+            seed=0,
+            steps=800,
+            lr=2e-3,
+            batch_size=32,
+            task_options={**opts, "corpus": lang},
+        )
     text = f"""
     merge_method: superpose
-    models: [{{name: en, checkpoint: {runs['en']}}}, {{name: fr, checkpoint: {runs['fr']}}}]
+    models: [{{name: en, checkpoint: {runs["en"]}}}, {{name: fr, checkpoint: {runs["fr"]}}}]
     parameters: {{options_a: {{corpus: en}}, options_b: {{corpus: fr}}, alpha: vector, steps: 1200, base: {base}}}
     data: {{task: bytes, options: {opts}, batch_size: 64, eval_batches: 20}}
     """

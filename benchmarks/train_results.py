@@ -44,14 +44,52 @@ IH = {"seq_len": 64, "vocab": 16}
 BYTES = {"seq_len": 128}
 EXPERIMENTS = [
     Experiment("selective_copying", "mamba", "mamba", "selective_copying", {"d_model": 64, "layers": 2}, SC, steps=3000),
-    Experiment("selective_copying", "s4d (time-invariant)", "s4d", "selective_copying", {"d_model": 80, "layers": 2, "layer_args": {"d_state": 64}}, SC, steps=3000),
+    Experiment(
+        "selective_copying",
+        "s4d (time-invariant)",
+        "s4d",
+        "selective_copying",
+        {"d_model": 80, "layers": 2, "layer_args": {"d_state": 64}},
+        SC,
+        steps=3000,
+    ),
     Experiment("induction_heads", "mamba", "mamba", "induction_heads", {"d_model": 64, "layers": 2}, IH, steps=1500),
-    Experiment("induction_heads", "attention (llama: RoPE)", "llama", "induction_heads", {"d_model": 64, "layers": 2, "heads": 4}, IH, steps=1500, lr=1e-3),
-    Experiment("induction_heads", "attention (gpt: learned positions)", "gpt", "induction_heads", {"d_model": 64, "layers": 2, "heads": 4}, IH, steps=1500),
-    Experiment("digits", "s4d", "classifier", "digits", {"mixer": "mix.s4d", "d_model": 64, "layers": 2}, steps=1500, batch_size=64),
-    Experiment("digits", "lstm", "classifier", "digits", {"mixer": "mix.lstm", "d_model": 64, "layers": 2}, steps=4000, batch_size=64),
+    Experiment(
+        "induction_heads",
+        "attention (llama: RoPE)",
+        "llama",
+        "induction_heads",
+        {"d_model": 64, "layers": 2, "heads": 4},
+        IH,
+        steps=1500,
+        lr=1e-3,
+    ),
+    Experiment(
+        "induction_heads",
+        "attention (gpt: learned positions)",
+        "gpt",
+        "induction_heads",
+        {"d_model": 64, "layers": 2, "heads": 4},
+        IH,
+        steps=1500,
+    ),
+    Experiment(
+        "digits", "s4d", "classifier", "digits", {"mixer": "mix.s4d", "d_model": 64, "layers": 2}, steps=1500, batch_size=64
+    ),
+    Experiment(
+        "digits", "lstm", "classifier", "digits", {"mixer": "mix.lstm", "d_model": 64, "layers": 2}, steps=4000, batch_size=64
+    ),
     # about 260k parameters each
-    Experiment("bytes", "transformer (gpt)", "gpt", "bytes", {"d_model": 96, "layers": 2, "heads": 4, "max_len": 128}, BYTES, steps=600, lr=2e-3),
+    Experiment(
+        "bytes",
+        "transformer (gpt)",
+        "gpt",
+        "bytes",
+        {"d_model": 96, "layers": 2, "heads": 4, "max_len": 128},
+        BYTES,
+        steps=600,
+        lr=2e-3,
+    ),
     Experiment("bytes", "mamba", "mamba", "bytes", {"d_model": 104, "layers": 3}, BYTES, steps=600, lr=2e-3),
     Experiment("bytes", "lstm", "lstm", "bytes", {"d_model": 96, "layers": 1, "hidden": 176}, BYTES, steps=600, lr=2e-3),
 ]

@@ -161,7 +161,9 @@ def folder_lock(folder: Path) -> Iterator[None]:
 
 def _record() -> str:
     command = " ".join(Path(sys.argv[0]).name if i == 0 else arg for i, arg in enumerate(sys.argv))[:200]
-    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return json.dumps(
+        {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    )
 
 
 def _acquire(path: Path, folder: Path) -> int:
@@ -235,7 +237,11 @@ def _holder(path: Path) -> dict[str, object]:
 
 def _busy(path: Path, folder: Path) -> FolderBusyError:
     holder = _holder(path)
-    who = f"`{holder['command']}` (pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')})" if holder.get("command") else "another process"
+    who = (
+        f"`{holder['command']}` (pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')})"
+        if holder.get("command")
+        else "another process"
+    )
     return FolderBusyError(
         f"{folder} is being written by {who}; wait until it finishes, or choose another folder. "
         f"If no such process runs any more, delete {path}"

@@ -21,7 +21,9 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 def plugin_names(name: str) -> dict[str, str]:
     """The names a plugin called ``name`` uses: distribution, module, entry point, block."""
     if not _NAME_RE.match(name):
-        raise SsmgraphError(f"plugin name {name!r} must be lowercase letters, digits and _, starting with a letter (e.g. my_mixer)")
+        raise SsmgraphError(
+            f"plugin name {name!r} must be lowercase letters, digits and _, starting with a letter (e.g. my_mixer)"
+        )
     return {"name": name, "dist": "ssmgraph-" + name.replace("_", "-"), "module": f"ssmgraph_{name}", "block": f"mix.{name}"}
 
 
@@ -33,7 +35,9 @@ def new_plugin(name: str, parent: Path) -> Path:
         raise SsmgraphError(f"{target} already exists; choose another name or folder (--out)")
     taken = get_registry().get(names["block"])
     if taken is not None:
-        raise SsmgraphError(f"block {names['block']!r} already exists (from {taken.plugin}); a plugin must name a new block, e.g. `ssmgraph plugin new my_{name}`")
+        raise SsmgraphError(
+            f"block {names['block']!r} already exists (from {taken.plugin}); a plugin must name a new block, e.g. `ssmgraph plugin new my_{name}`"
+        )
     with atomic_directory(target) as folder:  # a failure leaves nothing half-written
         for source in sorted(TEMPLATE_DIR.rglob("*.tmpl")):
             relative = source.relative_to(TEMPLATE_DIR).with_suffix("")

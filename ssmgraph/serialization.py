@@ -53,7 +53,9 @@ def check_replaceable(directory: Path, sources: Iterable[Path] = ()) -> None:
     refuse_checkpoint_target(directory)
     refuse_sources(directory, sources)
     if directory.exists() and not directory.is_dir():
-        raise CheckpointError(f"{directory} is a file, not a model directory; save the model to another path (e.g. {directory}-model)")
+        raise CheckpointError(
+            f"{directory} is a file, not a model directory; save the model to another path (e.g. {directory}-model)"
+        )
     if directory.is_dir() and any(directory.iterdir()) and not is_saved_model(directory):
         raise CheckpointError(
             f"{directory} is a directory that holds other files, not a saved model; saving would delete them. "
@@ -85,7 +87,9 @@ def write_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata:
     readable_by_others(path)
 
 
-def write_model_files(model: CompiledModel, folder: Path, weights: Mapping[str, torch.Tensor], extra_meta: Mapping[str, Any] | None = None) -> None:
+def write_model_files(
+    model: CompiledModel, folder: Path, weights: Mapping[str, torch.Tensor], extra_meta: Mapping[str, Any] | None = None
+) -> None:
     """The three files of a saved model, into an (already temporary) folder."""
     meta = {
         "format": FORMAT,
@@ -119,11 +123,15 @@ def read_meta(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{directory}: no such model directory")
     missing = [f for f in (BLUEPRINT_FILE, WEIGHTS_FILE, META_FILE) if not (directory / f).is_file()]
     if missing:
-        raise CheckpointError(f"{directory}: not a saved ssmgraph model (missing {', '.join(missing)}); save one with ssmgraph.save(model, dir)")
+        raise CheckpointError(
+            f"{directory}: not a saved ssmgraph model (missing {', '.join(missing)}); save one with ssmgraph.save(model, dir)"
+        )
     path, fix = directory / META_FILE, "the model directory is damaged: save the model again with ssmgraph.save(model, dir)"
     meta = read_json(path, what="unreadable", error=CheckpointError, fix=fix)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unsupported format {meta.get('format') if isinstance(meta, dict) else meta!r} (expected {FORMAT})")
+        raise CheckpointError(
+            f"{path}: unsupported format {meta.get('format') if isinstance(meta, dict) else meta!r} (expected {FORMAT})"
+        )
     fields = {"model": (str, type(None)), "tied": dict, "blocks": dict, "plugins": dict}
     check_fields(meta, fields, source=path, error=CheckpointError, optional=fields.keys(), fix=fix)
     for key in ("tied", "blocks", "plugins"):
@@ -140,7 +148,7 @@ def load(directory: str | Path, *, map_location: str | torch.device = "cpu") -> 
     model = compile_blueprint(blueprint, model=meta.get("model"))
     try:
         state = load_file(str(directory / WEIGHTS_FILE), device=str(map_location))
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{directory / WEIGHTS_FILE}: cannot read weights ({type(exc).__name__}: {exc})") from None
     for alias, owner in meta.get("tied", {}).items():
         if owner in state:

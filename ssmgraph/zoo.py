@@ -1,4 +1,4 @@
-"""``create_model``: seed 004's model-zoo API, built on the shipped blueprints.
+"""``create_model``: a model-zoo API, built on the shipped blueprints.
 
     model = create_model(architecture="h3", ssm_layer="s4", d_model=256, d_state=64, num_layers=4)
 
@@ -41,7 +41,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "hybrid": Architecture("hybrid", ("mamba",), layer_param=None),
 }
 
-# Seed 004's keyword names → blueprint parameter names.
+# create_model's keyword names → blueprint parameter names.
 _ARCH_ALIASES = {"num_heads": "heads", "max_seq_len": "max_len", "vocab_size": "vocab"}
 
 

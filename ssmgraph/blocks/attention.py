@@ -251,7 +251,9 @@ def _build_cross(in_types: Sequence[TensorType], **args: Any) -> CrossAttention:
     return CrossAttention(in_types[0].dim, in_types[1].dim, **args)
 
 
-def _attention_spaces(in_types: Sequence[TensorType], *, heads: int, kv_heads: int | None, bias: bool, **_: Any) -> tuple[PermSpace, ...]:
+def _attention_spaces(
+    in_types: Sequence[TensorType], *, heads: int, kv_heads: int | None, bias: bool, **_: Any
+) -> tuple[PermSpace, ...]:
     dim = in_types[0].dim
     kv = heads if kv_heads is None else kv_heads
     head_dim, share = dim // heads, heads // kv

@@ -120,7 +120,11 @@ def _ae_spaces(in_types: Sequence[TensorType], *, bottleneck: float, residual: b
     reads = (PermAxis("encoder.weight", 1),)  # Linear (inner, dim) or Conv1d (inner, dim, kernel)
     writes = (PermAxis("decoder.weight", 0), PermAxis("decoder.bias", 0))
     units = (PermAxis("encoder.weight", 0), PermAxis("encoder.bias", 0), PermAxis("decoder.weight", 1))
-    io = (PermSpace(THROUGH_SPACE, dim, reads + writes),) if residual else (PermSpace(INPUT_SPACE, dim, reads), PermSpace(OUTPUT_SPACE, dim, writes))
+    io = (
+        (PermSpace(THROUGH_SPACE, dim, reads + writes),)
+        if residual
+        else (PermSpace(INPUT_SPACE, dim, reads), PermSpace(OUTPUT_SPACE, dim, writes))
+    )
     return (PermSpace("inner", inner, units, "bottleneck units"), *io)
 
 
@@ -137,14 +141,20 @@ AUTOENCODER = BlockSpec(
         Param("bottleneck", float, 1.0, "inner width as a fraction of the input width", min=0.01, max=8.0),
         Param("kernel", int, 3, "positions a causal_conv encoder reads (the current one and kernel − 1 before it)", min=1),
         Param("residual", bool, True, "add the input back (x + decoder(...)), starting near the identity"),
-        Param("activation", str, "gelu", "between encoder and decoder ('identity': a linear autoencoder)", choices=tuple(ACTIVATIONS)),
+        Param(
+            "activation",
+            str,
+            "gelu",
+            "between encoder and decoder ('identity': a linear autoencoder)",
+            choices=tuple(ACTIVATIONS),
+        ),
     ),
     factory=lambda in_types, **args: CausalAutoencoder(in_types[0].dim, **args),
     shape=_ae_shape,
     perm_spaces=_ae_spaces,
     causal=True,
     pointwise=lambda a: a["kind"] == "linear" or a["kernel"] == 1,
-    reference="seed 002 (autoencoders on hidden states), made causal",
+    reference="Ben Chaliah & Dellagi 2025, Superposition in Transformers (arXiv 2501.00530): autoencoders on hidden states, made causal",
     examples=({}, {"kind": "causal_conv", "kernel": 3, "bottleneck": 0.5}, {"residual": False, "activation": "identity"}),
 )
 

@@ -54,9 +54,7 @@ class ConvSSMBlock(nn.Module):
     dtype of the SSM parameters with autocast disabled; the pointwise tail follows autocast.
     """
 
-    def __init__(
-        self, ssm: nn.Module, d_model: int, activation: str, dropout: float, glu: bool
-    ) -> None:
+    def __init__(self, ssm: nn.Module, d_model: int, activation: str, dropout: float, glu: bool) -> None:
         super().__init__()
         self.ssm = ssm
         self.bidirectional = ssm.bidirectional

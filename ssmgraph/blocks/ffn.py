@@ -117,7 +117,9 @@ def _mlp_spaces(in_types: Sequence[TensorType], *, hidden: int | None, bias: boo
     return _hidden_space(in_types[0].dim, _mlp_width(in_types, hidden), ("fc1",), ("fc2",), bias)
 
 
-def _glu_spaces(in_types: Sequence[TensorType], *, hidden: int | None, multiple_of: int, bias: bool, **_: Any) -> tuple[PermSpace, ...]:
+def _glu_spaces(
+    in_types: Sequence[TensorType], *, hidden: int | None, multiple_of: int, bias: bool, **_: Any
+) -> tuple[PermSpace, ...]:
     return _hidden_space(in_types[0].dim, _glu_width(in_types, hidden, multiple_of), ("w_gate", "w_up"), ("w_down",), bias)
 
 

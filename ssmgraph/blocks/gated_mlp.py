@@ -1,7 +1,6 @@
 """Gated MLP with an SSM on its value branch (block ``mix.gated_mlp``).
 
-Seed 004 lists a "Gated MLP" among its hybrid architectures ("SSM components with MLP
-architectures"). We take the definition the Mamba paper draws in its Figure 3 (§3.4): a
+A "Gated MLP" hybrid combines SSM components with an MLP architecture. We take the definition the Mamba paper draws in its Figure 3 (§3.4): a
 gated MLP (GLU family, ``W_o(σ(W_g x) ⊙ W_v x)``; with σ = SiLU, SwiGLU) whose main (value)
 branch carries a sequence-mixing SSM. Mamba is this block with a causal conv and a
 selective SSM on the value branch; here the value branch carries a linear time-invariant

@@ -252,7 +252,12 @@ def _spaces(in_types: list[TensorType], *, heads: int | None, d_state: int, inne
     d, dplr = dim // H, inner == "s4"
     spaces = [ssm_mode_space("ssm.", d_state, dplr=dplr)]
     if H > 1:  # features are head-major (h·d + i); out_proj's columns are j-major (j·H + h)
-        axes = (*_rows(_Q + _K + _V, group=d), *ssm_feature_axes("ssm.", dplr=dplr), PermAxis("D", 0), PermAxis("out_proj.weight", 1, chunks=d))
+        axes = (
+            *_rows(_Q + _K + _V, group=d),
+            *ssm_feature_axes("ssm.", dplr=dplr),
+            PermAxis("D", 0),
+            PermAxis("out_proj.weight", 1, chunks=d),
+        )
         spaces.append(PermSpace("heads", H, axes, "heads"))
     if d > 1:
         spaces.append(PermSpace("qk_dims", d, _rows(_Q + _K, chunks=H), "index i of q and k, alike in every head"))
@@ -282,8 +287,12 @@ H3 = BlockSpec(
     params=(
         _SSM_PARAMS.d_state,
         Param(
-            "heads", int, None, "number of heads H (head size dim/H); null = dim (head size 1, H3's default)",
-            min=1, nullable=True,
+            "heads",
+            int,
+            None,
+            "number of heads H (head size dim/H); null = dim (head size 1, H3's default)",
+            min=1,
+            nullable=True,
         ),
         Param("inner", str, "s4d", "SSM on K·V: S4D (Lin init, bilinear) or S4 (DPLR, LegS)", choices=("s4d", "s4")),
         Param("l_max", int, 1024, "kernel length of the S4 inner SSM (ignored for s4d)", min=1),

@@ -1,6 +1,6 @@
 """LSTM sequence mixer (Hochreiter & Schmidhuber 1997), a thin wrapper over ``torch.nn.LSTM``.
 
-The "SimpleLSTM" of the seeds: ``nn.LSTM`` (batch-first; cuDNN on GPU) with ``layers``
+A simple LSTM: ``nn.LSTM`` (batch-first; cuDNN on GPU) with ``layers``
 stacked layers of width ``hidden``, optionally bidirectional (Schuster & Paliwal 1997).
 When the LSTM's output width (hidden, or 2·hidden bidirectional) differs from the input
 dim, a Linear ``out_proj`` maps it back, so the block keeps the mixer contract B×L×D →
@@ -132,10 +132,16 @@ def _spaces(in_types: Sequence[TensorType], *, layers: int, hidden: int | None, 
         top = layer == layers - 1
         readers = [f"lstm.weight_ih_l{layer + 1}{d}" for d in directions] if not top else ["out_proj.weight"] if projected else []
         for i, d in enumerate(directions):
-            gates = [PermAxis(f"lstm.{kind}_l{layer}{d}", 0, chunks=4) for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            gates = [
+                PermAxis(f"lstm.{kind}_l{layer}{d}", 0, chunks=4) for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            ]
             inputs = [PermAxis(f"lstm.weight_hh_l{layer}{d}", 1)] + [PermAxis(r, 1, start=i * width) for r in readers]
             if not top or projected:
-                spaces.append(PermSpace(f"hidden_l{layer}{d}", width, (*gates, *inputs), f"cell units of layer {layer}{d.replace('_', ', ')}"))
+                spaces.append(
+                    PermSpace(
+                        f"hidden_l{layer}{d}", width, (*gates, *inputs), f"cell units of layer {layer}{d.replace('_', ', ')}"
+                    )
+                )
             elif not bidirectional:  # the top layer's cells are the output
                 spaces.append(PermSpace(OUTPUT_SPACE, dim, (*gates, *inputs)))
     spaces.append(PermSpace(INPUT_SPACE, dim, tuple(PermAxis(f"lstm.weight_ih_l0{d}", 1) for d in directions)))

@@ -159,17 +159,13 @@ class Mamba(nn.Module):
             m.reset_parameters()
         self._init_ssm()
 
-    def init_state(
-        self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
-    ) -> MambaState:
+    def init_state(self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None) -> MambaState:
         """Zero (conv_state (B, E, d_conv), ssm_state (B, E, N)); ssm_state is at least fp32."""
         ref = self.in_proj.weight
         device = ref.device if device is None else device
         dtype = ref.dtype if dtype is None else dtype
         conv_state = torch.zeros(batch, self.d_inner, self.d_conv, device=device, dtype=dtype)
-        ssm_state = torch.zeros(
-            batch, self.d_inner, self.d_state, device=device, dtype=torch.promote_types(dtype, torch.float32)
-        )
+        ssm_state = torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=torch.promote_types(dtype, torch.float32))
         return conv_state, ssm_state
 
     def _ssm_inputs(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -271,7 +267,9 @@ def _spaces(
         channel.append(PermAxis("conv1d.bias", 0))
     return (
         PermSpace("inner", int(expand * d_model), tuple(channel), "inner channels E"),
-        PermSpace("state", d_state, (PermAxis("x_proj.weight", 0, chunks=2, start=rank), PermAxis("A_log", 1)), "state entries N"),
+        PermSpace(
+            "state", d_state, (PermAxis("x_proj.weight", 0, chunks=2, start=rank), PermAxis("A_log", 1)), "state entries N"
+        ),
         PermSpace("dt_rank", rank, (PermAxis("x_proj.weight", 0), PermAxis("dt_proj.weight", 1)), "entries of the low-rank δ"),
         PermSpace(INPUT_SPACE, d_model, (PermAxis("in_proj.weight", 1),)),
         PermSpace(OUTPUT_SPACE, d_model, rows_of("out_proj", bias)),
@@ -303,7 +301,10 @@ MAMBA = BlockSpec(
         _SSM_PARAMS.dt_min,
         _SSM_PARAMS.dt_max,
         Param(
-            "dt_init", str, "random", "dt_proj weight init: U(±dt_scale/√R) or the constant dt_scale/√R",
+            "dt_init",
+            str,
+            "random",
+            "dt_proj weight init: U(±dt_scale/√R) or the constant dt_scale/√R",
             choices=("random", "constant"),
         ),
         Param("dt_scale", float, 1.0, "scale of the dt_proj weight init", min=0),

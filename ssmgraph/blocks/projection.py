@@ -1,6 +1,6 @@
 """The stitching layer (block ``stitch.linear``): a learnable affine map between two representation spaces.
 
-Used to project taps of different models into one common dimension (the seeds'
+Used to project taps of different models into one common dimension (for
 feature-consistency losses through projection layers) and as the stitching layer that
 connects the bottom of one model to the top of another (Lenc & Vedaldi 2015,
 "Understanding image representations by measuring their equivariance and equivalence";

@@ -291,7 +291,11 @@ _SSM_PARAMS = ssm_params(
 
 S5 = BlockSpec(
     name="mix.s5",
-    examples=({"d_state": 16, "blocks": 2}, {"d_state": 16, "blocks": 2, "conj_sym": False, "disc": "bilinear"}, {"d_state": 16, "bidirectional": True}),
+    examples=(
+        {"d_state": 16, "blocks": 2},
+        {"d_state": 16, "blocks": 2, "conj_sym": False, "disc": "bilinear"},
+        {"d_state": 16, "bidirectional": True},
+    ),
     role="mix",
     doc="S5 MIMO diagonal SSM (block-diagonal HiPPO-N init, per-state Δ, parallel scan) + GLU activation",
     reference="Smith, Warrington, Linderman 2023, Simplified State Space Layers for Sequence Modeling (S5); "

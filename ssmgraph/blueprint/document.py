@@ -171,7 +171,12 @@ class Blueprint:
 
     @classmethod
     def from_dict(
-        cls, mapping: Mapping[str, Any], *, name: str = "blueprint", source: str = "<dict>", overrides: Mapping[str, Any] | None = None
+        cls,
+        mapping: Mapping[str, Any],
+        *,
+        name: str = "blueprint",
+        source: str = "<dict>",
+        overrides: Mapping[str, Any] | None = None,
     ) -> Blueprint:
         """Resolve a blueprint given as plain Python data, as a file would be read (what
         :meth:`to_dict` writes reads back equal). ``name`` names a blueprint whose mapping has no

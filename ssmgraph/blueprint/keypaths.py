@@ -88,7 +88,9 @@ class _Marker:
         for key, item in value.items():
             inner = f"{path}.{key}" if path else str(key)
             if not isinstance(key, SCALARS):
-                self.errors.add("E103", f"mapping key {repr(key)[:60]} is not a string, number, boolean or None", self.mark(inner))
+                self.errors.add(
+                    "E103", f"mapping key {repr(key)[:60]} is not a string, number, boolean or None", self.mark(inner)
+                )
                 continue
             key = plain_scalar(key)
             out[key] = self.value(item, inner, depth + 1)

@@ -19,13 +19,33 @@ DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 MODULE_ATTRS = frozenset(n for n in dir(nn.Module) if not n.startswith("__"))
 """What a submodule name must not shadow on any ``nn.Module`` (a tap's projection lives in ``taps``)."""
 
-RESERVED = frozenset(
-    {
-        "taps", "forward", "forward_with_state", "step", "init_state", "generate", "training", "state_dict", "blueprint", "view",
-        "input_types", "outputs", "tap_sources", "tap_names", "nodes", "order", "tied", "generated_source",
-        "supports_step", "self",
-    }
-) | MODULE_ATTRS
+RESERVED = (
+    frozenset(
+        {
+            "taps",
+            "forward",
+            "forward_with_state",
+            "step",
+            "init_state",
+            "generate",
+            "training",
+            "state_dict",
+            "blueprint",
+            "view",
+            "input_types",
+            "outputs",
+            "tap_sources",
+            "tap_names",
+            "nodes",
+            "order",
+            "tied",
+            "generated_source",
+            "supports_step",
+            "self",
+        }
+    )
+    | MODULE_ATTRS
+)
 """Node and input names that would shadow the compiled model's own members, or the ``self`` of
 the generated forward."""
 
@@ -43,5 +63,8 @@ def name_problem(name: Any) -> tuple[str, str] | None:
     if name in RESERVED:
         return f"name {name!r} is reserved (it would shadow a module attribute)", f"rename it, e.g. {name}_"
     if name.startswith("_"):  # private members of the module
-        return f"name {name!r} starts with '_', which is reserved for module internals", f"rename it, e.g. {name.lstrip('_') or 'x'}"
+        return (
+            f"name {name!r} starts with '_', which is reserved for module internals",
+            f"rename it, e.g. {name.lstrip('_') or 'x'}",
+        )
     return None

@@ -62,7 +62,9 @@ class NodeResolver(BodyResolver):
         if kind == "block":
             self.block_call(node, table, where)
         elif "args" in table and kind == "share":
-            self.report("E110", "a 'share' node reuses another node's module and takes no args", table.key_mark("args"), f"{path}.args")
+            self.report(
+                "E110", "a 'share' node reuses another node's module and takes no args", table.key_mark("args"), f"{path}.args"
+            )
         elif "args" in table and kind == "body":
             self.report(
                 "E110",
@@ -84,14 +86,22 @@ class NodeResolver(BodyResolver):
         else:
             for key in ("repeat", "carry", "at", "share_weights"):
                 if key in table:
-                    self.report("E110", f"{key!r} belongs to a node with a body (a repeat stack)", table.key_mark(key), f"{path}.{key}")
+                    self.report(
+                        "E110", f"{key!r} belongs to a node with a body (a repeat stack)", table.key_mark(key), f"{path}.{key}"
+                    )
         return node
 
     def block_call(self, node: NodeDecl, raw: LDict, where: Where) -> None:
         """Fill ``node``'s ``block`` and ``args``, keeping each argument's mark."""
         block = self.typed(raw, "block", (str,), where, "block")
         if block is not BAD and not block.strip():
-            self.report("E112", "block name is empty", raw.mark_of("block"), f"{where.path}.block", "e.g. block: mix.attention (`ssmgraph blocks` lists them)")
+            self.report(
+                "E112",
+                "block name is empty",
+                raw.mark_of("block"),
+                f"{where.path}.block",
+                "e.g. block: mix.attention (`ssmgraph blocks` lists them)",
+            )
             block = BAD
         node.block = block if block is not BAD else None
         args_where = where.key("args", raw.mark_of("args"))
@@ -131,8 +141,13 @@ class NodeResolver(BodyResolver):
         if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
             return [Ref(v, self.located(mark_of(value, i, where.mark))) for i, v in enumerate(value)]
         if isinstance(value, dict) and value and all(isinstance(v, str) for v in value.values()):
-            return [Ref(v, self.located(value.mark_of(k) if isinstance(value, LDict) else where.mark), port=str(k)) for k, v in value.items()]
-        self.report("E112", f"'in' must be a name, a list of names or a mapping port: name, got {kind_of(value)}", where.mark, where.path)
+            return [
+                Ref(v, self.located(value.mark_of(k) if isinstance(value, LDict) else where.mark), port=str(k))
+                for k, v in value.items()
+            ]
+        self.report(
+            "E112", f"'in' must be a name, a list of names or a mapping port: name, got {kind_of(value)}", where.mark, where.path
+        )
         return []
 
     def ties(self, raw: Any, where: Where) -> dict[str, Ref]:
@@ -141,7 +156,12 @@ class NodeResolver(BodyResolver):
         out: dict[str, Ref] = {}
         for attr, target in (table or {}).items():
             if not isinstance(target, str) or "." not in target:
-                self.report("E230", f"tie target {target!r} must read node.parameter, e.g. embed.weight", table.mark_of(attr), f"{where.path}.{attr}")
+                self.report(
+                    "E230",
+                    f"tie target {target!r} must read node.parameter, e.g. embed.weight",
+                    table.mark_of(attr),
+                    f"{where.path}.{attr}",
+                )
                 continue
             out[str(attr)] = Ref(target, self.located(table.mark_of(attr)))
         return out

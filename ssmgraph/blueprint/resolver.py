@@ -39,7 +39,13 @@ DTYPES = {"int64": "int", "int": "int", "long": "int", "float32": "float", "floa
 
 
 def resolve(
-    raw: Any, source: str, base_dir: Path, overrides: Mapping[str, Any], fragment_dirs: tuple[Path, ...], *, name: str | None = None
+    raw: Any,
+    source: str,
+    base_dir: Path,
+    overrides: Mapping[str, Any],
+    fragment_dirs: tuple[Path, ...],
+    *,
+    name: str | None = None,
 ) -> Blueprint:
     """The blueprint of the marked document ``raw`` (named ``source`` in errors; ``use:`` paths
     start from ``base_dir``, then ``fragment_dirs``); ``name`` when it has no ``name:``.
@@ -53,11 +59,18 @@ def resolve(
 class Resolver(NodeResolver):
     """One blueprint's resolution; its problems go to the ``errors`` it is given."""
 
-    def blueprint(self, raw: Any, source: str, base_dir: Path, overrides: Mapping[str, Any], *, name: str | None = None) -> Blueprint:
+    def blueprint(
+        self, raw: Any, source: str, base_dir: Path, overrides: Mapping[str, Any], *, name: str | None = None
+    ) -> Blueprint:
         if not isinstance(raw, dict):
             what = "empty" if raw is None else f"{kind_of(raw)}, not a mapping"
             mark = getattr(raw, "mark", None) or Mark(source, 1, 1)
-            self.report("E111" if raw is None else "E112", f"the file is {what}; a blueprint is a mapping that starts with 'ssmgraph: 1'", mark, "")
+            self.report(
+                "E111" if raw is None else "E112",
+                f"the file is {what}; a blueprint is a mapping that starts with 'ssmgraph: 1'",
+                mark,
+                "",
+            )
             self.errors.raise_if_any()
         doc = raw if isinstance(raw, LDict) else LDict(raw, mark=Mark(source, 1, 1))
         self.check_keys(doc, TOP_KEYS, "", "a blueprint")
@@ -89,7 +102,13 @@ class Resolver(NodeResolver):
         if table is None:
             return out
         if not table:
-            self.report("E111", "a blueprint needs at least one input", where.mark, where.path, "e.g. inputs: {tokens: {dtype: int64, shape: [batch, seq]}}")
+            self.report(
+                "E111",
+                "a blueprint needs at least one input",
+                where.mark,
+                where.path,
+                "e.g. inputs: {tokens: {dtype: int64, shape: [batch, seq]}}",
+            )
         for name, spec in table.items():
             entry = where.key(name, table.mark_of(name))
             if not self.check_name(name, table.key_mark(name), entry.path):
@@ -101,7 +120,13 @@ class Resolver(NodeResolver):
             dtype_raw = spec.get("dtype", "int64")
             dtype = DTYPES.get(dtype_raw) if isinstance(dtype_raw, str) else None
             if dtype is None:
-                self.report("E112", f"dtype {dtype_raw!r} is not one of int64, float32", spec.mark_of("dtype"), f"{entry.path}.dtype", did_you_mean(str(dtype_raw), DTYPES))
+                self.report(
+                    "E112",
+                    f"dtype {dtype_raw!r} is not one of int64, float32",
+                    spec.mark_of("dtype"),
+                    f"{entry.path}.dtype",
+                    did_you_mean(str(dtype_raw), DTYPES),
+                )
                 continue
             shape_where = entry.key("shape", spec.mark_of("shape"))
             shape = self.shape(self.value(spec.get("shape", ["batch", "seq"]), shape_where), dtype, shape_where)
@@ -117,12 +142,26 @@ class Resolver(NodeResolver):
             return None
         dims: list[int | str] = []
         for d in value:
-            if isinstance(d, bool) or not isinstance(d, (int, str)) or (isinstance(d, int) and d < 1) or (isinstance(d, str) and not IDENT.match(d)):
-                self.report("E112", f"dimension {d!r} must be a positive integer or a name such as 'batch'", where.mark, where.path)
+            if d is BAD:  # a bad expression inside the shape: reported where it was evaluated
+                return None
+            if (
+                isinstance(d, bool)
+                or not isinstance(d, (int, str))
+                or (isinstance(d, int) and d < 1)
+                or (isinstance(d, str) and not IDENT.match(d))
+            ):
+                self.report(
+                    "E112", f"dimension {d!r} must be a positive integer or a name such as 'batch'", where.mark, where.path
+                )
                 return None
             dims.append(d)
         if dtype == "float" and not isinstance(dims[-1], int):
-            self.report("E112", "a float input needs its feature size as the last dimension, e.g. [batch, seq, 16]", where.mark, where.path)
+            self.report(
+                "E112",
+                "a float input needs its feature size as the last dimension, e.g. [batch, seq, 16]",
+                where.mark,
+                where.path,
+            )
             return None
         return tuple(dims)
 
@@ -136,7 +175,13 @@ class Resolver(NodeResolver):
                 continue
             reserved = [seg for seg in name.split(".") if not submodule_name_ok(seg)]
             if reserved:
-                self.report("E200", f"tap name {name!r}: {reserved[0]!r} is a Python keyword or reserved name", table.key_mark(name), path, "a tap's projection becomes the module taps.<name>: rename it")
+                self.report(
+                    "E200",
+                    f"tap name {name!r}: {reserved[0]!r} is a Python keyword or reserved name",
+                    table.key_mark(name),
+                    path,
+                    "a tap's projection becomes the module taps.<name>: rename it",
+                )
                 continue
             if isinstance(spec, str):
                 spec = LDict({"at": spec}, mark=table.mark_of(name))
@@ -149,7 +194,9 @@ class Resolver(NodeResolver):
                 continue
             tap = TapDecl(name=name, at=spec["at"], mark=spec.mark_of("at"))
             if "project" in spec:
-                self.projection(tap, spec["project"], where.key(name, table.mark_of(name)).key("project", spec.mark_of("project")))
+                self.projection(
+                    tap, spec["project"], where.key(name, table.mark_of(name)).key("project", spec.mark_of("project"))
+                )
             out[name] = tap
         return out
 
@@ -158,7 +205,11 @@ class Resolver(NodeResolver):
         project = self.value(raw, where)
         if isinstance(project, int) and not isinstance(project, bool):
             tap.project_block, tap.project_args = "stitch.linear", {"dim": project}
-        elif isinstance(project, dict) and isinstance(project.get("block", "stitch.linear"), str) and isinstance(project.get("args") or {}, dict):
+        elif (
+            isinstance(project, dict)
+            and isinstance(project.get("block", "stitch.linear"), str)
+            and isinstance(project.get("args") or {}, dict)
+        ):
             tap.project_block = project.get("block", "stitch.linear")
             self.string_keys(project.get("args") or {}, f"{where.path}.args", "argument")
             tap.project_args = dict(project.get("args") or {})
@@ -184,7 +235,13 @@ class Resolver(NodeResolver):
                     if not isinstance(item, str):
                         self.report("E112", f"{key} must list names, got {kind_of(item)}", spec.mark_of(key), f"{path}.{key}")
                     elif item not in known:
-                        self.report("E210", f"model view names {key[:-1]} {item!r}, which the blueprint does not define", spec.mark_of(key), f"{path}.{key}", did_you_mean(str(item), known))
+                        self.report(
+                            "E210",
+                            f"model view names {key[:-1]} {item!r}, which the blueprint does not define",
+                            spec.mark_of(key),
+                            f"{path}.{key}",
+                            did_you_mean(str(item), known),
+                        )
                     else:
                         target.append(item)
             if not spec.get("outputs"):

@@ -54,14 +54,21 @@ class BodyResolver(ValueResolver, ABC):
     def version(self, doc: LDict, source: str, kind: str) -> None:
         """Check ``ssmgraph: 1`` and ``kind`` of a blueprint or fragment file."""
         if "ssmgraph" not in doc:
-            self.report("E111", f"missing format version: a {kind} starts with 'ssmgraph: {FORMAT_VERSION}'", doc.mark or Mark(source, 1, 1), "ssmgraph")
+            self.report(
+                "E111",
+                f"missing format version: a {kind} starts with 'ssmgraph: {FORMAT_VERSION}'",
+                doc.mark or Mark(source, 1, 1),
+                "ssmgraph",
+            )
         elif doc["ssmgraph"] != FORMAT_VERSION:
             self.report(
                 "E113",
                 f"format version {doc['ssmgraph']!r} is not supported (this ssmgraph reads version {FORMAT_VERSION})",
                 doc.mark_of("ssmgraph"),
                 "ssmgraph",
-                f"write 'ssmgraph: {FORMAT_VERSION}' (a number, not a string)" if str(doc["ssmgraph"]) == str(FORMAT_VERSION) else "",
+                f"write 'ssmgraph: {FORMAT_VERSION}' (a number, not a string)"
+                if str(doc["ssmgraph"]) == str(FORMAT_VERSION)
+                else "",
             )
         declared = doc.get("kind", "blueprint")
         if declared != kind:
@@ -77,7 +84,13 @@ class BodyResolver(ValueResolver, ABC):
         if "use" in table:
             return self.fragment(table, where, override)
         if override is not None and override.args:
-            self.report("E130", "'args' overrides need a body that uses a fragment (use:)", where.mark, where.path, "override nodes instead: at: {3: {nodes: {mix: {block: ...}}}}")
+            self.report(
+                "E130",
+                "'args' overrides need a body that uses a fragment (use:)",
+                where.mark,
+                where.path,
+                "override nodes instead: at: {3: {nodes: {mix: {block: ...}}}}",
+            )
             return None
         return self.inline_body(table, where, override)
 
@@ -97,7 +110,13 @@ class BodyResolver(ValueResolver, ABC):
         nodes = self.nodes(nodes_raw, where.key("nodes", raw.mark_of("nodes")))
         for name in inputs:
             if name in nodes:
-                self.report("E200", f"{name!r} names both a body input and a node", nodes[name].mark, f"{where.path}.nodes.{name}", "rename the node")
+                self.report(
+                    "E200",
+                    f"{name!r} names both a body input and a node",
+                    nodes[name].mark,
+                    f"{where.path}.nodes.{name}",
+                    "rename the node",
+                )
         outputs = self.outputs(raw.get("outputs"), raw.mark_of("outputs"), f"{where.path}.outputs", required=True)
         return Body(inputs=inputs, nodes=nodes, outputs=outputs, mark=self.located(raw.mark))
 
@@ -112,7 +131,9 @@ class BodyResolver(ValueResolver, ABC):
             if not isinstance(name, str) or not DOTTED.match(name):
                 self.report("E200", f"output name {name!r} must be a name (dots allowed)", table.key_mark(name), path)
             elif not isinstance(target, str):
-                self.report("E112", f"output {name!r} must name a node, got {kind_of(target)}", table.mark_of(name), f"{path}.{name}")
+                self.report(
+                    "E112", f"output {name!r} must name a node, got {kind_of(target)}", table.mark_of(name), f"{path}.{name}"
+                )
             else:
                 out[name] = Ref(target, self.located(table.mark_of(name)))
         return out
@@ -121,14 +142,25 @@ class BodyResolver(ValueResolver, ABC):
         """The body's ``nodes`` as written, with an override's ``block``/``args`` changes merged in."""
         changes = override.nodes
         if not isinstance(nodes_raw, LDict) or not isinstance(changes, dict):
-            self.report("E112", "'nodes' overrides must be a mapping node: {block: ..., args: {...}}", getattr(changes, "mark", None) or override.nodes_mark, path)
+            self.report(
+                "E112",
+                "'nodes' overrides must be a mapping node: {block: ..., args: {...}}",
+                getattr(changes, "mark", None) or override.nodes_mark,
+                path,
+            )
             return None
         merged = LDict(nodes_raw, mark=nodes_raw.mark)
         merged.key_marks, merged.value_marks = dict(nodes_raw.key_marks), dict(nodes_raw.value_marks)
         for name, change in changes.items():
             where = changes.mark_of(name) if isinstance(changes, LDict) else None
             if name not in nodes_raw:
-                self.report("E210", f"override names node {name!r}, which the body does not have", where, f"{path}.nodes.{name}", did_you_mean(str(name), nodes_raw))
+                self.report(
+                    "E210",
+                    f"override names node {name!r}, which the body does not have",
+                    where,
+                    f"{path}.nodes.{name}",
+                    did_you_mean(str(name), nodes_raw),
+                )
                 continue
             if not isinstance(change, dict) or set(change) - {"block", "args"} or not isinstance(change.get("args") or {}, dict):
                 self.report("E112", "a node override may set 'block' and 'args' (a mapping) only", where, f"{path}.nodes.{name}")
@@ -150,7 +182,13 @@ class BodyResolver(ValueResolver, ABC):
         found = self.find_fragment(target, where.base_dir)
         if found is None:
             searched = ", ".join(str(d) for d in (where.base_dir, *self.fragment_dirs))
-            self.report("E130", f"fragment {target!r} not found", use_mark, f"{where.path}.use", f"paths are relative to the blueprint's folder; searched: {searched}")
+            self.report(
+                "E130",
+                f"fragment {target!r} not found",
+                use_mark,
+                f"{where.path}.use",
+                f"paths are relative to the blueprint's folder; searched: {searched}",
+            )
             return None
         if found in self.fragment_stack or len(self.fragment_stack) >= MAX_FRAGMENT_DEPTH:
             chain = " -> ".join(p.name for p in (*self.fragment_stack, found))
@@ -169,7 +207,9 @@ class BodyResolver(ValueResolver, ABC):
             self.check_keys(doc, FRAGMENT_KEYS, "", "a fragment")
             self.version(doc, str(found), "fragment")
             fragment_where = Where(f"{where.path}.use", use_mark, {}, found.parent)
-            scope = self.params(doc.get("params"), replace(fragment_where, path="params", mark=doc.key_mark("params")), args, f"args of {target}")
+            scope = self.params(
+                doc.get("params"), replace(fragment_where, path="params", mark=doc.key_mark("params")), args, f"args of {target}"
+            )
             body_raw = LDict({k: doc[k] for k in ("inputs", "nodes", "outputs") if k in doc}, mark=doc.mark)
             body_raw.key_marks, body_raw.value_marks = dict(doc.key_marks), dict(doc.value_marks)
             return self.inline_body(body_raw, replace(fragment_where, scope=scope), override)
@@ -184,7 +224,9 @@ class BodyResolver(ValueResolver, ABC):
         if args is BAD:
             return None
         if args is not None and not isinstance(args, dict):
-            self.report("E112", f"fragment args must be a mapping, got {kind_of(args)}", raw.mark_of("args"), f"{where.path}.args")
+            self.report(
+                "E112", f"fragment args must be a mapping, got {kind_of(args)}", raw.mark_of("args"), f"{where.path}.args"
+            )
             return None
         given = (args or {}, (override.args if override is not None else None) or {})
         for table in given:
@@ -225,7 +267,9 @@ class BodyResolver(ValueResolver, ABC):
         if count is BAD:
             return
         if not 1 <= count <= MAX_REPEAT:
-            self.report("E213", f"repeat must be between 1 and {MAX_REPEAT}, got {count}", raw.mark_of("repeat"), f"{path}.repeat")
+            self.report(
+                "E213", f"repeat must be between 1 and {MAX_REPEAT}, got {count}", raw.mark_of("repeat"), f"{path}.repeat"
+            )
             return
         node.repeat = count
         if "share_weights" in raw:
@@ -239,7 +283,12 @@ class BodyResolver(ValueResolver, ABC):
             node.carry = out_name if out_name in node.body.inputs else None
         if node.body is not None:
             if node.carry is None:
-                self.report("E213", "a repeat stack needs 'carry': the body output fed to the next layer's input of the same name", raw.mark or node.mark, path)
+                self.report(
+                    "E213",
+                    "a repeat stack needs 'carry': the body output fed to the next layer's input of the same name",
+                    raw.mark or node.mark,
+                    path,
+                )
             elif node.carry not in node.body.outputs or node.carry not in node.body.inputs:
                 self.report(
                     "E213",
@@ -272,7 +321,12 @@ class BodyResolver(ValueResolver, ABC):
                 if args is BAD or nodes is BAD:
                     continue
                 if args is not None and not isinstance(args, dict):
-                    self.report("E112", f"override args must be a mapping, got {kind_of(args)}", entry_table.mark_of("args"), f"{entry.path}.args")
+                    self.report(
+                        "E112",
+                        f"override args must be a mapping, got {kind_of(args)}",
+                        entry_table.mark_of("args"),
+                        f"{entry.path}.args",
+                    )
                     continue
                 override = Override(args, nodes, entry_table.mark_of("nodes"))
                 body = self.body(body_raw, replace(entry, mark=entry_table.mark), override)
@@ -307,7 +361,13 @@ class BodyResolver(ValueResolver, ABC):
         for i in out:
             j = i + count if i < 0 else i
             if not 0 <= j < count:
-                self.report("E213", f"index {i} is out of range for a stack of {count} layers", mark, path, f"valid indices are 0..{count - 1} (or -1 for the last)")
+                self.report(
+                    "E213",
+                    f"index {i} is out of range for a stack of {count} layers",
+                    mark,
+                    path,
+                    f"valid indices are 0..{count - 1} (or -1 for the last)",
+                )
                 return None
             normalised.append(j)
         return normalised

@@ -106,7 +106,13 @@ class ValueResolver:
         bad = [key for key in table if not isinstance(key, str)]
         for key in bad:
             mark = table.key_mark(key) if isinstance(table, LDict) else None
-            self.report("E112", f"{what} name must be a string, got {kind_of(key)}", mark, f"{path}.{key}", "names are identifiers such as dim or heads")
+            self.report(
+                "E112",
+                f"{what} name must be a string, got {kind_of(key)}",
+                mark,
+                f"{path}.{key}",
+                "names are identifiers such as dim or heads",
+            )
         return not bad
 
     def value(self, raw: Any, where: Where) -> Any:
@@ -125,7 +131,11 @@ class ValueResolver:
                 return evaluate(raw, where.scope)
             except ExprError as exc:
                 code = "E121" if exc.unknown else "E120"
-                help = did_you_mean(exc.unknown, where.scope) if exc.unknown else "expressions use +, -, *, /, //, %, **, min(), max() over params"
+                help = (
+                    did_you_mean(exc.unknown, where.scope)
+                    if exc.unknown
+                    else "expressions use +, -, *, /, //, %, **, min(), max() over params"
+                )
                 self.report(code, f"in expression {raw!r}: {exc}", where.mark, where.path, help)
                 return BAD
         if isinstance(raw, LDict):
@@ -164,7 +174,13 @@ class ValueResolver:
         params = self.expect_map(raw, where.mark, where.path, "params") or LDict()
         for name in overrides:
             if name not in params:
-                self.report("E121", f"no parameter {name!r} to override ({origin})", where.mark, where.path, did_you_mean(name, params) or "this file defines no params")
+                self.report(
+                    "E121",
+                    f"no parameter {name!r} to override ({origin})",
+                    where.mark,
+                    where.path,
+                    did_you_mean(name, params) or "this file defines no params",
+                )
         scope: dict[str, Any] = {}
         in_scope = replace(where, scope=scope)  # filled as we go
         for name, value in params.items():
@@ -174,8 +190,11 @@ class ValueResolver:
             if name in overrides and origin == "--set" and not fits_default(value, overrides[name]):
                 wanted = "true or false" if isinstance(value, bool) else "a number"
                 self.report(
-                    "E112", f"--set {name}={overrides[name]!r} does not fit the parameter, whose default is {value!r}",
-                    params.mark_of(name), f"{where.path}.{name}", f"give {wanted}, e.g. --set {name}={str(value).lower() if isinstance(value, bool) else value}",
+                    "E112",
+                    f"--set {name}={overrides[name]!r} does not fit the parameter, whose default is {value!r}",
+                    params.mark_of(name),
+                    f"{where.path}.{name}",
+                    f"give {wanted}, e.g. --set {name}={str(value).lower() if isinstance(value, bool) else value}",
                 )  # the default stands in, so that this one mistake is the one reported
             elif name in overrides:
                 value = overrides[name]

@@ -43,9 +43,7 @@ for _tag, _regexp, _first in (
     _Core12Resolver.add_implicit_resolver(_STD + _tag, re.compile(_regexp), list(_first))
 
 
-class _Loader(
-    yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, yaml.composer.Composer, _Core12Resolver
-):
+class _Loader(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, yaml.composer.Composer, _Core12Resolver):
     def __init__(self, stream: str):
         yaml.reader.Reader.__init__(self, stream)
         yaml.scanner.Scanner.__init__(self)
@@ -204,7 +202,9 @@ def read_text(path: Path, display: str | None = None) -> str:
             errors.raise_if_any()
         data = path.read_bytes()
     except FileNotFoundError:
-        errors.add("E100", "no such file", Mark(name, 1, 1), help="check the path (relative paths start from the current directory)")
+        errors.add(
+            "E100", "no such file", Mark(name, 1, 1), help="check the path (relative paths start from the current directory)"
+        )
     except IsADirectoryError:
         errors.add("E100", "is a directory, not a YAML file", Mark(name, 1, 1))
     except OSError as exc:
@@ -217,7 +217,9 @@ def read_text(path: Path, display: str | None = None) -> str:
             return data.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
-            errors.add("E100", f"file is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})", Mark(name, line, 1))
+            errors.add(
+                "E100", f"file is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})", Mark(name, line, 1)
+            )
     errors.raise_if_any()
     raise AssertionError("unreachable")
 

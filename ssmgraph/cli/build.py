@@ -30,10 +30,16 @@ def build(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Build one named view of a multi-model blueprint.")] = None,
     out_dir: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Save the built model here (resolved blueprint + safetensors); replaces only a model saved there before."),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Save the built model here (resolved blueprint + safetensors); replaces only a model saved there before.",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")] = False,
-    graph: Annotated[Path | None, typer.Option("--graph", "-g", help="Draw the graph: .dot, .mmd, or .svg/.png (needs Graphviz).")] = None,
+    graph: Annotated[
+        Path | None, typer.Option("--graph", "-g", help="Draw the graph: .dot, .mmd, or .svg/.png (needs Graphviz).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed for the initial weights.")] = 0,
 ) -> None:
     """Check a blueprint, build its model and show a summary.
@@ -63,7 +69,12 @@ def build(
 
 @user_errors
 def blocks(
-    pattern: Annotated[str, typer.Argument(help="A block name (shows its parameters), a pattern such as `mix.*`, or part of a name such as `attention`.")] = "*",
+    pattern: Annotated[
+        str,
+        typer.Argument(
+            help="A block name (shows its parameters), a pattern such as `mix.*`, or part of a name such as `attention`."
+        ),
+    ] = "*",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON: a list of {name, role, plugin, params, ...}.")] = False,
 ) -> None:
     """List the blocks you can use in a blueprint, or show one block's parameters."""
@@ -95,7 +106,10 @@ def _show_block(spec: BlockSpec) -> None:
 
 @user_errors
 def plugins(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: name, package, version, status, error, blocks, tasks, merge methods, clashes.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print JSON: name, package, version, status, error, blocks, tasks, merge methods, clashes."),
+    ] = False,
 ) -> None:
     """List plugins (built-in and installed through the `ssmgraph` entry-point group) and what each provides."""
     records = list(get_registry().plugins.values())
@@ -160,7 +174,9 @@ def check(
 
 @user_errors
 def plugin_new(
-    name: Annotated[str, typer.Argument(help="The plugin's name, e.g. `my_mixer`: package ssmgraph-my-mixer, block mix.my_mixer.")],
+    name: Annotated[
+        str, typer.Argument(help="The plugin's name, e.g. `my_mixer`: package ssmgraph-my-mixer, block mix.my_mixer.")
+    ],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="The folder to create the package in.")] = Path("."),
 ) -> None:
     """Write a working block-plugin package to start from.
@@ -172,4 +188,8 @@ def plugin_new(
     * `ssmgraph check mix.NAME` and `pytest`
     """
     target = new_plugin(name, out_dir)
-    err.print(f"plugin package written to {target}; next: cd {target} && pip install -e '.[test]' && pytest", markup=False, highlight=False)
+    err.print(
+        f"plugin package written to {target}; next: cd {target} && pip install -e '.[test]' && pytest",
+        markup=False,
+        highlight=False,
+    )

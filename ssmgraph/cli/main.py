@@ -52,7 +52,9 @@ def show_version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True, help="Show the version and installed plugins.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Show the version and installed plugins.")
+    ] = False,
 ) -> None:
     """ssmgraph: sequence models as YAML blueprints."""
 

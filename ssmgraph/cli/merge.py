@@ -27,9 +27,22 @@ from ssmgraph.train.fitting import make_task
 def merge(
     recipe: Annotated[Path | None, typer.Argument(help="A merge recipe (YAML): merge_method, models, parameters, data.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Write the merged model and its report here.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it holds an earlier merge (a saved model); never a folder of other files or a model the recipe reads.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the recipe, load the models, say how alike they are and which methods apply; merge nothing.")] = False,
-    methods: Annotated[bool, typer.Option("--methods", help="List the merge methods (built-in and from plugins) and their parameters.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace --out if it holds an earlier merge (a saved model); never a folder of other files or a model the recipe reads.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Check the recipe, load the models, say how alike they are and which methods apply; merge nothing."
+        ),
+    ] = False,
+    methods: Annotated[
+        bool, typer.Option("--methods", help="List the merge methods (built-in and from plugins) and their parameters.")
+    ] = False,
 ) -> None:
     """Merge models as a recipe says: weight averaging, TIES, DARE, SLERP, mutual training, ...
 
@@ -67,7 +80,13 @@ def merge(
 
 def _show_merge_methods() -> None:
     rows = [
-        (spec.name, Compatibility(spec.needs).label + (" + data" if spec.data else ""), spec.plugin, inline_params(spec.params), spec.doc)
+        (
+            spec.name,
+            Compatibility(spec.needs).label + (" + data" if spec.data else ""),
+            spec.plugin,
+            inline_params(spec.params),
+            spec.doc,
+        )
         for spec in get_registry().merge_methods.values()
     ]
     stdout().print(listing(("method", "needs", "plugin", "parameters", "description"), rows, title="merge methods", fold=True))
@@ -90,7 +109,14 @@ def compare(
     it measures shared structure, not whether one model's features can be plugged into the
     other. Example: `ssmgraph compare runs/gpt runs/mamba --task induction_heads`
     """
-    result = compare_models(model_a, model_b, make_task(task, parse_overrides(task_option or [], "-t")), out_dir, batches=batches, batch_size=batch_size)
+    result = compare_models(
+        model_a,
+        model_b,
+        make_task(task, parse_overrides(task_option or [], "-t")),
+        out_dir,
+        batches=batches,
+        batch_size=batch_size,
+    )
     rows = [[name, *(f"{v:.3f}" for v in row)] for name, row in zip(result["layers_a"], result["cka"])]
     stdout().print(grid(["layer", *result["layers_b"]], rows, title=f"linear CKA: rows {result['a']}, columns {result['b']}"))
     err.print(f"heatmap written to {result['png']}", highlight=False)

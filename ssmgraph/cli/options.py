@@ -13,5 +13,7 @@ SetOption = Annotated[
 
 TaskOption = Annotated[
     list[str] | None,
-    typer.Option("--task-option", "-t", help="Set a task option, e.g. `-t seq_len=256` (repeatable; `ssmgraph tasks NAME` lists them)."),
+    typer.Option(
+        "--task-option", "-t", help="Set a task option, e.g. `-t seq_len=256` (repeatable; `ssmgraph tasks NAME` lists them)."
+    ),
 ]

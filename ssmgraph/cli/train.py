@@ -27,22 +27,38 @@ from ssmgraph.train.trainer import train as run_training
 
 @user_errors
 def train(
-    blueprint: Annotated[str, typer.Argument(help="A blueprint file or shipped name; with --resume, ignored (give the run directory as --out).")] = "",
-    task: Annotated[str | None, typer.Option("--task", help="The task (`ssmgraph tasks` lists them); or `task:` in --config.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="The run directory: checkpoints, metrics.jsonl, run.json.")] = Path("runs/latest"),
+    blueprint: Annotated[
+        str, typer.Argument(help="A blueprint file or shipped name; with --resume, ignored (give the run directory as --out).")
+    ] = "",
+    task: Annotated[
+        str | None, typer.Option("--task", help="The task (`ssmgraph tasks` lists them); or `task:` in --config.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The run directory: checkpoints, metrics.jsonl, run.json.")] = Path(
+        "runs/latest"
+    ),
     steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps (overrides the config).")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="A train config YAML (docs/training.md lists its settings).")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="A train config YAML (docs/training.md lists its settings).")
+    ] = None,
     set_: SetOption = None,
     task_option: TaskOption = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", min=1, help="Sequences per step (overrides the config).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", "-b", min=1, help="Sequences per step (overrides the config).")
+    ] = None,
     lr: Annotated[float | None, typer.Option(min=0.0, help="Peak learning rate (overrides the config).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for weights and data (overrides the config).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Train one view of a multi-model blueprint.")] = None,
-    resume_run: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint, bit for bit.")] = False,
+    resume_run: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint, bit for bit.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     show: Annotated[bool, typer.Option(help="Show the trained model on a few held-out examples.")] = True,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing run in --out instead of refusing (once the new run's task and blueprint check out).")
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace an existing run in --out instead of refusing (once the new run's task and blueprint check out).",
+        ),
     ] = False,
 ) -> None:
     """Train a blueprint on a built-in or plugin task.
@@ -61,7 +77,11 @@ def train(
     else:
         if not blueprint:
             raise SsmgraphError("name a blueprint to train (e.g. `ssmgraph train gpt --task bytes`), or use --resume")
-        settings: dict[str, Any] = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("lr", lr), ("seed", seed), ("task", task)) if v is not None}
+        settings: dict[str, Any] = {
+            k: v
+            for k, v in (("steps", steps), ("batch_size", batch_size), ("lr", lr), ("seed", seed), ("task", task))
+            if v is not None
+        }
         cfg = load_config(config, settings)
         if task_option:
             cfg.task_options = {**cfg.task_options, **parse_overrides(task_option, "-t")}
@@ -77,12 +97,19 @@ def _report_training(result: TrainResult, show: bool) -> None:
         stdout().print(examples_table(result.model, result.task))
     evals = [r for r in read_metrics(result.run_dir) if r["split"] == "eval"]
     if result.interrupted:
-        err.print(f"interrupted: saved step {result.step} to {result.run_dir}; continue with `ssmgraph train --resume --out {result.run_dir}`", highlight=False)
+        err.print(
+            f"interrupted: saved step {result.step} to {result.run_dir}; continue with `ssmgraph train --resume --out {result.run_dir}`",
+            highlight=False,
+        )
     if evals:
         last = evals[-1]
         extra = f", {last['bits']:.3f} bits/token" if "bits" in last else ""
-        err.print(f"step {last['step']}: held-out loss {last['loss']:.4f}, accuracy {last['accuracy']:.3f}{extra}", highlight=False)
-    err.print(f"run saved in {result.run_dir} (`ssmgraph eval {result.run_dir}`, `ssmgraph plot {result.run_dir}`)", highlight=False)
+        err.print(
+            f"step {last['step']}: held-out loss {last['loss']:.4f}, accuracy {last['accuracy']:.3f}{extra}", highlight=False
+        )
+    err.print(
+        f"run saved in {result.run_dir} (`ssmgraph eval {result.run_dir}`, `ssmgraph plot {result.run_dir}`)", highlight=False
+    )
 
 
 @user_errors
@@ -138,7 +165,9 @@ def tasks(
 @user_errors
 def generate(
     run_dir: Annotated[Path, typer.Argument(help="A saved model directory (`ssmgraph build ... --out DIR`, or a training run).")],
-    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue; encoded as UTF-8 bytes (byte-level models, vocab 256).")] = "",
+    prompt: Annotated[
+        str, typer.Option("--prompt", "-p", help="Text to continue; encoded as UTF-8 bytes (byte-level models, vocab 256).")
+    ] = "",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1, help="How many tokens to sample.")] = 200,
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature; 0 picks the most likely token.")] = 0.8,
     top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="Sample among the k most likely tokens only.")] = None,

@@ -24,7 +24,10 @@ EXAMPLE_BATCH, EXAMPLE_SEQ = 3, 5
 padded axis shows."""
 
 
-_TOO_LARGE = re.compile(r"can't allocate memory|tried to allocate|out of memory|size calculation overflowed|integer multiplication overflow", re.IGNORECASE)
+_TOO_LARGE = re.compile(
+    r"can't allocate memory|tried to allocate|out of memory|size calculation overflowed|integer multiplication overflow",
+    re.IGNORECASE,
+)
 _ALLOCATED = re.compile(r"tried to allocate (\d+) bytes")
 
 

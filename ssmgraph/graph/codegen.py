@@ -12,7 +12,7 @@ import linecache
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch.fx as fx
+from torch import fx
 
 _counter = itertools.count()
 

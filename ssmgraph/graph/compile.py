@@ -13,7 +13,8 @@ from ssmgraph.blueprint.document import Blueprint, NodeDecl
 from ssmgraph.errors import Collector, Mark, did_you_mean
 from ssmgraph.graph.block_checks import allocation, check_forwards, sizes, too_large
 from ssmgraph.graph.codegen import generate
-from ssmgraph.graph.expand import Expanded, GraphNode, TapInstance, expand, follow_chain
+from ssmgraph.graph.expand import expand
+from ssmgraph.graph.expanded import Expanded, GraphNode, TapInstance, follow_chain
 from ssmgraph.graph.infer import TypedNode, check_args, infer
 from ssmgraph.graph.model import CompiledModel, Container, NodeInfo
 from ssmgraph.registry.plugins import Registry, get_registry
@@ -74,8 +75,15 @@ def compile_blueprint(blueprint: Blueprint, *, model: str | None = None, registr
 
     infos = {
         p: NodeInfo(
-            p, typed[p].spec.name, typed[p].node.module_path, tuple(_input_order(typed[p])), typed[p].out_type,
-            typed[p].caps, typed[p].spec.plugin, dict(typed[p].args), tuple(typed[p].in_types),
+            p,
+            typed[p].spec.name,
+            typed[p].node.module_path,
+            tuple(_input_order(typed[p])),
+            typed[p].out_type,
+            typed[p].caps,
+            typed[p].spec.plugin,
+            dict(typed[p].args),
+            tuple(typed[p].in_types),
         )
         for p in keep
     }
@@ -124,12 +132,20 @@ def _ancestors(graph: nx.DiGraph, targets: list[str]) -> set[str]:
     return found
 
 
-def _select_view(blueprint: Blueprint, expanded: Expanded, model: str | None, errors: Collector) -> tuple[dict[str, str], dict[str, TapInstance]]:
+def _select_view(
+    blueprint: Blueprint, expanded: Expanded, model: str | None, errors: Collector
+) -> tuple[dict[str, str], dict[str, TapInstance]]:
     if model is None:
         return dict(expanded.outputs), dict(expanded.taps)
     view = blueprint.models.get(model)
     if view is None:
-        errors.add("E210", f"blueprint {blueprint.name!r} has no model view {model!r}", None, "--model", did_you_mean(model, blueprint.models) if blueprint.models else "this blueprint defines no models: section")
+        errors.add(
+            "E210",
+            f"blueprint {blueprint.name!r} has no model view {model!r}",
+            None,
+            "--model",
+            did_you_mean(model, blueprint.models) if blueprint.models else "this blueprint defines no models: section",
+        )
         return {}, {}
     outputs = {name: expanded.outputs[name] for name in view.outputs if name in expanded.outputs}
     taps = {name: inst for name, inst in expanded.taps.items() if any(name == t or name.startswith(t + ".") for t in view.taps)}
@@ -142,14 +158,31 @@ def _instantiate(item: TypedNode, errors: Collector) -> nn.Module | None:
     except ShapeError as exc:
         errors.add("E220", f"{item.spec.name}: {exc}", item.node.mark, item.node.path)
         return None
-    except Exception as exc:  # a factory belongs to a plugin; report, don't crash
+    except Exception as exc:  # noqa: BLE001 - a factory belongs to a plugin; report, don't crash
         if too_large(exc):
-            errors.add("E240", f"block {item.spec.name} is too large to build with {sizes(item)}: {allocation(exc)}", item.node.mark, item.node.path, "these sizes come from the blueprint's arguments (or a --set): make them smaller")
+            errors.add(
+                "E240",
+                f"block {item.spec.name} is too large to build with {sizes(item)}: {allocation(exc)}",
+                item.node.mark,
+                item.node.path,
+                "these sizes come from the blueprint's arguments (or a --set): make them smaller",
+            )
         else:
-            errors.add("E240", f"block {item.spec.name} (from {item.spec.plugin}) failed to build: {type(exc).__name__}: {exc}", item.node.mark, item.node.path, "this is a bug in the block or an argument it does not support")
+            errors.add(
+                "E240",
+                f"block {item.spec.name} (from {item.spec.plugin}) failed to build: {type(exc).__name__}: {exc}",
+                item.node.mark,
+                item.node.path,
+                "this is a bug in the block or an argument it does not support",
+            )
         return None
     if not isinstance(module, nn.Module):
-        errors.add("E240", f"block {item.spec.name} (from {item.spec.plugin}) returned {type(module).__name__}, not an nn.Module", item.node.mark, item.node.path)
+        errors.add(
+            "E240",
+            f"block {item.spec.name} (from {item.spec.plugin}) returned {type(module).__name__}, not an nn.Module",
+            item.node.mark,
+            item.node.path,
+        )
         return None
     return module
 
@@ -202,7 +235,13 @@ def _resolve_ties(expanded: Expanded, errors: Collector) -> list[_Tie]:
             elif frozenset(loop) not in reported:
                 reported.add(frozenset(loop))
                 shown = " -> ".join(f"{m}.{a}" for m, a in (*loop, loop[0]))
-                errors.add("E230", f"ties form a cycle: {shown}", mark, f"{node.path}.tie.{attr}", "one parameter of the cycle must own the tensor: remove its tie")
+                errors.add(
+                    "E230",
+                    f"ties form a cycle: {shown}",
+                    mark,
+                    f"{node.path}.tie.{attr}",
+                    "one parameter of the cycle must own the tensor: remove its tie",
+                )
     return ties
 
 
@@ -216,12 +255,24 @@ def _apply_ties(ties: list[_Tie], modules: dict[str, nn.Module], errors: Collect
         owner = modules.get(owner_node.module_path)
         if module is None or owner is None:
             continue
-        source = _parameter(owner, owner_attr, f"{owner_node.path} ({owner_node.block}) has no parameter {owner_attr!r}", tie, errors)
-        own = _parameter(module, attr, f"{node.path} ({node.block}) has no parameter {attr!r} to tie", tie, errors) if source is not None else None
+        source = _parameter(
+            owner, owner_attr, f"{owner_node.path} ({owner_node.block}) has no parameter {owner_attr!r}", tie, errors
+        )
+        own = (
+            _parameter(module, attr, f"{node.path} ({node.block}) has no parameter {attr!r} to tie", tie, errors)
+            if source is not None
+            else None
+        )
         if source is None or own is None:
             continue
         if own.shape != source.shape:
-            errors.add("E230", f"cannot tie {node.path}.{attr} {tuple(own.shape)} to {owner_node.path}.{owner_attr} {tuple(source.shape)}: shapes differ", tie.mark, where, "tied parameters must have exactly the same shape")
+            errors.add(
+                "E230",
+                f"cannot tie {node.path}.{attr} {tuple(own.shape)} to {owner_node.path}.{owner_attr} {tuple(source.shape)}: shapes differ",
+                tie.mark,
+                where,
+                "tied parameters must have exactly the same shape",
+            )
             continue
         *parents, leaf = attr.split(".")
         holder = module.get_submodule(".".join(parents)) if parents else module
@@ -240,7 +291,9 @@ def _parameter(module: nn.Module, name: str, missing: str, tie: _Tie, errors: Co
         return None
 
 
-def _tap_projections(taps: dict[str, TapInstance], value_types: dict[str, TensorType], registry: Registry, root: nn.Module, errors: Collector) -> dict[str, str]:
+def _tap_projections(
+    taps: dict[str, TapInstance], value_types: dict[str, TensorType], registry: Registry, root: nn.Module, errors: Collector
+) -> dict[str, str]:
     """Learnable projections of taps into a common space; returns {tap name: module path}.
 
     ``value_types`` holds the type of every input and node a tap may read."""
@@ -274,7 +327,9 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
 
 
-def example_inputs(model: CompiledModel, *, batch: int = 2, seq: int = 16, vocab: int | None = None, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+def example_inputs(
+    model: CompiledModel, *, batch: int = 2, seq: int = 16, vocab: int | None = None, generator: torch.Generator | None = None
+) -> list[torch.Tensor]:
     """Random inputs that fit the model's declared inputs."""
     sizes = {"batch": batch, "seq": seq}
     out = []

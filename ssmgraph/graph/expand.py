@@ -10,62 +10,25 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import networkx as nx
 
 from ssmgraph.blueprint.document import Blueprint, Body, NodeDecl, Ref
 from ssmgraph.errors import Collector, Mark, did_you_mean
-
-K = TypeVar("K", bound=Hashable)
-
-
-@dataclass
-class GraphNode:
-    """One block call in the expanded graph."""
-
-    path: str
-    decl: NodeDecl
-    block: str
-    args: dict[str, Any]
-    inputs: list[tuple[str | None, str]] = field(default_factory=list)
-    """(port, value id) per input, in the order written."""
-    module_path: str = ""
-    ties: list[tuple[str, str, str, Mark | None]] = field(default_factory=list)
-    """(own attribute, target node path, target attribute, mark)."""
-    share_of: str | None = None
-    broken: bool = False
-    """An input or ``share`` reference failed to resolve (already reported)."""
-
-    @property
-    def mark(self) -> Mark | None:
-        return self.decl.mark
-
-
-@dataclass
-class TapInstance:
-    name: str
-    value: str
-    project_block: str | None
-    project_args: dict[str, Any]
-    mark: Mark | None
-
-
-@dataclass
-class Expanded:
-    graph: nx.DiGraph
-    nodes: dict[str, GraphNode]
-    outputs: dict[str, str]
-    taps: dict[str, TapInstance]
-    input_names: list[str]
+from ssmgraph.graph.expanded import Expanded, GraphNode, TapInstance, follow_chain
 
 
 class _Entry:
     """What a name means in a scope: a value, or a sub-graph (group or stack)."""
 
-    def __init__(self, value: str | None = None, layers: list[_Scope] | None = None, inner: _Scope | None = None, decl: NodeDecl | None = None):
+    def __init__(
+        self,
+        value: str | None = None,
+        layers: list[_Scope] | None = None,
+        inner: _Scope | None = None,
+        decl: NodeDecl | None = None,
+    ):
         self.value = value
         self.layers = layers
         self.inner = inner
@@ -94,7 +57,9 @@ class _Scope:
         if decl is None:
             return None
         if name in self.in_progress:
-            self.expander.errors.add("E211", f"node {name!r} depends on itself through a sub-graph", mark or decl.mark, self.qualify(name))
+            self.expander.errors.add(
+                "E211", f"node {name!r} depends on itself through a sub-graph", mark or decl.mark, self.qualify(name)
+            )
             return _Entry(decl=decl)
         self.in_progress.add(name)
         try:
@@ -107,17 +72,6 @@ class _Scope:
     def expand_all(self) -> None:
         for name in self.body.nodes:
             self.entry(name, None)
-
-
-def follow_chain(start: K, links: Mapping[K, K]) -> tuple[K, list[K] | None]:
-    """Follow ``links`` from ``start`` (which has one) to a key that has none: (that key, None);
-    or, when the chain comes back to a key it passed, (that key, the loop). Shares and ties
-    both chain this way."""
-    chain, key = [start], links[start]
-    while key in links and key not in chain:
-        chain.append(key)
-        key = links[key]
-    return (key, chain[chain.index(key) :]) if key in chain else (key, None)
 
 
 class _Expander:
@@ -143,18 +97,34 @@ class _Expander:
                 try:
                     where = entry.layers[int(parts[i])]
                 except (ValueError, IndexError):
-                    return self._miss(f"{walked!r} is a stack of {len(entry.layers)} layers; {parts[i]!r} is not a layer index", ref, path, quiet, f"e.g. {walked}.0.<node> or {walked}.-1.<node>")
+                    return self._miss(
+                        f"{walked!r} is a stack of {len(entry.layers)} layers; {parts[i]!r} is not a layer index",
+                        ref,
+                        path,
+                        quiet,
+                        f"e.g. {walked}.0.<node> or {walked}.-1.<node>",
+                    )
                 if i + 1 == len(parts):
-                    return self._miss(f"{ref.target!r} names a layer; name a node inside it", ref, path, quiet, f"e.g. {ref.target}.{next(iter(where.body.nodes), 'node')}")
+                    return self._miss(
+                        f"{ref.target!r} names a layer; name a node inside it",
+                        ref,
+                        path,
+                        quiet,
+                        f"e.g. {ref.target}.{next(iter(where.body.nodes), 'node')}",
+                    )
                 entry, i = where.entry(parts[i + 1], ref.mark), i + 2
             elif entry.inner is not None:
                 where = entry.inner
                 entry, i = where.entry(parts[i], ref.mark), i + 1
             else:
-                return self._miss(f"{walked!r} is a block, not a sub-graph: {ref.target!r} cannot look inside it", ref, path, quiet)
+                return self._miss(
+                    f"{walked!r} is a block, not a sub-graph: {ref.target!r} cannot look inside it", ref, path, quiet
+                )
         if entry is None:
             known = list(where.entries) + list(where.body.nodes)
-            return self._miss(f"no input or node named {ref.target!r}", ref, path, quiet, did_you_mean(parts[min(i, len(parts)) - 1], known))
+            return self._miss(
+                f"no input or node named {ref.target!r}", ref, path, quiet, did_you_mean(parts[min(i, len(parts)) - 1], known)
+            )
         return self._value_of(entry, ref, path, quiet), entry
 
     def _miss(self, message: str, ref: Ref, path: str, quiet: bool, help: str = "") -> tuple[None, None]:
@@ -164,7 +134,13 @@ class _Expander:
 
     def _value_of(self, entry: _Entry, ref: Ref, path: str, quiet: bool) -> str | None:
         if entry.value is None and not quiet and (entry.layers is not None or entry.inner is not None):
-            self.errors.add("E210", f"{ref.target!r} is a sub-graph with several outputs; name one of its nodes", ref.mark, path, f"e.g. {ref.target}.<node>")
+            self.errors.add(
+                "E210",
+                f"{ref.target!r} is a sub-graph with several outputs; name one of its nodes",
+                ref.mark,
+                path,
+                f"e.g. {ref.target}.<node>",
+            )
         return entry.value
 
     # ---- expansion ----------------------------------------------------------------------
@@ -200,7 +176,9 @@ class _Expander:
             pairs = [(ref.port, ref) for ref in refs]
             for port, ref in pairs:
                 if port not in body.inputs:
-                    self.errors.add("E210", f"the body has no input {port!r}", ref.mark, f"{path}.in", did_you_mean(str(port), body.inputs))
+                    self.errors.add(
+                        "E210", f"the body has no input {port!r}", ref.mark, f"{path}.in", did_you_mean(str(port), body.inputs)
+                    )
         elif len(refs) == 1 and (carry or len(body.inputs) == 1):
             pairs = [(carry or body.inputs[0], refs[0])]
         elif len(refs) == len(body.inputs):
@@ -229,7 +207,12 @@ class _Expander:
     def expand_stack(self, scope: _Scope, decl: NodeDecl, path: str) -> _Entry:
         assert decl.body is not None and decl.repeat is not None
         if decl.share_weights and decl.at:
-            self.errors.add("E213", "share_weights reuses one body for every layer, so per-index overrides (at:) cannot apply", decl.mark_of("at"), f"{path}.at")
+            self.errors.add(
+                "E213",
+                "share_weights reuses one body for every layer, so per-index overrides (at:) cannot apply",
+                decl.mark_of("at"),
+                f"{path}.at",
+            )
         bindings = self.bind(scope, decl, decl.body, path, carry=decl.carry)
         if bindings is None or decl.carry is None:
             return _Entry(decl=decl)
@@ -237,7 +220,12 @@ class _Expander:
         for i in range(decl.repeat):
             body = decl.at.get(i, decl.body)
             if decl.carry not in body.inputs or decl.carry not in body.outputs:
-                self.errors.add("E213", f"layer {i}'s body lacks the carried input/output {decl.carry!r}", decl.mark_of("at"), f"{path}.at.{i}")
+                self.errors.add(
+                    "E213",
+                    f"layer {i}'s body lacks the carried input/output {decl.carry!r}",
+                    decl.mark_of("at"),
+                    f"{path}.at.{i}",
+                )
                 return _Entry(decl=decl)
             module_prefix = f"{scope.module(decl.name)}.{0 if decl.share_weights else i}"
             layer = _Scope(self, body, f"{path}.{i}", module_prefix, dict(bindings))
@@ -299,7 +287,13 @@ class _Expander:
     def share_cycle(self, loop: list[str]) -> None:
         first = self.nodes[loop[0]]
         shown = " -> ".join([*loop, loop[0]])
-        self.errors.add("E230", f"shares form a cycle: {shown}", first.decl.mark_of("share"), f"{first.path}.share", "one node of the cycle must be a block call: give it 'block:'")
+        self.errors.add(
+            "E230",
+            f"shares form a cycle: {shown}",
+            first.decl.mark_of("share"),
+            f"{first.path}.share",
+            "one node of the cycle must be a block call: give it 'block:'",
+        )
 
     def tie(self, node: GraphNode, scope: _Scope, attr: str, ref: Ref) -> None:
         parts = ref.target.split(".")
@@ -308,7 +302,13 @@ class _Expander:
             if value is not None and value in self.nodes:
                 node.ties.append((attr, value, ".".join(parts[cut:]), ref.mark))
                 return
-        self.errors.add("E230", f"tie target {ref.target!r} does not name node.parameter", ref.mark, f"{node.path}.tie.{attr}", "e.g. tie: {weight: embed.weight}")
+        self.errors.add(
+            "E230",
+            f"tie target {ref.target!r} does not name node.parameter",
+            ref.mark,
+            f"{node.path}.tie.{attr}",
+            "e.g. tie: {weight: embed.weight}",
+        )
 
 
 def expand(blueprint: Blueprint, errors: Collector) -> Expanded:
@@ -347,7 +347,13 @@ def _expand_taps(blueprint: Blueprint, expander: _Expander, top: _Scope, errors:
             matches = [value] if value is not None else []
         if not matches:
             near = fnmatch.filter(candidates, tap.at.split(".")[0] + "*")[:5]
-            errors.add("E212", f"tap pattern {tap.at!r} matches no node", tap.mark, f"taps.{tap.name}", f"nodes there include: {', '.join(near)}" if near else "")
+            errors.add(
+                "E212",
+                f"tap pattern {tap.at!r} matches no node",
+                tap.mark,
+                f"taps.{tap.name}",
+                f"nodes there include: {', '.join(near)}" if near else "",
+            )
             continue
         for value in matches:
             match = regex.match(value) if "*" in segments else None

@@ -12,7 +12,24 @@ from ssmgraph.graph.model import CompiledModel
 FORMATS = (".dot", ".gv", ".mmd", ".md", ".svg", ".png")
 
 
-_KEYWORDS = frozenset({"node", "edge", "graph", "digraph", "subgraph", "strict", "end", "flowchart", "style", "class", "classdef", "click", "linkstyle", "direction"})
+_KEYWORDS = frozenset(
+    {
+        "node",
+        "edge",
+        "graph",
+        "digraph",
+        "subgraph",
+        "strict",
+        "end",
+        "flowchart",
+        "style",
+        "class",
+        "classdef",
+        "click",
+        "linkstyle",
+        "direction",
+    }
+)
 """Words Graphviz or Mermaid read as statements, not node ids (case-insensitively): a node may be named so."""
 
 
@@ -85,8 +102,12 @@ def write_graph(model: CompiledModel, path: Path) -> Path:
     else:
         dot = shutil.which("dot")
         if dot is None:
-            raise SsmgraphError(f"--graph {path}: drawing {suffix} needs Graphviz's `dot` program (apt-get install graphviz); or write .dot or .mmd instead")
-        result = subprocess.run([dot, f"-T{suffix[1:]}", "-o", str(path)], input=to_dot(model), text=True, capture_output=True, check=False)
+            raise SsmgraphError(
+                f"--graph {path}: drawing {suffix} needs Graphviz's `dot` program (apt-get install graphviz); or write .dot or .mmd instead"
+            )
+        result = subprocess.run(
+            [dot, f"-T{suffix[1:]}", "-o", str(path)], input=to_dot(model), text=True, capture_output=True, check=False
+        )
         if result.returncode != 0:
             raise SsmgraphError(f"--graph {path}: graphviz failed: {result.stderr.strip()}")
     return path

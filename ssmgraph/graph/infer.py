@@ -10,7 +10,7 @@ import networkx as nx
 
 from ssmgraph.blueprint.document import Blueprint, NodeDecl
 from ssmgraph.errors import Collector, did_you_mean
-from ssmgraph.graph.expand import Expanded, GraphNode
+from ssmgraph.graph.expanded import Expanded, GraphNode
 from ssmgraph.registry.plugins import Registry
 from ssmgraph.registry.records import ClashError
 from ssmgraph.registry.specs import BlockSpec, Capabilities, ShapeError, TensorType
@@ -35,7 +35,13 @@ def check_args(spec: BlockSpec, given: Mapping[str, Any], decl: NodeDecl, path: 
         mark = decl.marks.get(f"args.{key}") or decl.mark_of("args")
         if param is None:
             known = [p.name for p in spec.params]
-            errors.add("E202", f"block {spec.name!r} has no parameter {key!r}", mark, f"{path}.args.{key}", did_you_mean(key, known) if known else f"{spec.name} takes no parameters")
+            errors.add(
+                "E202",
+                f"block {spec.name!r} has no parameter {key!r}",
+                mark,
+                f"{path}.args.{key}",
+                did_you_mean(key, known) if known else f"{spec.name} takes no parameters",
+            )
             ok = False
             continue
         value, problem = param.check(value)
@@ -45,7 +51,13 @@ def check_args(spec: BlockSpec, given: Mapping[str, Any], decl: NodeDecl, path: 
         args[key] = value
     for param in spec.params:
         if param.required and param.name not in given:
-            errors.add("E204", f"block {spec.name!r} needs parameter {param.name!r} ({param.doc})", decl.mark_of("args") if "args" in decl.marks else decl.mark, f"{path}.args", f"add args: {{{param.name}: ...}}")
+            errors.add(
+                "E204",
+                f"block {spec.name!r} needs parameter {param.name!r} ({param.doc})",
+                decl.mark_of("args") if "args" in decl.marks else decl.mark,
+                f"{path}.args",
+                f"add args: {{{param.name}: ...}}",
+            )
             ok = False
     return args if ok else None
 
@@ -60,7 +72,16 @@ def _ordered_inputs(node: GraphNode, spec: BlockSpec, errors: Collector) -> list
         if unknown or missing:
             errors.add(
                 "E210",
-                f"{spec.name} takes inputs ({', '.join(spec.inputs)}); " + "; ".join(filter(None, [f"unknown {', '.join(map(repr, unknown))}" if unknown else "", f"missing {', '.join(map(repr, missing))}" if missing else ""])),
+                f"{spec.name} takes inputs ({', '.join(spec.inputs)}); "
+                + "; ".join(
+                    filter(
+                        None,
+                        [
+                            f"unknown {', '.join(map(repr, unknown))}" if unknown else "",
+                            f"missing {', '.join(map(repr, missing))}" if missing else "",
+                        ],
+                    )
+                ),
                 decl.mark_of("in"),
                 f"{node.path}.in",
             )
@@ -95,7 +116,13 @@ def infer(blueprint: Blueprint, expanded: Expanded, registry: Registry, errors: 
             continue
         if spec is None:
             if node.block or not node.broken:  # a broken share has no block; its error is reported
-                errors.add("E201", f"unknown block {node.block!r}", node.decl.mark_of("block"), f"{path}.block", registry.suggest(node.block))
+                errors.add(
+                    "E201",
+                    f"unknown block {node.block!r}",
+                    node.decl.mark_of("block"),
+                    f"{path}.block",
+                    registry.suggest(node.block),
+                )
             continue
         args = check_args(spec, node.args, node.decl, path, errors)
         inputs = None if node.broken else _ordered_inputs(node, spec, errors)
@@ -120,8 +147,10 @@ def infer(blueprint: Blueprint, expanded: Expanded, registry: Registry, errors: 
             message = str(exc) if str(exc).startswith(spec.name) else f"{spec.name}: {exc}"
             errors.add("E220", message, node.decl.mark_of("in") or node.mark, path, f"inputs are {shown}")
             continue
-        except Exception as exc:  # a plugin's shape rule is not ours to trust
-            errors.add("E240", f"the shape rule of {spec.name} (from {spec.plugin}) failed: {type(exc).__name__}: {exc}", node.mark, path)
+        except Exception as exc:  # noqa: BLE001 - a plugin's shape rule is not ours to trust
+            errors.add(
+                "E240", f"the shape rule of {spec.name} (from {spec.plugin}) failed: {type(exc).__name__}: {exc}", node.mark, path
+            )
             continue
         types[path] = out
         typed[path] = TypedNode(node, spec, args, in_types, out, spec.capabilities(args))
@@ -134,6 +163,7 @@ def _check_shares(expanded: Expanded, typed: dict[str, TypedNode], errors: Colle
     for path, node in expanded.nodes.items():
         if node.share_of and path in typed and node.share_of in typed:
             mine, theirs = typed[path].in_types, typed[node.share_of].in_types
+
             def signature(types: list[TensorType]) -> list[tuple[str, object]]:
                 return [(t.dtype, t.shape[-1] if t.dtype == "float" else None) for t in types]
 

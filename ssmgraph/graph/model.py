@@ -153,7 +153,9 @@ class CompiledModel(nn.Module):
             self._plan_cache = plan
         return plan
 
-    def init_state(self, batch: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> dict[str, Any]:
+    def init_state(
+        self, batch: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> dict[str, Any]:
         """The zero recurrent state of every stateful block, by node path."""
         device = device if device is not None else _first_device(self)
         return {
@@ -192,7 +194,9 @@ class CompiledModel(nn.Module):
             module = self.get_submodule(call.module_path)
             args = [env[i] for i in call.inputs]
             if call.stateful:
-                env[call.value], new_state[call.value] = module(*args, state=None if state is None else state[call.value], return_state=True)
+                env[call.value], new_state[call.value] = module(
+                    *args, state=None if state is None else state[call.value], return_state=True
+                )
             else:
                 env[call.value] = module(*args)
         return self._packed({name: env[value] for name, value in self.outputs.items()}), new_state

@@ -56,7 +56,11 @@ def permuted(t: Tensor, axis: PermAxis, size: int, perm: Tensor) -> Tensor:
 
 
 def _check_perm(space: Space, perm: Tensor) -> None:
-    if perm.dtype not in (torch.int64, torch.int32) or perm.shape != (space.size,) or not torch.equal(perm.sort().values.cpu(), torch.arange(space.size, dtype=perm.dtype)):
+    if (
+        perm.dtype not in (torch.int64, torch.int32)
+        or perm.shape != (space.size,)
+        or not torch.equal(perm.sort().values.cpu(), torch.arange(space.size, dtype=perm.dtype))
+    ):
         raise ValueError(
             f"the permutation of {space.key} must be an integer tensor holding 0..{space.size - 1} once each, "
             f"got {perm.dtype} of shape {tuple(perm.shape)}: {perm.flatten()[:8].tolist()}{' ...' if perm.numel() > 8 else ''}"

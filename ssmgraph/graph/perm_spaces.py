@@ -119,7 +119,6 @@ def is_io_space(space: PermSpace) -> bool:
     return space.name.startswith("<")
 
 
-
 def feature_width(t: TensorType) -> int | None:
     """The size of a float value's feature (last) dimension; None for ids or a symbolic width."""
     last = t.shape[-1] if t.shape else None
@@ -139,7 +138,9 @@ def _check_axes(spec: BlockSpec, space: PermSpace, state: Mapping[str, Tensor], 
     for axis in space.axes:
         problem = misfit(state, axis.param, axis, space.size, "")
         if problem:
-            raise PermSpaceError(f"{_where(spec, prefix)} declares permutation space {space.name!r} on {axis.param!r} axis {axis.axis}, but {problem}")
+            raise PermSpaceError(
+                f"{_where(spec, prefix)} declares permutation space {space.name!r} on {axis.param!r} axis {axis.axis}, but {problem}"
+            )
 
 
 def block_spaces(
@@ -177,7 +178,9 @@ def block_io(
     def fits(space: PermSpace, types: Iterable[TensorType], what: str) -> None:
         for t in types:
             if feature_width(t) != space.size:
-                raise PermSpaceError(f"{_where(spec, prefix)} declares {space.name!r} of size {space.size}, but its {what} is {t}")
+                raise PermSpaceError(
+                    f"{_where(spec, prefix)} declares {space.name!r} of size {space.size}, but its {what} is {t}"
+                )
 
     for space in _declared(spec, in_types, args):
         if not is_io_space(space):
@@ -200,7 +203,9 @@ def block_io(
         elif name == INPUT_SPACE or (name.startswith("<input:") and name.endswith(">")):
             if name == INPUT_SPACE:
                 if len(spec.inputs) > 1 and not spec.variadic:
-                    raise PermSpaceError(f"{_where(spec, prefix)} has ports {', '.join(spec.inputs)}: name one, '<input:{spec.inputs[0]}>', not {name!r}")
+                    raise PermSpaceError(
+                        f"{_where(spec, prefix)} has ports {', '.join(spec.inputs)}: name one, '<input:{spec.inputs[0]}>', not {name!r}"
+                    )
                 chosen = ports
             else:
                 port = name[len("<input:") : -1]
@@ -218,7 +223,9 @@ def block_io(
                 "'<input>', '<input:PORT>', '<output>' and '<through>'"
             )
     if through is not None and (inputs or output is not None):
-        raise PermSpaceError(f"{_where(spec, prefix)} declares '<through>' together with '<input>' or '<output>': use one or the other")
+        raise PermSpaceError(
+            f"{_where(spec, prefix)} declares '<through>' together with '<input>' or '<output>': use one or the other"
+        )
     return BlockIO(inputs, output, through)
 
 
@@ -266,4 +273,3 @@ def misfit(state: Mapping[str, Tensor], name: str, axis: PermAxis, size: int, mo
             f"past the length {t.shape[axis.axis]} of axis {axis.axis} of {name!r} {tuple(t.shape)}"
         )
     return None
-

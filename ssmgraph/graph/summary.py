@@ -46,7 +46,10 @@ def summarize(model: CompiledModel) -> dict[str, Any]:
         "parameters": count_parameters(model),
         "tap_parameters": tap_projection_parameters(model),
         "inputs": {name: {"dtype": t.dtype, "shape": _shape(t)} for name, t in model.input_types.items()},
-        "outputs": {name: _shape(model.nodes[value].out_type) if value in model.nodes else _shape(model.input_types[value]) for name, value in model.outputs.items()},
+        "outputs": {
+            name: _shape(model.nodes[value].out_type) if value in model.nodes else _shape(model.input_types[value])
+            for name, value in model.outputs.items()
+        },
         "taps": {name: value for name, value in model.tap_sources.items()},
         "tied": dict(model.tied),
         "supports_step": model.supports_step,

@@ -24,7 +24,9 @@ def permute_onto_base(
     base = models[0]
     spaces = model_spaces(base.model)
     if not spaces:
-        raise MergeError(f"permute: model {base.name!r} has no blocks that declare permutation spaces (nothing to align); drop `permute`")
+        raise MergeError(
+            f"permute: model {base.name!r} has no blocks that declare permutation spaces (nothing to align); drop `permute`"
+        )
     batches = []
     if options["match"] == "activations" and task is not None:
         generator = torch.Generator().manual_seed(seed)

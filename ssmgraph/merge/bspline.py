@@ -1,4 +1,4 @@
-"""B-spline curves over normalised depth: how much of model B each layer takes (seed 002).
+"""B-spline curves over normalised depth: how much of model B each layer takes (superposition).
 
 A clamped B-spline of degree k with n control points c_i is α(t) = Σ_i B_i(t) c_i on t ∈ [0, 1]
 (0: first layer, 1: last). The basis is non-negative and sums to 1, so α stays within the
@@ -61,7 +61,15 @@ class BSplineCurve(nn.Module):
     with a straight-through gradient (the paper's 2D variant uses 0.1). The degree drops to
     n_ctrl − 1 when there are too few control points for ``degree``."""
 
-    def __init__(self, n_ctrl: int, width: int | None = None, degree: int = 3, squash: str = "sigmoid", init: float = 0.5, quantize: float = 0.0):
+    def __init__(
+        self,
+        n_ctrl: int,
+        width: int | None = None,
+        degree: int = 3,
+        squash: str = "sigmoid",
+        init: float = 0.5,
+        quantize: float = 0.0,
+    ):
         super().__init__()
         if n_ctrl < 1:
             raise ValueError(f"a B-spline curve needs at least one control point, got {n_ctrl}")

@@ -16,7 +16,14 @@ from ssmgraph.registry.specs import MergeMethodSpec
 
 _WEIGHTS = "ssmgraph.merge.weight_methods"
 _BASE_NOTE = "the task-vector base is `base_model` (default: the first model)"
-_DENSITY = Param("density", float, 0.5, "fraction of each task vector's entries kept (by magnitude for TIES, at random for DARE)", min=1e-6, max=1.0)
+_DENSITY = Param(
+    "density",
+    float,
+    0.5,
+    "fraction of each task vector's entries kept (by magnitude for TIES, at random for DARE)",
+    min=1e-6,
+    max=1.0,
+)
 _SCALE = Param("scale", float, 1.0, "λ: how much of the merged task vector is added to the base", min=0.0)
 
 MUTUAL_PARAMS = (
@@ -35,8 +42,20 @@ MUTUAL_PARAMS = (
 )
 
 STITCH_PARAMS = (
-    Param("estimator", str, "lstsq", "how the map is fitted: least squares, orthogonal Procrustes, CCA or optimal transport", choices=("lstsq", "procrustes", "cca", "ot")),
-    Param("condition", str, "pooled", "probe conditions: all tokens pooled, or one map per class averaged (classification tasks)", choices=("pooled", "per_class")),
+    Param(
+        "estimator",
+        str,
+        "lstsq",
+        "how the map is fitted: least squares, orthogonal Procrustes, CCA or optimal transport",
+        choices=("lstsq", "procrustes", "cca", "ot"),
+    ),
+    Param(
+        "condition",
+        str,
+        "pooled",
+        "probe conditions: all tokens pooled, or one map per class averaged (classification tasks)",
+        choices=("pooled", "per_class"),
+    ),
     Param("pairs", str, "matched", "layer pairs scored: matched relative depth, or every pair", choices=("matched", "all")),
     Param("layer_a", int, -1, "stitch after this layer of A (with layer_b; -1: the best scored pair)", min=-1),
     Param("layer_b", int, -1, "continue B after this layer (with layer_a; -1: the best scored pair)", min=-1),
@@ -44,15 +63,29 @@ STITCH_PARAMS = (
     Param("finetune_steps", int, 0, "then train only the stitch on the task for this many steps (0: closed form only)", min=0),
     Param("lr", float, 3e-3, "learning rate of the stitch fine-tuning", min=0.0),
     Param("ridge", float, 1e-4, "ridge regularisation of least squares (relative to the feature variance)", min=0.0),
-    Param("cca_dims", int, 0, "canonical directions the cca map keeps (0: half the smaller width; all of them equals least squares)", min=0),
+    Param(
+        "cca_dims",
+        int,
+        0,
+        "canonical directions the cca map keeps (0: half the smaller width; all of them equals least squares)",
+        min=0,
+    ),
 )
 
 SUPERPOSE_PARAMS = (
     Param("options_a", dict, {}, "task options for model A's data (added to data.options), e.g. {corpus: en}"),
     Param("options_b", dict, {}, "task options for model B's data, e.g. {corpus: fr}"),
-    Param("alpha", str, "scalar", "one α per layer ('scalar', 1D) or one per feature ('vector', 2D)", choices=("scalar", "vector")),
+    Param(
+        "alpha", str, "scalar", "one α per layer ('scalar', 1D) or one per feature ('vector', 2D)", choices=("scalar", "vector")
+    ),
     Param("control_points", int, 0, "B-spline control points over depth (0: ceil(layers / 2) + 2)", min=0),
-    Param("autoencoder", str, "linear", "autoencoder on each blended state: pointwise 'linear' or a left-padded 'causal_conv'", choices=("linear", "causal_conv")),
+    Param(
+        "autoencoder",
+        str,
+        "linear",
+        "autoencoder on each blended state: pointwise 'linear' or a left-padded 'causal_conv'",
+        choices=("linear", "causal_conv"),
+    ),
     Param("bottleneck", float, 1.0, "autoencoder bottleneck width as a fraction of the model width", min=0.05, max=4.0),
     Param("kernel", int, 3, "time-kernel of the causal_conv autoencoder (left padding only)", min=1),
     Param("steps", int, 300, "training steps of the autoencoders and α", min=1),
@@ -81,7 +114,11 @@ METHODS = (
     MergeMethodSpec(
         name="ties",
         doc=f"TIES: trim task vectors to their largest entries, elect a sign per entry, average the agreeing ones; {_BASE_NOTE}.",
-        params=(_DENSITY, Param("majority", str, "sum", "sign election by summed mass or by count", choices=("sum", "count")), _SCALE),
+        params=(
+            _DENSITY,
+            Param("majority", str, "sum", "sign election by summed mass or by count", choices=("sum", "count")),
+            _SCALE,
+        ),
         run=f"{_WEIGHTS}:run_ties",
         needs="same_shape",
         reference="Yadav et al. 2023, TIES-Merging; mergekit `ties`",
@@ -126,7 +163,7 @@ METHODS = (
         min_models=2,
         max_models=2,
         data=True,
-        reference="seed 003 (task-conditioned functional alignment); Bansal et al. 2021, Revisiting Model Stitching",
+        reference="task-conditioned functional alignment (TCFA); Bansal et al. 2021, Revisiting Model Stitching",
     ),
     MergeMethodSpec(
         name="superpose",
@@ -137,7 +174,7 @@ METHODS = (
         min_models=2,
         max_models=2,
         data=True,
-        reference="seed 002; Ben Chaliah & Dellagi 2025, Superposition in Transformers (arXiv 2501.00530)",
+        reference="Ben Chaliah & Dellagi 2025, Superposition in Transformers (arXiv 2501.00530)",
     ),
 )
 

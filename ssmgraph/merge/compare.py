@@ -52,7 +52,9 @@ def _layer_prefix(folder: str) -> str:
     return name if submodule_name_ok(name) else "model"
 
 
-def compare_models(path_a: Path, path_b: Path, task: Task, out_dir: Path, *, batches: int = 8, batch_size: int = 32) -> dict[str, Any]:
+def compare_models(
+    path_a: Path, path_b: Path, task: Task, out_dir: Path, *, batches: int = 8, batch_size: int = 32
+) -> dict[str, Any]:
     """CKA of every layer pair of two saved models; writes ``cka.png`` and ``cka.json``."""
     names = ("a", "b") if Path(path_a).name == Path(path_b).name else (Path(path_a).name, Path(path_b).name)
     name_a, name_b = (_layer_prefix(n) for n in names)
@@ -68,6 +70,13 @@ def compare_models(path_a: Path, path_b: Path, task: Task, out_dir: Path, *, bat
     cka = cka_matrix(list(feats_a.values()), list(feats_b.values()))
     out_dir.mkdir(parents=True, exist_ok=True)
     png = heatmap(cka, list(feats_a), list(feats_b), f"linear CKA: {path_a} vs {path_b}", out_dir / "cka.png", "CKA")
-    result = {"a": str(path_a), "b": str(path_b), "layers_a": list(feats_a), "layers_b": list(feats_b), "cka": cka.tolist(), "png": str(png)}
+    result = {
+        "a": str(path_a),
+        "b": str(path_b),
+        "layers_a": list(feats_a),
+        "layers_b": list(feats_b),
+        "cka": cka.tolist(),
+        "png": str(png),
+    }
     (out_dir / "cka.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result

@@ -63,14 +63,20 @@ def _pair_class(a: LoadedModel, b: LoadedModel) -> tuple[Compatibility, str]:
                 Compatibility.HETEROGENEOUS,
                 f"models {a.name!r} and {b.name!r} tie different weights ({a.name!r} ties {ties[a.name]}; {b.name!r} ties {ties[b.name]})",
             )
-        return Compatibility.SAME_SHAPE, f"models {a.name!r} and {b.name!r} have different blueprints but the same state-dict names and shapes"
+        return (
+            Compatibility.SAME_SHAPE,
+            f"models {a.name!r} and {b.name!r} have different blueprints but the same state-dict names and shapes",
+        )
     sa, sb = _structure(a.model), _structure(b.model)
     if sa == sb:
         return Compatibility.ALIGNABLE, f"models {a.name!r} and {b.name!r} have the same blocks but different widths"
     blocks_b = dict(sb)
     for path, block in sa:  # first the same place holding different blocks, then extra places
         if path in blocks_b and blocks_b[path] != block:
-            return Compatibility.HETEROGENEOUS, f"models {a.name!r} ({block} at {path}) and {b.name!r} ({blocks_b[path]} at {path}) differ"
+            return (
+                Compatibility.HETEROGENEOUS,
+                f"models {a.name!r} ({block} at {path}) and {b.name!r} ({blocks_b[path]} at {path}) differ",
+            )
     only_a = [f"{block} at {path}" for path, block in sa if path not in blocks_b]
     only_b = [f"{block} at {path}" for path, block in sb if path not in dict(sa)]
     where = f"only {a.name!r} has {only_a[0]}" if only_a else f"only {b.name!r} has {only_b[0]}"

@@ -69,7 +69,9 @@ def _tap_point(model: str, bp: Mapping[str, Any], rename: Mapping[str, str]) -> 
         return f"{rename[stack]}.*.{out_node}"
     mixers = [name for name, node in bp["nodes"].items() if str(node.get("block", "")).startswith("mix.")]
     if not mixers:
-        raise MergeError(f"model {model!r} has neither a layer stack (a `repeat:` node) nor a mix.* node to tap; consistency losses need one")
+        raise MergeError(
+            f"model {model!r} has neither a layer stack (a `repeat:` node) nor a mix.* node to tap; consistency losses need one"
+        )
     return rename[mixers[-1]]
 
 
@@ -85,7 +87,9 @@ def compose(sources: Mapping[str, Mapping[str, Any]], *, d_common: int, share_em
     per_model_outputs: dict[str, list[str]] = {}
     for model, bp in sources.items():
         if bp["inputs"] != first["inputs"]:
-            raise MergeError(f"models {names[0]!r} and {model!r} read different inputs ({first['inputs']} vs {bp['inputs']}); joint training feeds them one batch")
+            raise MergeError(
+                f"models {names[0]!r} and {model!r} read different inputs ({first['inputs']} vs {bp['inputs']}); joint training feeds them one batch"
+            )
         rename = {n: f"{model}_{n}" for n in bp["nodes"]}
         for name, node in bp["nodes"].items():
             if share_embedding and node.get("block") == "embed.token":
@@ -118,7 +122,9 @@ def compose(sources: Mapping[str, Mapping[str, Any]], *, d_common: int, share_em
     return {
         "ssmgraph": 1,
         "name": "joint_" + "_".join(names),
-        "doc": f"{', '.join(names)} trained together" + (" on one shared embedding" if share_embedding and shared else "") + " (ssmgraph merge, method mutual).",
+        "doc": f"{', '.join(names)} trained together"
+        + (" on one shared embedding" if share_embedding and shared else "")
+        + " (ssmgraph merge, method mutual).",
         "inputs": first["inputs"],
         "nodes": nodes,
         "outputs": outputs,

@@ -27,7 +27,9 @@ def blueprint_of(model: CompiledModel) -> dict[str, Any]:
     data = model.blueprint.to_dict()
     if model.view is None:
         return data
-    kept = {path.split(".")[0] for path in model.nodes} | {info.module_path.split(".")[0] for info in model.nodes.values()}  # share owners too
+    kept = {path.split(".")[0] for path in model.nodes} | {
+        info.module_path.split(".")[0] for info in model.nodes.values()
+    }  # share owners too
     pending = list(kept)
     while pending:  # and what a kept node reads, so that it resolves (the compiler prunes what is not computed)
         for ref in _reads(data["nodes"].get(pending.pop(), {})):

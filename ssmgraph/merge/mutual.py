@@ -102,7 +102,9 @@ def joint_loss(
     total = sum(parts.values())
     if w.kl > 0 and len(names) > 1:
         pairs = [(teacher, student) for student in names for teacher in names if teacher != student]
-        kl = sum(_kl(logits[teacher].detach(), logits[student], w.temperature, keep) for teacher, student in pairs) / (len(names) - 1)
+        kl = sum(_kl(logits[teacher].detach(), logits[student], w.temperature, keep) for teacher, student in pairs) / (
+            len(names) - 1
+        )
         parts["kl"], total = kl, total + w.kl * kl
     if need_taps:
         feature = _feature_loss(taps, names)
@@ -128,13 +130,23 @@ def _bar(enabled: bool, total: int, label: str) -> Iterator[Any]:
     if not enabled:
         yield lambda step, text: None
         return
-    with Progress(TextColumn(f"{label} {{task.description}}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as progress:
+    with Progress(
+        TextColumn(f"{label} {{task.description}}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+    ) as progress:
         bar = progress.add_task("", total=total)
         yield lambda step, text: progress.update(bar, completed=step, description=text)
 
 
 def train_jointly(
-    joint: CompiledModel, names: list[str], task: Task, params: Mapping[str, Any], seed: int, *, teacher: Any = None, progress: bool = True, label: str = ""
+    joint: CompiledModel,
+    names: list[str],
+    task: Task,
+    params: Mapping[str, Any],
+    seed: int,
+    *,
+    teacher: Any = None,
+    progress: bool = True,
+    label: str = "",
 ) -> list[dict[str, float]]:
     """Train ``joint`` in place; returns the logged losses (every 10 steps)."""
     weights = Weights(params["kl_weight"], params["feature_weight"], params["distill_weight"], params["temperature"])
@@ -215,7 +227,9 @@ def run_mutual(context: MergeContext) -> MergeResult:
     teacher = load_model(context.path(context.params["teacher"])).eval() if context.params["teacher"] else None
     joint = _build_joint(context, names)
     cka_before = tap_cka(joint, names, task, params["batch_size"])
-    log = train_jointly(joint, names, task, params, context.recipe.seed, teacher=teacher, progress=context.progress, label="mutual")
+    log = train_jointly(
+        joint, names, task, params, context.recipe.seed, teacher=teacher, progress=context.progress, label="mutual"
+    )
     cka_after = tap_cka(joint, names, task, params["batch_size"])
     models = {name: _view(joint, name) for name in names}
     evaluation = {name: context.evaluate(model) for name, model in models.items()}
@@ -226,7 +240,16 @@ def run_mutual(context: MergeContext) -> MergeResult:
         solo = {**params, "kl_weight": 0.0, "feature_weight": 0.0}
         for name in names:
             single = _build_joint(context, [name])
-            train_jointly(single, [name], task, solo, context.recipe.seed, teacher=teacher, progress=context.progress, label=f"alone: {name}")
+            train_jointly(
+                single,
+                [name],
+                task,
+                solo,
+                context.recipe.seed,
+                teacher=teacher,
+                progress=context.progress,
+                label=f"alone: {name}",
+            )
             alone[name] = context.evaluate(_view(single, name))
     rows = [[n, evaluation[n]["accuracy"], alone[n]["accuracy"] if n in alone else "", evaluation[n]["loss"]] for n in names]
     rows.append(["ensemble (mean of logits)", evaluation["ensemble"]["accuracy"], "", evaluation["ensemble"]["loss"]])
@@ -235,8 +258,16 @@ def run_mutual(context: MergeContext) -> MergeResult:
         metrics={"evaluation": evaluation, "alone": alone, "cka_before": cka_before, "cka_after": cka_after, "log": log},
         models=models,
     )
-    result.tables.append((f"Held-out {context.recipe.data.task}", ["model", "accuracy (mutual)", "accuracy (alone)", "loss (mutual)"], rows))
-    result.tables.append(("Linear CKA of hidden states at matched relative depth", ["pair", "before", "after"], [[k, cka_before[k], cka_after[k]] for k in cka_before]))
+    result.tables.append(
+        (f"Held-out {context.recipe.data.task}", ["model", "accuracy (mutual)", "accuracy (alone)", "loss (mutual)"], rows)
+    )
+    result.tables.append(
+        (
+            "Linear CKA of hidden states at matched relative depth",
+            ["pair", "before", "after"],
+            [[k, cka_before[k], cka_after[k]] for k in cka_before],
+        )
+    )
     result.plots.append(_plot_losses(context, log))
     result.notes.append(
         "The output folder holds the ensemble (mean of the models' logits, shared embedding); models/<name> holds each model, "
@@ -250,5 +281,3 @@ def _plot_losses(context: MergeContext, log: list[dict[str, float]]) -> str:
     series = {key: (steps, [r[key] for r in log]) for key in sorted(log[0]) if key not in ("step", "loss")}
     curves(series, "step", "loss", "mutual training: loss terms", context.out_dir / "losses.png", log_y=True)
     return "losses.png"
-
-

@@ -38,7 +38,15 @@ def heatmap(values: torch.Tensor, rows: Sequence[str], cols: Sequence[str], titl
     return path
 
 
-def curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str, title: str, path: Path, *, log_y: bool = False) -> Path:
+def curves(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    path: Path,
+    *,
+    log_y: bool = False,
+) -> Path:
     """Several named (x, y) curves on one axis."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=120)

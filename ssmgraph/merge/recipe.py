@@ -19,22 +19,17 @@ blueprint errors (E110 unknown key, E111 missing key, E112 wrong value).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ssmgraph.blueprint.names import submodule_name_ok
-from ssmgraph.blueprint.yamlsafe import LDict, LList, load_file, load_yaml
+from ssmgraph.blueprint.yamlsafe import load_file, load_yaml
 from ssmgraph.errors import Collector, Mark, did_you_mean
+from ssmgraph.merge.recipe_checks import check_finite, check_folder_name, check_mapping, key_mark_of, mark_of
 from ssmgraph.registry.plugins import Registry, get_registry
 from ssmgraph.registry.specs import MergeMethodSpec, Param
-
-MAX_NAME_BYTES = 100
-"""Model names become folder names (``models/<name>/``): well under file systems' 255-byte limit."""
-WINDOWS_DEVICES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"{port}{i}" for port in ("COM", "LPT") for i in range(1, 10))})
-"""Names Windows refuses as folder names, in any case."""
 
 
 @dataclass(frozen=True)
@@ -94,13 +89,23 @@ class Recipe:
             if m.parameters:
                 entry["parameters"] = dict(m.parameters)
             models.append(entry)
-        out: dict[str, Any] = {"merge_method": self.method.name, "models": models, "parameters": dict(self.parameters), "seed": self.seed}
+        out: dict[str, Any] = {
+            "merge_method": self.method.name,
+            "models": models,
+            "parameters": dict(self.parameters),
+            "seed": self.seed,
+        }
         if self.base_model:
             out["base_model"] = self.base_model
         if self.permute is not None:
             out["permute"] = dict(self.permute)
         if self.data is not None:
-            out["data"] = {"task": self.data.task, "options": dict(self.data.options), "batch_size": self.data.batch_size, "eval_batches": self.data.eval_batches}
+            out["data"] = {
+                "task": self.data.task,
+                "options": dict(self.data.options),
+                "batch_size": self.data.batch_size,
+                "eval_batches": self.data.eval_batches,
+            }
         return out
 
 
@@ -111,7 +116,9 @@ PERMUTE = (
     Param("iters", int, 20, "weight-matching rounds (Git Re-Basin coordinate descent)", min=1),
     Param("seed", int, 0, "seed of the order in which spaces are visited", min=0),
     Param(
-        "match", str, "weights",
+        "match",
+        str,
+        "weights",
         "weights: every space by weight matching; activations: the residual stream by activation "
         "matching on the recipe's data (needs `data:`), the spaces inside blocks by weight matching",
         choices=("weights", "activations"),
@@ -126,83 +133,73 @@ DATA = (
 )
 
 
-def _mark(node: Any, key: str | None = None) -> Mark | None:
-    if key is not None and isinstance(node, LDict) and key in node:
-        return node.mark_of(key)
-    return getattr(node, "mark", None)
-
-
-def _key_mark(node: Any, key: str) -> Mark | None:
-    return node.key_mark(key) if isinstance(node, LDict) and key in node else _mark(node)
-
-
-def _check_mapping(errors: Collector, raw: Any, schema: tuple[Param, ...], path: str, what: str, where: Mark | None) -> dict[str, Any]:
-    """Values of ``raw`` checked against ``schema`` (defaults filled); problems go to ``errors``.
-
-    ``where`` locates problems of ``raw`` as a whole when it has no mark (absent, or a scalar)."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        errors.add("E112", f"{path} must be a mapping", _mark(raw) or where, path)
-        return {p.name: p.default for p in schema if not p.required}
-    values = {p.name: p.default for p in schema if not p.required}
-    names = [p.name for p in schema]
-    for key, value in raw.items():
-        param = next((p for p in schema if p.name == key), None)
-        if param is None:
-            help_ = did_you_mean(str(key), names) if names else f"{what} takes no parameters"
-            errors.add("E110", f"{what} has no parameter {key!r}", _key_mark(raw, key), f"{path}.{key}", help_)
-            continue
-        checked, problem = param.check(value)
-        if problem:
-            errors.add("E112", problem, _mark(raw, key), f"{path}.{key}", param.doc)
-            continue
-        values[key] = checked
-    for param in schema:
-        if param.required and param.name not in raw:
-            errors.add("E111", f"{path} needs {param.name!r} ({param.doc})", _mark(raw) or where, path)
-    return values
-
-
 def parse_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
     """Check a loaded recipe mapping and resolve it (method from the registry, paths from ``base_dir``)."""
     errors = Collector()
     top = Mark(source, 1, 1)
     if not isinstance(raw, dict):
-        errors.add("E112", "a merge recipe is a mapping: merge_method, models, parameters, ...", _mark(raw) or top)
+        errors.add("E112", "a merge recipe is a mapping: merge_method, models, parameters, ...", mark_of(raw) or top)
         errors.raise_if_any()
-    _check_finite(errors, raw, "", top)
+    check_finite(errors, raw, "", top)
     errors.raise_if_any()  # a phase of its own: the schema checks below would report these again
     for key in raw:
         if key not in TOP_KEYS:
-            errors.add("E110", f"unknown recipe key {key!r}", _key_mark(raw, key), str(key), did_you_mean(str(key), TOP_KEYS))
+            errors.add("E110", f"unknown recipe key {key!r}", key_mark_of(raw, key), str(key), did_you_mean(str(key), TOP_KEYS))
     registry = get_registry()
     method_name = raw.get("merge_method")
     method = registry.merge_method(method_name) if isinstance(method_name, str) else None
     if "merge_method" not in raw:
-        errors.add("E111", "the recipe needs 'merge_method'", top, "merge_method", f"one of: {', '.join(sorted(registry.merge_methods))}")
+        errors.add(
+            "E111", "the recipe needs 'merge_method'", top, "merge_method", f"one of: {', '.join(sorted(registry.merge_methods))}"
+        )
     elif method is None:
-        errors.add("E112", f"unknown merge method {method_name!r}", _mark(raw, "merge_method"), "merge_method", did_you_mean(str(method_name), registry.merge_methods) + " (`ssmgraph merge --methods` lists them)")
+        errors.add(
+            "E112",
+            f"unknown merge method {method_name!r}",
+            mark_of(raw, "merge_method"),
+            "merge_method",
+            did_you_mean(str(method_name), registry.merge_methods) + " (`ssmgraph merge --methods` lists them)",
+        )
     models = _parse_models(errors, raw, base_dir, top)
     names = [m.name for m in models]
     base = raw.get("base_model")
     if base is not None and base not in names:
-        errors.add("E210", f"base_model {base!r} is not one of the models", _mark(raw, "base_model"), "base_model", did_you_mean(str(base), names))
-    parameters = _check_mapping(errors, raw.get("parameters"), method.params, "parameters", f"merge method {method.name!r}", _mark(raw, "parameters")) if method else {}
+        errors.add(
+            "E210",
+            f"base_model {base!r} is not one of the models",
+            mark_of(raw, "base_model"),
+            "base_model",
+            did_you_mean(str(base), names),
+        )
+    parameters = (
+        check_mapping(
+            errors,
+            raw.get("parameters"),
+            method.params,
+            "parameters",
+            f"merge method {method.name!r}",
+            mark_of(raw, "parameters"),
+        )
+        if method
+        else {}
+    )
     permute = raw.get("permute", False)
     if isinstance(permute, bool):
         permute_values = {p.name: p.default for p in PERMUTE} if permute else None
     else:
-        permute_values = _check_mapping(errors, permute, PERMUTE, "permute", "permute", _mark(raw, "permute"))
+        permute_values = check_mapping(errors, permute, PERMUTE, "permute", "permute", mark_of(raw, "permute"))
     data = _parse_data(errors, raw, registry)
     if permute_values is not None and permute_values.get("match") == "activations" and data is None:
         errors.add(
-            "E111", "permute: `match: activations` reads the models' activations on data; the recipe has no 'data'",
-            _mark(raw, "permute") or top, "permute", "add a data section, e.g. data: {task: digits}, or use match: weights",
+            "E111",
+            "permute: `match: activations` reads the models' activations on data; the recipe has no 'data'",
+            mark_of(raw, "permute") or top,
+            "permute",
+            "add a data section, e.g. data: {task: digits}, or use match: weights",
         )
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
-        errors.add("E112", f"seed: expected an integer, got {seed!r}", _mark(raw, "seed"), "seed")
+        errors.add("E112", f"seed: expected an integer, got {seed!r}", mark_of(raw, "seed"), "seed")
     if method is not None and len(models) == len(raw.get("models") or []):  # count only well-formed lists
         _check_method_fit(errors, method, models, data, raw, top)
     errors.raise_if_any()
@@ -210,52 +207,22 @@ def parse_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
     return Recipe(method, tuple(models), parameters, base, permute_values, data, int(seed), source, base_dir)
 
 
-def _check_finite(errors: Collector, value: Any, path: str, mark: Mark | None) -> None:
-    """Every number in the recipe is finite: an inf or NaN weight or option would only show up as a model of NaNs."""
-    if isinstance(value, float) and not math.isfinite(value):
-        errors.add("E112", f"{value!r} is not a finite number", mark, path, "recipe numbers must be finite (.inf, .nan and 1e999 are not)")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_finite(errors, item, f"{path}.{key}" if path else str(key), _mark(value, key) or mark)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_finite(errors, item, f"{path}[{i}]", value.mark_of(i) if isinstance(value, LList) else mark)
-
-
 def _parse_data(errors: Collector, raw: Mapping[str, Any], registry: Registry) -> DataSpec | None:
     """The data section, its task and the task's options checked here, where they can be located."""
     section = raw.get("data")
     if section is None:
         return None
-    values = _check_mapping(errors, section, DATA, "data", "data", _mark(raw, "data"))
+    values = check_mapping(errors, section, DATA, "data", "data", mark_of(raw, "data"))
     if "task" not in values:
         return None
     spec = registry.task(values["task"])
     if spec is None:
         help_ = did_you_mean(values["task"], registry.tasks) + " (`ssmgraph tasks` lists them)"
-        errors.add("E112", f"unknown task {values['task']!r}", _mark(section, "task"), "data.task", help_)
+        errors.add("E112", f"unknown task {values['task']!r}", mark_of(section, "task"), "data.task", help_)
     else:
-        where = _mark(section, "options") if "options" in section else _key_mark(section, "task")
-        _check_mapping(errors, values["options"], spec.params, "data.options", f"task {spec.name!r}", where)
-    return DataSpec(values["task"], dict(values["options"]), values["batch_size"], values["eval_batches"], _mark(raw, "data"))
-
-
-def _check_folder_name(errors: Collector, name: str, earlier: list[str], mark: Mark | None, path: str) -> None:
-    """Methods that return their source models write them to ``models/<name>/``: the name must make a folder."""
-    size = len(name.encode("utf-8"))
-    if size > MAX_NAME_BYTES:
-        errors.add(
-            "E200", f"model name {name[:24]!r}... is too long ({size} bytes): model names become folder names (models/<name>/)",
-            mark, path, f"use a name of at most {MAX_NAME_BYTES} characters (fewer if they are not ASCII)",
-        )
-    if name.upper() in WINDOWS_DEVICES:
-        errors.add("E200", f"model name {name!r} is a device name on Windows, not a folder name", mark, path, f"rename it, e.g. {name}_model")
-    twin = next((other for other in earlier if other != name and other.casefold() == name.casefold()), None)
-    if twin is not None:
-        errors.add(
-            "E200", f"model names {twin!r} and {name!r} differ only in case", mark, path,
-            "their folders models/<name>/ would be one folder on macOS and Windows; rename one",
-        )
+        where = mark_of(section, "options") if "options" in section else key_mark_of(section, "task")
+        check_mapping(errors, values["options"], spec.params, "data.options", f"task {spec.name!r}", where)
+    return DataSpec(values["task"], dict(values["options"]), values["batch_size"], values["eval_batches"], mark_of(raw, "data"))
 
 
 def _parse_models(errors: Collector, raw: Mapping[str, Any], base_dir: Path, top: Mark) -> list[ModelSource]:
@@ -264,56 +231,94 @@ def _parse_models(errors: Collector, raw: Mapping[str, Any], base_dir: Path, top
         errors.add("E111", "the recipe needs 'models': a list of {name, checkpoint} or {name, blueprint}", top, "models")
         return []
     if not isinstance(items, list):
-        errors.add("E112", "models must be a list", _mark(raw, "models"), "models")
+        errors.add("E112", "models must be a list", mark_of(raw, "models"), "models")
         return []
     models: list[ModelSource] = []
     for i, item in enumerate(items):
         path = f"models[{i}]"
         if not isinstance(item, dict):
-            errors.add("E112", f"{path} must be a mapping such as {{name: a, checkpoint: runs/a}}", _mark(item) or _mark(items), path)
+            errors.add(
+                "E112", f"{path} must be a mapping such as {{name: a, checkpoint: runs/a}}", mark_of(item) or mark_of(items), path
+            )
             continue
         for key in item:
             if key not in MODEL_KEYS:
-                errors.add("E110", f"unknown key {key!r} in a model entry", _key_mark(item, key), f"{path}.{key}", did_you_mean(str(key), MODEL_KEYS))
+                errors.add(
+                    "E110",
+                    f"unknown key {key!r} in a model entry",
+                    key_mark_of(item, key),
+                    f"{path}.{key}",
+                    did_you_mean(str(key), MODEL_KEYS),
+                )
         name = item.get("name")
         if not isinstance(name, str) or not name.isidentifier():
-            errors.add("E111" if name is None else "E200", f"{path} needs a 'name' (letters, digits, _)", _mark(item, "name") if name is not None else _mark(item), f"{path}.name")
+            errors.add(
+                "E111" if name is None else "E200",
+                f"{path} needs a 'name' (letters, digits, _)",
+                mark_of(item, "name") if name is not None else mark_of(item),
+                f"{path}.name",
+            )
             continue
         if name in [m.name for m in models]:
-            errors.add("E200", f"model name {name!r} is used twice", _mark(item, "name"), f"{path}.name")
-        _check_folder_name(errors, name, [m.name for m in models], _mark(item, "name"), f"{path}.name")
+            errors.add("E200", f"model name {name!r} is used twice", mark_of(item, "name"), f"{path}.name")
+        check_folder_name(errors, name, [m.name for m in models], mark_of(item, "name"), f"{path}.name")
         if not submodule_name_ok(name):
             # merges name nodes and taps after their models (<name>.h); these would shadow module members
-            errors.add("E200", f"model name {name!r} is a Python keyword or a torch module member", _mark(item, "name"), f"{path}.name", f"rename it, e.g. {name.strip('_')}_model")
+            errors.add(
+                "E200",
+                f"model name {name!r} is a Python keyword or a torch module member",
+                mark_of(item, "name"),
+                f"{path}.name",
+                f"rename it, e.g. {name.strip('_')}_model",
+            )
         has_ckpt, has_bp = "checkpoint" in item, "blueprint" in item
         if has_ckpt == has_bp:
-            errors.add("E111", f"model {name!r} needs exactly one of 'checkpoint' (a saved model) or 'blueprint' (a fresh one)", _mark(item), path)
+            errors.add(
+                "E111",
+                f"model {name!r} needs exactly one of 'checkpoint' (a saved model) or 'blueprint' (a fresh one)",
+                mark_of(item),
+                path,
+            )
             continue
         checkpoint = None
         if has_ckpt:
             value = item["checkpoint"]
             if not isinstance(value, str):
-                errors.add("E112", f"{path}.checkpoint must be a path", _mark(item, "checkpoint"), f"{path}.checkpoint")
+                errors.add("E112", f"{path}.checkpoint must be a path", mark_of(item, "checkpoint"), f"{path}.checkpoint")
                 continue
             checkpoint = (base_dir / value) if not Path(value).is_absolute() else Path(value)
             if not checkpoint.exists():
-                errors.add("E210", f"model {name!r}: {value} does not exist", _mark(item, "checkpoint"), f"{path}.checkpoint", "paths are relative to the recipe file")
+                errors.add(
+                    "E210",
+                    f"model {name!r}: {value} does not exist",
+                    mark_of(item, "checkpoint"),
+                    f"{path}.checkpoint",
+                    "paths are relative to the recipe file",
+                )
         blueprint = item.get("blueprint")
         if has_bp and not isinstance(blueprint, str):
-            errors.add("E112", f"{path}.blueprint must be a blueprint name or path", _mark(item, "blueprint"), f"{path}.blueprint")
+            errors.add(
+                "E112", f"{path}.blueprint must be a blueprint name or path", mark_of(item, "blueprint"), f"{path}.blueprint"
+            )
             continue
         overrides = item.get("set", {})
         if not isinstance(overrides, dict):
-            errors.add("E112", f"{path}.set must be a mapping of blueprint params", _mark(item, "set"), f"{path}.set")
+            errors.add("E112", f"{path}.set must be a mapping of blueprint params", mark_of(item, "set"), f"{path}.set")
             overrides = {}
-        params = _check_mapping(errors, item.get("parameters"), PER_MODEL, f"{path}.parameters", "a model entry", _mark(item, "parameters"))
+        params = check_mapping(
+            errors, item.get("parameters"), PER_MODEL, f"{path}.parameters", "a model entry", mark_of(item, "parameters")
+        )
         if has_bp and not Path(blueprint).is_absolute() and (base_dir / blueprint).exists():
-            blueprint = str((base_dir / blueprint).resolve())  # a file next to the recipe; absolute, as merge.yaml re-runs anywhere
-        models.append(ModelSource(name, checkpoint, blueprint if has_bp else None, dict(overrides), params, _mark(item)))
+            blueprint = str(
+                (base_dir / blueprint).resolve()
+            )  # a file next to the recipe; absolute, as merge.yaml re-runs anywhere
+        models.append(ModelSource(name, checkpoint, blueprint if has_bp else None, dict(overrides), params, mark_of(item)))
     return models
 
 
-def _check_method_fit(errors: Collector, method: MergeMethodSpec, models: list[ModelSource], data: DataSpec | None, raw: Any, top: Mark) -> None:
+def _check_method_fit(
+    errors: Collector, method: MergeMethodSpec, models: list[ModelSource], data: DataSpec | None, raw: Any, top: Mark
+) -> None:
     count = len(models)
     if count < method.min_models or (method.max_models is not None and count > method.max_models):
         if method.max_models is None:
@@ -322,9 +327,20 @@ def _check_method_fit(errors: Collector, method: MergeMethodSpec, models: list[M
             want = str(method.min_models)
         else:
             want = f"{method.min_models} to {method.max_models}"
-        errors.add("E112", f"merge method {method.name!r} takes {want} models, the recipe lists {count}", _mark(raw, "models") or top, "models")
+        errors.add(
+            "E112",
+            f"merge method {method.name!r} takes {want} models, the recipe lists {count}",
+            mark_of(raw, "models") or top,
+            "models",
+        )
     if method.data and data is None:
-        errors.add("E111", f"merge method {method.name!r} needs 'data' (a task to probe, train or evaluate on)", top, "data", "e.g. data: {task: digits}")
+        errors.add(
+            "E111",
+            f"merge method {method.name!r} needs 'data' (a task to probe, train or evaluate on)",
+            top,
+            "data",
+            "e.g. data: {task: digits}",
+        )
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -334,4 +350,3 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def recipe_from_text(text: str, name: str = "recipe.yaml", base_dir: Path = Path(".")) -> Recipe:
     return parse_recipe(load_yaml(text, name), name, base_dir)
-

@@ -84,8 +84,12 @@ def _check_not_read_by(recipe: Recipe, out_dir: Path) -> None:
             continue
         named = Path(source.checkpoint)
         read = model_directory(named) if named.is_dir() else named
-        if any(out_dir.resolve() == folder.resolve() or out_dir.resolve() in folder.resolve().parents for folder in (named, read)):
-            raise MergeError(f"{recipe.source}: --out {out_dir} holds model {source.name!r}, which the merge reads; choose another --out")
+        if any(
+            out_dir.resolve() == folder.resolve() or out_dir.resolve() in folder.resolve().parents for folder in (named, read)
+        ):
+            raise MergeError(
+                f"{recipe.source}: --out {out_dir} holds model {source.name!r}, which the merge reads; choose another --out"
+            )
     if holds_current_folder(out_dir):
         raise MergeError(f"--out {out_dir} is the current folder (or holds it); choose a new folder for the merged model")
 
@@ -116,7 +120,9 @@ def _merge_into(recipe: Recipe, out_dir: Path, overwrite: bool, progress: bool) 
         context = MergeContext(recipe, models, merge_plan.compatibility, dict(recipe.parameters), tmp, merge_plan.task, progress)
         result = recipe.method.runner()(context)
         if not isinstance(result, MergeResult):
-            raise MergeError(f"merge method {recipe.method.name!r} ({recipe.method.plugin}) returned {type(result).__name__}, not a MergeResult")
+            raise MergeError(
+                f"merge method {recipe.method.name!r} ({recipe.method.plugin}) returned {type(result).__name__}, not a MergeResult"
+            )
         context.check_finite(result)  # E701: a model of inf/NaN is never written
         _write_model(result.model, tmp, {"merge": {"method": recipe.method.name, "models": [m.name for m in models]}})
         for name, model in result.models.items():

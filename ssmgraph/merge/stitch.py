@@ -1,4 +1,4 @@
-"""Functional-alignment stitching (seed 003, TCFA): model A up to layer i, a map, model B on.
+"""Functional-alignment stitching (task-conditioned functional alignment, TCFA): model A up to layer i, a map, model B on.
 
 Both models read the same probe inputs; the hidden states after A's layer i (X, tokens ×
 d_A) and after B's layer j (Y, tokens × d_B) are collected under task conditions —
@@ -144,7 +144,11 @@ def probe(model: LoadedModel, task: Task, batches: list[Any]) -> tuple[list[Tens
         if task.kind == "classify":
             labels.append(batch.targets[:, None].expand(-1, length).reshape(-1))
         else:
-            labels.append(torch.where(batch.targets == IGNORE, -1, batch.targets).reshape(-1) if task.kind == "lm" else torch.full((batch.inputs.shape[0] * length,), -1))
+            labels.append(
+                torch.where(batch.targets == IGNORE, -1, batch.targets).reshape(-1)
+                if task.kind == "lm"
+                else torch.full((batch.inputs.shape[0] * length,), -1)
+            )
     return [torch.cat(x) for x in layers], torch.cat(labels)
 
 
@@ -159,7 +163,9 @@ def fit_map(estimator: str, X: Tensor, Y: Tensor, ridge: float, seed: int, cca_d
     return maps.fit_ot(X, Y, seed=seed)
 
 
-def fit_conditioned(estimator: str, condition: str, X: Tensor, Y: Tensor, labels: Tensor, ridge: float, seed: int, cca_dims: int = 0) -> tuple[Tensor, Tensor]:
+def fit_conditioned(
+    estimator: str, condition: str, X: Tensor, Y: Tensor, labels: Tensor, ridge: float, seed: int, cca_dims: int = 0
+) -> tuple[Tensor, Tensor]:
     """The map's (weight, bias): one fit on all tokens, or the mean of one fit per class (over
     the classes seen at least twice: one row has no covariance to fit, and an LM's 256 byte
     classes often include some seen once)."""
@@ -172,11 +178,15 @@ def fit_conditioned(estimator: str, condition: str, X: Tensor, Y: Tensor, labels
             raise MergeError("condition 'per_class' needs a classification task (or an LM task, whose targets are the classes)")
         classes = [c for c, n in counts.items() if n >= 2]
         if not classes:
-            raise MergeError("condition 'per_class': no class is seen twice in the probe batches; raise `probe_batches` or use condition: pooled")
+            raise MergeError(
+                "condition 'per_class': no class is seen twice in the probe batches; raise `probe_batches` or use condition: pooled"
+            )
         fits = [fit_map(estimator, X[labels == c], Y[labels == c], ridge, seed, cca_dims) for c in classes]
         weight, bias = torch.stack([f.weight for f in fits]).mean(0), torch.stack([f.bias for f in fits]).mean(0)
     if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
-        raise MergeError(f"the {estimator} map came out non-finite (too few probe rows for the width?); raise `probe_batches` or try estimator: lstsq")
+        raise MergeError(
+            f"the {estimator} map came out non-finite (too few probe rows for the width?); raise `probe_batches` or try estimator: lstsq"
+        )
     return weight, bias
 
 
@@ -218,11 +228,15 @@ def run_stitch(context: MergeContext) -> MergeResult:
     sources = {a.name: context.evaluate(a.model)["accuracy"], b.name: context.evaluate(b.model)["accuracy"]}
     forced = p["layer_a"] >= 0 or p["layer_b"] >= 0
     if forced and not (0 <= p["layer_a"] < sa.layers and 0 <= p["layer_b"] < sb.layers):
-        raise MergeError(f"layer_a must be in 0..{sa.layers - 1} and layer_b in 0..{sb.layers - 1} (both given), got {p['layer_a']} and {p['layer_b']}")
+        raise MergeError(
+            f"layer_a must be in 0..{sa.layers - 1} and layer_b in 0..{sb.layers - 1} (both given), got {p['layer_a']} and {p['layer_b']}"
+        )
     pairs = [(p["layer_a"], p["layer_b"])] if forced else layer_pairs(sa.layers, sb.layers, p["pairs"])
     rows, scored, best = [], {}, None
     for i, j in pairs:
-        weight, bias = fit_conditioned(p["estimator"], p["condition"], feats_a[i], feats_b[j], labels, p["ridge"], context.recipe.seed, p["cca_dims"])
+        weight, bias = fit_conditioned(
+            p["estimator"], p["condition"], feats_a[i], feats_b[j], labels, p["ridge"], context.recipe.seed, p["cca_dims"]
+        )
         mapped = test_a[i] @ weight.T.double() + bias.double()
         r2 = float(maps.r2_score(mapped, test_b[j]))
         model = build_stitched(a, b, i, j, weight, bias)
@@ -240,24 +254,46 @@ def run_stitch(context: MergeContext) -> MergeResult:
         figures["best"]["finetuned_accuracy"] = context.evaluate(model)["accuracy"]
     figures["controls"] = _controls(context, a, b, i, j, weight, test_a, test_b, sa.layers)
     stitch_params = weight.numel() + bias.numel()
-    figures["parameters"] = {"stitch": stitch_params, "full_finetune": count_parameters(model), "ratio": stitch_params / count_parameters(model)}
+    figures["parameters"] = {
+        "stitch": stitch_params,
+        "full_finetune": count_parameters(model),
+        "ratio": stitch_params / count_parameters(model),
+    }
     result = MergeResult(model, metrics=figures)
     result.tables.append(("Sources (held-out accuracy)", ["model", "accuracy"], [[k, v] for k, v in sources.items()]))
-    result.tables.append((f"Stitched ({p['estimator']}, {p['condition']})", ["stitch", "accuracy", "held-out R²", "CKA before", "CKA after"], rows))
+    result.tables.append(
+        (f"Stitched ({p['estimator']}, {p['condition']})", ["stitch", "accuracy", "held-out R²", "CKA before", "CKA after"], rows)
+    )
     best_rows = [["closed form", accuracy]]
     if "finetuned_accuracy" in figures["best"]:
         best_rows.append([f"stitch fine-tuned {p['finetune_steps']} steps", figures["best"]["finetuned_accuracy"]])
     best_rows += [[f"control: {k}", v["accuracy"]] for k, v in figures["controls"].items()]
     result.tables.append((f"Best pair {a.name}.{i} → {b.name}.{j + 1} and controls", ["model", "accuracy"], best_rows))
-    result.tables.append(("Parameters trained", ["stitch", "full fine-tuning", "ratio"], [[stitch_params, figures["parameters"]["full_finetune"], figures["parameters"]["ratio"]]]))
+    result.tables.append(
+        (
+            "Parameters trained",
+            ["stitch", "full fine-tuning", "ratio"],
+            [[stitch_params, figures["parameters"]["full_finetune"], figures["parameters"]["ratio"]]],
+        )
+    )
     if len(pairs) > 1:
         result.plots.append(_heatmap(context, scored, sa.layers, sb.layers, a.name, b.name))
-    result.notes.append("CKA is reported as a diagnostic only: it does not change under orthogonal maps, so it cannot reward a Procrustes stitch.")
+    result.notes.append(
+        "CKA is reported as a diagnostic only: it does not change under orthogonal maps, so it cannot reward a Procrustes stitch."
+    )
     return result
 
 
 def _controls(
-    context: MergeContext, a: LoadedModel, b: LoadedModel, i: int, j: int, weight: Tensor, test_a: list[Tensor], test_b: list[Tensor], layers_a: int
+    context: MergeContext,
+    a: LoadedModel,
+    b: LoadedModel,
+    i: int,
+    j: int,
+    weight: Tensor,
+    test_a: list[Tensor],
+    test_b: list[Tensor],
+    layers_a: int,
 ) -> dict[str, Any]:
     """A random orthogonal map of the same scale at the best pair, and the map fitted at the
     wrong depth (A's first layer into B after its matched layer, or the reverse)."""
@@ -274,8 +310,12 @@ def _controls(
         batches = [context.task.sample(context.recipe.data.batch_size, probe_gen, "train") for _ in range(p["probe_batches"])]
         fa, labels = probe(a, context.task, batches)
         fb, _ = probe(b, context.task, batches)
-        w, bias = fit_conditioned(p["estimator"], p["condition"], fa[wrong_i], fb[j], labels, p["ridge"], context.recipe.seed, p["cca_dims"])
-        controls[f"wrong depth ({a.name}.{wrong_i} → {b.name}.{j + 1})"] = {"accuracy": context.evaluate(build_stitched(a, b, wrong_i, j, w, bias))["accuracy"]}
+        w, bias = fit_conditioned(
+            p["estimator"], p["condition"], fa[wrong_i], fb[j], labels, p["ridge"], context.recipe.seed, p["cca_dims"]
+        )
+        controls[f"wrong depth ({a.name}.{wrong_i} → {b.name}.{j + 1})"] = {
+            "accuracy": context.evaluate(build_stitched(a, b, wrong_i, j, w, bias))["accuracy"]
+        }
     return controls
 
 
@@ -284,7 +324,12 @@ def _heatmap(context: MergeContext, scored: Mapping[str, Any], n_a: int, n_b: in
     for key, figure in scored.items():
         i, j = (int(v) for v in key.split(","))
         values[i, j] = figure["accuracy"]
-    heatmap(values, [f"{name_a}.{i}" for i in range(n_a)], [f"{name_b}.{j}" for j in range(n_b)], "stitched accuracy (row: A's layer, column: B's layer)", context.out_dir / "stitch_accuracy.png", "accuracy")
+    heatmap(
+        values,
+        [f"{name_a}.{i}" for i in range(n_a)],
+        [f"{name_b}.{j}" for j in range(n_b)],
+        "stitched accuracy (row: A's layer, column: B's layer)",
+        context.out_dir / "stitch_accuracy.png",
+        "accuracy",
+    )
     return "stitch_accuracy.png"
-
-

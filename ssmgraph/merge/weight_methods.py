@@ -20,7 +20,9 @@ def run_linear(context: MergeContext) -> MergeResult:
     weights = [m.weight for m in context.models]
     if context.params["normalize"] and sum(weights) == 0:
         listed = ", ".join(f"{m.name}: {m.weight:g}" for m in context.models)
-        raise MergeError(f"{context.recipe.source}: the models' weights ({listed}) sum to 0, so they cannot be normalised; change a weight or set normalize: false")
+        raise MergeError(
+            f"{context.recipe.source}: the models' weights ({listed}) sum to 0, so they cannot be normalised; change a weight or set normalize: false"
+        )
     return _result(context, W.linear(states, weights, normalize=context.params["normalize"]))
 
 
@@ -40,8 +42,13 @@ def run_ties(context: MergeContext) -> MergeResult:
 def run_dare(context: MergeContext) -> MergeResult:
     base, others, weights = _states(context)
     merged = W.dare(
-        base, others, weights, density=context.params["density"], rescale=context.params["rescale"],
-        sign_election=context.params["ties"], generator=context.generator(),
+        base,
+        others,
+        weights,
+        density=context.params["density"],
+        rescale=context.params["rescale"],
+        sign_election=context.params["ties"],
+        generator=context.generator(),
     )
     return _result(context, merged)
 

@@ -48,7 +48,9 @@ def linear(states: Sequence[State], weights: Sequence[float], normalize: bool = 
     return _tensorwise(states, [f"model {i}" for i in range(len(states))], keep, merge)
 
 
-def task_arithmetic(base: State, states: Sequence[State], weights: Sequence[float], scale: float = 1.0, *, keep: Collection[str] = ()) -> StateDict:
+def task_arithmetic(
+    base: State, states: Sequence[State], weights: Sequence[float], scale: float = 1.0, *, keep: Collection[str] = ()
+) -> StateDict:
     """θ₀ + λ Σ wᵢ (θᵢ − θ₀), λ = ``scale``."""
     _check_weights(weights, len(states), "models besides the base")
 
@@ -130,7 +132,9 @@ def slerp(a: State, b: State, t: float, eps: float = 1e-8, *, keep: Collection[s
     return _tensorwise([a, b], ["model a", "model b"], keep, merge)
 
 
-def _tensorwise(states: Sequence[State], names: Sequence[str], keep: Collection[str], merge: Callable[[list[Tensor]], Tensor]) -> StateDict:
+def _tensorwise(
+    states: Sequence[State], names: Sequence[str], keep: Collection[str], merge: Callable[[list[Tensor]], Tensor]
+) -> StateDict:
     """Apply ``merge`` to each floating tensor (the first model's tensor first); copy the rest."""
     if not states:
         raise ValueError("nothing to merge: no state dicts")

@@ -30,7 +30,6 @@ def dplr_dense(Lambda: Tensor, P: Tensor) -> Tensor:
     return torch.diag_embed(conj_full(Lambda)) - torch.einsum("r...m,r...n->...mn", p, p.conj())
 
 
-
 def _woodbury(r: Tensor, nb: int, nc: int, beta: Tensor) -> Tensor:
     """``r00 - β r01 (I + β r11)^{-1} r10`` for the stacked resolvent sums ``r (nb+R, nc+R, ...)``.
 
@@ -80,4 +79,3 @@ def dplr_kernel(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: 
     r = torch.einsum("ijhn,hnm->ijhm", v, 1.0 / denom)
     k_f = _woodbury(r, nb, nc, beta)
     return torch.fft.irfft(k_f, n=L)
-

@@ -23,4 +23,3 @@ def fft_conv(u: Tensor, k: Tensor, k_rev: Tensor | None = None) -> Tensor:
     n = 2 * L
     y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)
     return y[..., :L]
-

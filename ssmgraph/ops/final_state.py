@@ -35,9 +35,7 @@ def right_align(u: Tensor, lengths: Tensor | None) -> Tensor:
     return torch.where(valid, out, torch.zeros_like(out))
 
 
-def diag_final_state(
-    u: Tensor, log_dA: Tensor, dB: Tensor, x0: Tensor | None = None, lengths: Tensor | None = None
-) -> Tensor:
+def diag_final_state(u: Tensor, log_dA: Tensor, dB: Tensor, x0: Tensor | None = None, lengths: Tensor | None = None) -> Tensor:
     """State after the last valid input of the diagonal recurrence ``x_t = dA x_{t-1} + dB u_t``.
 
     ``u (B, ..., H, L)`` real, ``log_dA``/``dB`` ``(H, N)``, ``x0 (B, ..., H, N)`` (zeros when
@@ -106,4 +104,3 @@ def _power_apply(dA: Tensor, x0: Tensor, L: int, lengths: Tensor | None) -> Tens
         x = torch.where((n >> bit) & 1 == 1, torch.einsum("hmn,...hn->...hm", M, x), x)
         M = M @ M
     return x
-

@@ -138,4 +138,3 @@ def diag_init(init: str, N: int) -> tuple[Tensor, Tensor]:
 def log_uniform(shape: tuple[int, ...], lo: float, hi: float) -> Tensor:
     """Samples whose log is uniform in [log lo, log hi] (the Δ initialisation), returned as logs."""
     return torch.rand(shape, dtype=torch.float64) * (math.log(hi) - math.log(lo)) + math.log(lo)
-

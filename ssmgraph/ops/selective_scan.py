@@ -306,9 +306,7 @@ def _from_time_major(x: Tensor, order: list[int]) -> Tensor:
     return out.copy_(y)
 
 
-def _chunk_states(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, h_prev: Tensor, method: str, a: Tensor | None = None
-) -> Tensor:
+def _chunk_states(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, h_prev: Tensor, method: str, a: Tensor | None = None) -> Tensor:
     """States h_s..h_{e-1} (T, b, d, N) of one chunk, starting from h_{s-1} = ``h_prev``."""
     if a is None:
         a = torch.exp_(delta.unsqueeze(-1) * A)

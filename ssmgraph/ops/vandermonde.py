@@ -78,4 +78,3 @@ def vandermonde_transpose(u: Tensor, log_a: Tensor) -> Tensor:
     """``Σ_l u[..., l] exp(log_a[n] * l)``: ``u (..., H, L)`` real or complex, ``log_a (H, N)`` → (..., H, N)."""
     pos = torch.arange(u.shape[-1], device=log_a.device, dtype=log_a.real.dtype)
     return torch.einsum("...hl,hnl->...hn", u.to(log_a.dtype), cexp(log_a.unsqueeze(-1) * pos))
-

@@ -101,7 +101,16 @@ class Registry:
             return
         if self.pm.has_plugin(name):
             other = self.plugins[name]
-            self.fail(PluginRecord(f"{dist}:{name}", dist, version, "failed", f"the name {name!r} is taken by {other.dist} {other.version}", entry_point=entry_point))
+            self.fail(
+                PluginRecord(
+                    f"{dist}:{name}",
+                    dist,
+                    version,
+                    "failed",
+                    f"the name {name!r} is taken by {other.dist} {other.version}",
+                    entry_point=entry_point,
+                )
+            )
             return
         try:
             self.pm.register(plugin, name=name)

@@ -30,7 +30,9 @@ def resolve(reference: str, owner: str) -> Any:
         for part in attribute.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError) as exc:
-        raise PluginError(f"{owner} names its implementation {reference!r}, which cannot be loaded: {type(exc).__name__}: {exc}") from exc
+        raise PluginError(
+            f"{owner} names its implementation {reference!r}, which cannot be loaded: {type(exc).__name__}: {exc}"
+        ) from exc
     if not callable(target):
         raise PluginError(f"{owner} names its implementation {reference!r}, which is a {type(target).__name__}, not a function")
     return target

@@ -71,13 +71,31 @@ class Check:
 CHECKS: tuple[Check, ...] = (
     Check("spec", "the spec is well-formed (name, role, callables, parameters)", check_spec),
     Check("documented", "the block, its reference and every parameter are documented", check_documented),
-    Check("shapes_and_dtypes", "outputs have the shape rule's shape, the module's dtype (fp32, fp64), any length", check_shapes_and_dtypes),
+    Check(
+        "shapes_and_dtypes",
+        "outputs have the shape rule's shape, the module's dtype (fp32, fp64), any length",
+        check_shapes_and_dtypes,
+    ),
     Check("gradients", "gradients reach every parameter and float input, finite and non-zero", check_gradients),
-    Check("causality", "causal blocks: no output sees a later input; pointwise blocks: none sees another position", check_causality),
-    Check("step_equals_forward", "stepping equals forward, values and gradients (pointwise: length-1 slices)", check_step_equals_forward),
-    Check("state_carry", "mixers: the returned state equals the stepped one; chunks with the state carried equal one pass", check_state_carry),
+    Check(
+        "causality", "causal blocks: no output sees a later input; pointwise blocks: none sees another position", check_causality
+    ),
+    Check(
+        "step_equals_forward",
+        "stepping equals forward, values and gradients (pointwise: length-1 slices)",
+        check_step_equals_forward,
+    ),
+    Check(
+        "state_carry",
+        "mixers: the returned state equals the stepped one; chunks with the state carried equal one pass",
+        check_state_carry,
+    ),
     Check("mask", "mixers: right padding never changes valid outputs; the final state is the last valid token's", check_mask),
-    Check("state_dict_round_trip", "a state dict (through safetensors) reproduces the outputs in a fresh build", check_state_dict_round_trip),
+    Check(
+        "state_dict_round_trip",
+        "a state dict (through safetensors) reproduces the outputs in a fresh build",
+        check_state_dict_round_trip,
+    ),
     Check(
         "permutation_invariance",
         "permuting the units of every declared permutation space leaves the outputs unchanged; permuting the declared "
@@ -85,7 +103,9 @@ CHECKS: tuple[Check, ...] = (
         check_permutation_invariance,
     ),
     Check("meta_device", "the block builds on the meta device without allocating", check_meta_device),
-    Check("blueprint_round_trip", "a one-node blueprint builds, saves and loads with the same outputs", check_blueprint_round_trip),
+    Check(
+        "blueprint_round_trip", "a one-node blueprint builds, saves and loads with the same outputs", check_blueprint_round_trip
+    ),
     Check("torch_compile", "torch.compile(fullgraph=True) traces it and matches eager", check_torch_compile),
 )
 

@@ -10,7 +10,9 @@ from ssmgraph.testing.cases import BlockCase, block_cases
 from ssmgraph.testing.conformance import Check, expected_checks, run_check
 
 
-def parametrize_block_checks(blocks: Iterable[Any], *, expected_failed_checks: Callable[[BlockCase], Mapping[str, str]] | Mapping[str, str] | None = None) -> Any:
+def parametrize_block_checks(
+    blocks: Iterable[Any], *, expected_failed_checks: Callable[[BlockCase], Mapping[str, str]] | Mapping[str, str] | None = None
+) -> Any:
     """A ``pytest.mark.parametrize`` over every (block, check) pair, one test each, named by the
     argument set (``mix.my_mixer[heads=2]-causality``).
 

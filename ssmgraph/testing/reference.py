@@ -58,8 +58,20 @@ class GPT(nn.Module):
 
     def load_from_blueprint_model(self, model: nn.Module) -> None:
         """Copy the weights of a model built from blueprints/gpt.yaml."""
-        names = {"wte.weight": "embed.weight", "wpe.weight": "pos.weight", "ln_f.weight": "norm_f.weight", "ln_f.bias": "norm_f.bias"}
-        pairs = (("ln1", "norm1"), ("ln2", "norm2"), ("qkv", "mix.qkv"), ("proj", "mix.out_proj"), ("fc1", "ffn.fc1"), ("fc2", "ffn.fc2"))
+        names = {
+            "wte.weight": "embed.weight",
+            "wpe.weight": "pos.weight",
+            "ln_f.weight": "norm_f.weight",
+            "ln_f.bias": "norm_f.bias",
+        }
+        pairs = (
+            ("ln1", "norm1"),
+            ("ln2", "norm2"),
+            ("qkv", "mix.qkv"),
+            ("proj", "mix.out_proj"),
+            ("fc1", "ffn.fc1"),
+            ("fc2", "ffn.fc2"),
+        )
         own = self.state_dict()
         for i in range(len(self.h)):
             for mine, theirs in pairs:

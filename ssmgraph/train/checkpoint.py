@@ -78,7 +78,9 @@ def save_checkpoint(
     with atomic_directory(target) as tmp:
         write_model_files(model, tmp, weights_to_save(model, model.tied))
         write_safetensors(tensors, tmp / OPTIMIZER_FILE)
-        (tmp / TRAINER_FILE).write_text(json.dumps({"step": step, "optimizer": optimizer_tree, "trainer": trainer_tree}), encoding="utf-8")
+        (tmp / TRAINER_FILE).write_text(
+            json.dumps({"step": step, "optimizer": optimizer_tree, "trainer": trainer_tree}), encoding="utf-8"
+        )
     write_text_atomic(run_dir / CHECKPOINTS / LATEST, name)
     for old in checkpoint_dirs(run_dir)[:-keep]:
         remove_tree(old)
@@ -96,15 +98,21 @@ def load_trainer_state(checkpoint: Path) -> tuple[int, dict[str, Any], dict[str,
     try:
         tensors = load_file(str(checkpoint / OPTIMIZER_FILE))
     except (OSError, SafetensorError) as exc:
-        raise CheckpointError(f"{checkpoint / OPTIMIZER_FILE}: cannot read the optimizer state ({type(exc).__name__}: {exc}); {_DAMAGED}") from None
+        raise CheckpointError(
+            f"{checkpoint / OPTIMIZER_FILE}: cannot read the optimizer state ({type(exc).__name__}: {exc}); {_DAMAGED}"
+        ) from None
     try:
         optimizer, trainer = unflatten(meta["optimizer"], tensors), unflatten(meta["trainer"], tensors)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a training state (missing or bad {exc}); {_DAMAGED}") from None
-    check_fields(optimizer, {"state": dict, "param_groups": list}, source=path, error=CheckpointError, where="optimizer", fix=_DAMAGED)
+    check_fields(
+        optimizer, {"state": dict, "param_groups": list}, source=path, error=CheckpointError, where="optimizer", fix=_DAMAGED
+    )
     fields = {key: dict if key == "config" else torch.Tensor for key in (*TRAINER_KEYS, "cuda_rng")}
     check_fields(trainer, fields, source=path, error=CheckpointError, optional={"cuda_rng"}, where="trainer", fix=_DAMAGED)
     for key in sorted(fields.keys() & trainer.keys() - {"config"}):
         if trainer[key].dtype != torch.uint8:
-            raise CheckpointError(f"{path}: key 'trainer.{key}': an RNG state is a uint8 tensor, not {trainer[key].dtype}; {_DAMAGED}")
+            raise CheckpointError(
+                f"{path}: key 'trainer.{key}': an RNG state is a uint8 tensor, not {trainer[key].dtype}; {_DAMAGED}"
+            )
     return meta["step"], optimizer, trainer

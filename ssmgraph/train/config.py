@@ -98,7 +98,11 @@ def parse_config(raw: Any, source: str, overrides: Mapping[str, Any] | None = No
     if raw is None:
         raw = LDict(mark=Mark(source, 1, 1))
     if not isinstance(raw, dict):
-        errors.add("E112", "a train config is a mapping of settings, e.g. 'steps: 1000'", getattr(raw, "mark", None) or Mark(source, 1, 1))
+        errors.add(
+            "E112",
+            "a train config is a mapping of settings, e.g. 'steps: 1000'",
+            getattr(raw, "mark", None) or Mark(source, 1, 1),
+        )
         errors.raise_if_any()
     values: dict[str, Any] = {}
     names = [p.name for p in SCHEMA]

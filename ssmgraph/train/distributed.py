@@ -54,7 +54,9 @@ def wrap(model: nn.Module, info: DistInfo) -> nn.Module:
     # Tap projections (``taps.*``) serve alignment losses; the task loss never reaches them, and
     # DDP must be told that some parameters get no gradient.
     unused = any(name.startswith("taps.") for name, _ in model.named_parameters())
-    return DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None, find_unused_parameters=unused)
+    return DistributedDataParallel(
+        model, device_ids=[info.device.index] if info.device.type == "cuda" else None, find_unused_parameters=unused
+    )
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:

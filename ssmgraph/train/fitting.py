@@ -28,7 +28,13 @@ def make_task(name: str, options: Mapping[str, Any]) -> Task:
     for key, value in options.items():
         param = spec.param(key)
         if param is None:
-            errors.add("E202", f"task {name!r} has no option {key!r}", None, f"task_options.{key}", did_you_mean(key, [p.name for p in spec.params]))
+            errors.add(
+                "E202",
+                f"task {name!r} has no option {key!r}",
+                None,
+                f"task_options.{key}",
+                did_you_mean(key, [p.name for p in spec.params]),
+            )
             continue
         value, problem = param.check(value)
         if problem:
@@ -36,7 +42,13 @@ def make_task(name: str, options: Mapping[str, Any]) -> Task:
         values[key] = value
     for param in spec.params:
         if param.required and param.name not in values:
-            errors.add("E204", f"task {name!r} needs option {param.name!r} ({param.doc})", None, "task_options", f"--task-option {param.name}=...")
+            errors.add(
+                "E204",
+                f"task {name!r} needs option {param.name!r} ({param.doc})",
+                None,
+                "task_options",
+                f"--task-option {param.name}=...",
+            )
     errors.raise_if_any()
     task = spec.factory(**values)
     task.name = name
@@ -68,7 +80,9 @@ def check_compatible(model: CompiledModel, task: Task) -> None:
     """The model's input and output must be what the task feeds and scores."""
     name = model.blueprint.name
     if len(model.input_types) != 1 or len(model.outputs) != 1:
-        raise TrainingError(f"blueprint {name!r} has {len(model.input_types)} inputs and {len(model.outputs)} outputs; training needs one of each (build a view with --model)")
+        raise TrainingError(
+            f"blueprint {name!r} has {len(model.input_types)} inputs and {len(model.outputs)} outputs; training needs one of each (build a view with --model)"
+        )
     check_input_dtype(model, task)
     out_value = next(iter(model.outputs.values()))
     out = model.nodes[out_value].out_type
@@ -82,7 +96,9 @@ def check_compatible(model: CompiledModel, task: Task) -> None:
         ok = len(out.shape) == 2 and out.shape[-1] == 1
         want = "one value per sequence [batch, 1] (head.classify with classes 1)"
     if not ok:
-        raise TrainingError(f"task needs {want}, but blueprint {name!r} outputs {out}; e.g. `ssmgraph train classifier --task ...` for sequence tasks")
+        raise TrainingError(
+            f"task needs {want}, but blueprint {name!r} outputs {out}; e.g. `ssmgraph train classifier --task ...` for sequence tasks"
+        )
     check_input_range(model, task)
 
 
@@ -90,7 +106,9 @@ def check_reads(model: CompiledModel, task: Task) -> None:
     """The model's (single) input takes what the task feeds: the dtype, token ids within the
     embedding, sequences within the position embedding. Its outputs are not checked here."""
     if len(model.input_types) != 1:
-        raise TrainingError(f"blueprint {model.blueprint.name!r} has {len(model.input_types)} inputs; a task feeds one (build a view with --model)")
+        raise TrainingError(
+            f"blueprint {model.blueprint.name!r} has {len(model.input_types)} inputs; a task feeds one (build a view with --model)"
+        )
     check_input_dtype(model, task)
     check_input_range(model, task)
 

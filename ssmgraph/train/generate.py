@@ -16,9 +16,7 @@ EMPTY_PROMPT = "\n"
 """What an empty prompt starts from: generation needs at least one token."""
 
 
-def generate_text(
-    model_dir: Path, prompt: str, max_new_tokens: int, *, temperature: float, top_k: int | None, seed: int
-) -> str:
+def generate_text(model_dir: Path, prompt: str, max_new_tokens: int, *, temperature: float, top_k: int | None, seed: int) -> str:
     """Continue ``prompt`` with the byte-level language model saved in ``model_dir`` (a run's latest checkpoint)."""
     model = load(model_dir).eval()
     vocab = token_vocab(model)
@@ -37,5 +35,9 @@ def check_generation_length(model_dir: Path, limit: int | None, prompt_len: int,
     last new token is returned, not read, so it needs no position)."""
     if limit is None or prompt_len + new - 1 <= limit:
         return
-    fix = f"ask for at most -n {limit - prompt_len + 1}" if prompt_len <= limit else f"shorten the prompt to at most {limit} bytes"
-    raise SsmgraphError(f"{model_dir}: the prompt ({prompt_len} bytes) and -n {new} new tokens exceed the model's learned positions (max_len {limit}); {fix}")
+    fix = (
+        f"ask for at most -n {limit - prompt_len + 1}" if prompt_len <= limit else f"shorten the prompt to at most {limit} bytes"
+    )
+    raise SsmgraphError(
+        f"{model_dir}: the prompt ({prompt_len} bytes) and -n {new} new tokens exceed the model's learned positions (max_len {limit}); {fix}"
+    )

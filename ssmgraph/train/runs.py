@@ -45,17 +45,25 @@ def check_run_path(run_dir: Path) -> None:
     if under_a_file(run_dir):
         raise TrainingError(f"--out {run_dir} lies under a file, not a directory; choose another --out")
     if run_of_checkpoint(run_dir) is not None:
-        raise TrainingError(f"--out {run_dir} lies inside the checkpoints of the run {run_of_checkpoint(run_dir)}; choose another --out")
+        raise TrainingError(
+            f"--out {run_dir} lies inside the checkpoints of the run {run_of_checkpoint(run_dir)}; choose another --out"
+        )
 
 
 def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
     """No earlier run in ``run_dir`` unless ``overwrite``, and never a folder of other files."""
     check_run_path(run_dir)
     if is_run(run_dir) and not overwrite:
-        how = "continue it with --resume, " if latest_checkpoint(run_dir) is not None else "one that stopped before its first checkpoint: "
+        how = (
+            "continue it with --resume, "
+            if latest_checkpoint(run_dir) is not None
+            else "one that stopped before its first checkpoint: "
+        )
         raise TrainingError(f"{run_dir} already holds a run; {how}replace it with --overwrite, or choose another --out")
     if run_dir.is_dir() and not is_run(run_dir) and any(run_dir.iterdir()):  # --overwrite replaces a run, never other files
-        raise TrainingError(f"--out {run_dir} holds other files, not a training run; choose a new or empty folder (e.g. {run_dir / 'run'})")
+        raise TrainingError(
+            f"--out {run_dir} holds other files, not a training run; choose a new or empty folder (e.g. {run_dir / 'run'})"
+        )
 
 
 def remove_run(run_dir: Path) -> None:

@@ -111,7 +111,9 @@ class Trainer:
     def save(self) -> Path | None:
         path = None
         if self.dist.is_main:
-            path = save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.trainer_state(), self.config.keep_checkpoints)
+            path = save_checkpoint(
+                self.run_dir, self.step, self.model, self.optimizer, self.trainer_state(), self.config.keep_checkpoints
+            )
         distributed.barrier(self.dist)
         return path
 
@@ -199,7 +201,9 @@ class Trainer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: Task, batch_size: int, size: int, split: str = "test", autocast: Any = contextlib.nullcontext) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, task: Task, batch_size: int, size: int, split: str = "test", autocast: Any = contextlib.nullcontext
+) -> dict[str, float]:
     """Loss and accuracy on the task's fixed held-out set."""
     was_training = model.training
     model.eval()
@@ -274,7 +278,14 @@ def train(
             repair(run_dir.parent, only=run_dir.name)
             if overwrite:
                 remove_run(run_dir)
-            record = {"blueprint": str(source), "overrides": fitted, "model": model_view, "config": config.to_dict(), "task": task.describe(), "world_size": dist.world_size}
+            record = {
+                "blueprint": str(source),
+                "overrides": fitted,
+                "model": model_view,
+                "config": config.to_dict(),
+                "task": task.describe(),
+                "world_size": dist.world_size,
+            }
             write_run_files(run_dir, record, config)
         distributed.barrier(dist)
         return Trainer(model, task, config, run_dir, progress=progress).run()
@@ -304,7 +315,9 @@ def _continue(run_dir: Path, steps: int | None, progress: bool) -> TrainResult:
             f"start it again with `ssmgraph train ... --out {run_dir} --overwrite`"
         )
     if checkpoint is None:
-        raise TrainingError(f"{run_dir}: nothing to resume (no training run there); start one with `ssmgraph train ... --out {run_dir}`")
+        raise TrainingError(
+            f"{run_dir}: nothing to resume (no training run there); start one with `ssmgraph train ... --out {run_dir}`"
+        )
     step, optimizer_state, state = load_trainer_state(checkpoint)
     config = config_from(state["config"], checkpoint / TRAINER_FILE)
     if steps is not None:
@@ -324,15 +337,21 @@ def _restore(trainer: Trainer, path: Path, step: int, optimizer_state: dict[str,
     try:
         trainer.restore(step, optimizer_state, state)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-        raise TrainingError(f"{path}: the stored optimizer or RNG state does not fit ({type(exc).__name__}: {str(exc).splitlines()[0]}); {fix}") from None
+        raise TrainingError(
+            f"{path}: the stored optimizer or RNG state does not fit ({type(exc).__name__}: {str(exc).splitlines()[0]}); {fix}"
+        ) from None
     for group in trainer.optimizer.param_groups:
         for param in group["params"]:
             for key, value in trainer.optimizer.state.get(param, {}).items():
                 if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
-                    raise TrainingError(f"{path}: optimizer state {key!r} has shape {list(value.shape)}, its parameter {list(param.shape)}; {fix}")
+                    raise TrainingError(
+                        f"{path}: optimizer state {key!r} has shape {list(value.shape)}, its parameter {list(param.shape)}; {fix}"
+                    )
 
 
-def evaluate_run(run_dir: str | Path, task_name: str | None = None, options: Mapping[str, Any] | None = None, split: str = "test") -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | Path, task_name: str | None = None, options: Mapping[str, Any] | None = None, split: str = "test"
+) -> dict[str, Any]:
     """Evaluate a run's latest model on its task (or another).
 
     On the run's own task, ``options`` override the run's task options one by one."""

@@ -39,24 +39,57 @@ def positive(value: Any) -> bool:
 
 
 def test_bench_overhead(tmp_path: Path) -> None:
-    run_benchmark("bench_overhead", tmp_path, "--batch", "2", "--seq", "16", "--d-model", "32", "--layers", "1", "--heads", "2",
-                  "--rounds", "1", "--device", "cpu")
+    run_benchmark(
+        "bench_overhead",
+        tmp_path,
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--d-model",
+        "32",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--rounds",
+        "1",
+        "--device",
+        "cpu",
+    )
     table = rows(tmp_path, "overhead")
     assert [r["mode"] for r in table] == ["forward+backward", "forward"]
     assert all(positive(r["ssmgraph s"]) and positive(r["hand-written s"]) and math.isfinite(r["overhead %"]) for r in table)
 
 
 def test_bench_mixers(tmp_path: Path) -> None:
-    run_benchmark("bench_mixers", tmp_path, "--mixers", "mix.attention,mix.s4d", "--batch", "2", "--seq", "32", "--dim", "16",
-                  "--gen-steps", "2", "--repeats", "1", "--device", "cpu")
+    run_benchmark(
+        "bench_mixers",
+        tmp_path,
+        "--mixers",
+        "mix.attention,mix.s4d",
+        "--batch",
+        "2",
+        "--seq",
+        "32",
+        "--dim",
+        "16",
+        "--gen-steps",
+        "2",
+        "--repeats",
+        "1",
+        "--device",
+        "cpu",
+    )
     table = rows(tmp_path, "mixers")
     assert [r["mixer"] for r in table] == ["mix.attention", "mix.s4d"]
     assert all(positive(r[key]) for r in table for key in ("params", "fwd+bwd tokens/s", "fwd tokens/s", "gen tokens/s"))
 
 
 def test_bench_scaling_writes_rows_slopes_and_the_plot(tmp_path: Path) -> None:
-    run_benchmark("bench_scaling", tmp_path, "--mixers", "mix.s4d", "--dim", "16", "--max-len", "512", "--repeats", "1",
-                  "--device", "cpu")
+    run_benchmark(
+        "bench_scaling", tmp_path, "--mixers", "mix.s4d", "--dim", "16", "--max-len", "512", "--repeats", "1", "--device", "cpu"
+    )
     assert [r["length"] for r in rows(tmp_path, "scaling")] == [256, 512]
     (summary,) = rows(tmp_path, "scaling_slopes")
     assert math.isfinite(summary["time slope"]) and math.isfinite(summary["memory slope"])

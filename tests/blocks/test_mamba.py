@@ -40,8 +40,15 @@ def upstream_forward(m, x):
     dt, B, C = (xi.transpose(1, 2) @ m.x_proj.weight.T).split([m.dt_rank, m.d_state, m.d_state], dim=-1)
     dt = (dt @ m.dt_proj.weight.T).transpose(1, 2)
     y = selective_scan_ref(
-        xi, dt, -torch.exp(m.A_log), B.transpose(1, 2), C.transpose(1, 2), m.D, z=z,
-        delta_bias=m.dt_proj.bias, delta_softplus=True,
+        xi,
+        dt,
+        -torch.exp(m.A_log),
+        B.transpose(1, 2),
+        C.transpose(1, 2),
+        m.D,
+        z=z,
+        delta_bias=m.dt_proj.bias,
+        delta_softplus=True,
     )
     return y.transpose(1, 2) @ m.out_proj.weight.T + m.out_proj.bias
 

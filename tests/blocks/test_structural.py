@@ -11,7 +11,14 @@ SPECS = structural.ssmgraph_blocks()
 
 
 def test_hook_lists_the_structural_blocks():
-    assert [s.name for s in SPECS] == ["struct.add", "struct.mul", "struct.mean", "struct.concat", "struct.linear", "struct.dropout"]
+    assert [s.name for s in SPECS] == [
+        "struct.add",
+        "struct.mul",
+        "struct.mean",
+        "struct.concat",
+        "struct.linear",
+        "struct.dropout",
+    ]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)

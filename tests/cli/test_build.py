@@ -180,7 +180,8 @@ def test_build_graph_uses_safe_ids_for_dotted_paths(tmp_path: Path) -> None:
 
 
 def test_build_graph_ids_never_read_as_keywords(tmp_path: Path) -> None:
-    (tmp_path / "kw.yaml").write_text(textwrap.dedent("""
+    (tmp_path / "kw.yaml").write_text(
+        textwrap.dedent("""
         ssmgraph: 1
         inputs: {graph: {dtype: float32, shape: [batch, seq, 4]}}
         nodes:
@@ -188,7 +189,8 @@ def test_build_graph_ids_never_read_as_keywords(tmp_path: Path) -> None:
           end: {block: norm.layer, in: node}
           end_: {block: norm.rms, in: end}
         outputs: {y: end_}
-    """))
+    """)
+    )
     dot, mmd = tmp_path / "kw.dot", tmp_path / "kw.mmd"
     assert run("build", str(tmp_path / "kw.yaml"), "--graph", str(dot)).exit_code == 0
     assert run("build", str(tmp_path / "kw.yaml"), "--graph", str(mmd)).exit_code == 0

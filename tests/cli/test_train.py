@@ -32,13 +32,46 @@ def test_train_eval_plot_generate(tmp_path) -> None:
 
 
 def test_train_shows_held_out_examples(tmp_path) -> None:
-    result = run("train", "lstm", "--task", "copying", "-t", "seq_len=16", "-t", "n_memorize=4", "--steps", "2", "--out", str(tmp_path / "r"), "--set", "d_model=16", "--set", "hidden=16", "-b", "4")
+    result = run(
+        "train",
+        "lstm",
+        "--task",
+        "copying",
+        "-t",
+        "seq_len=16",
+        "-t",
+        "n_memorize=4",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "r"),
+        "--set",
+        "d_model=16",
+        "--set",
+        "hidden=16",
+        "-b",
+        "4",
+    )
     assert result.exit_code == 0, result.output
     assert "held-out examples" in result.output and "scored targets" in result.output
 
 
 def test_overwrite_replaces_a_run(tmp_path) -> None:
-    args = ["train", "lstm", "--task", "copying", "-t", "seq_len=16", "-t", "n_memorize=4", "--steps", "1", "--out", str(tmp_path / "r"), *SMALL]
+    args = [
+        "train",
+        "lstm",
+        "--task",
+        "copying",
+        "-t",
+        "seq_len=16",
+        "-t",
+        "n_memorize=4",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "r"),
+        *SMALL,
+    ]
     assert run(*args).exit_code == 0
     refused = run(*args)
     assert refused.exit_code == 2 and "already holds a run" in refused.output

@@ -25,7 +25,9 @@ DEEP = "[" * 100_000 + "]" * 100_000
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random GPT-2 saved in several safetensors shards."""
-    config = transformers.GPT2Config(vocab_size=31, n_positions=16, n_embd=16, n_layer=2, n_head=2, bos_token_id=None, eos_token_id=None)
+    config = transformers.GPT2Config(
+        vocab_size=31, n_positions=16, n_embd=16, n_layer=2, n_head=2, bos_token_id=None, eos_token_id=None
+    )
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config)
     folder = tmp_path_factory.mktemp("hf") / "ckpt"
@@ -149,7 +151,9 @@ def test_cli_import_of_a_tampered_index_exits_2(ckpt: Path, tmp_path: Path) -> N
 
 
 # ---- a refused .bin: no advice to load it unrestricted -----------------------------------------------
-@pytest.mark.parametrize("content, problem", [("pickle", "holds pickled objects other than tensors (it names pathlib"), ("garbage", "pickled objects")])
+@pytest.mark.parametrize(
+    "content, problem", [("pickle", "holds pickled objects other than tensors (it names pathlib"), ("garbage", "pickled objects")]
+)
 def test_refused_bin_never_advises_weights_only_false(ckpt: Path, tmp_path: Path, content: str, problem: str) -> None:
     (ckpt / INDEX).unlink()
     for shard in ckpt.glob("model-*.safetensors"):
@@ -162,4 +166,3 @@ def test_refused_bin_never_advises_weights_only_false(ckpt: Path, tmp_path: Path
     assert f"{ckpt / 'pytorch_model.bin'}: refused by the weights-only loader" in message and problem in message
     assert "convert it to safetensors with the tool that made it" in message
     assert "weights_only" not in message.replace("weights-only", "") and "Re-running" not in message
-

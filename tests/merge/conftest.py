@@ -18,7 +18,17 @@ from ssmgraph.graph.compile import example_inputs
 from ssmgraph.graph.perm_apply import random_permutations
 from ssmgraph.graph.perm_spaces import Space
 
-SMALL = {"vocab": 11, "d_model": 8, "heads": 4, "kv_heads": 2, "max_len": 16, "hidden": 12, "d_common": 4, "layers": 3, "d_state": 8}
+SMALL = {
+    "vocab": 11,
+    "d_model": 8,
+    "heads": 4,
+    "kv_heads": 2,
+    "max_len": 16,
+    "hidden": 12,
+    "d_common": 4,
+    "layers": 3,
+    "d_state": 8,
+}
 """Small values for the shipped blueprints' params (each blueprint takes those it has)."""
 
 
@@ -53,7 +63,10 @@ def _small_blueprint(name: str) -> torch.nn.Module:
 
 
 def _float64_inputs(model: Any) -> list[torch.Tensor]:
-    return [x.to(torch.float64) if x.is_floating_point() else x for x in example_inputs(model, generator=torch.Generator().manual_seed(1))]
+    return [
+        x.to(torch.float64) if x.is_floating_point() else x
+        for x in example_inputs(model, generator=torch.Generator().manual_seed(1))
+    ]
 
 
 @pytest.fixture

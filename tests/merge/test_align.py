@@ -42,6 +42,8 @@ def test_activation_matching_needs_data(tmp_path):
     for name in ("a", "b"):
         ssmgraph.save(model, tmp_path / name)
     text = "merge_method: linear\nmodels: [{name: a, checkpoint: a}, {name: b, checkpoint: b}]\npermute: {match: activations}\n"
-    with pytest.raises(SsmgraphError, match=r"merge.yaml:3.*`match: activations` reads the models' activations on data; the recipe has no 'data'"):
+    with pytest.raises(
+        SsmgraphError, match=r"merge.yaml:3.*`match: activations` reads the models' activations on data; the recipe has no 'data'"
+    ):
         run_merge(recipe_from_text(text, "merge.yaml", tmp_path), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()

@@ -67,7 +67,9 @@ def test_folders_named_like_model_members_still_compare(views: Path, tmp_path: P
 
     for name in ("step", "train"):  # a CompiledModel member, an nn.Module member
         shutil.copytree(views / "gpt", tmp_path / name)
-    result = compare_models(tmp_path / "step", tmp_path / "train", make_task("parity", {"seq_len": 16}), tmp_path / "out", batches=1, batch_size=8)
+    result = compare_models(
+        tmp_path / "step", tmp_path / "train", make_task("parity", {"seq_len": 16}), tmp_path / "out", batches=1, batch_size=8
+    )
     assert result["layers_a"][0].startswith("step.") and result["layers_b"][0].startswith("model.")
 
 

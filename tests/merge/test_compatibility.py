@@ -37,7 +37,11 @@ def test_plan_returns_the_models_their_class_and_the_task(tmp_path) -> None:
     )
     checked = plan(recipe_from_text(text, "merge.yaml", tmp_path))
     assert isinstance(checked, MergePlan) and [m.name for m in checked.models] == ["a", "b"]
-    assert checked.compatibility is Compatibility.IDENTICAL and checked.reason == "all models share one blueprint" and checked.task is None
+    assert (
+        checked.compatibility is Compatibility.IDENTICAL
+        and checked.reason == "all models share one blueprint"
+        and checked.task is None
+    )
 
 
 def test_the_cli_shows_hyphenated_classes(tmp_path) -> None:
@@ -45,7 +49,9 @@ def test_the_cli_shows_hyphenated_classes(tmp_path) -> None:
     ssmgraph.save(ssmgraph.build("gpt", d_model=8, layers=1, heads=2, vocab=11), tmp_path / "a")
     torch.manual_seed(1)
     ssmgraph.save(ssmgraph.build("llama", d_model=8, layers=1, heads=2, vocab=11), tmp_path / "b")
-    (tmp_path / "merge.yaml").write_text("merge_method: mutual\nmodels: [{name: a, checkpoint: a}, {name: b, checkpoint: b}]\ndata: {task: copying}\n")
+    (tmp_path / "merge.yaml").write_text(
+        "merge_method: mutual\nmodels: [{name: a, checkpoint: a}, {name: b, checkpoint: b}]\ndata: {task: copying}\n"
+    )
     dry = CliRunner().invoke(app, ["merge", str(tmp_path / "merge.yaml"), "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert "2 models, heterogeneous:" in dry.output and "mutual applies" in dry.output

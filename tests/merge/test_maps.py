@@ -204,7 +204,9 @@ def test_r2_and_normalized_mse():
     assert float(normalized_mse(pred, Y)) == pytest.approx(1.0 - float(r2_score(pred, Y)), abs=1e-12)
     sk = pytest.importorskip("sklearn.metrics")
     # 1 − ΣSSE/ΣSST is the variance-weighted average of the per-feature R²
-    assert float(r2_score(pred, Y)) == pytest.approx(sk.r2_score(Y.numpy(), pred.numpy(), multioutput="variance_weighted"), rel=1e-10)
+    assert float(r2_score(pred, Y)) == pytest.approx(
+        sk.r2_score(Y.numpy(), pred.numpy(), multioutput="variance_weighted"), rel=1e-10
+    )
     assert float(r2_score(pred.reshape(10, 20, 3), Y.reshape(10, 20, 3))) == pytest.approx(float(r2_score(pred, Y)))
     with pytest.raises(ValueError, match="differ in shape"):
         r2_score(pred[:, :2], Y)

@@ -56,7 +56,8 @@ def test_a_linear_merge_that_overflows_exits_2_and_writes_nothing(saved, tmp_pat
           - {{name: a, checkpoint: '{saved / "m0"}', parameters: {{weight: 1e308}}}}
           - {{name: b, checkpoint: '{saved / "m0"}', parameters: {{weight: 1e308}}}}
         """,
-        tmp_path, tmp_path / "out",
+        tmp_path,
+        tmp_path / "out",
     )
     first_key = next(iter(ssmgraph.load(saved / "m0").state_dict()))
     assert result.exit_code == 2, result.output
@@ -66,10 +67,18 @@ def test_a_linear_merge_that_overflows_exits_2_and_writes_nothing(saved, tmp_pat
 
 
 def test_a_source_model_holding_nan_is_named(saved, tmp_path):
-    recipe = recipe_from_text("merge_method: task_arithmetic\nmodels: [{name: a, checkpoint: m0}, {name: b, checkpoint: nan}]\n", "merge.yaml", saved)
-    with pytest.raises(NonFiniteMergeError, match=rf"merge.yaml: merge method 'task_arithmetic' produced inf or NaN values in tensor '{SPOILED}'") as info:
+    recipe = recipe_from_text(
+        "merge_method: task_arithmetic\nmodels: [{name: a, checkpoint: m0}, {name: b, checkpoint: nan}]\n", "merge.yaml", saved
+    )
+    with pytest.raises(
+        NonFiniteMergeError, match=rf"merge.yaml: merge method 'task_arithmetic' produced inf or NaN values in tensor '{SPOILED}'"
+    ) as info:
         run_merge(recipe, tmp_path / "out", progress=False)
-    assert isinstance(info.value, MergeError) and info.value.code == "E701" and "source model(s) 'b' already hold inf or NaN" in str(info.value)
+    assert (
+        isinstance(info.value, MergeError)
+        and info.value.code == "E701"
+        and "source model(s) 'b' already hold inf or NaN" in str(info.value)
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -88,7 +97,13 @@ def at(text: str, line: int, token: str) -> tuple[int, int]:
     [
         ("linear", "  - {name: b, checkpoint: m0, parameters: {weight: .inf}}\n", 4, ".inf", "models[1].parameters.weight"),
         ("slerp", "  - {name: b, checkpoint: m0}\nparameters: {t: .nan}\n", 5, ".nan", "parameters.t"),
-        ("linear", "  - {name: b, checkpoint: m0}\ndata: {task: copying, options: {seq_len: 1e999}}\n", 5, "1e999", "data.options.seq_len"),
+        (
+            "linear",
+            "  - {name: b, checkpoint: m0}\ndata: {task: copying, options: {seq_len: 1e999}}\n",
+            5,
+            "1e999",
+            "data.options.seq_len",
+        ),
         ("linear", "  - {name: b, blueprint: gpt, set: {d_model: -.inf}}\n", 4, "-.inf", "models[1].set.d_model"),
     ],
 )
@@ -97,7 +112,11 @@ def test_non_finite_numbers_in_a_recipe_are_located(saved, method, tail, line, t
     exc = parse_error(text, saved)
     assert exc.codes == ["E112"], exc  # the code Param.check gives non-finite values
     found = exc.diagnostics[0]
-    assert (found.mark.line, found.mark.col) == at(text, line, token) and found.path == path and "is not a finite number" in found.message, exc
+    assert (
+        (found.mark.line, found.mark.col) == at(text, line, token)
+        and found.path == path
+        and "is not a finite number" in found.message
+    ), exc
 
 
 # ---- model names that cannot be folder names ------------------------------------------------------------------
@@ -118,7 +137,8 @@ def test_a_300_character_name_fails_at_once_before_anything_loads_or_trains(tmp_
         parameters: {{steps: 1}}
         data: {{task: digits, batch_size: 4, eval_batches: 1}}
         """,
-        tmp_path, tmp_path / "out",
+        tmp_path,
+        tmp_path / "out",
     )
     assert result.exit_code == 2, result.output
     assert f"merge.yaml:4:12: error[E200]: models[0].name: model name '{'m' * 24}'... is too long (300 bytes)" in result.output
@@ -126,13 +146,21 @@ def test_a_300_character_name_fails_at_once_before_anything_loads_or_trains(tmp_
 
 
 def test_a_name_of_100_characters_is_fine(saved):
-    recipe = recipe_from_text(f"merge_method: linear\nmodels: [{{name: {'a' * 100}, checkpoint: m0}}, {{name: b, checkpoint: m0}}]\n", "merge.yaml", saved)
+    recipe = recipe_from_text(
+        f"merge_method: linear\nmodels: [{{name: {'a' * 100}, checkpoint: m0}}, {{name: b, checkpoint: m0}}]\n",
+        "merge.yaml",
+        saved,
+    )
     assert recipe.models[0].name == "a" * 100
 
 
-@pytest.mark.parametrize("first,second,words", [("ab", "AB", "'ab' and 'AB' differ only in case"), ("nul", "b", "'nul' is a device name on Windows")])
+@pytest.mark.parametrize(
+    "first,second,words", [("ab", "AB", "'ab' and 'AB' differ only in case"), ("nul", "b", "'nul' is a device name on Windows")]
+)
 def test_names_that_are_no_folder_names_on_some_systems_are_refused(saved, first, second, words):
-    exc = parse_error(f"merge_method: linear\nmodels: [{{name: {first}, checkpoint: m0}}, {{name: {second}, checkpoint: m0}}]\n", saved)
+    exc = parse_error(
+        f"merge_method: linear\nmodels: [{{name: {first}, checkpoint: m0}}, {{name: {second}, checkpoint: m0}}]\n", saved
+    )
     assert exc.codes == ["E200"] and words in str(exc) and exc.diagnostics[0].mark.line == 2, exc
 
 
@@ -159,4 +187,8 @@ def test_data_errors_are_located_with_the_recipe_key_path(saved, data, code, tok
 
 def test_a_scalar_where_a_mapping_belongs_is_located(saved):
     exc = parse_error(TWO + "parameters: 5\n", saved)
-    assert exc.codes == ["E112"] and (exc.diagnostics[0].mark.line, exc.diagnostics[0].mark.col) == (3, 13) and "parameters must be a mapping" in str(exc), exc
+    assert (
+        exc.codes == ["E112"]
+        and (exc.diagnostics[0].mark.line, exc.diagnostics[0].mark.col) == (3, 13)
+        and "parameters must be a mapping" in str(exc)
+    ), exc

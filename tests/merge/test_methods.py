@@ -20,11 +20,17 @@ from ssmgraph.registry.specs import MergeMethodSpec, Param
 
 
 def _first(context):
-    return MergeResult(copy.deepcopy(context.models[0].model), metrics={"picked": context.models[0].name, "note": context.params["note"]})
+    return MergeResult(
+        copy.deepcopy(context.models[0].model), metrics={"picked": context.models[0].name, "note": context.params["note"]}
+    )
 
 
 PICK = MergeMethodSpec(
-    name="pick_first", doc="Keep the first model.", params=(Param("note", str, "", "a note for the report"),), run=_first, needs="heterogeneous"
+    name="pick_first",
+    doc="Keep the first model.",
+    params=(Param("note", str, "", "a note for the report"),),
+    run=_first,
+    needs="heterogeneous",
 )
 
 
@@ -66,7 +72,10 @@ def test_builtin_methods_are_registered_like_a_plugins():
 
 def test_a_plugin_method_runs_from_a_recipe(with_plugin, saved, tmp_path):
     assert with_plugin.merge_method("pick_first").plugin == "ssmgraph-picker"
-    r = recipe("merge_method: pick_first\nmodels: [{name: g, checkpoint: gpt}, {name: m, checkpoint: mamba}]\nparameters: {note: hi}\n", saved)
+    r = recipe(
+        "merge_method: pick_first\nmodels: [{name: g, checkpoint: gpt}, {name: m, checkpoint: mamba}]\nparameters: {note: hi}\n",
+        saved,
+    )
     out, _ = run_merge(r, tmp_path / "out", progress=False)
     report = json.loads((out / "report.json").read_text())
     assert report["metrics"] == {"picked": "g", "note": "hi"} and report["plugin"] == "ssmgraph-picker"
@@ -76,7 +85,10 @@ def test_a_plugin_method_runs_from_a_recipe(with_plugin, saved, tmp_path):
 
 def test_a_weight_method_on_different_architectures_says_what_applies(saved, tmp_path):
     r = recipe("merge_method: ties\nmodels: [{name: g, checkpoint: gpt}, {name: m, checkpoint: mamba}]\n", saved)
-    with pytest.raises(MergeError, match=r"needs same-shape models, but these are heterogeneous: .*mix.attention.*mix.mamba.*Methods that apply: mutual") as info:
+    with pytest.raises(
+        MergeError,
+        match=r"needs same-shape models, but these are heterogeneous: .*mix.attention.*mix.mamba.*Methods that apply: mutual",
+    ) as info:
         run_merge(r, tmp_path / "out", progress=False)
     assert info.value.code == "E700"
     assert not (tmp_path / "out").exists()
@@ -87,14 +99,26 @@ def test_a_tied_and_an_untied_model_are_not_averaged_tensor_by_tensor(saved, tmp
 
     untied = builtin_blueprints()["gpt"].read_text().replace(", tie: {weight: embed.weight}", "")
     (tmp_path / "untied.yaml").write_text(untied)
-    ssmgraph.save(ssmgraph.build(str(tmp_path / "untied.yaml"), d_model=16, layers=1, heads=2, vocab=11, max_len=32), tmp_path / "untied")
-    r = recipe(f"merge_method: linear\nmodels: [{{name: a, checkpoint: {saved / 'gpt'}}}, {{name: b, checkpoint: {tmp_path / 'untied'}}}]\n", saved)
-    with pytest.raises(MergeError, match=r"heterogeneous: models 'a' and 'b' tie different weights \('a' ties head.weight to embed.weight; 'b' ties nothing\)"):
+    ssmgraph.save(
+        ssmgraph.build(str(tmp_path / "untied.yaml"), d_model=16, layers=1, heads=2, vocab=11, max_len=32), tmp_path / "untied"
+    )
+    r = recipe(
+        f"merge_method: linear\nmodels: [{{name: a, checkpoint: {saved / 'gpt'}}}, {{name: b, checkpoint: {tmp_path / 'untied'}}}]\n",
+        saved,
+    )
+    with pytest.raises(
+        MergeError,
+        match=r"heterogeneous: models 'a' and 'b' tie different weights \('a' ties head.weight to embed.weight; 'b' ties nothing\)",
+    ):
         run_merge(r, tmp_path / "out", progress=False)
 
 
 def test_the_written_recipe_runs_again_from_another_folder(saved, tmp_path):
-    out, _ = run_merge(recipe("merge_method: linear\nmodels: [{name: a, checkpoint: gpt}, {name: b, checkpoint: gpt}]\n", saved), tmp_path / "out", progress=False)
+    out, _ = run_merge(
+        recipe("merge_method: linear\nmodels: [{name: a, checkpoint: gpt}, {name: b, checkpoint: gpt}]\n", saved),
+        tmp_path / "out",
+        progress=False,
+    )
     written = (out / "merge.yaml").read_text()
     again, _ = run_merge(recipe(written, tmp_path / "elsewhere"), tmp_path / "again", progress=False)
     tokens = torch.randint(0, 11, (2, 5))
@@ -125,7 +149,10 @@ def test_an_existing_output_is_not_replaced_without_overwrite(saved, tmp_path):
 
 
 def test_linear_weights_that_sum_to_zero_are_a_merge_error_not_a_traceback(saved, tmp_path):
-    r = recipe("merge_method: linear\nmodels: [{name: a, checkpoint: gpt, parameters: {weight: 1}}, {name: b, checkpoint: gpt, parameters: {weight: -1}}]\n", saved)
+    r = recipe(
+        "merge_method: linear\nmodels: [{name: a, checkpoint: gpt, parameters: {weight: 1}}, {name: b, checkpoint: gpt, parameters: {weight: -1}}]\n",
+        saved,
+    )
     with pytest.raises(MergeError, match=r"merge.yaml: the models' weights \(a: 1, b: -1\) sum to 0.*normalize: false") as info:
         run_merge(r, tmp_path / "out", progress=False)
     assert info.value.code == "E700" and not (tmp_path / "out").exists()
@@ -183,7 +210,15 @@ def test_duplicate_and_malformed_methods_are_plugin_problems():
 def test_report_json_is_strict_json_even_with_nan_metrics(tmp_path):
     from ssmgraph.merge.report import write_report
 
-    summary = {"method": "m", "plugin": "p", "models": {"a": "x"}, "compatibility": "identical", "compatibility_reason": "r", "parameters": {}, "seconds": 0.1}
+    summary = {
+        "method": "m",
+        "plugin": "p",
+        "models": {"a": "x"},
+        "compatibility": "identical",
+        "compatibility_reason": "r",
+        "parameters": {},
+        "seconds": 0.1,
+    }
     write_report(tmp_path, summary, MergeResult(torch.nn.Linear(1, 1), metrics={"r2": float("nan"), "grid": [1.0, float("inf")]}))
 
     def refuse(constant):

@@ -57,7 +57,9 @@ def test_joint_loss_is_the_sum_of_its_weighted_parts(tmp_path):
     w = Weights(kl=0.5, feature=0.25, distill=0.0, temperature=1.0)
     total, parts = joint_loss(joint, ["tf", "lstm"], task, batch.inputs, batch.targets, w)
     assert set(parts) == {"ce_tf", "ce_lstm", "kl", "feature"}
-    assert float(total.detach()) == pytest.approx(parts["ce_tf"] + parts["ce_lstm"] + 0.5 * parts["kl"] + 0.25 * parts["feature"], rel=1e-5)
+    assert float(total.detach()) == pytest.approx(
+        parts["ce_tf"] + parts["ce_lstm"] + 0.5 * parts["kl"] + 0.25 * parts["feature"], rel=1e-5
+    )
     alone, only = joint_loss(joint, ["tf", "lstm"], task, batch.inputs, batch.targets, Weights(0.0, 0.0, 0.0, 1.0))
     alone = alone.detach()
     assert set(only) == {"ce_tf", "ce_lstm"} and float(alone) == pytest.approx(only["ce_tf"] + only["ce_lstm"], rel=1e-6)

@@ -34,7 +34,10 @@ def test_weight_matching_recovers_a_known_permutation(name, deranged, small_blue
     assert all(torch.equal(aligned[k], a[k]) for k in a)
 
 
-@pytest.mark.parametrize(("block", "args"), [("mix.h3", {"d_state": 8, "heads": 2}), ("mix.lstm", {"bidirectional": True, "layers": 3}), ("mix.mamba", {"dt_rank": 3})])
+@pytest.mark.parametrize(
+    ("block", "args"),
+    [("mix.h3", {"d_state": 8, "heads": 2}), ("mix.lstm", {"bidirectional": True, "layers": 3}), ("mix.mamba", {"dt_rank": 3})],
+)
 def test_weight_matching_recovers_spaces_that_share_tensors(block, args, deranged):
     """Spaces of one block on one tensor (H3 heads and head dimensions on the same rows, LSTM
     layers, Mamba's x_proj) are solved in turn until they agree."""
@@ -158,7 +161,12 @@ def test_weight_matching_brings_two_trained_mlps_into_one_basin():
     a, b = train(0), train(1)
     state_a, state_b = a.state_dict(), b.state_dict()
     spaces = [
-        GraphSpace(f"hidden{i}", width, (PermAxis(f"{2 * i}.weight", 0), PermAxis(f"{2 * i}.bias", 0), PermAxis(f"{2 * i + 2}.weight", 1)), ())
+        GraphSpace(
+            f"hidden{i}",
+            width,
+            (PermAxis(f"{2 * i}.weight", 0), PermAxis(f"{2 * i}.bias", 0), PermAxis(f"{2 * i + 2}.weight", 1)),
+            (),
+        )
         for i in range(hidden_layers)
     ]
     _, aligned = weight_matching(state_a, state_b, spaces)

@@ -23,7 +23,9 @@ F64 = torch.float64
 
 
 @pytest.mark.parametrize("name", sorted(builtin_blueprints()))
-def test_declared_permutations_leave_every_shipped_models_outputs_unchanged(name, perturbed, deranged, outputs_diff, small_blueprint, float64_inputs):
+def test_declared_permutations_leave_every_shipped_models_outputs_unchanged(
+    name, perturbed, deranged, outputs_diff, small_blueprint, float64_inputs
+):
     model = perturbed(small_blueprint(name))
     spaces = model_spaces(model)
     x = float64_inputs(model)
@@ -71,7 +73,13 @@ def build_text(perturbed):
 
 @pytest.mark.parametrize(
     ("name", "overrides"),
-    [("gpt", {}), ("llama", {}), ("mamba", {}), ("classifier", {"mixer": "mix.mamba"}), ("classifier", {"mixer": "mix.attention"})],
+    [
+        ("gpt", {}),
+        ("llama", {}),
+        ("mamba", {}),
+        ("classifier", {"mixer": "mix.mamba"}),
+        ("classifier", {"mixer": "mix.attention"}),
+    ],
 )
 def test_the_residual_stream_is_one_space_through_embeddings_norms_mixers_and_heads(name, overrides, small_params):
     params = yaml.safe_load(builtin_blueprints()[name].read_text(encoding="utf-8"))["params"]
@@ -100,7 +108,9 @@ def test_an_lstm_without_residual_connections_has_a_space_per_edge(small_bluepri
     assert [(s.key, s.values) for s in graph_spaces_of(model)] == [("residual:embed", ("embed",)), ("residual:lstm", ("lstm",))]
 
 
-def test_tap_projections_read_the_permuted_stream_and_their_outputs_stay_put(tmp_path, build_text, deranged, outputs_diff, float64_inputs):
+def test_tap_projections_read_the_permuted_stream_and_their_outputs_stay_put(
+    tmp_path, build_text, deranged, outputs_diff, float64_inputs
+):
     model = build_text(
         tmp_path,
         "ssmgraph: 1\nname: tapped\ninputs:\n  tokens: {dtype: int64, shape: [batch, seq]}\nnodes:\n"
@@ -124,7 +134,9 @@ def test_tap_projections_read_the_permuted_stream_and_their_outputs_stay_put(tmp
     assert outputs_diff(taps2["raw"], taps["raw"][..., perms[space.key]]) < 1e-10  # an unprojected tap is the stream itself
 
 
-def test_a_tied_tensor_read_along_an_undeclared_axis_fixes_that_space(tmp_path, build_text, deranged, outputs_diff, float64_inputs):
+def test_a_tied_tensor_read_along_an_undeclared_axis_fixes_that_space(
+    tmp_path, build_text, deranged, outputs_diff, float64_inputs
+):
     """lin's weight is the embedding table: its rows (lin's outputs) are token ids to the
     embedding, so lin's output space is fixed; its columns are the embedding's features."""
     model = build_text(
@@ -137,7 +149,10 @@ def test_a_tied_tensor_read_along_an_undeclared_axis_fixes_that_space(tmp_path, 
         "  head: {block: struct.linear, in: ffn, args: {dim: 3}}\n"
         "outputs:\n  y: head\n",
     )
-    assert [(s.key, s.values) for s in graph_spaces_of(model)] == [("residual:embed", ("embed", "norm")), ("residual:ffn", ("ffn",))]
+    assert [(s.key, s.values) for s in graph_spaces_of(model)] == [
+        ("residual:embed", ("embed", "norm")),
+        ("residual:ffn", ("ffn",)),
+    ]
     x = float64_inputs(model)
     before = model(*x)
     spaces = model_spaces(model)
@@ -164,5 +179,8 @@ def test_a_tensor_axis_in_two_spaces_is_a_clear_error(tmp_path, monkeypatch):
         "  f: {block: ffn.mlp, in: embed}\n  head: {block: head.lm, in: f, args: {vocab: 11}}\noutputs:\n  y: head\n"
     )
     model = ssmgraph.build(path)
-    with pytest.raises(PermSpaceError, match=r"'f.fc2.weight' axis 1: entries 0..7 lie in space residual:embed and entries 0..31 in space f/hidden"):
+    with pytest.raises(
+        PermSpaceError,
+        match=r"'f.fc2.weight' axis 1: entries 0..7 lie in space residual:embed and entries 0..31 in space f/hidden",
+    ):
         model_spaces(model, registry)

@@ -22,11 +22,20 @@ VARIANTS = {
     "ffn.mlp": [{"hidden": 5, "bias": False}],
     "mix.attention": [{"heads": 4, "kv_heads": 1, "rope": True}, {"heads": 2, "causal": False, "bias": True}],
     "mix.cross_attention": [{"heads": 2, "bias": True}],
-    "mix.lstm": [{"hidden": 8, "layers": 3}, {"bidirectional": True, "layers": 2, "hidden": 4}, {"bidirectional": True, "layers": 2}, {"layers": 2}, {"hidden": 8, "bidirectional": True}],
+    "mix.lstm": [
+        {"hidden": 8, "layers": 3},
+        {"bidirectional": True, "layers": 2, "hidden": 4},
+        {"bidirectional": True, "layers": 2},
+        {"layers": 2},
+        {"hidden": 8, "bidirectional": True},
+    ],
     "mix.mamba": [{"bias": True, "conv_bias": False, "dt_rank": 3, "d_state": 4}],
     "mix.s4d": [{"channels": 3, "bidirectional": True, "d_state": 8}, {"d_state": 8, "glu": False, "channels": 2}],
     "mix.s4": [{"bidirectional": True, "channels": 2, "d_state": 8}, {"measure": "legt", "d_state": 8}],
-    "mix.s5": [{"d_state": 16, "blocks": 2, "conj_sym": False, "bidirectional": True, "activation": a} for a in ("full_glu", "gelu", "half_glu2")],
+    "mix.s5": [
+        {"d_state": 16, "blocks": 2, "conj_sym": False, "bidirectional": True, "activation": a}
+        for a in ("full_glu", "gelu", "half_glu2")
+    ],
     "mix.h3": [{"d_state": 8, "heads": 1}, {"d_state": 8, "heads": 4}],
     "mix.gated_mlp": [{"d_state": 8, "ssm": "s4", "bias": True}],
     # feature declarations (<input>, <output>, <through>) that depend on arguments
@@ -92,27 +101,39 @@ def test_declared_features_permute_a_blocks_outputs_alike(block, args, perturbed
 
 
 def test_blocks_that_declare_no_feature_axes_fix_their_ports():
-    for name, args in [("struct.concat", {}), ("embed.position", {"max_len": 16, "dim": 8, "kind": "sinusoidal"}), ("head.lm", {"vocab": 5})]:
+    for name, args in [
+        ("struct.concat", {}),
+        ("embed.position", {"max_len": 16, "dim": 8, "kind": "sinusoidal"}),
+        ("head.lm", {"vocab": 5}),
+    ]:
         case = make_case(name, args)
         io = block_io(case.spec, case.in_types, case.args, case.build(), out_type=case.out_type)
         assert io.output is None and io.through is None, name
 
 
 def _broken(axes: tuple[PermAxis, ...]):
-    return dataclasses.replace(MLP_SPEC, perm_spaces=lambda in_types, **_: (PermSpace("hidden", 32, axes),), plugin="broken-plugin")
+    return dataclasses.replace(
+        MLP_SPEC, perm_spaces=lambda in_types, **_: (PermSpace("hidden", 32, axes),), plugin="broken-plugin"
+    )
 
 
 def test_a_space_on_a_missing_parameter_is_a_clear_error():
     case = make_case("ffn.mlp")
     spec = _broken((PermAxis("fc1.weight", 0), PermAxis("fc3.weight", 1)))
-    with pytest.raises(PermSpaceError, match=r"block ffn.mlp \(plugin broken-plugin\) declares permutation space 'hidden' on 'fc3.weight' axis 1, but there is no parameter 'fc3.weight' \(the module has fc1.weight, fc1.bias, fc2.weight, fc2.bias\)") as info:
+    with pytest.raises(
+        PermSpaceError,
+        match=r"block ffn.mlp \(plugin broken-plugin\) declares permutation space 'hidden' on 'fc3.weight' axis 1, but there is no parameter 'fc3.weight' \(the module has fc1.weight, fc1.bias, fc2.weight, fc2.bias\)",
+    ) as info:
         block_spaces(spec, case.in_types, case.args, case.build())
     assert info.value.code == "E300"
 
 
 def test_a_space_that_does_not_fit_its_axis_is_a_clear_error():
     case = make_case("ffn.mlp")
-    with pytest.raises(PermSpaceError, match=r"1 chunk\(s\) of 32 units of 2 from index 0 end at 64, past the length 32 of axis 0 of 'fc1.weight' \(32, 8\)"):
+    with pytest.raises(
+        PermSpaceError,
+        match=r"1 chunk\(s\) of 32 units of 2 from index 0 end at 64, past the length 32 of axis 0 of 'fc1.weight' \(32, 8\)",
+    ):
         block_spaces(_broken((PermAxis("fc1.weight", 0, group=2),)), case.in_types, case.args, case.build())
     with pytest.raises(PermSpaceError, match=r"'fc1.bias' of shape \(32,\) has no axis 1"):
         block_spaces(_broken((PermAxis("fc1.bias", 1),)), case.in_types, case.args, case.build())
@@ -125,7 +146,9 @@ def test_feature_declarations_are_checked():
     def declaring(*spaces):
         return dataclasses.replace(MLP_SPEC, perm_spaces=lambda in_types, **_: spaces, plugin="broken-plugin")
 
-    with pytest.raises(PermSpaceError, match=r"names in <> are reserved for '<input>', '<input:PORT>', '<output>' and '<through>'"):
+    with pytest.raises(
+        PermSpaceError, match=r"names in <> are reserved for '<input>', '<input:PORT>', '<output>' and '<through>'"
+    ):
         block_io(declaring(PermSpace("<inptu>", 8, ())), case.in_types, case.args, module)
     with pytest.raises(PermSpaceError, match=r"declares '<output>' of size 6, but its output is float\[batch, seq, 8\]"):
         block_io(declaring(PermSpace("<output>", 6, ())), case.in_types, case.args, module, out_type=case.out_type)
@@ -133,5 +156,8 @@ def test_feature_declarations_are_checked():
         block_io(declaring(PermSpace("<input:memory>", 8, ())), case.in_types, case.args, module)
     with pytest.raises(PermSpaceError, match=r"'<through>' together with '<input>' or '<output>'"):
         block_io(declaring(PermSpace("<through>", 8, ()), PermSpace("<output>", 8, ())), case.in_types, case.args, module)
-    with pytest.raises(PermSpaceError, match=r"declares permutation space '<input>' on 'fc9.weight' axis 1, but there is no parameter 'fc9.weight' \(the module has fc1.weight"):
+    with pytest.raises(
+        PermSpaceError,
+        match=r"declares permutation space '<input>' on 'fc9.weight' axis 1, but there is no parameter 'fc9.weight' \(the module has fc1.weight",
+    ):
         block_io(declaring(PermSpace("<input>", 8, (PermAxis("fc9.weight", 1),))), case.in_types, case.args, module)

@@ -53,18 +53,58 @@ def test_a_good_recipe_resolves_with_defaults(saved):
 @pytest.mark.parametrize(
     "text,code,where,words",
     [
-        ("merge_method: tie\nmodels: [{name: a, checkpoint: m0}, {name: b, checkpoint: m1}]\n", "E112", (1, 15), "did you mean 'ties'"),
+        (
+            "merge_method: tie\nmodels: [{name: a, checkpoint: m0}, {name: b, checkpoint: m1}]\n",
+            "E112",
+            (1, 15),
+            "did you mean 'ties'",
+        ),
         ("models: [{name: a, checkpoint: m0}, {name: b, checkpoint: m1}]\n", "E111", (1, 1), "merge_method"),
-        ("merge_method: ties\nmodels: [{name: a, checkpoint: m0}, {name: b, checkpoint: m1}]\nparameters: {densty: 0.5}\n", "E110", (3, 14), "density"),
-        ("merge_method: ties\nmodels: [{name: a, checkpoint: m0}, {name: b, checkpoint: m1}]\nparameters: {density: 2.0}\n", "E112", (3, 23), "above the maximum"),
-        ("merge_method: slerp\nmodels: [{name: a, checkpoint: m0}, {name: b, checkpoint: m1}, {name: c, checkpoint: m1}]\n", "E112", (2, 9), "takes 2 models"),
-        ("merge_method: linear\nmodels: [{name: a, checkpoint: m0}, {name: b, checkpoint: nowhere}]\n", "E210", (2, 59), "does not exist"),
-        ("merge_method: linear\nmodels: [{name: a, checkpoint: m0}, {name: b, checkpoint: m1}]\nbase_model: c\n", "E210", (3, 13), "not one of the models"),
-        ("merge_method: linear\nmodels: [{name: a, checkpoint: m0, blueprint: gpt}, {name: b, checkpoint: m1}]\n", "E111", (2, 10), "exactly one of"),
+        (
+            "merge_method: ties\nmodels: [{name: a, checkpoint: m0}, {name: b, checkpoint: m1}]\nparameters: {densty: 0.5}\n",
+            "E110",
+            (3, 14),
+            "density",
+        ),
+        (
+            "merge_method: ties\nmodels: [{name: a, checkpoint: m0}, {name: b, checkpoint: m1}]\nparameters: {density: 2.0}\n",
+            "E112",
+            (3, 23),
+            "above the maximum",
+        ),
+        (
+            "merge_method: slerp\nmodels: [{name: a, checkpoint: m0}, {name: b, checkpoint: m1}, {name: c, checkpoint: m1}]\n",
+            "E112",
+            (2, 9),
+            "takes 2 models",
+        ),
+        (
+            "merge_method: linear\nmodels: [{name: a, checkpoint: m0}, {name: b, checkpoint: nowhere}]\n",
+            "E210",
+            (2, 59),
+            "does not exist",
+        ),
+        (
+            "merge_method: linear\nmodels: [{name: a, checkpoint: m0}, {name: b, checkpoint: m1}]\nbase_model: c\n",
+            "E210",
+            (3, 13),
+            "not one of the models",
+        ),
+        (
+            "merge_method: linear\nmodels: [{name: a, checkpoint: m0, blueprint: gpt}, {name: b, checkpoint: m1}]\n",
+            "E111",
+            (2, 10),
+            "exactly one of",
+        ),
         ("merge_method: linear\nmodels: [{name: a, checkpoint: m0}, {name: a, checkpoint: m1}]\n", "E200", (2, 44), "used twice"),
         ("merge_method: mutual\nmodels: [{name: a, checkpoint: m0}]\n", "E111", (1, 1), "needs 'data'"),
         ("merge_method: linear\nmodel: []\n", "E110", (2, 1), "did you mean 'models'"),
-        ("merge_method: linear\nmodels: [{name: a, checkpoint: m0}, {name: b, checkpoint: m1}]\ndata: {tsk: copying}\n", "E110", (3, 8), "task"),
+        (
+            "merge_method: linear\nmodels: [{name: a, checkpoint: m0}, {name: b, checkpoint: m1}]\ndata: {tsk: copying}\n",
+            "E110",
+            (3, 8),
+            "task",
+        ),
     ],
 )
 def test_mistakes_are_located(saved, text, code, where, words):

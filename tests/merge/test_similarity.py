@@ -71,7 +71,11 @@ def test_rows_must_match():
 
 def test_cka_matrix_is_every_pair():
     feats_a = [_pair(120, d, 1, s)[0] for s, d in enumerate((4, 6, 8))]
-    feats_b = [feats_a[0] @ torch.randn(4, 5, generator=_gen(9), dtype=torch.float64), feats_a[2], torch.randn(120, 3, generator=_gen(8), dtype=torch.float64)]
+    feats_b = [
+        feats_a[0] @ torch.randn(4, 5, generator=_gen(9), dtype=torch.float64),
+        feats_a[2],
+        torch.randn(120, 3, generator=_gen(8), dtype=torch.float64),
+    ]
     M = cka_matrix(feats_a, feats_b)
     assert M.shape == (3, 3) and M.dtype == torch.float64
     for i, j in itertools.product(range(3), range(3)):

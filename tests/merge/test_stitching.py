@@ -83,12 +83,16 @@ def test_a_stitch_merge_writes_a_loadable_model_and_a_full_report(tmp_path, esti
     for name, mixer, seed in (("tf", "mix.attention", 0), ("mamba", "mix.mamba", 1)):
         torch.manual_seed(seed)
         ssmgraph.save(ssmgraph.build("classifier", mixer=mixer, d_model=8, layers=2), tmp_path / name)
-    recipe = recipe_from_text(textwrap.dedent(f"""
+    recipe = recipe_from_text(
+        textwrap.dedent(f"""
         merge_method: stitch
         models: [{{name: tf, checkpoint: tf}}, {{name: mamba, checkpoint: mamba}}]
-        parameters: {{estimator: {estimator}, pairs: all, probe_batches: 2, finetune_steps: 3, condition: {'per_class' if estimator == 'lstsq' else 'pooled'}}}
+        parameters: {{estimator: {estimator}, pairs: all, probe_batches: 2, finetune_steps: 3, condition: {"per_class" if estimator == "lstsq" else "pooled"}}}
         data: {{task: digits, batch_size: 16, eval_batches: 2}}
-    """), "stitch.yaml", tmp_path)
+    """),
+        "stitch.yaml",
+        tmp_path,
+    )
     out, _ = run_merge(recipe, tmp_path / "out", progress=False)
     report = json.loads((out / "report.json").read_text())["metrics"]
     assert len(report["pairs"]) == 4 and all(-1e9 < v["r2"] <= 1 for v in report["pairs"].values())

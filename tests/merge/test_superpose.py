@@ -85,12 +85,16 @@ def test_models_of_different_architectures_merge_without_the_weight_baselines(tm
     ssmgraph.save(ssmgraph.build("gpt", **SHAPES), tmp_path / "en")
     torch.manual_seed(2)
     ssmgraph.save(ssmgraph.build("mamba", d_model=16, layers=2, vocab=256), tmp_path / "fr")
-    recipe = recipe_from_text(textwrap.dedent("""
+    recipe = recipe_from_text(
+        textwrap.dedent("""
         merge_method: superpose
         models: [{name: en, checkpoint: en}, {name: fr, checkpoint: fr}]
         parameters: {options_a: {corpus: en}, options_b: {corpus: fr}, steps: 2}
         data: {task: bytes, options: {seq_len: 16}, batch_size: 4, eval_batches: 1}
-    """), "superpose.yaml", tmp_path)
+    """),
+        "superpose.yaml",
+        tmp_path,
+    )
     out, _ = run_merge(recipe, tmp_path / "out", progress=False)
     report = json.loads((out / "report.json").read_text())
     assert {"specialist en", "specialist fr", "superposed"} <= set(report["metrics"])
@@ -106,12 +110,16 @@ def test_a_superpose_merge_trains_alpha_and_reports_every_figure(tmp_path):
     for name, seed in (("en", 1), ("fr", 2)):
         torch.manual_seed(seed)
         ssmgraph.save(ssmgraph.build("gpt", **SHAPES), tmp_path / name)
-    recipe = recipe_from_text(textwrap.dedent("""
+    recipe = recipe_from_text(
+        textwrap.dedent("""
         merge_method: superpose
         models: [{name: en, checkpoint: en}, {name: fr, checkpoint: fr}]
         parameters: {options_a: {corpus: en}, options_b: {corpus: fr}, alpha: vector, steps: 4, base: base}
         data: {task: bytes, options: {seq_len: 16}, batch_size: 8, eval_batches: 2}
-    """), "superpose.yaml", tmp_path)
+    """),
+        "superpose.yaml",
+        tmp_path,
+    )
     out, _ = run_merge(recipe, tmp_path / "out", progress=False)
     metrics = json.loads((out / "report.json").read_text())["metrics"]
     assert metrics["sequences"] == {"a": 16, "b": 16}

@@ -88,7 +88,11 @@ def test_dare_keeps_entries_at_rate_density_rescaled_so_the_expectation_is_kept(
 
 
 def test_dare_is_reproducible_with_a_seed_and_is_task_arithmetic_at_full_density():
-    base, x, y = sd(w=torch.randn(50, dtype=torch.float64)), sd(w=torch.randn(50, dtype=torch.float64)), sd(w=torch.randn(50, dtype=torch.float64))
+    base, x, y = (
+        sd(w=torch.randn(50, dtype=torch.float64)),
+        sd(w=torch.randn(50, dtype=torch.float64)),
+        sd(w=torch.randn(50, dtype=torch.float64)),
+    )
     runs = [W.dare(base, [x, y], [0.4, 0.6], density=0.5, generator=torch.Generator().manual_seed(7))["w"] for _ in range(2)]
     assert torch.equal(runs[0], runs[1])
     full = W.dare(base, [x, y], [0.4, 0.6], density=1.0, generator=torch.Generator().manual_seed(7))["w"]
@@ -143,8 +147,18 @@ def test_slerp_falls_back_to_lerp_for_nearly_colinear_tensors():
 
 
 def test_integer_tensors_and_kept_names_come_from_the_first_model_and_dtypes_are_kept():
-    a = {"w": torch.tensor([1.0, 2.0], dtype=torch.float16), "steps": torch.tensor(3), "mask": torch.tensor([True, False]), "buf": torch.tensor([5.0])}
-    b = {"w": torch.tensor([3.0, 4.0], dtype=torch.float16), "steps": torch.tensor(9), "mask": torch.tensor([False, True]), "buf": torch.tensor([7.0])}
+    a = {
+        "w": torch.tensor([1.0, 2.0], dtype=torch.float16),
+        "steps": torch.tensor(3),
+        "mask": torch.tensor([True, False]),
+        "buf": torch.tensor([5.0]),
+    }
+    b = {
+        "w": torch.tensor([3.0, 4.0], dtype=torch.float16),
+        "steps": torch.tensor(9),
+        "mask": torch.tensor([False, True]),
+        "buf": torch.tensor([7.0]),
+    }
     out = W.linear([a, b], [1.0, 1.0], keep={"buf"})
     assert out["w"].dtype == torch.float16 and out["w"].tolist() == [2.0, 3.0]
     assert out["steps"].item() == 3 and out["mask"].tolist() == [True, False] and out["buf"].item() == 5.0

@@ -14,7 +14,9 @@ from ssmgraph.ops.linear import Linear, linear, onednn_linear
 needs_onednn = pytest.mark.skipif(fast._ONEDNN_LINEAR is None, reason="PyTorch built without oneDNN's linear op")
 
 
-def _inputs(shape: tuple[int, ...], out: int, bias: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _inputs(
+    shape: tuple[int, ...], out: int, bias: bool, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(*shape, generator=g)
     w = torch.randn(out, shape[-1], generator=g) / shape[-1] ** 0.5

@@ -38,6 +38,8 @@ def test_blockwise_vandermonde_values_and_gradients_equal_the_whole_matrix(v_sha
     blocks = vandermonde(v, log_a, 23)
     assert rel_err(blocks, whole) < 1e-12
     w = torch.randn(blocks.shape, dtype=C128, generator=g)
-    for a, b in zip(torch.autograd.grad((blocks * w).real.sum(), (v, log_a)), torch.autograd.grad((whole * w).real.sum(), (v, log_a))):
+    for a, b in zip(
+        torch.autograd.grad((blocks * w).real.sum(), (v, log_a)), torch.autograd.grad((whole * w).real.sum(), (v, log_a))
+    ):
         assert rel_err(a, b) < 1e-12
     assert torch.autograd.gradcheck(lambda v, la: vandermonde(v, la, 7), (v, log_a))

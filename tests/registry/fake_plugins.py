@@ -6,7 +6,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-GOOD_BLOCK = '''
+GOOD_BLOCK = """
 import ssmgraph
 from torch import nn
 from ssmgraph.registry.specs import BlockSpec, Param, same_as_input
@@ -21,7 +21,7 @@ SPEC = BlockSpec(
 def ssmgraph_blocks():
     {hook_body}
     return [SPEC]
-'''
+"""
 
 
 def good_block(name: str, hook_body: str = "pass") -> str:

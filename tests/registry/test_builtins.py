@@ -47,7 +47,10 @@ def _modules_after(statement: str) -> list[str]:
 
 def test_loading_the_registry_imports_no_merge_or_training_machinery() -> None:
     loaded = _modules_after("from ssmgraph.registry.plugins import get_registry; get_registry()")
-    assert [m for m in loaded if m.startswith("ssmgraph.merge")] == ["ssmgraph.merge", "ssmgraph.merge.builtin"]  # before: mutual, stitch, ...
+    assert [m for m in loaded if m.startswith("ssmgraph.merge")] == [
+        "ssmgraph.merge",
+        "ssmgraph.merge.builtin",
+    ]  # before: mutual, stitch, ...
     assert not [m for m in loaded if m.startswith("ssmgraph.testing")]
     # The built-in tasks live in ssmgraph.train.tasks: beyond them, only what the ssmgraph.train package imports itself.
     package = set(_modules_after("import ssmgraph.train"))
@@ -61,12 +64,17 @@ def test_a_builtin_merge_method_is_imported_when_it_runs() -> None:
 
 
 def _method(run: object) -> MergeMethodSpec:
-    return MergeMethodSpec(name="lazy", doc="A lazily imported method.", params=(Param("k", int, 1, "a knob"),), run=run, plugin="ssmgraph-lazy")
+    return MergeMethodSpec(
+        name="lazy", doc="A lazily imported method.", params=(Param("k", int, 1, "a knob"),), run=run, plugin="ssmgraph-lazy"
+    )
 
 
 def test_a_reference_that_cannot_be_imported_names_the_method_and_its_plugin() -> None:
     assert _method("ssmgraph_nowhere.methods:run").validate() == []  # declared, not imported
-    with pytest.raises(PluginError, match=r"merge method 'lazy' \(ssmgraph-lazy\) names its implementation 'ssmgraph_nowhere.methods:run'.*ModuleNotFoundError"):
+    with pytest.raises(
+        PluginError,
+        match=r"merge method 'lazy' \(ssmgraph-lazy\) names its implementation 'ssmgraph_nowhere.methods:run'.*ModuleNotFoundError",
+    ):
         _method("ssmgraph_nowhere.methods:run").runner()
     with pytest.raises(PluginError, match=r"'ssmgraph.merge.weight_methods:run_nothing'.*AttributeError"):
         _method("ssmgraph.merge.weight_methods:run_nothing").runner()
@@ -83,7 +91,11 @@ def test_run_must_be_a_function_or_a_reference(run: object) -> None:
 def test_plugins_lists_the_blocks_tasks_and_merge_methods_of_each_plugin() -> None:
     result = CliRunner().invoke(app, ["plugins"], env={"COLUMNS": "400", "NO_COLOR": "1"})
     assert result.exit_code == 0, result.output
-    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]] for line in result.stdout.splitlines() if line.startswith("│")}
+    rows = {
+        line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+        for line in result.stdout.splitlines()
+        if line.startswith("│")
+    }
     assert rows["blocks.norm (built-in)"][3:] == ["norm.layer, norm.rms", "", ""]
     assert rows["train.tasks.digits (built-in)"][3:] == ["", "digits", ""]
     assert rows["merge.builtin (built-in)"][5].startswith("linear, task_arithmetic, ties")

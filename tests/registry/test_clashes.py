@@ -100,7 +100,10 @@ def test_task_and_merge_method_clashes_refuse_only_their_use() -> None:
     assert registry.task("copying") is not None and registry.merge_method("ties") is not None
     assert any("task 'parity' is provided twice" in p for p in registry.problems)
     assert any("merge method 'linear' is provided twice" in p for p in registry.problems)
-    with pytest.raises(PluginError, match=r"task 'parity' is provided twice: by ssmgraph\.train\.tasks\.synthetic .* and by twin \(ssmgraph-twin 0\.2\); .*SSMGRAPH_DISABLE_PLUGINS=twin"):
+    with pytest.raises(
+        PluginError,
+        match=r"task 'parity' is provided twice: by ssmgraph\.train\.tasks\.synthetic .* and by twin \(ssmgraph-twin 0\.2\); .*SSMGRAPH_DISABLE_PLUGINS=twin",
+    ):
         registry.task("parity")
     with pytest.raises(PluginError, match=r"merge method 'linear' is provided twice.*ssmgraph-twin 0\.2") as info:
         registry.merge_method("linear")

@@ -90,7 +90,17 @@ def test_the_examples_use_only_ssmgraph_plugin() -> None:
                 assert all(alias.name.split(".")[0] != "ssmgraph" for alias in node.names), "the docs import ssmgraph itself"
     assert used <= set(ssmgraph.plugin.__all__)
     assert all(getattr(ssmgraph.plugin, name) is not None for name in used)  # merge names load on first use
-    assert {"hookimpl", "BlockSpec", "Param", "TaskSpec", "Task", "Batch", "MergeMethodSpec", "MergeResult", "check_block"} <= used
+    assert {
+        "hookimpl",
+        "BlockSpec",
+        "Param",
+        "TaskSpec",
+        "Task",
+        "Batch",
+        "MergeMethodSpec",
+        "MergeResult",
+        "check_block",
+    } <= used
 
 
 def test_the_docs_plugins_register_cleanly(docs_plugins: Registry) -> None:

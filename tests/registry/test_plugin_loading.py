@@ -51,7 +51,9 @@ def test_what_a_plugin_prints_while_loading_stays_out_of_build_json(site) -> Non
     result = CliRunner().invoke(app, ["build", "gpt", "--set", "layers=1", "--json"], env=WIDE)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["name"] == "gpt"  # before: the prints came first and broke the JSON
-    assert "plugin 'chatty_plugin' (ssmgraph-chatty 0.3.1) printed 'hello from the plugin'" in " ".join(result.stderr.split())  # rich may wrap the line
+    assert "plugin 'chatty_plugin' (ssmgraph-chatty 0.3.1) printed 'hello from the plugin'" in " ".join(
+        result.stderr.split()
+    )  # rich may wrap the line
     assert "'hook says hi'" in result.stderr
 
 
@@ -61,7 +63,9 @@ def test_a_slow_plugin_import_is_named_with_its_seconds(site, monkeypatch) -> No
     fake_distribution(site, "ssmgraph-quick", "quick_plugin", good_block("norm.quick"))
     registry = Registry()
     (notice,) = [n for n in registry.notices if "to import" in n]
-    assert "plugin 'sleepy_plugin' (ssmgraph-sleepy 0.3.1) took" in notice and "SSMGRAPH_DISABLE_PLUGINS=ssmgraph-sleepy" in notice
+    assert (
+        "plugin 'sleepy_plugin' (ssmgraph-sleepy 0.3.1) took" in notice and "SSMGRAPH_DISABLE_PLUGINS=ssmgraph-sleepy" in notice
+    )
     assert registry.get("norm.sleepy") is not None  # slow, not broken
     reset_registry(registry)
     result = CliRunner().invoke(app, ["blocks", "norm.quick"], env=WIDE)

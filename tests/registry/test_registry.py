@@ -57,7 +57,9 @@ def test_third_party_block_builds_steps_and_saves(tmp_path) -> None:
     ssmgraph.save(model, tmp_path / "m")
     reset_registry(Registry(autoload=False))  # as if the plugin were uninstalled
     try:
-        with pytest.raises(ssmgraph.SsmgraphError, match=r"mix\.ema \(from ssmgraph-testplugin 0\.1\.0\).*pip install ssmgraph-testplugin"):
+        with pytest.raises(
+            ssmgraph.SsmgraphError, match=r"mix\.ema \(from ssmgraph-testplugin 0\.1\.0\).*pip install ssmgraph-testplugin"
+        ):
             ssmgraph.load(tmp_path / "m")
     finally:
         reset_registry(None)
@@ -119,11 +121,15 @@ def test_the_warning_for_one_bad_spec_says_which_blocks_loaded(site) -> None:
 
 
 def test_a_spec_too_broken_to_check_is_reported_and_skipped(site) -> None:
-    source = good_block("norm.single").replace('params=(Param("scale", float, 1.0, "a multiplier"),)', 'params=Param("scale", float, 1.0, "a multiplier")')
+    source = good_block("norm.single").replace(
+        'params=(Param("scale", float, 1.0, "a multiplier"),)', 'params=Param("scale", float, 1.0, "a multiplier")'
+    )
     fake_distribution(site, "ssmgraph-single", "single_plugin", source)
     registry = Registry()
     assert "norm.single" not in registry.blocks and registry.get("mix.attention") is not None
-    assert any("ssmgraph-single 0.3.1" in p and "params must be a tuple of Param records, got Param" in p for p in registry.problems)
+    assert any(
+        "ssmgraph-single 0.3.1" in p and "params must be a tuple of Param records, got Param" in p for p in registry.problems
+    )
 
 
 def test_two_distributions_may_name_their_entry_points_alike(site) -> None:
@@ -142,11 +148,18 @@ def test_disabling_one_of_two_alike_named_entry_points_keeps_the_other(site, mon
         registry = Registry()
         records = {r.dist: r.status for r in registry.plugins.values() if r.dist in (disabled, kept)}
         assert records == {disabled: "disabled", kept: "loaded"}
-        assert registry.get("norm." + kept.split("-")[1]).plugin == kept and registry.get("norm." + disabled.split("-")[1]) is None
+        assert (
+            registry.get("norm." + kept.split("-")[1]).plugin == kept and registry.get("norm." + disabled.split("-")[1]) is None
+        )
 
 
 def test_hook_that_raises_is_reported(site) -> None:
-    fake_distribution(site, "ssmgraph-raises", "raises_plugin", "import ssmgraph\n@ssmgraph.hookimpl\ndef ssmgraph_blocks():\n    raise RuntimeError('boom')\n")
+    fake_distribution(
+        site,
+        "ssmgraph-raises",
+        "raises_plugin",
+        "import ssmgraph\n@ssmgraph.hookimpl\ndef ssmgraph_blocks():\n    raise RuntimeError('boom')\n",
+    )
     registry = Registry()
     assert registry.plugins["raises_plugin"].status == "failed"
     assert "RuntimeError: boom" in registry.plugins["raises_plugin"].error

@@ -60,7 +60,9 @@ class CumMean(nn.Module):
 
     def init_state(self, batch: int, *, device=None, dtype=None):
         dtype = dtype or self.proj[0].weight.dtype
-        return torch.zeros(batch, self.proj[0].in_features, device=device, dtype=dtype), torch.zeros(batch, 1, device=device, dtype=dtype)
+        return torch.zeros(batch, self.proj[0].in_features, device=device, dtype=dtype), torch.zeros(
+            batch, 1, device=device, dtype=dtype
+        )
 
     def step(self, x_t: Tensor, state):
         total, count = state[:2]
@@ -132,8 +134,14 @@ def test_a_mixer_whose_outputs_depend_on_the_amount_of_padding_fails_mask():
 
 def test_a_pointwise_block_with_a_per_position_scalar_output_passes_causality():
     scalar = BlockSpec(
-        name="head.scalar", role="head", doc="One value per position: x @ w.", reference="a test fixture", params=(),
-        factory=lambda in_types: Scalar(in_types[0].dim), shape=lambda in_types: TensorType(in_types[0].shape[:2], "float"), pointwise=True,
+        name="head.scalar",
+        role="head",
+        doc="One value per position: x @ w.",
+        reference="a test fixture",
+        params=(),
+        factory=lambda in_types: Scalar(in_types[0].dim),
+        shape=lambda in_types: TensorType(in_types[0].shape[:2], "float"),
+        pointwise=True,
     )
     report = check_block(scalar, raise_on_failure=False)
     assert {r.check: r.status for r in report.results}["causality"] == "passed"
@@ -173,7 +181,9 @@ def test_expected_failures_are_reported_and_must_still_fail():
 
 
 def test_failures_raise_with_a_readable_message():
-    with pytest.raises(ConformanceError, match=r"mix.cummean\[flaw=step_drifts\] fails 1 conformance check(?s:.*)step_equals_forward"):
+    with pytest.raises(
+        ConformanceError, match=r"mix.cummean\[flaw=step_drifts\] fails 1 conformance check(?s:.*)step_equals_forward"
+    ):
         check_block(spec(), {"flaw": "step_drifts"})
 
 

@@ -41,9 +41,14 @@ def bottleneck(units: int, *, forget_up: bool = False, solo: bool = False) -> Bl
         return declared + ([PermSpace("solo", 1, (PermAxis("up.bias", 0),))] if solo else [])
 
     return BlockSpec(
-        name="ffn.bottleneck", role="ffn", doc="A narrow two-layer perceptron per position.", reference="a test fixture",
+        name="ffn.bottleneck",
+        role="ffn",
+        doc="A narrow two-layer perceptron per position.",
+        reference="a test fixture",
         params=(Param("units", int, units, "hidden units of the bottleneck"),),
-        factory=lambda in_types, *, units: Bottleneck(in_types[0].dim, units), shape=same_as_input, pointwise=True,
+        factory=lambda in_types, *, units: Bottleneck(in_types[0].dim, units),
+        shape=same_as_input,
+        pointwise=True,
         perm_spaces=spaces,
     )
 
@@ -64,7 +69,10 @@ def test_a_wrong_declaration_on_a_two_unit_space_fails() -> None:
 
 def test_a_space_of_one_unit_is_left_out_and_said_so() -> None:
     state, detail = status(bottleneck(3, solo=True), "permutation_invariance")
-    assert state == "passed" and detail == "every unit moved in hidden (3 units); solo of one unit in this configuration cannot be permuted"
+    assert (
+        state == "passed"
+        and detail == "every unit moved in hidden (3 units); solo of one unit in this configuration cannot be permuted"
+    )
     state, detail = status(bottleneck(1), "permutation_invariance")
     assert state == "skipped" and "hidden of one unit in this configuration cannot be permuted" in detail
 
@@ -104,9 +112,14 @@ def _divisible(in_types, *, heads):
 
 
 HEADS = BlockSpec(
-    name="ffn.heads", role="ffn", doc="Per-head mean of the features, then a linear map.", reference="a test fixture",
+    name="ffn.heads",
+    role="ffn",
+    doc="Per-head mean of the features, then a linear map.",
+    reference="a test fixture",
     params=(Param("heads", int, 2, "number of heads (divides the width)", min=1),),
-    factory=lambda in_types, *, heads: Heads(in_types[0].dim, heads), shape=_divisible, pointwise=True,
+    factory=lambda in_types, *, heads: Heads(in_types[0].dim, heads),
+    shape=_divisible,
+    pointwise=True,
     examples=({"heads": 2}, {"heads": 3}, {}),
 )
 
@@ -143,7 +156,11 @@ def heads_installed():
 def test_the_results_table_labels_each_argument_set(heads_installed) -> None:
     result = CliRunner().invoke(app, ["check", "ffn.heads", "--json"])
     assert result.exit_code == 0, result.output
-    assert sorted({row["block"] for row in json.loads(result.stdout)}) == ["ffn.heads", "ffn.heads[heads=2]", "ffn.heads[heads=3]"]
+    assert sorted({row["block"] for row in json.loads(result.stdout)}) == [
+        "ffn.heads",
+        "ffn.heads[heads=2]",
+        "ffn.heads[heads=3]",
+    ]
 
 
 # ---- a typo in a spec is reported at the spec ----------------------------------------------------------------
@@ -170,7 +187,10 @@ def test_a_typo_in_a_param_name_is_reported_at_the_spec() -> None:
     with pytest.raises(ValueError) as info:
         check_block(typo)  # before: a TypeError from inside the kit
     message = str(info.value)
-    assert message.startswith(_declared_at() + ": parameter 'haeds' is declared, but the factory <lambda> takes no keyword 'haeds' (did you mean 'heads'?)")
+    assert message.startswith(
+        _declared_at()
+        + ": parameter 'haeds' is declared, but the factory <lambda> takes no keyword 'haeds' (did you mean 'heads'?)"
+    )
     assert "the shape rule _divisible needs keyword 'heads', which no Param declares" in message
 
 
@@ -192,5 +212,7 @@ def _fails_inside_ssmgraph(case) -> None:
 
 def test_a_failure_is_located_in_the_blocks_code_not_in_ssmgraph() -> None:
     result = run_check(Check("builds", "the block builds", _fails_inside_ssmgraph), make_case(HEADS))
-    assert result.status == "failed" and "errors.py" not in result.detail  # before: "(at .../ssmgraph/errors.py:..., in raise_if_any)"
+    assert (
+        result.status == "failed" and "errors.py" not in result.detail
+    )  # before: "(at .../ssmgraph/errors.py:..., in raise_if_any)"
     assert result.detail.endswith(f"(at {__file__}:{_blocks_code.__code__.co_firstlineno + 1}, in _blocks_code)")

@@ -35,7 +35,9 @@ def test_the_package_declares_its_entry_point(generated):
 
 def test_the_template_imports_only_the_public_plugin_module(generated):
     sources = {path.name: path.read_text() for path in generated.rglob("*.py")}
-    imported = [line.split()[1] for text in sources.values() for line in text.splitlines() if line.startswith(("from ", "import "))]
+    imported = [
+        line.split()[1] for text in sources.values() for line in text.splitlines() if line.startswith(("from ", "import "))
+    ]
     imports = {name for name in imported if name.split(".")[0] == "ssmgraph"}
     assert imports == {"ssmgraph.plugin"}, imports  # before: ssmgraph, ssmgraph.registry.specs, ssmgraph.testing, ...
 

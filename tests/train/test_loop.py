@@ -66,7 +66,18 @@ def registry():
 
 
 def config(**changes) -> TrainConfig:
-    base = {"task": "previous_token", "steps": 6, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "eval_interval": 3, "eval_size": 8, "log_interval": 1, "checkpoint_interval": 3, "keep_checkpoints": 5}
+    base = {
+        "task": "previous_token",
+        "steps": 6,
+        "batch_size": 4,
+        "lr": 3e-3,
+        "warmup_steps": 2,
+        "eval_interval": 3,
+        "eval_size": 8,
+        "log_interval": 1,
+        "checkpoint_interval": 3,
+        "keep_checkpoints": 5,
+    }
     return TrainConfig(**{**base, **changes})
 
 
@@ -190,15 +201,38 @@ def test_learning_rate_schedule() -> None:
 
 # ---- in separate processes: Ctrl-C and torchrun (built-in tasks) ----------------------------------
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-CLI = [sys.executable, "-m", "ssmgraph", "train", "lstm", "--task", "copying", "-t", "seq_len=16", "-t", "n_memorize=4",
-       "--set", "d_model=16", "--set", "hidden=16", "--set", "layers=1", "-b", "8", "--quiet"]
+CLI = [
+    sys.executable,
+    "-m",
+    "ssmgraph",
+    "train",
+    "lstm",
+    "--task",
+    "copying",
+    "-t",
+    "seq_len=16",
+    "-t",
+    "n_memorize=4",
+    "--set",
+    "d_model=16",
+    "--set",
+    "hidden=16",
+    "--set",
+    "layers=1",
+    "-b",
+    "8",
+    "--quiet",
+]
 
 
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path) -> None:
     run = tmp_path / "run"
     # A test runner may ignore SIGINT, and a child inherits that: give the child the default.
     proc = subprocess.Popen(
-        [*CLI, "--steps", "100000", "--out", str(run)], env=ENV, stderr=subprocess.PIPE, text=True,
+        [*CLI, "--steps", "100000", "--out", str(run)],
+        env=ENV,
+        stderr=subprocess.PIPE,
+        text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - no threads yet in the fresh child
     )
     try:
@@ -214,20 +248,49 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path) -> None:
     assert "interrupted: saved step" in stderr and "Traceback" not in stderr
     step = int(latest_checkpoint(run).name.split("_")[1])
     assert step >= 3
-    resumed = subprocess.run([*CLI[:4], "--resume", "--out", str(run), "--steps", str(step + 2), "--quiet"], check=False, env=ENV, capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(
+        [*CLI[:4], "--resume", "--out", str(run), "--steps", str(step + 2), "--quiet"],
+        check=False,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert latest_checkpoint(run).name == f"step_{step + 2:08d}"
 
 
 def test_two_process_gloo_run_matches_one_process(tmp_path) -> None:
     common = ["--steps", "4", "--seed", "3"]
-    single = subprocess.run([*CLI, *common, "--out", str(tmp_path / "one")], check=False, env=ENV, capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [*CLI, *common, "--out", str(tmp_path / "one")], check=False, env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert single.returncode == 0, single.stderr
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "ssmgraph", *CLI[3:]]
-    double = subprocess.run([*torchrun, *common, "--out", str(tmp_path / "two")], check=False, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "ssmgraph",
+        *CLI[3:],
+    ]
+    double = subprocess.run(
+        [*torchrun, *common, "--out", str(tmp_path / "two")],
+        check=False,
+        env={**ENV, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert double.returncode == 0, double.stderr
     assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
-    torch.testing.assert_close(torch.tensor(losses(tmp_path / "two")), torch.tensor(losses(tmp_path / "one")), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(losses(tmp_path / "two")), torch.tensor(losses(tmp_path / "one")), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_ddp_trains_a_model_whose_tap_projections_get_no_gradient(tmp_path) -> None:
@@ -238,7 +301,9 @@ def test_ddp_trains_a_model_whose_tap_projections_get_no_gradient(tmp_path) -> N
     from ssmgraph.train import distributed
 
     # A file store, not a TCP port: nothing another process holds can make it wait.
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1, timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1, timeout=timedelta(seconds=60)
+    )
     try:
         model = ssmgraph.build("pair", model="transformer", d_model=8, vocab=4, heads=2, d_common=4, max_len=32)
         assert any(name.startswith("taps.") for name, _ in model.named_parameters())

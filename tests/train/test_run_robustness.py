@@ -26,8 +26,16 @@ def run(*args: str):
 
 def config(**changes) -> TrainConfig:
     base = {
-        "task": "selective_copying", "task_options": {"seq_len": 16, "n_memorize": 2}, "steps": 8, "batch_size": 4, "warmup_steps": 2,
-        "eval_interval": 100, "eval_size": 8, "log_interval": 1, "checkpoint_interval": 100, "keep_checkpoints": 5,
+        "task": "selective_copying",
+        "task_options": {"seq_len": 16, "n_memorize": 2},
+        "steps": 8,
+        "batch_size": 4,
+        "warmup_steps": 2,
+        "eval_interval": 100,
+        "eval_size": 8,
+        "log_interval": 1,
+        "checkpoint_interval": 100,
+        "keep_checkpoints": 5,
     }
     return TrainConfig(**{**base, **changes})
 
@@ -84,6 +92,7 @@ def test_save_refuses_a_directory_of_other_files(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="not a saved model"):
         ssmgraph.save(ssmgraph.build("lstm", d_model=8), folder)
     assert (folder / "data.bin").read_bytes() == b"1"
+
 
 # ---- 2. train --overwrite checks the new run before deleting the old one ---------------------------
 def test_overwrite_with_a_typo_keeps_the_old_run(done) -> None:
@@ -163,7 +172,9 @@ def test_out_paths_that_are_files(tmp_path, done) -> None:
     assert afile.read_text() == "mine"
 
 
-@pytest.mark.parametrize("text, problem", [('{"blueprint": "lst', "cannot read the run record"), ("{}", "not a run record (no 'config' mapping)")])
+@pytest.mark.parametrize(
+    "text, problem", [('{"blueprint": "lst', "cannot read the run record"), ("{}", "not a run record (no 'config' mapping)")]
+)
 def test_damaged_run_json(done, text, problem) -> None:
     (done / "run.json").write_text(text)
     result = run("eval", done)
@@ -197,7 +208,14 @@ def test_a_half_written_metrics_line_is_skipped(done) -> None:
     assert [r["step"] for r in read_metrics(done) if r["split"] == "train"] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("name, content", [("optimizer.safetensors", b"garbage"), ("trainer.json", b"{}"), ("trainer.json", b'{"step": 2, "optimizer": {}, "trainer": {}}')])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("optimizer.safetensors", b"garbage"),
+        ("trainer.json", b"{}"),
+        ("trainer.json", b'{"step": 2, "optimizer": {}, "trainer": {}}'),
+    ],
+)
 def test_damaged_training_state(done, name, content) -> None:
     checkpoint = latest_checkpoint(done)
     (checkpoint / name).write_bytes(content)
@@ -255,7 +273,6 @@ def test_unknown_split(done) -> None:
     assert run("eval", done, "--split", "valid").exit_code == 0
 
 
-
 def test_train_refuses_a_folder_of_other_files_so_overwrite_never_deletes_them(tmp_path) -> None:
     folder = tmp_path / "proj"
     folder.mkdir()
@@ -268,7 +285,11 @@ def test_train_refuses_a_folder_of_other_files_so_overwrite_never_deletes_them(t
 
 def test_cli_mistakes_name_the_right_option_and_path(tmp_path) -> None:
     bad_option = run("train", "lstm", "--task", "bytes", "-t", "seq_len", "--out", tmp_path / "r")
-    assert bad_option.exit_code == 2 and "-t 'seq_len' must read name=value" in bad_option.output and "e.g. -t seq_len=256" in bad_option.output
+    assert (
+        bad_option.exit_code == 2
+        and "-t 'seq_len' must read name=value" in bad_option.output
+        and "e.g. -t seq_len=256" in bad_option.output
+    )
     missing = run("eval", tmp_path / "nothing")
     assert missing.exit_code == 2 and "no such run or model folder" in missing.output
     infinite = run("train", "lstm", *CLI_TINY, "--lr", "inf", "--out", tmp_path / "lr")

@@ -26,8 +26,15 @@ DEEP = "[" * 100_000 + "]" * 100_000
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = TrainConfig(
-        task="selective_copying", task_options={"seq_len": 16, "n_memorize": 2}, steps=2, batch_size=4, warmup_steps=1,
-        eval_interval=100, eval_size=8, log_interval=1, checkpoint_interval=100,
+        task="selective_copying",
+        task_options={"seq_len": 16, "n_memorize": 2},
+        steps=2,
+        batch_size=4,
+        warmup_steps=1,
+        eval_interval=100,
+        eval_size=8,
+        log_interval=1,
+        checkpoint_interval=100,
     )
     run_dir = tmp_path_factory.mktemp("runs") / "done"
     train("lstm", run_dir, config, overrides=TINY, progress=False)
@@ -78,7 +85,9 @@ def test_cli_resume_refuses_a_stored_steps_that_is_not_a_number(done: Path) -> N
     metrics_before = (done / "metrics.jsonl").read_text()
     result = CliRunner().invoke(app, ["train", "--resume", "--out", str(done), "-q"])
     assert result.exit_code == 2, result.output
-    assert f"{trainer_json}: key 'config.steps': expected int, got str 'abc'" in result.output and "Traceback" not in result.output
+    assert (
+        f"{trainer_json}: key 'config.steps': expected int, got str 'abc'" in result.output and "Traceback" not in result.output
+    )
     assert "error[E500]" in result.output
     assert [p.name for p in checkpoint_dirs(done)] == ["step_00000002"] and (done / "metrics.jsonl").read_text() == metrics_before
 
@@ -118,7 +127,11 @@ def test_trainer_json_beyond_limits_or_of_wrong_types(done: Path, text: str, pro
     (checkpoint / "trainer.json").write_text(text)
     with pytest.raises(CheckpointError) as info:
         load_trainer_state(checkpoint)
-    assert info.value.code == "E400" and str(info.value).startswith(f"{checkpoint / 'trainer.json'}: ") and problem in str(info.value)
+    assert (
+        info.value.code == "E400"
+        and str(info.value).startswith(f"{checkpoint / 'trainer.json'}: ")
+        and problem in str(info.value)
+    )
 
 
 def test_trainer_json_rng_state_pointing_at_another_tensor(done: Path) -> None:

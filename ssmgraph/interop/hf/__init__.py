@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ssmgraph.folders import atomic_directory, folder_lock, follow_link, refuse_checkpoint_target, refuse_sources
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.interop.errors import HFExportError
 from ssmgraph.interop.hf.checkpoint import HFConfig, check_output, read_config, read_weights, write_checkpoint
@@ -20,7 +21,6 @@ from ssmgraph.interop.hf.gpt2 import GPT2
 from ssmgraph.interop.hf.layout import HELP_LAYOUTS, Layout, ModelReader
 from ssmgraph.interop.hf.llama import Llama
 from ssmgraph.interop.hf.mamba import Mamba
-from ssmgraph.folders import atomic_directory, folder_lock, follow_link, refuse_checkpoint_target, refuse_sources
 from ssmgraph.serialization import is_saved_model, load, model_directory, read_meta, write_model_files
 
 FAMILIES: tuple[type[Layout], ...] = (Mamba, GPT2, Llama)

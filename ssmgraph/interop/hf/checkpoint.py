@@ -201,7 +201,10 @@ def check_output(out: Path, overwrite: bool, *, source: Path, earlier: Callable[
     previous output of the same conversion is replaced."""
     target, held = out.resolve(), source.resolve()
     if target == held or target in held.parents:
-        raise HFFileError(f"{out}: the output would replace the model being converted (or the folder holding it)", "give --out another directory")
+        raise HFFileError(
+            f"{out}: the output would replace the model being converted (or the folder holding it)",
+            "give --out another directory",
+        )
     if holds_current_folder(out):
         raise HFFileError(f"{out}: is the current folder (or holds it)", "give --out a new directory")
     if under_a_file(out):
@@ -212,7 +215,10 @@ def check_output(out: Path, overwrite: bool, *, source: Path, earlier: Callable[
         if not overwrite:
             raise HFFileError(f"{out}: already exists", "pass --overwrite to replace it, or give --out another directory")
         if not earlier(out):
-            raise HFFileError(f"{out}: holds other files, not an earlier conversion; --overwrite replaces only that", "give --out a new or empty directory")
+            raise HFFileError(
+                f"{out}: holds other files, not an earlier conversion; --overwrite replaces only that",
+                "give --out a new or empty directory",
+            )
 
 
 def write_checkpoint(folder: Path, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:

@@ -132,7 +132,11 @@ def _module_outputs(model: CompiledModel, paths: set[str], inputs: Sequence[Tens
 
 
 def _similarity(
-    a: Mapping[str, Tensor], b: Mapping[str, Tensor], space: Space, touching: Mapping[str, list[tuple[Space, PermAxis]]], perms: Mapping[str, Tensor]
+    a: Mapping[str, Tensor],
+    b: Mapping[str, Tensor],
+    space: Space,
+    touching: Mapping[str, list[tuple[Space, PermAxis]]],
+    perms: Mapping[str, Tensor],
 ) -> Tensor:
     """sim[i, j] = ⟨unit i of a, unit j of b⟩ summed over the space's axes, with b permuted on
     every other (space, axis) of the same tensor at its current permutation."""
@@ -152,4 +156,3 @@ def _units(t: Tensor, axis: PermAxis, size: int) -> Tensor:
     seg = t.detach().narrow(dim, axis.start, axis.chunks * size * axis.group)
     split = seg.reshape(*seg.shape[:dim], axis.chunks, size, axis.group, *seg.shape[dim + 1 :])
     return split.movedim(dim + 1, 0).reshape(size, -1).to(torch.float64).cpu()
-

@@ -115,7 +115,18 @@ def graph_spaces(model: CompiledModel, registry: Registry | None = None, *, inte
     calls: list[tuple[str, str, BlockSpec, tuple[TensorType, ...], dict[str, Any], tuple[str, ...], TensorType | None, bool]] = []
     for path in model.order:
         info = model.nodes[path]
-        calls.append((path, info.module_path, _spec(registry, info.block, path), info.in_types, info.args, info.inputs, info.out_type, False))
+        calls.append(
+            (
+                path,
+                info.module_path,
+                _spec(registry, info.block, path),
+                info.in_types,
+                info.args,
+                info.inputs,
+                info.out_type,
+                False,
+            )
+        )
     for name, value in model.tap_sources.items():
         module_path = f"taps.{name}"
         try:
@@ -235,4 +246,3 @@ def _check_disjoint(graph: Sequence[GraphSpace], internal: Sequence[Space], stat
                         f"{name!r} axis {axis.axis}: entries {lo}..{hi - 1} lie in space {space.key} and entries {olo}..{ohi - 1} "
                         f"in space {key}; a block declares one tensor axis in two spaces"
                     )
-

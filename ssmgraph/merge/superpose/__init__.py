@@ -1,4 +1,4 @@
-"""Superposition (seed 002, arXiv 2501.00530), made causal and measured on held-out data.
+"""Superposition (Ben Chaliah & Dellagi 2025, arXiv 2501.00530), made causal and measured on held-out data.
 
 Two models of one layer structure (say a byte-level LM trained on English, A, and one on
 French, B) are put into one model. At every layer both models' blocks read the same
@@ -70,9 +70,23 @@ def run_superpose(context: MergeContext) -> MergeResult:
     figures.update(layer_analysis(context, model, a, b, tasks))
     result = MergeResult(model, metrics=figures)
     n_a, n_b = merged[2], merged[3]
-    result.tables.append((f"Held-out bits per byte ({n_a} sequences of A's data, {n_b} of B's)", ["model", f"on {a.name}'s data", f"on {b.name}'s data"], rows))
-    result.tables.append(("Superposed perplexity / specialist perplexity", ["language", "ratio"], [[a.name, ratios["a"]], [b.name, ratios["b"]]]))
-    result.tables.append(("Per layer", ["layer", "α (mean)", "reconstruction NMSE", "polysemantic share (0.05 rule)", "mean selectivity"], figures.pop("_layer_rows")))
+    result.tables.append(
+        (
+            f"Held-out bits per byte ({n_a} sequences of A's data, {n_b} of B's)",
+            ["model", f"on {a.name}'s data", f"on {b.name}'s data"],
+            rows,
+        )
+    )
+    result.tables.append(
+        ("Superposed perplexity / specialist perplexity", ["language", "ratio"], [[a.name, ratios["a"]], [b.name, ratios["b"]]])
+    )
+    result.tables.append(
+        (
+            "Per layer",
+            ["layer", "α (mean)", "reconstruction NMSE", "polysemantic share (0.05 rule)", "mean selectivity"],
+            figures.pop("_layer_rows"),
+        )
+    )
     result.plots += draw_plots(context, figures, log)
     overhead = sum(q.numel() for n, q in model.named_parameters() if ".ae." in n or "blend" in n)
     sources = sum(q.numel() for q in a.model.parameters()) + sum(q.numel() for q in b.model.parameters())
@@ -85,5 +99,3 @@ def run_superpose(context: MergeContext) -> MergeResult:
         else "No linear-interpolation or task-arithmetic baseline: the two models' weights differ in names, shapes or ties, so they cannot be averaged.",
     ]
     return result
-
-

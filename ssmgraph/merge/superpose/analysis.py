@@ -49,7 +49,9 @@ def _interpolated(a: LoadedModel, b: LoadedModel, t: float) -> CompiledModel:
 def _task_arithmetic(a: LoadedModel, b: LoadedModel, base: CompiledModel, scale: float) -> CompiledModel:
     model = copy.deepcopy(base)
     s0, sa, sb = base.state_dict(), a.model.state_dict(), b.model.state_dict()
-    model.load_state_dict({k: s0[k] + scale * ((sa[k] - s0[k]) + (sb[k] - s0[k])) if s0[k].is_floating_point() else s0[k] for k in s0})
+    model.load_state_dict(
+        {k: s0[k] + scale * ((sa[k] - s0[k]) + (sb[k] - s0[k])) if s0[k].is_floating_point() else s0[k] for k in s0}
+    )
     return model
 
 
@@ -70,7 +72,9 @@ def bits_per_byte_on_both(model: nn.Module, tasks: tuple[Task, Task], batch_size
     return bpb_a, bpb_b, n_a, n_b
 
 
-def best_of(candidates: Mapping[str, nn.Module], tasks: tuple[Task, Task], batch_size: int, limit: int) -> tuple[str, Score, dict[str, list[float]]]:
+def best_of(
+    candidates: Mapping[str, nn.Module], tasks: tuple[Task, Task], batch_size: int, limit: int
+) -> tuple[str, Score, dict[str, list[float]]]:
     """The candidate with the lowest mean bits per byte over both languages (a grid search)."""
     scores = {name: bits_per_byte_on_both(m, tasks, batch_size, limit) for name, m in candidates.items()}
     best = min(scores, key=lambda k: scores[k][0] + scores[k][1])
@@ -78,7 +82,9 @@ def best_of(candidates: Mapping[str, nn.Module], tasks: tuple[Task, Task], batch
 
 
 @torch.no_grad()
-def layer_analysis(context: MergeContext, model: CompiledModel, a: LoadedModel, b: LoadedModel, tasks: tuple[Task, Task]) -> dict[str, Any]:
+def layer_analysis(
+    context: MergeContext, model: CompiledModel, a: LoadedModel, b: LoadedModel, tasks: tuple[Task, Task]
+) -> dict[str, Any]:
     """Per-layer α, reconstruction error, polysemantic neurons; hidden states for the plots."""
     batch_size = context.recipe.data.batch_size
     batches = [next(iter(task.eval_batches(batch_size))) for task in tasks]
@@ -90,7 +96,9 @@ def layer_analysis(context: MergeContext, model: CompiledModel, a: LoadedModel, 
     alphas = [float(m.alpha.mean()) for m, _ in blends(model, len(hidden[0]))]
     rows, recon, poly = [], [], []
     for layer in range(len(hidden[0])):
-        nmse = float(recon_error([torch.cat([hidden[0][layer], hidden[1][layer]])], [torch.cat([targets[0][layer], targets[1][layer]])]))
+        nmse = float(
+            recon_error([torch.cat([hidden[0][layer], hidden[1][layer]])], [torch.cat([targets[0][layer], targets[1][layer]])])
+        )
         m_a = hidden[0][layer].abs().mean((0, 1))
         m_b = hidden[1][layer].abs().mean((0, 1))
         share = float(((m_a > 0.05) & (m_b > 0.05)).float().mean())
@@ -113,9 +121,22 @@ def draw_plots(context: MergeContext, figures: dict[str, Any], log: list[dict[st
     states = figures.pop("_states")
     out = context.out_dir
     steps = [r["step"] for r in log]
-    curves({"LM loss": (steps, [r["lm"] for r in log]), "reconstruction (NMSE)": (steps, [r["recon"] for r in log])}, "step", "loss", "superposition training", out / "training.png", log_y=True)
+    curves(
+        {"LM loss": (steps, [r["lm"] for r in log]), "reconstruction (NMSE)": (steps, [r["recon"] for r in log])},
+        "step",
+        "loss",
+        "superposition training",
+        out / "training.png",
+        log_y=True,
+    )
     depth = list(range(len(figures["alpha"])))
-    curves({"α": (depth, figures["alpha"])}, "depth (0: embedding, last: head)", "α (0: A, 1: B)", "blend along depth", out / "alpha.png")
+    curves(
+        {"α": (depth, figures["alpha"])},
+        "depth (0: embedding, last: head)",
+        "α (0: A, 1: B)",
+        "blend along depth",
+        out / "alpha.png",
+    )
     plt = pyplot()
     # hidden-state trajectories: each language's mean state per layer, in the top-2 PCA plane
     means = torch.stack([torch.stack([h.mean(0) for h in hs]) for hs in states])  # (2, L, D)

@@ -26,7 +26,9 @@ def superposed_blueprint(a: LoadedModel, b: LoadedModel, params: Mapping[str, An
     sa, sb = layer_stack(a), layer_stack(b)
     bpa, bpb = blueprint_of(a.model), blueprint_of(b.model)
     if sa.layers != sb.layers:
-        raise MergeError(f"superposition pairs layers one to one; {a.name!r} has {sa.layers} and {b.name!r} has {sb.layers} (try stitch)")
+        raise MergeError(
+            f"superposition pairs layers one to one; {a.name!r} has {sa.layers} and {b.name!r} has {sb.layers} (try stitch)"
+        )
     if bpa["inputs"] != bpb["inputs"] or len(bpa["outputs"]) != 1 or len(bpb["outputs"]) != 1:
         raise MergeError("superposition needs two models with the same inputs and one output each")
     width = a.model.nodes[f"{sa.name}.0.{sa.out_node}"].out_type.dim
@@ -112,7 +114,11 @@ def build_superposed(a: LoadedModel, b: LoadedModel, params: Mapping[str, Any]) 
     model = compile_blueprint(Blueprint.from_dict(superposed_blueprint(a, b, params), source="<superposed blueprint>"))
     state = superposed_state(a, b)
     result = model.load_state_dict(state, strict=False)
-    sources_missing = [k for k in result.missing_keys if ".blend." not in k and ".ae." not in k and not k.startswith(("embed_blend", "logits_blend")) and k not in model.tied]
+    sources_missing = [
+        k
+        for k in result.missing_keys
+        if ".blend." not in k and ".ae." not in k and not k.startswith(("embed_blend", "logits_blend")) and k not in model.tied
+    ]
     if sources_missing or result.unexpected_keys:
         raise MergeError(f"superposed weights do not fit: missing {sources_missing[:3]}, unexpected {result.unexpected_keys[:3]}")
     return model

@@ -44,7 +44,10 @@ class AlphaAt(nn.Module):
 def language_tasks(context: MergeContext) -> tuple[Task, Task]:
     """The recipe's task twice: with A's options (``options_a``) and with B's."""
     data = context.recipe.data
-    return (make_task(data.task, {**data.options, **context.params["options_a"]}), make_task(data.task, {**data.options, **context.params["options_b"]}))
+    return (
+        make_task(data.task, {**data.options, **context.params["options_a"]}),
+        make_task(data.task, {**data.options, **context.params["options_b"]}),
+    )
 
 
 @torch.no_grad()
@@ -68,7 +71,9 @@ def layer_states(taps: Mapping[str, Tensor]) -> list[Tensor]:
     return [v for _, v in sorted(taps.items(), key=lambda kv: int(kv[0].rsplit(".", 1)[1]))]
 
 
-def train_superposed(context: MergeContext, model: CompiledModel, a: LoadedModel, b: LoadedModel, tasks: tuple[Task, Task]) -> list[dict[str, float]]:
+def train_superposed(
+    context: MergeContext, model: CompiledModel, a: LoadedModel, b: LoadedModel, tasks: tuple[Task, Task]
+) -> list[dict[str, float]]:
     """Train ``model``'s α curve and autoencoders in place (cosine learning rate); afterwards each
     blend holds its α as a plain parameter. Returns the losses, logged every 10 steps."""
     p, layers = context.params, layer_stack(a).layers
@@ -79,7 +84,9 @@ def train_superposed(context: MergeContext, model: CompiledModel, a: LoadedModel
         param.requires_grad_(False)
     blend_modules = blends(model, layers)
     for module, depth in blend_modules:
-        parametrize.register_parametrization(module, "alpha", AlphaAt(curve, depth, reduce=module is blend_modules[-1][0]), unsafe=True)
+        parametrize.register_parametrization(
+            module, "alpha", AlphaAt(curve, depth, reduce=module is blend_modules[-1][0]), unsafe=True
+        )
     trainable = [*curve.parameters(), *(q for n, q in model.named_parameters() if ".ae." in n)]
     for q in trainable:
         q.requires_grad_(True)

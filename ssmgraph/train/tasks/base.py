@@ -92,7 +92,9 @@ class Task:
     def eval_batches(self, batch_size: int, split: str = "test", size: int | None = None) -> Iterator[Batch]:
         """A fixed held-out set of ``size`` examples (default ``eval_size``; the same on every call)."""
         if split not in HELD_OUT_SPLITS:
-            raise SsmgraphError(f"this task has held-out splits {' and '.join(map(repr, HELD_OUT_SPLITS))}, not {split!r}; use --split test")
+            raise SsmgraphError(
+                f"this task has held-out splits {' and '.join(map(repr, HELD_OUT_SPLITS))}, not {split!r}; use --split test"
+            )
         generator = torch.Generator().manual_seed(1_000_003 if split == "test" else 1_000_033)
         total = self.eval_size if size is None else size
         # Drawn in chunks of a fixed size, then re-batched: the set is the same at any batch size.
@@ -110,5 +112,9 @@ class Task:
     def describe(self) -> str:
         """One line for logs: kind, input and target shapes."""
         inputs = f"tokens < {self.vocab_size}" if self.vocab_size is not None else f"features of {self.feature_dim}"
-        target = {"lm": f"next-token targets < {self.num_classes}", "classify": f"{self.num_classes} classes", "regress": "a real value"}[self.kind]
+        target = {
+            "lm": f"next-token targets < {self.num_classes}",
+            "classify": f"{self.num_classes} classes",
+            "regress": "a real value",
+        }[self.kind]
         return f"{self.kind}: {inputs}, length {self.seq_len}, {target}"

@@ -109,7 +109,14 @@ DIGITS = TaskSpec(
     doc="scikit-learn's 8x8 handwritten digits as 64-step pixel sequences; 10 classes, fixed stratified test split.",
     params=(
         Param("tokens", bool, False, "feed pixel intensities as tokens 0 .. 16 instead of floats in [0, 1]"),
-        Param("test_fraction", float, 0.2, "share of each class held out for testing (0.2: 1437 train / 360 test)", min=0.05, max=0.5),
+        Param(
+            "test_fraction",
+            float,
+            0.2,
+            "share of each class held out for testing (0.2: 1437 train / 360 test)",
+            min=0.05,
+            max=0.5,
+        ),
         Param("split_seed", int, 0, "seed of the fixed train/test split"),
     ),
     factory=DigitsTask,

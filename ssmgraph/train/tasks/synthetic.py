@@ -59,7 +59,10 @@ class CopyingTask(Task):
 
     def __init__(self, seq_len: int = 120, n_memorize: int = 10, vocab: int = 10):
         need = 2 * n_memorize + 1
-        require(seq_len >= need, f"copying: seq_len {seq_len} is too short for n_memorize {n_memorize} (needs 2 * n_memorize + 1 = {need})")
+        require(
+            seq_len >= need,
+            f"copying: seq_len {seq_len} is too short for n_memorize {n_memorize} (needs 2 * n_memorize + 1 = {need})",
+        )
         self.seq_len, self.n_memorize = seq_len, n_memorize
         self.vocab_size = self.num_classes = vocab
         self.blank, self.marker = 0, vocab - 1
@@ -248,7 +251,9 @@ COPYING = TaskSpec(
     params=(
         _seq_len(120, 3, "total length L = delay T + 2 * n_memorize (Arjovsky et al.: T = 100 .. 2000)"),
         Param("n_memorize", int, 10, "tokens to copy (Arjovsky et al.: 10)", min=1, max=100_000),
-        Param("vocab", int, 10, "vocabulary: blank 0, data 1 .. vocab-2, marker vocab-1 (Arjovsky et al.: 10)", min=3, max=1_000_000),
+        Param(
+            "vocab", int, 10, "vocabulary: blank 0, data 1 .. vocab-2, marker vocab-1 (Arjovsky et al.: 10)", min=3, max=1_000_000
+        ),
     ),
     factory=CopyingTask,
     reference="Arjovsky, Shah & Bengio 2016, Unitary Evolution Recurrent Neural Networks (§4.1 copying memory)",
@@ -311,8 +316,18 @@ LISTOPS = TaskSpec(
     doc="ListOps: evaluate a nested MAX/MIN/MED/SM expression over digits (10 classes), as in Long Range Arena.",
     params=(
         _seq_len(512, 4, "maximum expression length, padded to it (LRA: 2000)"),
-        Param("min_len", int, None, "minimum expression length; null: seq_len // 4 (LRA: 500 for 2000)", min=1, max=1_000_000, nullable=True),
-        Param("max_depth", int, 10, "tree depth counting the digits: at most max_depth-1 nested operators (LRA: 10)", min=2, max=50),
+        Param(
+            "min_len",
+            int,
+            None,
+            "minimum expression length; null: seq_len // 4 (LRA: 500 for 2000)",
+            min=1,
+            max=1_000_000,
+            nullable=True,
+        ),
+        Param(
+            "max_depth", int, 10, "tree depth counting the digits: at most max_depth-1 nested operators (LRA: 10)", min=2, max=50
+        ),
         Param("max_args", int, 10, "most arguments of one operator (LRA: 10)", min=2, max=100),
     ),
     factory=ListOpsTask,

@@ -139,8 +139,12 @@ BYTES = TaskSpec(
     name="bytes",
     doc="Byte-level language modelling on a text file or directory (or a bundled sample); the bits metric is bits per byte.",
     params=(
-        Param("path", str, None, "a UTF-8 text file, or a directory of .txt/.md files; null: the bundled sample text", nullable=True),
-        Param("corpus", str, "en", "the bundled sample used without path: en (Carroll, Lincoln) or fr (Dumas)", choices=("en", "fr")),
+        Param(
+            "path", str, None, "a UTF-8 text file, or a directory of .txt/.md files; null: the bundled sample text", nullable=True
+        ),
+        Param(
+            "corpus", str, "en", "the bundled sample used without path: en (Carroll, Lincoln) or fr (Dumas)", choices=("en", "fr")
+        ),
         Param("seq_len", int, 256, "bytes per window", min=1, max=1_000_000),
         Param("valid_fraction", float, 0.1, "share of the text, at its end, held out for validation", min=0.01, max=0.5),
     ),

@@ -1,6 +1,6 @@
 """On a CUDA device (skipped without one): every shipped blueprint matches its CPU self.
 
-CI has no GPU; these run where one is present (`python -m pytest tests/core/test_cuda.py`).
+CI has no GPU; these run where one is present (`python -m pytest tests/test_cuda.py`).
 """
 
 from __future__ import annotations

@@ -59,7 +59,10 @@ def test_huge_integer_is_refused(tmp_path: Path) -> None:
     assert "an integer of 101 digits" in _read(tmp_path, "-" + "9" * 101)
 
 
-@pytest.mark.parametrize("text, problem", [("[1e999]", "1e999 overflows to infinity"), ('{"lr": NaN}', "NaN is not a finite number"), ("-Infinity", "-Infinity")])
+@pytest.mark.parametrize(
+    "text, problem",
+    [("[1e999]", "1e999 overflows to infinity"), ('{"lr": NaN}', "NaN is not a finite number"), ("-Infinity", "-Infinity")],
+)
 def test_non_finite_numbers_are_refused_where_asked(tmp_path: Path, text: str, problem: str) -> None:
     assert problem in _read(tmp_path, text)
     (tmp_path / "loose.json").write_text(text)

@@ -111,7 +111,9 @@ def test_node_override_replaces_block_and_args_of_expression_args() -> None:
 
 
 def test_node_override_args_update_the_evaluated_expression_args() -> None:
-    text = stack("{-1: {nodes: {mix: {args: {heads: 4}}}}}", body_args="{mixer: mix.attention, mixer_args: {heads: 2, causal: false}}")
+    text = stack(
+        "{-1: {nodes: {mix: {args: {heads: 4}}}}}", body_args="{mixer: mix.attention, mixer_args: {heads: 2, causal: false}}"
+    )
     model = build(text)
     assert [model.nodes[f"blocks.{i}.mix"].args["heads"] for i in range(3)] == [2, 2, 4]
     assert not model.nodes["blocks.2.mix"].args["causal"]
@@ -129,7 +131,10 @@ def test_node_override_of_an_inline_body_keeps_the_base_args() -> None:
         "outputs: {y: st}",
     )
     model = build(text)
-    assert [(model.nodes[f"st.{i}.n"].args["hidden"], model.nodes[f"st.{i}.n"].args["bias"]) for i in range(2)] == [(8, False), (16, False)]
+    assert [(model.nodes[f"st.{i}.n"].args["hidden"], model.nodes[f"st.{i}.n"].args["bias"]) for i in range(2)] == [
+        (8, False),
+        (16, False),
+    ]
 
 
 # ---- 3. args beside an inline body --------------------------------------------------------------
@@ -155,7 +160,9 @@ def test_args_on_a_node_with_body_is_e110() -> None:
 
 
 def test_tap_projection_at_an_input_projects() -> None:
-    model = build(bp(FEATURES, "nodes:", "  n: {block: norm.layer, in: x}", "outputs: {y: n}", "taps:", "  raw: {at: x, project: 4}"))
+    model = build(
+        bp(FEATURES, "nodes:", "  n: {block: norm.layer, in: x}", "outputs: {y: n}", "taps:", "  raw: {at: x, project: 4}")
+    )
     _, taps = model(torch.randn(1, 3, 8), taps=True)
     assert taps["raw"].shape == (1, 3, 4)
     assert "taps.raw.weight" in dict(model.named_parameters())
@@ -182,7 +189,9 @@ def test_body_node_named_like_a_body_input_is_e200() -> None:
 
 
 def test_fragment_node_named_like_its_input_is_e200(tmp_path: Path) -> None:
-    (tmp_path / "f.yaml").write_text(bp("kind: fragment", "inputs: [x]", "nodes:", "  x: {block: norm.layer, in: x}", "outputs: {x: x}"))
+    (tmp_path / "f.yaml").write_text(
+        bp("kind: fragment", "inputs: [x]", "nodes:", "  x: {block: norm.layer, in: x}", "outputs: {x: x}")
+    )
     (tmp_path / "main.yaml").write_text(bp(FEATURES, "nodes:", "  g: {use: f.yaml, in: x}", "outputs: {y: g}"))
     d = located("", "E200", 5, "'x' names both a body input and a node", name=tmp_path / "main.yaml")
     assert d.mark is not None and d.mark.file.endswith("f.yaml") and len(d.mark.via) == 1
@@ -224,7 +233,13 @@ def test_share_cycle_is_e230_once(nodes: list[str], line: int, cycle: str) -> No
 # ---- 7. $$ escapes ---------------------------------------------------------------------------------------
 
 
-DOLLAR = bp("params: {label: $$price, nested: [$$a, {b: $$$c}], d: 8}", TOKENS, "nodes:", "  e: {block: embed.token, in: tokens, args: {vocab: 10, dim: $d}}", "outputs: {y: e}")
+DOLLAR = bp(
+    "params: {label: $$price, nested: [$$a, {b: $$$c}], d: 8}",
+    TOKENS,
+    "nodes:",
+    "  e: {block: embed.token, in: tokens, args: {vocab: 10, dim: $d}}",
+    "outputs: {y: e}",
+)
 
 
 def test_resolved_dollar_strings_are_escaped_when_saved(tmp_path: Path) -> None:
@@ -238,7 +253,14 @@ def test_resolved_dollar_strings_are_escaped_when_saved(tmp_path: Path) -> None:
 
 def dollar_fragment(tmp_path: Path, use_line: str) -> Path:
     (tmp_path / "f.yaml").write_text(
-        bp("kind: fragment", "params: {blk: norm.layer, price: norm.layer}", "inputs: [x]", "nodes:", "  n: {block: $blk, in: x}", "outputs: {x: n}")
+        bp(
+            "kind: fragment",
+            "params: {blk: norm.layer, price: norm.layer}",
+            "inputs: [x]",
+            "nodes:",
+            "  n: {block: $blk, in: x}",
+            "outputs: {x: n}",
+        )
     )
     (tmp_path / "main.yaml").write_text(bp(FEATURES, "nodes:", use_line, "outputs: {y: g}"))
     return tmp_path / "main.yaml"
@@ -252,7 +274,10 @@ def test_fragment_args_are_evaluated_once(tmp_path: Path) -> None:
 def test_override_args_are_evaluated_once(tmp_path: Path) -> None:
     use = "  g: {repeat: 2, in: x, body: {use: f.yaml}, at: {1: {args: {blk: $$price}}}}"
     blueprint = load_blueprint(dollar_fragment(tmp_path, use))
-    assert [blueprint.nodes["g"].at.get(i, blueprint.nodes["g"].body).nodes["n"].block for i in range(2)] == ["norm.layer", "$price"]
+    assert [blueprint.nodes["g"].at.get(i, blueprint.nodes["g"].body).nodes["n"].block for i in range(2)] == [
+        "norm.layer",
+        "$price",
+    ]
 
 
 # ---- 8. names that would break the generated forward -----------------------------------------------------
@@ -265,10 +290,17 @@ def test_node_name_reserved_by_the_module_is_e200(name: str) -> None:
 
 
 def test_input_named_self_is_e200() -> None:
-    located(bp("inputs: {self: {}}", "nodes:", "  e: {block: embed.token, in: self, args: {vocab: 10, dim: 8}}", "outputs: {y: e}"), "E200", 2, "'self' is reserved")
+    located(
+        bp("inputs: {self: {}}", "nodes:", "  e: {block: embed.token, in: self, args: {vocab: 10, dim: 8}}", "outputs: {y: e}"),
+        "E200",
+        2,
+        "'self' is reserved",
+    )
 
 
-@pytest.mark.parametrize(("tap", "part"), [("class", "class"), ("h.if", "if"), ("h._modules", "_modules"), ("forward", "forward")])
+@pytest.mark.parametrize(
+    ("tap", "part"), [("class", "class"), ("h.if", "if"), ("h._modules", "_modules"), ("forward", "forward")]
+)
 def test_tap_name_with_a_keyword_or_reserved_part_is_e200(tap: str, part: str) -> None:
     text = bp(TOKENS, "nodes:", EMBED, "outputs: {y: e}", "taps:", f"  {tap}: {{at: e, project: 3}}")
     located(text, "E200", 7, f"{part!r} is a Python keyword or reserved name")
@@ -283,7 +315,14 @@ def test_tap_names_may_reuse_compiled_model_members(tap: str) -> None:
 
 
 def test_a_share_of_a_failed_share_reports_only_the_first_error() -> None:
-    text = bp(FEATURES, "nodes:", "  a: {block: norm.layer, in: x}", "  b: {share: nothere, in: x}", "  c: {share: b, in: x}", "outputs: {y: c}")
+    text = bp(
+        FEATURES,
+        "nodes:",
+        "  a: {block: norm.layer, in: x}",
+        "  b: {share: nothere, in: x}",
+        "  c: {share: b, in: x}",
+        "outputs: {y: c}",
+    )
     located(text, "E210", 5, "no input or node named 'nothere'")
 
 
@@ -304,7 +343,13 @@ def test_non_string_argument_names_are_e112(lines: list[str], line: int, path: s
 
 
 def test_non_string_param_name_with_unknown_override_has_no_type_error() -> None:
-    text = bp("params: {d: 8, 1: 3}", TOKENS, "nodes:", "  e: {block: embed.token, in: tokens, args: {vocab: 10, dim: $d}}", "outputs: {y: e}")
+    text = bp(
+        "params: {d: 8, 1: 3}",
+        TOKENS,
+        "nodes:",
+        "  e: {block: embed.token, in: tokens, args: {vocab: 10, dim: $d}}",
+        "outputs: {y: e}",
+    )
     assert sorted(d.code for d in errors(text, {"dd": 3})) == ["E121", "E200"]
 
 
@@ -313,7 +358,16 @@ def test_non_string_param_name_with_unknown_override_has_no_type_error() -> None
 
 @pytest.mark.parametrize(
     "expression",
-    ["$0.5 ** -100000", "$(-0.5) ** -3000.5", "$(-8) ** 0.5", "$l * 9000000000000000000", "$l + l", "$m + m", "$n * 2", '$"a" * 3'],
+    [
+        "$0.5 ** -100000",
+        "$(-0.5) ** -3000.5",
+        "$(-8) ** 0.5",
+        "$l * 9000000000000000000",
+        "$l + l",
+        "$m + m",
+        "$n * 2",
+        '$"a" * 3',
+    ],
 )
 def test_bad_arithmetic_is_e120(expression: str) -> None:
     text = bp(
@@ -337,7 +391,9 @@ def test_number_and_string_arithmetic_still_works() -> None:
 # ---- 11. YAML tags and .nan --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", ["a: !!int abc", "a: !!bool maybe", "a: !!str x", "a: !!null foo", "a: !!map 3", "a: ! x", "a: [!!int 1]"])
+@pytest.mark.parametrize(
+    "text", ["a: !!int abc", "a: !!bool maybe", "a: !!str x", "a: !!null foo", "a: !!map 3", "a: ! x", "a: [!!int 1]"]
+)
 def test_any_explicit_tag_is_e103(text: str) -> None:
     with pytest.raises(BlueprintError) as info:
         load_yaml(text, "x.yaml")

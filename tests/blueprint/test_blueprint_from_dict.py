@@ -91,7 +91,10 @@ def test_a_bad_value_names_its_key_path_and_the_source() -> None:
     [found] = diagnostics(bad)
     assert found.code == "E112"
     assert isinstance(found.mark, KeyMark) and found.mark.key == "nodes.blocks.repeat"
-    assert found.render().splitlines()[0] == f"{SOURCE}:nodes.blocks.repeat: error[E112]: nodes.blocks.repeat: repeat must be int, got str 'three'"
+    assert (
+        found.render().splitlines()[0]
+        == f"{SOURCE}:nodes.blocks.repeat: error[E112]: nodes.blocks.repeat: repeat must be int, got str 'three'"
+    )
 
 
 def test_a_bad_block_argument_names_its_key_path_after_compiling() -> None:

@@ -65,7 +65,9 @@ class CountsAndDraws(nn.Module):
 
 
 def _spec(name: str, factory, doc: str = "a test block") -> BlockSpec:
-    return BlockSpec(name=name, role="mix", doc=doc, params=(Param("gain", float, 1.0, "unused gain"),), factory=factory, shape=same_as_input)
+    return BlockSpec(
+        name=name, role="mix", doc=doc, params=(Param("gain", float, 1.0, "unused gain"),), factory=factory, shape=same_as_input
+    )
 
 
 class _Plugin:
@@ -164,7 +166,12 @@ def test_a_block_too_large_to_build_blames_the_sizes_not_the_block() -> None:
 @pytest.mark.parametrize(
     ("error", "shown"),
     [
-        (RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to allocate 4000000000000 bytes."), "3.6 TiB"),
+        (
+            RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to allocate 4000000000000 bytes."
+            ),
+            "3.6 TiB",
+        ),
         (MemoryError(), "MemoryError"),
         (OverflowError("Python int too large to convert to C long"), "Python int too large"),
     ],
