@@ -6,7 +6,11 @@ grouped-query attention (Ainslie et al. 2023: ``kv_heads`` key/value heads, each
 ``heads / kv_heads`` query heads, as Llama's ``repeat_kv``) and optional rotary position
 embedding (Su et al. 2021, RoFormer) in the half-split convention of GPT-NeoX and
 Hugging Face Llama: feature i is rotated with feature i + head_dim/2 by the angle
-pos · base^(-2i/head_dim). The kernel is ``torch.nn.functional.scaled_dot_product_attention``.
+pos · base^(-2i/head_dim), optionally scaled for longer contexts (``rope_scaling``: linear,
+llama3, yarn; rope.py). Further options of the Llama-layout families: ``head_dim`` other than
+dim / heads, a sliding ``window`` (Mistral), per-head RMSNorm of q and k (``qk_norm``, Qwen3),
+and biases on qkv without one on out_proj (``out_bias``, Qwen2). The kernel is
+``torch.nn.functional.scaled_dot_product_attention``.
 
 Recurrent state (causal only): ``(k_cache, v_cache, key_valid)`` with
 ``k_cache, v_cache`` of shape (B, kv_heads, S, head_dim) and ``key_valid`` (B, S) bool, the
@@ -38,6 +42,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ssmgraph.blocks.norm import RMSNorm
+from ssmgraph.blocks.rope import ROPE_PARAMS, Rotary, apply_rope, check_rope_args, rope_angles
 from ssmgraph.ops.linear import Linear
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import (
@@ -56,22 +62,8 @@ from ssmgraph.registry.specs import (
 
 AttentionState = tuple[Tensor, Tensor, Tensor]
 
-
-def rope_angles(positions: Tensor, head_dim: int, base: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos and sin of pos · base^(-2i/head_dim), i < head_dim/2, computed in at least fp32."""
-    compute = torch.promote_types(dtype, torch.float32)
-    i = torch.arange(head_dim // 2, device=positions.device, dtype=compute)
-    inv_freq = base ** (-2.0 * i / head_dim)
-    angle = positions.to(compute).unsqueeze(-1) * inv_freq
-    return angle.cos(), angle.sin()
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x_i, x_{i+d/2}) of ``x`` (..., L, d) by the angles behind cos/sin (..., L, d/2)."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return rotated.to(x.dtype)
+__all__ = ["ATTENTION", "CROSS_ATTENTION", "Attention", "AttentionState", "CrossAttention", "apply_rope", "rope_angles"]
+"""The RoPE helpers live in rope.py; re-exported here, where they were first."""
 
 
 def _split_heads(t: Tensor, heads: int) -> Tensor:
@@ -95,20 +87,33 @@ class Attention(nn.Module):
         *,
         heads: int,
         kv_heads: int | None = None,
+        head_dim: int | None = None,
         causal: bool = True,
+        window: int | None = None,
         rope: bool = False,
         rope_base: float = 10000.0,
+        rope_scaling: str = "none",
+        qk_norm: bool = False,
+        qk_norm_eps: float = 1e-6,
         bias: bool = False,
+        out_bias: bool | None = None,
         dropout: float = 0.0,
+        **rope_options: Any,
     ):
+        """``rope_options``: the other ``rope_*`` parameters (ROPE_PARAMS), for :class:`Rotary`."""
         super().__init__()
         self.dim, self.heads = dim, heads
         self.kv_heads = heads if kv_heads is None else kv_heads
-        self.head_dim = dim // heads
-        self.causal, self.rope, self.rope_base, self.dropout = causal, rope, rope_base, dropout
-        kv_dim = self.kv_heads * self.head_dim
-        self.qkv = Linear(dim, dim + 2 * kv_dim, bias=bias)
-        self.out_proj = Linear(dim, dim, bias=bias)
+        self.head_dim = dim // heads if head_dim is None else head_dim
+        self.q_dim, self.kv_dim = heads * self.head_dim, self.kv_heads * self.head_dim
+        self.causal, self.window, self.rope, self.rope_base, self.dropout = causal, window, rope, rope_base, dropout
+        self.qkv = Linear(dim, self.q_dim + 2 * self.kv_dim, bias=bias)
+        self.out_proj = Linear(self.q_dim, dim, bias=bias if out_bias is None else out_bias)
+        if qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(self.head_dim, qk_norm_eps), RMSNorm(self.head_dim, qk_norm_eps)
+        self.qk_norm = qk_norm
+        options = {name.removeprefix("rope_"): value for name, value in rope_options.items()}
+        self.rotary = Rotary(self.head_dim, rope_base, scaling=rope_scaling, **options) if rope else None
 
     def forward(
         self,
@@ -121,17 +126,18 @@ class Attention(nn.Module):
         if (state is not None or return_state) and not self.causal:
             raise ValueError("a bidirectional mix.attention has no recurrent state (set causal: true)")
         batch, length, _ = x.shape
-        kv_dim = self.kv_heads * self.head_dim
-        q, k, v = self.qkv(x).split((self.dim, kv_dim, kv_dim), dim=-1)
+        q, k, v = self.qkv(x).split((self.q_dim, self.kv_dim, self.kv_dim), dim=-1)
         q, k, v = _split_heads(q, self.heads), _split_heads(k, self.kv_heads), _split_heads(v, self.kv_heads)
+        if self.qk_norm:  # per-head RMSNorm before the rotation (Qwen3)
+            q, k = self.q_norm(q), self.k_norm(k)
 
         valid = torch.ones(batch, length, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
         past = 0 if state is None else state[0].shape[2]
-        if self.rope:
+        if self.rotary is not None:
             positions = torch.arange(length, device=x.device)[None]  # (1, L): one table for the batch
             if state is not None:
                 positions = positions + state[2].sum(dim=1, keepdim=True)  # (B, L): each sequence's offset
-            cos, sin = rope_angles(positions, self.head_dim, self.rope_base, q.dtype)
+            cos, sin = self.rotary(positions, q.dtype)
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             # q and k are fresh tensors now; saved for the backward, a view v would keep the
@@ -145,7 +151,8 @@ class Attention(nn.Module):
             valid = torch.cat((cache_valid, valid), dim=1)
         new_state = (k, v, valid)
 
-        y = self._attend(q, k, v, valid if (mask is not None or past) else None, past)
+        explicit = mask is not None or past or self.window is not None
+        y = self._attend(q, k, v, valid if explicit else None, past)
         y = self.out_proj(_merge_heads(y))
         return (y, new_state) if return_state else y
 
@@ -163,6 +170,9 @@ class Attention(nn.Module):
         allowed = key_valid[:, None, None, :]  # (B, 1, 1, S)
         if self.causal:
             allowed = allowed & (k_idx <= q_idx)
+        if self.window is not None:  # keys less than `window` tokens back (padding not counted)
+            pos = key_valid.cumsum(dim=1) - 1
+            allowed = allowed & (pos[:, None, past:, None] - pos[:, None, None, :] < self.window)
         # Every query may see its own key, so a padded query never has an empty row (no NaN);
         # valid queries are unaffected (their own key is valid and allowed already).
         allowed = allowed | (k_idx == q_idx)
@@ -182,7 +192,7 @@ class Attention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, heads={self.heads}, kv_heads={self.kv_heads}, causal={self.causal}, "
-            f"rope={self.rope}, dropout={self.dropout}"
+            f"head_dim={self.head_dim}, window={self.window}, rope={self.rope}, qk_norm={self.qk_norm}, dropout={self.dropout}"
         )
 
 
@@ -218,13 +228,17 @@ def _check_heads(dim: int, heads: int, name: str) -> None:
         raise ShapeError(f"{name}: dim {dim} is not divisible by heads {heads}")
 
 
-def _attention_shape(in_types: Sequence[TensorType], *, heads: int, kv_heads: int | None, rope: bool, **_: Any) -> TensorType:
+def _attention_shape(
+    in_types: Sequence[TensorType], *, heads: int, kv_heads: int | None, head_dim: int | None, **args: Any
+) -> TensorType:
     x = same_as_input(in_types)
-    _check_heads(x.dim, heads, "mix.attention")
+    if head_dim is None:
+        _check_heads(x.dim, heads, "mix.attention")
     if kv_heads is not None and heads % kv_heads:
         raise ShapeError(f"mix.attention: heads {heads} is not a multiple of kv_heads {kv_heads}")
-    if rope and (x.dim // heads) % 2:
-        raise ShapeError(f"mix.attention: rope needs an even head dimension, got {x.dim // heads}")
+    if args["window"] is not None and not args["causal"]:
+        raise ShapeError("mix.attention: window limits how far back a query looks; it needs causal: true")
+    check_rope_args(x.dim // heads if head_dim is None else head_dim, args)
     return x
 
 
@@ -252,18 +266,26 @@ def _build_cross(in_types: Sequence[TensorType], **args: Any) -> CrossAttention:
 
 
 def _attention_spaces(
-    in_types: Sequence[TensorType], *, heads: int, kv_heads: int | None, bias: bool, **_: Any
+    in_types: Sequence[TensorType],
+    *,
+    heads: int,
+    kv_heads: int | None,
+    head_dim: int | None,
+    bias: bool,
+    out_bias: bool | None,
+    **_: Any,
 ) -> tuple[PermSpace, ...]:
     dim = in_types[0].dim
     kv = heads if kv_heads is None else kv_heads
-    head_dim, share = dim // heads, heads // kv
+    head_dim = dim // heads if head_dim is None else head_dim
+    share = heads // kv
     axes = [PermAxis("out_proj.weight", 1, group=share * head_dim)]
     for param in ("qkv.weight", "qkv.bias") if bias else ("qkv.weight",):
-        axes += [PermAxis(param, 0, group=share * head_dim), PermAxis(param, 0, group=head_dim, chunks=2, start=dim)]
+        axes += [PermAxis(param, 0, group=share * head_dim), PermAxis(param, 0, group=head_dim, chunks=2, start=heads * head_dim)]
     return (
         PermSpace("heads", kv, tuple(axes), "key/value heads, each with the query heads that share it"),
         PermSpace(INPUT_SPACE, dim, (PermAxis("qkv.weight", 1),)),
-        PermSpace(OUTPUT_SPACE, dim, rows_of("out_proj", bias)),
+        PermSpace(OUTPUT_SPACE, dim, rows_of("out_proj", bias if out_bias is None else out_bias)),
     )
 
 
@@ -287,16 +309,35 @@ _DROPOUT = Param("dropout", float, 0.0, "dropout on the attention probabilities 
 
 ATTENTION = BlockSpec(
     name="mix.attention",
-    examples=({}, {"kv_heads": 2, "rope": True, "bias": True}, {"causal": False}),
+    examples=(
+        {},
+        {"kv_heads": 2, "rope": True, "bias": True},
+        {"causal": False},
+        {"heads": 2, "head_dim": 6, "qk_norm": True, "window": 3, "bias": True, "out_bias": False},
+        {"rope": True, "rope_scaling": "yarn", "rope_factor": 4.0, "rope_original_len": 4},
+    ),
     role="mix",
-    doc="Multi-head scaled dot-product self-attention (causal or bidirectional), optional GQA and RoPE.",
+    doc="Multi-head scaled dot-product self-attention (causal or bidirectional), optional GQA, RoPE, sliding window.",
     params=(
         _HEADS,
         Param("kv_heads", int, None, "key/value heads for grouped-query attention (null = heads)", min=1, nullable=True),
+        Param("head_dim", int, None, "features per head (null = dim / heads)", min=1, nullable=True),
         Param("causal", bool, True, "mask future positions (decoder); false = bidirectional (encoder)"),
-        Param("rope", bool, False, "rotary position embedding on queries and keys"),
-        Param("rope_base", float, 10000.0, "RoPE base of the rotation frequencies", min=1.0),
+        Param(
+            "window",
+            int,
+            None,
+            "causal only: attend to the last `window` tokens, itself included (null = all)",
+            min=1,
+            nullable=True,
+        ),
+        *ROPE_PARAMS,
+        Param("qk_norm", bool, False, "RMSNorm over each head's queries and keys before RoPE (Qwen3's q_norm, k_norm)"),
+        Param("qk_norm_eps", float, 1e-6, "epsilon of the qk_norm RMSNorms", min=0.0),
         _BIAS,
+        Param(
+            "out_bias", bool, None, "bias in out_proj (null = as `bias`, which then covers qkv only when false)", nullable=True
+        ),
         _DROPOUT,
     ),
     factory=_build_attention,
@@ -306,7 +347,8 @@ ATTENTION = BlockSpec(
     bidirectional=lambda a: not a["causal"],
     step=lambda a: a["causal"],
     reference=(
-        "Vaswani et al. 2017, Attention Is All You Need; Ainslie et al. 2023, GQA; Su et al. 2021, RoFormer (rotary embedding)"
+        "Vaswani et al. 2017, Attention Is All You Need; Ainslie et al. 2023, GQA; Su et al. 2021, RoFormer (rotary embedding); "
+        "Chen et al. 2023 (position interpolation); Peng et al. 2023, YaRN; Beltagy et al. 2020, Longformer (sliding window)"
     ),
 )
 

@@ -1,26 +1,24 @@
-"""``ssmgraph build``, ``blocks``, ``plugins``, ``check`` and ``plugin new``: blueprints and the blocks they use."""
+"""``ssmgraph build``, ``blocks``, ``plugins``, ``check`` and ``plugin new``: blueprints and the blocks they use.
+
+torch, and every module that imports it (blueprints, graphs, saving, the conformance kit), is
+imported inside the commands that use it: `ssmgraph --help` and each command's help must start
+without it (tests/cli/test_startup.py).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
-from ssmgraph.blueprint import load_blueprint, parse_overrides
 from ssmgraph.cli.errors import user_errors, warn_plugin_problems
 from ssmgraph.cli.options import SetOption
 from ssmgraph.cli.output import err, listing, params_table, print_json, stdout
 from ssmgraph.errors import SsmgraphError, did_you_mean
-from ssmgraph.graph.compile import compile_blueprint
-from ssmgraph.graph.export import write_graph
-from ssmgraph.graph.summary import summarize, summary_table
 from ssmgraph.plugin_template import new_plugin
 from ssmgraph.registry.plugins import get_registry
 from ssmgraph.registry.specs import BlockSpec
-from ssmgraph.serialization import check_replaceable, save
-from ssmgraph.testing import CHECKS, block_cases, make_case, run_check
 
 
 @user_errors
@@ -50,6 +48,14 @@ def build(
     * `ssmgraph build my.yaml --set d_model=256 --set layers=8 --out runs/init`
     * `ssmgraph build pair --model lstm --graph pair.mmd`
     """
+    import torch  # deferred, with what needs it: see the module docstring
+
+    from ssmgraph.blueprint import load_blueprint, parse_overrides
+    from ssmgraph.graph.compile import compile_blueprint
+    from ssmgraph.graph.export import write_graph
+    from ssmgraph.graph.summary import summarize, summary_table
+    from ssmgraph.serialization import check_replaceable, save
+
     warn_plugin_problems()
     if out_dir is not None:
         check_replaceable(out_dir)
@@ -154,6 +160,9 @@ def check(
     * `ssmgraph check mix.s4d`
     * `ssmgraph check mix.attention --set heads=2 --set rope=true`
     """
+    from ssmgraph.blueprint import parse_overrides  # deferred (torch): see the module docstring
+    from ssmgraph.testing import CHECKS, block_cases, make_case, run_check
+
     warn_plugin_problems()
     try:
         cases = [make_case(block, parse_overrides(set_))] if set_ else block_cases([block])

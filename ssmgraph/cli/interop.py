@@ -1,4 +1,8 @@
-"""``ssmgraph import hf`` and ``ssmgraph export hf``: the Hugging Face converters on the command line."""
+"""``ssmgraph import hf`` and ``ssmgraph export hf``: the Hugging Face converters on the command line.
+
+The converters (torch) are imported inside the commands: `ssmgraph --help` and each command's
+help must start without torch (tests/cli/test_startup.py).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,6 @@ import typer
 
 from ssmgraph.cli.errors import user_errors
 from ssmgraph.cli.output import err
-from ssmgraph.interop.hf import export_hf as export_checkpoint
-from ssmgraph.interop.hf import import_hf as import_checkpoint
 
 Overwrite = Annotated[
     bool, typer.Option("--overwrite", help="Replace --out if it exists (it is replaced in one rename, never half-written).")
@@ -41,6 +43,8 @@ def import_hf(
 
     Example: `ssmgraph import hf ~/models/tiny-llama --out runs/llama`
     """
+    from ssmgraph.interop.hf import import_hf as import_checkpoint  # deferred (torch): see the module docstring
+
     import_checkpoint(checkpoint, out, overwrite=overwrite)
     err.print(f"imported {checkpoint} into {out} (`ssmgraph.load({str(out)!r})`)", markup=False, highlight=False)
 
@@ -65,6 +69,8 @@ def export_hf(
 
     Example: `ssmgraph export hf runs/lm --out hf/lm`
     """
+    from ssmgraph.interop.hf import export_hf as export_checkpoint  # deferred (torch): see the module docstring
+
     export_checkpoint(run_dir, out, overwrite=overwrite)
     err.print(
         f"exported {run_dir} to {out} (`AutoModelForCausalLM.from_pretrained({str(out)!r})`)", markup=False, highlight=False

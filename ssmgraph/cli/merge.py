@@ -1,7 +1,9 @@
 """``ssmgraph merge`` and ``compare``: models combined by a recipe, and how alike their layers are.
 
-``ssmgraph.merge.run`` is imported inside the command: it loads scipy (most of a second), which
-``ssmgraph --help`` and every other command would otherwise pay for.
+The merge machinery is imported inside the commands: ``ssmgraph.merge.run`` loads scipy (most
+of a second), and it and the rest (recipes, compatibility, CKA, tasks) load torch, which
+``ssmgraph --help``, each command's help and every other command would otherwise pay for
+(tests/cli/test_startup.py).
 """
 
 from __future__ import annotations
@@ -11,16 +13,11 @@ from typing import Annotated
 
 import typer
 
-from ssmgraph.blueprint import parse_overrides
 from ssmgraph.cli.errors import user_errors, warn_plugin_problems
 from ssmgraph.cli.options import TaskOption
 from ssmgraph.cli.output import err, grid, inline_params, listing, stdout
 from ssmgraph.errors import SsmgraphError
-from ssmgraph.merge.compare import compare_models
-from ssmgraph.merge.compatibility import Compatibility, methods_for
-from ssmgraph.merge.recipe import load_recipe
 from ssmgraph.registry.plugins import get_registry
-from ssmgraph.train.fitting import make_task
 
 
 @user_errors
@@ -61,7 +58,9 @@ def merge(
         return
     if recipe is None:
         raise SsmgraphError("give a recipe file (or --methods to list the methods); docs/merging.md shows recipes")
-    from ssmgraph.merge.run import plan, run_merge  # slow to import (scipy): see the module docstring
+    from ssmgraph.merge.compatibility import methods_for  # slow to import (torch, scipy): see the module docstring
+    from ssmgraph.merge.recipe import load_recipe
+    from ssmgraph.merge.run import plan, run_merge
 
     warn_plugin_problems()
     parsed = load_recipe(recipe)
@@ -79,6 +78,8 @@ def merge(
 
 
 def _show_merge_methods() -> None:
+    from ssmgraph.merge.compatibility import Compatibility  # slow to import (torch): see the module docstring
+
     rows = [
         (
             spec.name,
@@ -109,6 +110,10 @@ def compare(
     it measures shared structure, not whether one model's features can be plugged into the
     other. Example: `ssmgraph compare runs/gpt runs/mamba --task induction_heads`
     """
+    from ssmgraph.blueprint import parse_overrides  # slow to import (torch): see the module docstring
+    from ssmgraph.merge.compare import compare_models
+    from ssmgraph.train.fitting import make_task
+
     result = compare_models(
         model_a,
         model_b,

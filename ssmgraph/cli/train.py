@@ -1,28 +1,26 @@
-"""``ssmgraph train``, ``eval``, ``plot``, ``tasks`` and ``generate``: runs and what they learned."""
+"""``ssmgraph train``, ``eval``, ``plot``, ``tasks`` and ``generate``: runs and what they learned.
+
+The training machinery (torch) is imported inside the commands that use it: `ssmgraph --help`
+and each command's help must start without torch (tests/cli/test_startup.py).
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from ssmgraph.blueprint import parse_overrides
 from ssmgraph.cli.errors import user_errors, warn_plugin_problems
 from ssmgraph.cli.options import SetOption, TaskOption
 from ssmgraph.cli.output import err, listing, params_table, print_json, stdout
 from ssmgraph.errors import SsmgraphError, did_you_mean
 from ssmgraph.registry.plugins import get_registry
-from ssmgraph.train.config import load_config
-from ssmgraph.train.distributed import current
-from ssmgraph.train.examples import examples_table
-from ssmgraph.train.generate import generate_text
-from ssmgraph.train.metrics import read_metrics
-from ssmgraph.train.plot import plot_run
-from ssmgraph.train.trainer import TrainResult, evaluate_run, resume
-from ssmgraph.train.trainer import train as run_training
+
+if TYPE_CHECKING:
+    from ssmgraph.train.trainer import TrainResult
 
 
 @user_errors
@@ -71,6 +69,11 @@ def train(
     * `ssmgraph train classifier --task digits --set mixer=mix.s4d --out runs/digits`
     * `ssmgraph train gpt --task bytes -t path=my_texts/ --out runs/lm`
     """
+    from ssmgraph.blueprint import parse_overrides  # deferred (torch): see the module docstring
+    from ssmgraph.train.config import load_config
+    from ssmgraph.train.trainer import resume
+    from ssmgraph.train.trainer import train as run_training
+
     warn_plugin_problems()
     if resume_run:
         result = resume(out, steps=steps, progress=not quiet)
@@ -91,6 +94,10 @@ def train(
 
 
 def _report_training(result: TrainResult, show: bool) -> None:
+    from ssmgraph.train.distributed import current  # deferred (torch): see the module docstring
+    from ssmgraph.train.examples import examples_table
+    from ssmgraph.train.metrics import read_metrics
+
     if not current().is_main:
         return
     if show and result.task is not None and result.model is not None:
@@ -121,6 +128,9 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Evaluate a run's latest checkpoint on its task's held-out set."""
+    from ssmgraph.blueprint import parse_overrides  # deferred (torch): see the module docstring
+    from ssmgraph.train.trainer import evaluate_run
+
     result = evaluate_run(run_dir, task, parse_overrides(task_option, "-t") if task_option else None, split)
     if as_json:
         print_json(result)
@@ -140,6 +150,8 @@ def plot(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the PNGs (default: the run directory).")] = None,
 ) -> None:
     """Draw loss and accuracy curves of a run as PNG files (needs matplotlib)."""
+    from ssmgraph.train.plot import plot_run  # deferred (torch): see the module docstring
+
     for path in plot_run(run_dir, out or run_dir):
         err.print(f"wrote {path}", highlight=False)
 
@@ -178,4 +190,6 @@ def generate(
     Recurrent models (SSMs, LSTM) decode in O(1) work per token; attention uses a KV cache.
     Example: `ssmgraph generate runs/mamba --prompt "The " -n 100 --temperature 0.7`
     """
+    from ssmgraph.train.generate import generate_text  # deferred (torch): see the module docstring
+
     sys.stdout.write(generate_text(run_dir, prompt, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed) + "\n")

@@ -94,6 +94,32 @@ SUPERPOSE_PARAMS = (
     Param("base", str, "", "the models' common initialisation (a saved model), for the task-arithmetic baseline ('' skips it)"),
 )
 
+_SPARSE = "ssmgraph.merge.sparse_methods"
+_SPHERE = "ssmgraph.merge.sphere_methods"
+
+
+def _gta_params(density_doc: str, extra: Param, normalize: bool, rescale: bool) -> tuple[Param, ...]:
+    """mergekit's generalised task-arithmetic parameters, with its per-method defaults."""
+    return (
+        Param("density", float, 1.0, density_doc, min=0.0, max=1.0),
+        extra,
+        Param("lambda", float, 1.0, "λ: the merged task vector is multiplied by this before it is added to the base"),
+        Param("normalize", bool, normalize, "divide the merged task vector by the sum of the weights that contributed"),
+        Param("rescale", bool, rescale, "rescale each sparsified task vector back to its L1 norm"),
+    )
+
+
+_EPSILON = Param(
+    "epsilon", float, 0.15, "ε: keep probabilities run from density − ε (smallest) to density + ε (largest)", min=0.0
+)
+_GAMMA = Param(
+    "gamma", float, 0.01, "γ: fraction of each task vector's largest-magnitude entries dropped as outliers", min=0.0, max=1.0
+)
+_DELLA_DENSITY = "average fraction of each task vector's entries kept (MagPrune, by magnitude rank within each row)"
+_CRUMBS_DENSITY = "fraction of each task vector's entries kept, after the largest gamma and the smallest are dropped"
+_SLERP_WEIGHTS = "the two models' `weight`s set t = w₂ / (w₁ + w₂)"
+_OPTIONAL_BASE = "with a `base_model`, of the task vectors (added back to it)"
+
 METHODS = (
     MergeMethodSpec(
         name="linear",
@@ -125,10 +151,13 @@ METHODS = (
     ),
     MergeMethodSpec(
         name="dare",
-        doc=f"DARE: drop task-vector entries at random and rescale the rest, then add (or TIES-merge) them; {_BASE_NOTE}.",
+        doc=(
+            "DARE: drop task-vector entries at random and rescale the rest to the task vector's L1 norm, "
+            f"then add (or TIES-merge) them; {_BASE_NOTE}."
+        ),
         params=(
             _DENSITY,
-            Param("rescale", bool, True, "divide the kept entries by density (keeps the expectation)"),
+            Param("rescale", bool, True, "scale the kept entries so each task vector keeps its L1 norm (as mergekit)"),
             Param("ties", bool, False, "elect signs as TIES does (mergekit `dare_ties`) instead of a plain sum (`dare_linear`)"),
         ),
         run=f"{_WEIGHTS}:run_dare",
@@ -137,8 +166,12 @@ METHODS = (
     ),
     MergeMethodSpec(
         name="slerp",
-        doc="Spherical interpolation of two models, tensor by tensor (linear when nearly colinear).",
-        params=(Param("t", float, 0.5, "position between the first (0) and second (1) model", min=0.0, max=1.0),),
+        doc="Spherical interpolation of two models, tensor by tensor, from `base_model` (linear when nearly colinear).",
+        params=(
+            Param(
+                "t", float, 0.5, "position from base_model (0; default: the first model) to the other model (1)", min=0.0, max=1.0
+            ),
+        ),
         run=f"{_WEIGHTS}:run_slerp",
         needs="same_shape",
         max_models=2,
@@ -175,6 +208,109 @@ METHODS = (
         max_models=2,
         data=True,
         reference="Ben Chaliah & Dellagi 2025, Superposition in Transformers (arXiv 2501.00530)",
+    ),
+    MergeMethodSpec(
+        name="model_stock",
+        doc=f"Model Stock: the average of the fine-tuned models pulled toward the base by the angle between their task vectors; {_BASE_NOTE}.",
+        params=(Param("filter_wise", bool, False, "one interpolation ratio per row (last axis) instead of one per tensor"),),
+        run=f"{_SPHERE}:run_model_stock",
+        needs="same_shape",
+        min_models=3,
+        reference="Jang et al. 2024, Model Stock (arXiv 2403.19522); mergekit `model_stock`",
+    ),
+    MergeMethodSpec(
+        name="della",
+        doc=f"DELLA: drop task-vector entries at random, low magnitudes more often (MagPrune), rescale, TIES-merge; {_BASE_NOTE}.",
+        params=_gta_params(_DELLA_DENSITY, _EPSILON, normalize=True, rescale=True),
+        run=f"{_SPARSE}:run_della",
+        needs="same_shape",
+        reference="Deep et al. 2024, DELLA-Merging (arXiv 2406.11617); mergekit `della`",
+    ),
+    MergeMethodSpec(
+        name="della_linear",
+        doc=f"DELLA without sign election: MagPrune and rescale the task vectors, then add their weighted sum; {_BASE_NOTE}.",
+        params=_gta_params(_DELLA_DENSITY, _EPSILON, normalize=False, rescale=True),
+        run=f"{_SPARSE}:run_della_linear",
+        needs="same_shape",
+        reference="Deep et al. 2024, DELLA-Merging (arXiv 2406.11617); mergekit `della_linear`",
+    ),
+    MergeMethodSpec(
+        name="breadcrumbs",
+        doc=f"Model Breadcrumbs: drop each task vector's largest (outliers) and smallest entries, add the weighted sum; {_BASE_NOTE}.",
+        params=_gta_params(_CRUMBS_DENSITY, _GAMMA, normalize=False, rescale=False),
+        run=f"{_SPARSE}:run_breadcrumbs",
+        needs="same_shape",
+        reference="Davari & Belilovsky 2024, Model Breadcrumbs (arXiv 2312.06795); mergekit `breadcrumbs`",
+    ),
+    MergeMethodSpec(
+        name="breadcrumbs_ties",
+        doc=f"Model Breadcrumbs with TIES sign election over the masked task vectors; {_BASE_NOTE}.",
+        params=_gta_params(_CRUMBS_DENSITY, _GAMMA, normalize=False, rescale=False),
+        run=f"{_SPARSE}:run_breadcrumbs_ties",
+        needs="same_shape",
+        reference="Davari & Belilovsky 2024, Model Breadcrumbs (arXiv 2312.06795); mergekit `breadcrumbs_ties`",
+    ),
+    MergeMethodSpec(
+        name="sce",
+        doc=f"SCE: select the entries of highest variance across task vectors, weigh each by its energy, erase minority signs; {_BASE_NOTE}.",
+        params=(
+            Param(
+                "select_topk", float, 1.0, "fraction of entries kept, by variance across the models (1: all)", min=0.0, max=1.0
+            ),
+        ),
+        run=f"{_SPARSE}:run_sce",
+        needs="same_shape",
+        reference="Wan et al. 2024, FuseChat (arXiv 2408.07990); mergekit `sce`",
+    ),
+    MergeMethodSpec(
+        name="nearswap",
+        doc=f"NearSwap: the base, with each entry moved to the other model's value where the two are closer than t; {_BASE_NOTE}.",
+        params=(
+            Param(
+                "t",
+                float,
+                doc="distance below which an entry is swapped; farther ones move that distance toward the other model",
+                min=0.0,
+            ),
+        ),
+        run=f"{_SPHERE}:run_nearswap",
+        needs="same_shape",
+        max_models=2,
+        reference="Goddard, NearSwap (huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001); mergekit `nearswap`",
+    ),
+    MergeMethodSpec(
+        name="nuslerp",
+        doc=f"Spherical interpolation of two models by their weights ({_SLERP_WEIGHTS}); {_OPTIONAL_BASE}.",
+        params=(
+            Param("nuslerp_flatten", bool, True, "interpolate whole tensors (false: row by row)"),
+            Param("nuslerp_row_wise", bool, False, "without flattening, interpolate columns instead of rows (mergekit's name)"),
+        ),
+        run=f"{_SPHERE}:run_nuslerp",
+        needs="same_shape",
+        max_models=3,
+        reference="Shoemake 1985; mergekit `nuslerp`",
+    ),
+    MergeMethodSpec(
+        name="multislerp",
+        doc=f"Weighted spherical barycentre of any number of models (tangent-space average, exponential map); {_OPTIONAL_BASE}.",
+        params=(
+            Param("normalize_weights", bool, True, "divide the model weights by their sum"),
+            Param("eps", float, 1e-8, "small constant keeping the normalisations finite", min=0.0),
+        ),
+        run=f"{_SPHERE}:run_multislerp",
+        needs="same_shape",
+        reference="Goddard, Multi-SLERP (goddard.blog/posts/multislerp-wow-what-a-cool-idea); mergekit `multislerp`",
+    ),
+    MergeMethodSpec(
+        name="karcher",
+        doc="Karcher (Riemannian) mean of all the models' directions on the unit sphere, scaled by their mean norm.",
+        params=(
+            Param("max_iter", int, 10, "most iterations of the fixed-point (exponential-map) updates", min=1),
+            Param("tol", float, 1e-5, "stop when the mean tangent vector is shorter than this", min=0.0),
+        ),
+        run=f"{_SPHERE}:run_karcher",
+        needs="same_shape",
+        reference="Karcher 1977, Riemannian center of mass; mergekit `karcher`",
     ),
 )
 

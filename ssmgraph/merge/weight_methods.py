@@ -1,6 +1,7 @@
 """The weight-space merge methods (linear, task_arithmetic, ties, dare, slerp) as merge-method
-runs: the context's state dicts merged by :mod:`ssmgraph.merge.weights`, loaded into a copy
-of the base model, and evaluated when the recipe has data.
+runs: the context's state dicts merged by :mod:`ssmgraph.merge.weights` — a parameter that
+stacks several Hugging Face tensors part by part (:func:`ssmgraph.merge.parts.fused_parts` of
+the base model) — loaded into a copy of the base model, and evaluated when the recipe has data.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 
 from ssmgraph.merge import weights as W
 from ssmgraph.merge.context import MergeContext, MergeError, MergeResult
+from ssmgraph.merge.parts import fused_parts
 
 StateDict = dict[str, torch.Tensor]
 
@@ -23,24 +25,28 @@ def run_linear(context: MergeContext) -> MergeResult:
         raise MergeError(
             f"{context.recipe.source}: the models' weights ({listed}) sum to 0, so they cannot be normalised; change a weight or set normalize: false"
         )
-    return _result(context, W.linear(states, weights, normalize=context.params["normalize"]))
+    merged = W.linear(states, weights, normalize=context.params["normalize"], parts=model_parts(context))
+    return merged_result(context, merged)
 
 
 def run_task_arithmetic(context: MergeContext) -> MergeResult:
-    base, others, weights = _states(context)
-    return _result(context, W.task_arithmetic(base, others, weights, scale=context.params["scale"]))
+    base, others, weights = base_and_others(context)
+    return merged_result(
+        context, W.task_arithmetic(base, others, weights, scale=context.params["scale"], parts=model_parts(context))
+    )
 
 
 def run_ties(context: MergeContext) -> MergeResult:
-    base, others, weights = _states(context)
-    merged = W.ties(base, others, weights, density=context.params["density"], majority=context.params["majority"])
+    base, others, weights = base_and_others(context)
+    params = context.params
+    merged = W.ties(base, others, weights, density=params["density"], majority=params["majority"], parts=model_parts(context))
     if context.params["scale"] != 1.0:  # λ on the merged task vector, as in task arithmetic
         merged = {k: base[k] + context.params["scale"] * (v - base[k]) if v.is_floating_point() else v for k, v in merged.items()}
-    return _result(context, merged)
+    return merged_result(context, merged)
 
 
 def run_dare(context: MergeContext) -> MergeResult:
-    base, others, weights = _states(context)
+    base, others, weights = base_and_others(context)
     merged = W.dare(
         base,
         others,
@@ -49,23 +55,30 @@ def run_dare(context: MergeContext) -> MergeResult:
         rescale=context.params["rescale"],
         sign_election=context.params["ties"],
         generator=context.generator(),
+        parts=model_parts(context),
     )
-    return _result(context, merged)
+    return merged_result(context, merged)
 
 
 def run_slerp(context: MergeContext) -> MergeResult:
-    a, b = (m.model.state_dict() for m in context.models)
-    return _result(context, W.slerp(a, b, context.params["t"]))
+    """t is measured from ``base_model`` (the first model when the recipe names none), as mergekit."""
+    base, (other,), _ = base_and_others(context)
+    return merged_result(context, W.slerp(base, other, context.params["t"], parts=model_parts(context)))
 
 
-def _states(context: MergeContext) -> tuple[StateDict, list[StateDict], list[float]]:
+def base_and_others(context: MergeContext) -> tuple[StateDict, list[StateDict], list[float]]:
     """The base model's state dict, the other models' and their weights."""
     base = context.base.model.state_dict()
     others = [m.model.state_dict() for m in context.others]
     return base, others, [m.weight for m in context.others]
 
 
-def _result(context: MergeContext, state: StateDict) -> MergeResult:
+def model_parts(context: MergeContext) -> dict[str, tuple[int, ...]]:
+    """The base model's parameters that are several Hugging Face tensors, merged part by part."""
+    return fused_parts(context.base.model)
+
+
+def merged_result(context: MergeContext, state: StateDict) -> MergeResult:
     """``state`` in a copy of the base model; held-out loss and accuracy of every source and
     the merge, when the recipe has data."""
     merged = copy.deepcopy(context.base.model)

@@ -1,20 +1,27 @@
 """Weight-space merges of state dicts: linear, task arithmetic, TIES, DARE, SLERP.
 
 Pure functions over ``{name: tensor}``, tensor by tensor, with mergekit's conventions
-(defaults, sign election, normalisation, the SLERP fallback), so its recipes carry over:
+(sign election, normalisation, sparsification, rescaling, the SLERP fallback), so its
+recipes carry over:
 
 * ``linear``: Σ wᵢ θᵢ, divided by Σ wᵢ unless ``normalize=False``.
 * ``task_arithmetic``: θ₀ + λ Σ wᵢ δᵢ with task vectors δᵢ = θᵢ − θ₀.
-* ``ties``: trim each δᵢ to its top ``density`` entries by magnitude, elect a sign per entry
-  (sign of Σ wᵢ δᵢ, or of the count of signs), average the entries that agree (divided by
-  the sum of their weights: mergekit's ``normalize: true``).
-* ``dare``: keep each entry of δᵢ with probability ``density`` and divide it by ``density``
-  (the paper's 1/p, so the expectation is δᵢ), then sum (``dare_linear``), or with
-  ``sign_election`` sum the entries agreeing with the elected sign (``dare_ties``; mergekit
-  does not normalise it).
-* ``slerp``: per tensor, the great-circle interpolation of the two flattened tensors, linear
-  when they are nearly colinear (|cos| > 0.9995).
+* ``ties``: trim each δᵢ to its top k = max(1, ⌊density·n⌋) entries by magnitude — exactly k:
+  entries tied at the boundary are ordered by ``torch.argsort(descending=True)``, mergekit's
+  call (``sparsify.magnitude``) — elect a sign per entry (sign of Σ wᵢ δᵢ, or of the count of
+  signs; 0 elects +), average the entries that agree (divided by the sum of their weights:
+  mergekit's ``normalize: true``).
+* ``dare``: keep each entry of δᵢ with probability ``density``; with ``rescale`` multiply the
+  kept ones by ‖δᵢ‖₁ / ‖kept δᵢ‖₁, so the task vector keeps its L1 norm (mergekit's
+  ``rescale_norm: l1``; left unscaled when either norm is under 1e-7), then sum
+  (``dare_linear``), or with ``sign_election`` sum the entries agreeing with the elected sign
+  (``dare_ties``; mergekit does not normalise it).
+* ``slerp``: per tensor, the great-circle interpolation of the two flattened tensors, from
+  the first (t = 0) to the second (t = 1), linear when they are nearly colinear (|cos| > 0.9995).
 
+``parts`` maps a key to the row counts of the tensors stacked in it (say Llama's q, k and v
+rows in one ``qkv``, :func:`ssmgraph.merge.parts.fused_parts`): each part is then merged as a
+tensor of its own — its own top-k, mask norm and angle — and the parts are stacked back.
 Floating tensors are merged in at least fp32 and cast back to the first (base) model's dtype.
 Integer and bool tensors (counters, masks, token ids), and the names in ``keep`` (say a
 model's buffers), are copied from the first (base) model: averaging them means nothing.
@@ -30,11 +37,22 @@ from torch import Tensor
 
 StateDict = dict[str, Tensor]
 State = Mapping[str, Tensor]
+Parts = Mapping[str, Sequence[int]]
+"""State-dict key -> row counts of the tensors stacked in it (along dim 0)."""
 DOT_THRESHOLD = 0.9995
 """Above this |cos θ| SLERP falls back to linear interpolation (mergekit's threshold)."""
+L1_EPS = 1e-7
+"""DARE's L1 rescaling is skipped when either norm is below this (mergekit's ``rescaled_masked_tensor``)."""
 
 
-def linear(states: Sequence[State], weights: Sequence[float], normalize: bool = True, *, keep: Collection[str] = ()) -> StateDict:
+def linear(
+    states: Sequence[State],
+    weights: Sequence[float],
+    normalize: bool = True,
+    *,
+    keep: Collection[str] = (),
+    parts: Parts | None = None,
+) -> StateDict:
     """Σ wᵢ θᵢ (/ Σ wᵢ with ``normalize``): a weighted model soup."""
     _check_weights(weights, len(states), "state dicts")
     total = sum(weights)
@@ -45,11 +63,17 @@ def linear(states: Sequence[State], weights: Sequence[float], normalize: bool = 
         out = sum(w * t for w, t in zip(weights, tensors))
         return out / total if normalize else out
 
-    return _tensorwise(states, [f"model {i}" for i in range(len(states))], keep, merge)
+    return tensorwise(states, [f"model {i}" for i in range(len(states))], keep, merge, parts)
 
 
 def task_arithmetic(
-    base: State, states: Sequence[State], weights: Sequence[float], scale: float = 1.0, *, keep: Collection[str] = ()
+    base: State,
+    states: Sequence[State],
+    weights: Sequence[float],
+    scale: float = 1.0,
+    *,
+    keep: Collection[str] = (),
+    parts: Parts | None = None,
 ) -> StateDict:
     """θ₀ + λ Σ wᵢ (θᵢ − θ₀), λ = ``scale``."""
     _check_weights(weights, len(states), "models besides the base")
@@ -58,7 +82,7 @@ def task_arithmetic(
         b, others = tensors[0], tensors[1:]
         return b + scale * sum(w * (t - b) for w, t in zip(weights, others))
 
-    return _tensorwise([base, *states], _names(states), keep, merge)
+    return tensorwise([base, *states], state_names(states), keep, merge, parts)
 
 
 def ties(
@@ -70,6 +94,7 @@ def ties(
     normalize: bool = True,
     *,
     keep: Collection[str] = (),
+    parts: Parts | None = None,
 ) -> StateDict:
     """TIES-merging (Yadav et al. 2023): trim, elect sign, disjoint mean, added to the base."""
     _check_weights(weights, len(states), "models besides the base")
@@ -78,9 +103,9 @@ def ties(
     def merge(tensors: list[Tensor]) -> Tensor:
         b = tensors[0]
         deltas = torch.stack([_top_magnitude(t - b, density) for t in tensors[1:]])
-        return b + _consensus(deltas, weights, majority, normalize)
+        return b + consensus(deltas, weights, majority, normalize)
 
-    return _tensorwise([base, *states], _names(states), keep, merge)
+    return tensorwise([base, *states], state_names(states), keep, merge, parts)
 
 
 def dare(
@@ -93,11 +118,14 @@ def dare(
     generator: torch.Generator | None = None,
     *,
     keep: Collection[str] = (),
+    parts: Parts | None = None,
 ) -> StateDict:
-    """DARE (Yu et al. 2024): drop task-vector entries at random, rescale, sum or TIES-merge.
+    """DARE (Yu et al. 2024): drop task-vector entries at random, rescale to the L1 norm, sum or
+    TIES-merge.
 
-    The masks are drawn from ``generator`` tensor by tensor in state-dict order, model by
-    model, so a seeded generator gives a bitwise-reproducible merge."""
+    The masks are drawn from ``generator`` tensor by tensor (part by part) in state-dict order,
+    model by model, so a seeded generator gives a bitwise-reproducible merge; at density 1
+    nothing is drawn."""
     _check_weights(weights, len(states), "models besides the base")
     _check_density(density)
 
@@ -105,13 +133,15 @@ def dare(
         b = tensors[0]
         deltas = torch.stack([_drop(t - b, density, rescale, generator) for t in tensors[1:]])
         if sign_election:
-            return b + _consensus(deltas, weights, "sum", normalize=False)
+            return b + consensus(deltas, weights, "sum", normalize=False)
         return b + sum(w * d for w, d in zip(weights, deltas))
 
-    return _tensorwise([base, *states], _names(states), keep, merge)
+    return tensorwise([base, *states], state_names(states), keep, merge, parts)
 
 
-def slerp(a: State, b: State, t: float, eps: float = 1e-8, *, keep: Collection[str] = ()) -> StateDict:
+def slerp(
+    a: State, b: State, t: float, eps: float = 1e-8, *, keep: Collection[str] = (), parts: Parts | None = None
+) -> StateDict:
     """Spherical interpolation from ``a`` (t = 0) to ``b`` (t = 1), tensor by tensor.
 
     As mergekit: the angle comes from the tensors normalised (those with a norm at most
@@ -129,23 +159,37 @@ def slerp(a: State, b: State, t: float, eps: float = 1e-8, *, keep: Collection[s
         theta = math.acos(dot)
         return (math.sin((1 - t) * theta) * v0 + math.sin(t * theta) * v1) / math.sin(theta)
 
-    return _tensorwise([a, b], ["model a", "model b"], keep, merge)
+    return tensorwise([a, b], ["model a", "model b"], keep, merge, parts)
 
 
-def _tensorwise(
-    states: Sequence[State], names: Sequence[str], keep: Collection[str], merge: Callable[[list[Tensor]], Tensor]
+def tensorwise(
+    states: Sequence[State],
+    names: Sequence[str],
+    keep: Collection[str],
+    merge: Callable[[list[Tensor]], Tensor],
+    parts: Parts | None = None,
 ) -> StateDict:
-    """Apply ``merge`` to each floating tensor (the first model's tensor first); copy the rest."""
+    """Apply ``merge`` to each floating tensor (the first model's tensor first), to each of its
+    ``parts`` separately when it has them; copy the rest."""
     if not states:
         raise ValueError("nothing to merge: no state dicts")
     _check_alike(states, names)
+    parts = parts or {}
     out = {}
     for key, first in states[0].items():
         if key in keep or not first.is_floating_point():
             out[key] = first.detach().clone()
             continue
         work = torch.promote_types(first.dtype, torch.float32)
-        out[key] = merge([s[key].detach().to(work) for s in states]).to(first.dtype)
+        tensors = [s[key].detach().to(work) for s in states]
+        sizes = list(parts.get(key, ()))
+        if sizes and (first.dim() == 0 or sum(sizes) != first.shape[0]):
+            raise ValueError(f"{key}: parts of {sizes} rows do not stack into shape {tuple(first.shape)}")
+        if sizes:
+            merged = torch.cat([merge(list(pieces)) for pieces in zip(*(t.split(sizes) for t in tensors))])
+        else:
+            merged = merge(tensors)
+        out[key] = merged.to(first.dtype)
     return out
 
 
@@ -165,7 +209,7 @@ def _few(keys: list[str]) -> str:
     return ", ".join(keys[:3]) + (f" (and {len(keys) - 3} more)" if len(keys) > 3 else "")
 
 
-def _names(states: Sequence[State]) -> list[str]:
+def state_names(states: Sequence[State]) -> list[str]:
     return ["the base"] + [f"model {i + 1}" for i in range(len(states))]
 
 
@@ -182,24 +226,37 @@ def _check_density(density: float) -> None:
 
 
 def _top_magnitude(delta: Tensor, density: float) -> Tensor:
-    """``delta`` with all but its ⌊density·n⌋ (at least one) largest-magnitude entries zeroed."""
+    """``delta`` with all but its k = max(1, ⌊density·n⌋) largest-magnitude entries zeroed:
+    exactly k, ties at the boundary in ``torch.argsort``'s order, as mergekit's ``magnitude``."""
     if density >= 1:
         return delta
     k = max(1, int(density * delta.numel()))
     mask = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
-    mask[delta.abs().flatten().argsort(descending=True, stable=True)[:k]] = True
+    mask[torch.argsort(delta.abs().flatten(), descending=True)[:k]] = True
     return delta * mask.view_as(delta)
 
 
 def _drop(delta: Tensor, density: float, rescale: bool, generator: torch.Generator | None) -> Tensor:
-    """Keep each entry with probability ``density`` (divided by it with ``rescale``)."""
+    """Keep each entry with probability ``density``; with ``rescale`` scale the kept ones so the
+    L1 norm is ``delta``'s (mergekit's ``bernoulli`` with ``rescale_norm: l1``)."""
+    if density >= 1:
+        return delta
     device = generator.device if generator is not None else delta.device
     kept = torch.rand(delta.shape, generator=generator, device=device, dtype=torch.float64) < density
-    out = delta * kept.to(delta.device)
-    return out / density if rescale else out
+    return l1_rescaled(delta, kept.to(delta.device), rescale)
 
 
-def _consensus(deltas: Tensor, weights: Sequence[float], majority: str, normalize: bool) -> Tensor:
+def l1_rescaled(delta: Tensor, mask: Tensor, rescale: bool) -> Tensor:
+    """δ·m, times ‖δ‖₁ / ‖δ·m‖₁ with ``rescale`` (unless either norm is below ``L1_EPS``), as
+    mergekit's ``rescale_norm: l1``: what a sparsified task vector keeps of its size."""
+    masked = delta * mask
+    if not rescale:
+        return masked
+    before, after = delta.abs().sum(), masked.abs().sum()
+    return masked if before < L1_EPS or after < L1_EPS else masked * (before / after)
+
+
+def consensus(deltas: Tensor, weights: Sequence[float], majority: str, normalize: bool) -> Tensor:
     """Σ of the weighted deltas whose sign is the elected one (÷ the sum of their weights)."""
     w = torch.tensor(weights, dtype=deltas.dtype, device=deltas.device).view(-1, *[1] * (deltas.dim() - 1))
     weighted = deltas * w

@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ssmgraph.registry.params import Param, param_problems
 from ssmgraph.registry.references import is_reference, resolve
+
+if TYPE_CHECKING:  # typing only: the registry (and so `ssmgraph --help`) must not import torch
+    from torch import nn
 
 ROLES = ("embed", "mix", "ffn", "norm", "head", "struct", "stitch")
 CONTRACT_VERSION = 1
@@ -117,7 +118,7 @@ class PermSpace:
 PermRule = Callable[..., Sequence[PermSpace]]
 Capability = bool | Callable[[Mapping[str, Any]], bool]
 ShapeRule = Callable[..., TensorType]
-Factory = Callable[..., nn.Module]
+Factory = Callable[..., "nn.Module"]
 
 
 @dataclass(frozen=True)

@@ -96,10 +96,10 @@ def test_e601_unsupported_model_type(checkpoints: dict[str, Any], tmp_path: Path
     [
         (
             "llama",
-            {"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
-            "'rope_parameters.rope_type': 'llama3' is not supported",
+            {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 5e5, "factor": 8.0}},
+            "'rope_parameters.rope_type': 'dynamic' is not supported",
         ),
-        ("llama", {"head_dim": 16}, "'head_dim': 16 is not hidden_size / num_attention_heads = 8"),
+        ("llama", {"partial_rotary_factor": 0.5}, "'partial_rotary_factor': 0.5 is not supported"),
         ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "'scale_attn_by_inverse_layer_idx': True is not supported"),
         ("gpt2", {"activation_function": "quick_gelu"}, "'activation_function': 'quick_gelu' has no ssmgraph equivalent"),
         ("gpt2", {"n_embd": "32"}, "'n_embd': expected int, got '32'"),

@@ -28,7 +28,9 @@ def _builtin() -> list:
 def test_every_builtin_method_has_a_subsection_and_a_summary_row() -> None:
     reference = _reference()
     names = [spec.name for spec in _builtin()]
-    assert set(names) == {"linear", "task_arithmetic", "ties", "dare", "slerp", "mutual", "stitch", "superpose"}
+    mergekit = {"model_stock", "della", "della_linear", "breadcrumbs", "breadcrumbs_ties", "sce", "nearswap", "nuslerp"}
+    mergekit |= {"multislerp", "karcher"}
+    assert set(names) == {"linear", "task_arithmetic", "ties", "dare", "slerp", "mutual", "stitch", "superpose"} | mergekit
     assert sorted(reference) == sorted(names)
     summary = DOCS.read_text(encoding="utf-8").split("## Method reference", 1)[1].split("### ", 1)[0]
     for spec in _builtin():
@@ -47,5 +49,8 @@ def test_every_parameter_is_documented_with_its_type_and_default() -> None:
         for param in spec.params:
             _, type_name, default, _, meaning = rows[param.name]
             assert type_name == param.type_name, (spec.name, param.name)
-            assert yaml.safe_load(default.strip("`")) == param.default, (spec.name, param.name)
+            if param.required:
+                assert default == "required", (spec.name, param.name)
+            else:
+                assert yaml.safe_load(default.strip("`")) == param.default, (spec.name, param.name)
             assert meaning == param.doc, (spec.name, param.name)

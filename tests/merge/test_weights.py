@@ -75,16 +75,26 @@ def test_ties_at_full_density_with_agreeing_signs_is_the_weighted_mean_of_task_v
 # ---- DARE ----------------------------------------------------------------------------------------
 
 
-def test_dare_keeps_entries_at_rate_density_rescaled_so_the_expectation_is_kept():
+def test_dare_keeps_entries_at_rate_density_rescaled_to_the_task_vectors_l1_norm():
     n, density = 200_000, 0.3
-    base, model = sd(w=torch.zeros(n, dtype=torch.float64)), sd(w=torch.full((n,), 2.0, dtype=torch.float64))
+    delta = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    base, model = sd(w=torch.zeros(n, dtype=torch.float64)), sd(w=delta)
     out = W.dare(base, [model], [1.0], density=density, generator=torch.Generator().manual_seed(0))["w"]
     kept = out != 0
-    close(out[kept], torch.full((int(kept.sum()),), 2.0 / density, dtype=torch.float64))  # every kept entry is δ / p
+    # mergekit's rescale_norm l1: kept entries times ‖δ‖₁ / ‖kept δ‖₁
+    factor = delta.abs().sum() / delta[kept].abs().sum()
+    torch.testing.assert_close(out[kept], delta[kept] * factor, rtol=1e-12, atol=0)
+    torch.testing.assert_close(out.abs().sum(), delta.abs().sum(), rtol=1e-12, atol=0)
     assert abs(kept.double().mean().item() - density) < 0.005
-    assert abs(out.mean().item() - 2.0) < 0.03  # E[result] = δ
+    assert abs(factor.item() - 1 / density) < 0.05  # about the paper's 1/p on a large tensor
     plain = W.dare(base, [model], [1.0], density=density, rescale=False, generator=torch.Generator().manual_seed(0))["w"]
-    close(plain, out * density)
+    close(plain, torch.where(kept, delta, 0.0))
+
+
+def test_dare_leaves_a_task_vector_of_tiny_l1_norm_unscaled():
+    base, model = sd(w=torch.zeros(100, dtype=torch.float64)), sd(w=torch.full((100,), 1e-10, dtype=torch.float64))
+    out = W.dare(base, [model], [1.0], density=0.5, generator=torch.Generator().manual_seed(0))["w"]
+    assert set(out.unique().tolist()) == {0.0, 1e-10}  # ‖δ‖₁ = 1e-8 < 1e-7: mergekit does not rescale
 
 
 def test_dare_is_reproducible_with_a_seed_and_is_task_arithmetic_at_full_density():

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints <-> ssmgraph models, for the GPT-2, Llama and Mamba families.
+"""Hugging Face checkpoints <-> ssmgraph models, for the GPT-2, Llama (Mistral, Qwen2, Qwen3) and Mamba families.
 
 Import reads config.json with ``json`` and the weights with ``safetensors`` (a ``.bin``
 only through a weights-only load), so it needs no transformers; export writes the
@@ -9,6 +9,7 @@ docs/interop.md describes what maps and what does not.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,14 @@ from ssmgraph.interop.hf.gpt2 import GPT2
 from ssmgraph.interop.hf.layout import HELP_LAYOUTS, Layout, ModelReader
 from ssmgraph.interop.hf.llama import Llama
 from ssmgraph.interop.hf.mamba import Mamba
+from ssmgraph.interop.hf.qwen import Mistral, Qwen2, Qwen3
 from ssmgraph.serialization import is_saved_model, load, model_directory, read_meta, write_model_files
 
-FAMILIES: tuple[type[Layout], ...] = (Mamba, GPT2, Llama)
-"""In the order export tries their ``signature`` blocks (GPT-2 and Llama both have attention)."""
+FAMILIES: tuple[type[Layout], ...] = (Mamba, GPT2, Llama, Mistral, Qwen2, Qwen3)
+"""In the order export tries their ``signature`` blocks (GPT-2 and Llama both have attention) and ``fits``
+(the Llama-layout families differ in attention features)."""
 
-__all__ = ["FAMILIES", "export_hf", "import_hf"]
+__all__ = ["FAMILIES", "export_hf", "import_hf", "layout_of"]
 
 
 def import_hf(source: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
@@ -65,11 +68,10 @@ def _export(run_dir: Path, out: Path, overwrite: bool) -> Path:
     check_output(out, overwrite, source=run_dir, earlier=lambda folder: (folder / "config.json").is_file())
     directory = model_directory(run_dir)
     refuse_sources(out, [directory])
-    model = load(directory)
-    family = _detect(model, str(directory))
-    layout = family.from_model(ModelReader(model, family.title, str(directory)))
+    model, meta = load(directory), read_meta(directory)
+    layout = layout_of(model, str(directory), meta)
     check_structure(model, compile_layout(layout), layout, str(directory))
-    config = {**layout.hf_config(), **_carried(layout, read_meta(directory))}
+    config = {**layout.hf_config(), **_carried(layout, meta)}
     tensors = to_hf(model.state_dict(), layout)
     with atomic_directory(out) as folder:
         write_checkpoint(folder, config, tensors)
@@ -86,11 +88,26 @@ def _family(config: HFConfig) -> type[Layout]:
     raise config.fail("model_type", problem, f"ssmgraph converts the model types {names} (docs/interop.md)")
 
 
-def _detect(model: CompiledModel, where: str) -> type[Layout]:
+def layout_of(model: CompiledModel, where: str, meta: Mapping[str, Any] | None = None) -> Layout:
+    """The Hugging Face layout export writes ``model`` with (``meta``: its meta.json, whose
+    imported family is preferred); HFExportError (E603) when no family fits."""
+    family = _detect(model, meta or {}, where)
+    return family.from_model(ModelReader(model, family.title, where))
+
+
+def _detect(model: CompiledModel, meta: Mapping[str, Any], where: str) -> type[Layout]:
+    """The family whose signature block and features the model has, the imported one first (a Mistral
+    without window has Llama's features); without a fit, the first with the signature (whose structure
+    check then names the difference)."""
     blocks = {info.block for info in model.nodes.values()}
-    for family in FAMILIES:
-        if family.signature in blocks:
+    candidates = [family for family in FAMILIES if family.signature in blocks]
+    imported = meta.get("hf", {}).get("config", {}).get("model_type")
+    ordered = sorted(candidates, key=lambda family: family.model_type != imported)  # stable: the imported family first
+    for family in ordered:
+        if family.fits(model):
             return family
+    if candidates:
+        return candidates[0]
     raise HFExportError(f"{where}: no Hugging Face family fits a model of {', '.join(sorted(blocks))}", HELP_LAYOUTS)
 
 

@@ -20,8 +20,8 @@ from ssmgraph.interop.hf.checkpoint import HFConfig
 
 TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 HELP_LAYOUTS = (
-    "export maps the GPT-2, Llama and Mamba layouts exactly (docs/interop.md): models built from "
-    "blueprints/gpt.yaml, llama.yaml or mamba.yaml, or imported with `ssmgraph import hf`"
+    "export maps the GPT-2, Llama, Mistral, Qwen2, Qwen3 and Mamba layouts exactly (docs/interop.md): models built "
+    "from blueprints/gpt.yaml, llama.yaml or mamba.yaml, or imported with `ssmgraph import hf`"
 )
 
 
@@ -49,7 +49,8 @@ class Layout(ABC):
     """The transformers class that loads an exported checkpoint (config.json's ``architectures``)."""
     title: ClassVar[str]
     signature: ClassVar[str]
-    """The block that marks this family's models; export tries FAMILIES in order, so a later family's layout must not have it."""
+    """The block that marks this family's models; export tries FAMILIES in order, so a later family's layout must
+    not have it, unless ``fits`` tells them apart."""
     prefix: ClassVar[str]
     """The base model's attribute in tensor names (``transformer.``); base-model checkpoints omit it."""
     ignored: ClassVar[tuple[str, ...]] = ()
@@ -57,6 +58,11 @@ class Layout(ABC):
     carried: ClassVar[tuple[str, ...]] = TOKEN_IDS
     """Fields an import keeps in meta.json and an export writes back (ssmgraph has no use for them)."""
     tied: bool
+
+    @classmethod
+    def fits(cls, model: CompiledModel) -> bool:
+        """Whether a model with the ``signature`` block has this family's features (families sharing a signature)."""
+        return True
 
     @classmethod
     @abstractmethod

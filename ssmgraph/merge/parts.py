@@ -1,0 +1,40 @@
+"""Which parameters are several tensors stacked by rows, so that a merge computes its
+per-tensor statistics (TIES's top-k threshold, SLERP's angle, DARE's L1 norm) over each part,
+as mergekit does over each Hugging Face tensor.
+
+The rule, in this one place: a parameter has parts exactly where the model's Hugging Face
+layout — the one ``ssmgraph export hf`` writes — stores it as several tensors. Today that is
+Llama's attention ``qkv``: q_proj, k_proj, v_proj rows (heads·head_dim, kv_heads·head_dim,
+kv_heads·head_dim), in models imported from Llama or built from blueprints/llama.yaml. GPT-2
+stores ``c_attn`` as one tensor, so a GPT-2 model's ``qkv`` is merged whole, and so is every
+parameter of a model that no Hugging Face family reads.
+"""
+
+from __future__ import annotations
+
+from ssmgraph.graph.model import CompiledModel
+from ssmgraph.interop.errors import HFExportError
+from ssmgraph.interop.hf import layout_of
+from ssmgraph.interop.hf.layout import Layout
+
+
+def fused_parts(model: CompiledModel) -> dict[str, tuple[int, ...]]:
+    """``{state-dict key: row counts of its parts}`` for the parameters of ``model`` that its
+    Hugging Face layout stores as several tensors; empty when there are none."""
+    layout = _layout(model)
+    if layout is None:
+        return {}
+    shapes = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    return {
+        m.ssm: m.split
+        for m in layout.tensor_maps()
+        if len(m.hf) > 1 and shapes.get(m.ssm, (None,))[0] == sum(m.split)  # a layer sized otherwise stays whole
+    }
+
+
+def _layout(model: CompiledModel) -> Layout | None:
+    """The layout export would write ``model`` with, or None when no family reads it."""
+    try:
+        return layout_of(model, "the merged model")
+    except HFExportError:  # no Hugging Face tensors to follow
+        return None
