@@ -8,6 +8,26 @@ from __future__ import annotations
 from ssmgraph.train import TrainConfig
 
 TINY = {"d_model": 8, "layers": 1, "hidden": 8}
+TRAIN_TINY = [
+    "train",
+    "lstm",
+    "--task",
+    "selective_copying",
+    "-t",
+    "seq_len=16",
+    "-t",
+    "n_memorize=2",
+    "--set",
+    "d_model=8",
+    "--set",
+    "hidden=8",
+    "--set",
+    "layers=1",
+    "-b",
+    "4",
+    "-q",
+]
+"""The CLI's words for a tiny training run (then --steps, --out, ...)."""
 
 
 def config(**changes) -> TrainConfig:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_helpers import TINY, config
+from fault_helpers import TINY, TRAIN_TINY, config
 from typer.testing import CliRunner
 
 from ssmgraph import folders
@@ -111,32 +111,7 @@ def test_without_flock_a_stale_record_of_a_dead_pid_is_taken_over_and_a_live_one
 
 
 def test_two_trainings_into_one_folder_at_once_one_is_refused(tmp_path) -> None:
-    args = [
-        sys.executable,
-        "-m",
-        "ssmgraph",
-        "train",
-        "lstm",
-        "--task",
-        "selective_copying",
-        "-t",
-        "seq_len=16",
-        "-t",
-        "n_memorize=2",
-        "--set",
-        "d_model=8",
-        "--set",
-        "hidden=8",
-        "--set",
-        "layers=1",
-        "-b",
-        "4",
-        "-q",
-        "--steps",
-        "60",
-        "--out",
-        "run",
-    ]
+    args = [sys.executable, "-m", "ssmgraph", *TRAIN_TINY, "--steps", "60", "--out", "run"]
     first = subprocess.Popen([*args, "--seed", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (tmp_path / "run" / "run.json").exists() and first.poll() is None and time.monotonic() < deadline:

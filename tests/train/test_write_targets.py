@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fault_helpers import TINY, config
+from fault_helpers import TINY, TRAIN_TINY, config
 from typer.testing import CliRunner
 
 import ssmgraph
@@ -55,31 +55,7 @@ def test_overwrite_of_a_symlinked_run_folder_replaces_the_run_and_keeps_the_link
     link.symlink_to(finished, target_is_directory=True)
     result = CliRunner().invoke(
         app,
-        [
-            "train",
-            "lstm",
-            "--task",
-            "selective_copying",
-            "-t",
-            "seq_len=16",
-            "-t",
-            "n_memorize=2",
-            "--set",
-            "d_model=8",
-            "--set",
-            "hidden=8",
-            "--set",
-            "layers=1",
-            "-b",
-            "4",
-            "-q",
-            "--no-show",
-            "--steps",
-            "1",
-            "--out",
-            str(link),
-            "--overwrite",
-        ],
+        [*TRAIN_TINY, "--no-show", "--steps", "1", "--out", str(link), "--overwrite"],
     )
     assert result.exit_code == 0, result.output
     assert link.is_symlink() and (finished / "run.json").is_file()
