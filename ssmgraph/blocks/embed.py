@@ -49,16 +49,20 @@ EMBED_INIT_STD = 0.02
 class TokenEmbedding(nn.Module):
     """Lookup of token ids (any integer dtype, any shape) in a (vocab, dim) table."""
 
-    def __init__(self, vocab: int, dim: int):
+    def __init__(self, vocab: int, dim: int, scale: float = 1.0):
         super().__init__()
+        self.scale = scale
         self.weight = nn.Parameter(torch.empty(vocab, dim))
         nn.init.normal_(self.weight, std=EMBED_INIT_STD)
 
     def forward(self, ids: Tensor) -> Tensor:
-        return F.embedding(ids, self.weight)
+        out = F.embedding(ids, self.weight)
+        # Gemma multiplies by the scale rounded to the weight's dtype (GemmaTextScaledWordEmbedding)
+        return out if self.scale == 1.0 else out * torch.tensor(self.scale, dtype=self.weight.dtype, device=out.device)
 
     def extra_repr(self) -> str:
-        return f"vocab={self.weight.shape[0]}, dim={self.weight.shape[1]}"
+        extra = f", scale={self.scale}" if self.scale != 1.0 else ""
+        return f"vocab={self.weight.shape[0]}, dim={self.weight.shape[1]}{extra}"
 
 
 def sinusoidal(positions: Tensor, dim: int, dtype: torch.dtype) -> Tensor:
@@ -193,8 +197,9 @@ TOKEN = BlockSpec(
     params=(
         Param("vocab", int, doc="number of token ids (table rows)", min=1),
         Param("dim", int, doc="embedding dimension", min=1),
+        Param("scale", float, 1.0, "multiplies the looked-up rows (Gemma: sqrt(dim)); the tied head reads the unscaled table"),
     ),
-    factory=lambda in_types, *, vocab, dim: TokenEmbedding(vocab, dim),
+    factory=lambda in_types, *, vocab, dim, scale: TokenEmbedding(vocab, dim, scale),
     shape=_token_shape,
     perm_spaces=_token_spaces,
     pointwise=True,

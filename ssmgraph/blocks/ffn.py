@@ -148,7 +148,13 @@ GLU_SPEC = BlockSpec(
     params=(
         Param("hidden", int, None, "hidden width (null = int(8 * dim / 3) rounded up to multiple_of)", min=1, nullable=True),
         Param("multiple_of", int, 64, "round the default hidden width up to a multiple of this", min=1),
-        Param("activation", str, "silu", "gate nonlinearity: silu = SwiGLU, gelu = GEGLU", choices=("silu", "gelu")),
+        Param(
+            "activation",
+            str,
+            "silu",
+            "gate nonlinearity: silu = SwiGLU, gelu = GEGLU (erf), gelu_tanh = GEGLU with the tanh approximation (Gemma)",
+            choices=("silu", "gelu", "gelu_tanh"),
+        ),
         Param("bias", bool, False, "learn biases in the three projections"),
     ),
     factory=_build_glu,

@@ -40,6 +40,14 @@ def merge(
     methods: Annotated[
         bool, typer.Option("--methods", help="List the merge methods (built-in and from plugins) and their parameters.")
     ] = False,
+    out_shard_size: Annotated[
+        str,
+        typer.Option(
+            "--out-shard-size",
+            help="mergekit configs: the largest safetensors shard written (500MB, 2GB, 5GiB).",
+            show_default=True,
+        ),
+    ] = "5GB",
 ) -> None:
     """Merge models as a recipe says: weight averaging, TIES, DARE, SLERP, mutual training, ...
 
@@ -63,6 +71,9 @@ def merge(
     from ssmgraph.merge.run import plan, run_merge
 
     warn_plugin_problems()
+    if _is_mergekit(recipe):
+        _merge_mergekit(recipe, out_dir, overwrite=overwrite, dry_run=dry_run, shard_size=out_shard_size)
+        return
     parsed = load_recipe(recipe)
     if dry_run:
         checked = plan(parsed)
@@ -75,6 +86,38 @@ def merge(
     for title, header, rows in result.tables:
         stdout().print(grid(header, [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in rows], title=title))
     err.print(f"merged model and report written to {folder} (report.md)", highlight=False)
+
+
+def _is_mergekit(path: Path) -> bool:
+    from ssmgraph.blueprint.yamlsafe import load_file
+    from ssmgraph.merge.mergekit.dialect import is_mergekit
+
+    return is_mergekit(load_file(path, str(path)))
+
+
+def _merge_mergekit(path: Path, out_dir: Path | None, *, overwrite: bool, dry_run: bool, shard_size: str) -> None:
+    """A config in mergekit's dialect: merged tensor by tensor from Hugging Face folders."""
+    from ssmgraph.merge.mergekit.dialect import load_mergekit  # slow to import (torch): see the module docstring
+    from ssmgraph.merge.mergekit.engine import plan_merge
+    from ssmgraph.merge.mergekit.output import parse_size, run_mergekit
+
+    config = load_mergekit(path)
+    parse_size(shard_size)
+    if dry_run:
+        checked = plan_merge(config)
+        stdout().print(
+            f"mergekit config: {config.method.name} of {len(config.models())} Hugging Face models, "
+            f"{len(checked.tensors)} tensors, {checked.layers} layers",
+            highlight=False,
+        )
+        return
+    if out_dir is None:
+        raise SsmgraphError("say where to write the merged model: --out DIR")
+    summary = run_mergekit(config, out_dir, overwrite=overwrite, shard_size=shard_size)
+    err.print(
+        f"merged {summary['tensors']} tensors ({summary['layers']} layers, {summary['shards']} shard(s)) into {out_dir}",
+        highlight=False,
+    )
 
 
 def _show_merge_methods() -> None:

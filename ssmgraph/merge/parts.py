@@ -6,8 +6,11 @@ The rule, in this one place: a parameter has parts exactly where the model's Hug
 layout — the one ``ssmgraph export hf`` writes — stores it as several tensors. Today that is
 Llama's attention ``qkv``: q_proj, k_proj, v_proj rows (heads·head_dim, kv_heads·head_dim,
 kv_heads·head_dim), in models imported from Llama or built from blueprints/llama.yaml. GPT-2
-stores ``c_attn`` as one tensor, so a GPT-2 model's ``qkv`` is merged whole, and so is every
-parameter of a model that no Hugging Face family reads.
+stores ``c_attn`` as one tensor, so a GPT-2 model's ``qkv`` is merged whole, as is Phi-3's
+(``qkv_proj``: one tensor, ``TensorMap.hf`` has one name), and so is every parameter of a model
+that no Hugging Face family reads. The converse — several ssmgraph parameters that are one
+Hugging Face tensor (Phi-3's ``w_gate`` and ``w_up`` are ``gate_up_proj``) — is merged per
+parameter: mergekit's statistics over the whole ``gate_up_proj`` are not reproduced.
 """
 
 from __future__ import annotations

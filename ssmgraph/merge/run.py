@@ -2,7 +2,8 @@
 
 The output folder is written atomically (a temporary folder renamed at the end): the merged
 model (``blueprint.yaml``, ``model.safetensors``, ``meta.json`` — ``ssmgraph.load(out)``
-loads it), ``merge.yaml`` (the resolved recipe), ``report.md``/``report.json``, the PNGs a
+loads it; an imported base model's Hugging Face config and tokenizer files come along, ``hf/``),
+``merge.yaml`` (the resolved recipe), ``report.md``/``report.json``, the PNGs a
 method draws, and ``models/<name>/`` for methods that also produce their source models
 (aligned, stitched, trained together).
 """
@@ -21,6 +22,7 @@ from ssmgraph.blueprint.yamlsafe import dump_yaml
 from ssmgraph.errors import SsmgraphError
 from ssmgraph.folders import atomic_directory, folder_lock, follow_link, holds_current_folder, refuse_checkpoint_target
 from ssmgraph.graph.compile import compile_blueprint
+from ssmgraph.interop.hf.metadata import carried_metadata
 from ssmgraph.merge.align import permute_onto_base
 from ssmgraph.merge.compatibility import Compatibility, classify, methods_for
 from ssmgraph.merge.context import MergeContext, MergeError, MergeResult
@@ -124,7 +126,9 @@ def _merge_into(recipe: Recipe, out_dir: Path, overwrite: bool, progress: bool) 
                 f"merge method {recipe.method.name!r} ({recipe.method.plugin}) returned {type(result).__name__}, not a MergeResult"
             )
         context.check_finite(result)  # E701: a model of inf/NaN is never written
-        _write_model(result.model, tmp, {"merge": {"method": recipe.method.name, "models": [m.name for m in models]}})
+        base = next((m for m in models if m.name == recipe.base_model), models[0])
+        carried = carried_metadata(base.source.checkpoint, base.model, result.model, tmp)  # HF config, tokenizer files
+        _write_model(result.model, tmp, {"merge": {"method": recipe.method.name, "models": [m.name for m in models]}, **carried})
         for name, model in result.models.items():
             folder = tmp / "models" / name
             folder.mkdir(parents=True)

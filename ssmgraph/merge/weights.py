@@ -60,10 +60,15 @@ def linear(
         raise ValueError("the model weights sum to 0, so they cannot be normalised (set normalize: false)")
 
     def merge(tensors: list[Tensor]) -> Tensor:
-        out = sum(w * t for w, t in zip(weights, tensors))
-        return out / total if normalize else out
+        return linear_tensor(tensors, weights, normalize)
 
     return tensorwise(states, [f"model {i}" for i in range(len(states))], keep, merge, parts)
+
+
+def linear_tensor(tensors: Sequence[Tensor], weights: Sequence[float], normalize: bool = True) -> Tensor:
+    """One tensor's Σ wᵢ θᵢ (/ Σ wᵢ with ``normalize``)."""
+    out = sum(w * t for w, t in zip(weights, tensors))
+    return out / sum(weights) if normalize else out
 
 
 def task_arithmetic(
@@ -150,16 +155,20 @@ def slerp(
     interpolated linearly."""
 
     def merge(tensors: list[Tensor]) -> Tensor:
-        v0, v1 = tensors
-        u0, u1 = v0.double().flatten(), v1.double().flatten()
-        n0, n1 = u0.norm(), u1.norm()
-        dot = float((u0 / n0 if n0 > eps else u0) @ (u1 / n1 if n1 > eps else u1))
-        if abs(dot) > DOT_THRESHOLD:
-            return (1 - t) * v0 + t * v1
-        theta = math.acos(dot)
-        return (math.sin((1 - t) * theta) * v0 + math.sin(t * theta) * v1) / math.sin(theta)
+        return slerp_tensor(tensors[0], tensors[1], t, eps)
 
     return tensorwise([a, b], ["model a", "model b"], keep, merge, parts)
+
+
+def slerp_tensor(v0: Tensor, v1: Tensor, t: float, eps: float = 1e-8) -> Tensor:
+    """One tensor's spherical interpolation from ``v0`` (t = 0) to ``v1`` (t = 1), as :func:`slerp`."""
+    u0, u1 = v0.double().flatten(), v1.double().flatten()
+    n0, n1 = u0.norm(), u1.norm()
+    dot = float((u0 / n0 if n0 > eps else u0) @ (u1 / n1 if n1 > eps else u1))
+    if abs(dot) > DOT_THRESHOLD:
+        return (1 - t) * v0 + t * v1
+    theta = math.acos(dot)
+    return (math.sin((1 - t) * theta) * v0 + math.sin(t * theta) * v1) / math.sin(theta)
 
 
 def tensorwise(
@@ -230,10 +239,21 @@ def _top_magnitude(delta: Tensor, density: float) -> Tensor:
     exactly k, ties at the boundary in ``torch.argsort``'s order, as mergekit's ``magnitude``."""
     if density >= 1:
         return delta
+    return delta * top_magnitude_mask(delta, density)
+
+
+def top_magnitude_mask(delta: Tensor, density: float) -> Tensor:
+    """True at ``delta``'s k = max(1, ⌊density·n⌋) largest-magnitude entries (ties in ``torch.argsort``'s order)."""
     k = max(1, int(density * delta.numel()))
     mask = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
     mask[torch.argsort(delta.abs().flatten(), descending=True)[:k]] = True
-    return delta * mask.view_as(delta)
+    return mask.view_as(delta)
+
+
+def random_mask(shape: Sequence[int], density: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """True with probability ``density`` per entry (DARE's drop), drawn from ``generator``."""
+    where = generator.device if generator is not None else device
+    return (torch.rand(tuple(shape), generator=generator, device=where, dtype=torch.float64) < density).to(device)
 
 
 def _drop(delta: Tensor, density: float, rescale: bool, generator: torch.Generator | None) -> Tensor:
@@ -241,9 +261,7 @@ def _drop(delta: Tensor, density: float, rescale: bool, generator: torch.Generat
     L1 norm is ``delta``'s (mergekit's ``bernoulli`` with ``rescale_norm: l1``)."""
     if density >= 1:
         return delta
-    device = generator.device if generator is not None else delta.device
-    kept = torch.rand(delta.shape, generator=generator, device=device, dtype=torch.float64) < density
-    return l1_rescaled(delta, kept.to(delta.device), rescale)
+    return l1_rescaled(delta, random_mask(delta.shape, density, generator, delta.device), rescale)
 
 
 def l1_rescaled(delta: Tensor, mask: Tensor, rescale: bool) -> Tensor:

@@ -38,7 +38,8 @@ def test_import_gives_transformers_logits(checkpoints: dict[str, Any], family: s
 def test_export_loads_in_transformers_with_the_same_logits(checkpoints: dict[str, Any], family: str, tmp_path: Path) -> None:
     hf, source, run = checkpoints[family]
     out = export_hf(run, tmp_path / "hf")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    carried = sorted(p.name for p in source.iterdir() if p.name == "generation_config.json")  # what save_pretrained wrote
+    assert sorted(p.name for p in out.iterdir()) == sorted(["config.json", "model.safetensors", *carried])
     back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert max_diff(back, hf, tokens()) <= TOL
     original, exported = (json.loads((d / "config.json").read_text()) for d in (source, out))

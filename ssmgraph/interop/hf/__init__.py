@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints <-> ssmgraph models, for the GPT-2, Llama (Mistral, Qwen2, Qwen3) and Mamba families.
+"""Hugging Face checkpoints <-> ssmgraph models, for the GPT-2, Llama (Mistral, Qwen2, Qwen3, Gemma, Phi-3) and Mamba families.
 
 Import reads config.json with ``json`` and the weights with ``safetensors`` (a ``.bin``
 only through a weights-only load), so it needs no transformers; export writes the
@@ -18,16 +18,19 @@ from ssmgraph.graph.model import CompiledModel
 from ssmgraph.interop.errors import HFExportError
 from ssmgraph.interop.hf.checkpoint import HFConfig, check_output, read_config, read_weights, write_checkpoint
 from ssmgraph.interop.hf.convert import check_structure, compile_layout, to_hf, to_ssmgraph
+from ssmgraph.interop.hf.gemma import Gemma
 from ssmgraph.interop.hf.gpt2 import GPT2
 from ssmgraph.interop.hf.layout import HELP_LAYOUTS, Layout, ModelReader
 from ssmgraph.interop.hf.llama import Llama
 from ssmgraph.interop.hf.mamba import Mamba
+from ssmgraph.interop.hf.metadata import export_files, import_files
+from ssmgraph.interop.hf.phi3 import Phi3
 from ssmgraph.interop.hf.qwen import Mistral, Qwen2, Qwen3
 from ssmgraph.serialization import is_saved_model, load, model_directory, read_meta, write_model_files
 
-FAMILIES: tuple[type[Layout], ...] = (Mamba, GPT2, Llama, Mistral, Qwen2, Qwen3)
+FAMILIES: tuple[type[Layout], ...] = (Mamba, GPT2, Llama, Mistral, Qwen2, Qwen3, Gemma, Phi3)
 """In the order export tries their ``signature`` blocks (GPT-2 and Llama both have attention) and ``fits``
-(the Llama-layout families differ in attention features)."""
+(the Llama-layout families differ in attention features; Gemma differs in its norms; Phi-3 has Llama's blueprint and comes last: chosen only when imported)."""
 
 __all__ = ["FAMILIES", "export_hf", "import_hf", "layout_of"]
 
@@ -36,7 +39,8 @@ def import_hf(source: str | Path, out: str | Path, *, overwrite: bool = False) -
     """Convert the checkpoint directory ``source`` into an ssmgraph model directory ``out``.
 
     ``out`` holds a plain blueprint.yaml, model.safetensors and meta.json (which keeps the
-    original config under ``hf``); ``ssmgraph.load(out)`` rebuilds the model."""
+    original config under ``hf``), and the tokenizer and generation files in ``hf/``;
+    ``ssmgraph.load(out)`` rebuilds the model."""
     source, out = Path(source).expanduser(), follow_link(Path(out).expanduser())
     with folder_lock(out):
         return _import(source, out, overwrite)
@@ -52,13 +56,16 @@ def _import(source: Path, out: Path, overwrite: bool) -> Path:
     shapes = {k: v.shape for k, v in model.state_dict().items() if k not in model.tied}
     state = to_ssmgraph(weights, layout, shapes, str(config.path))
     with atomic_directory(out) as folder:
-        write_model_files(model, folder, state, extra_meta={"hf": {"source": str(source.resolve()), "config": config.data}})
+        files = import_files(source, folder)
+        hf = {"source": str(source.resolve()), "config": config.data, "files": files}
+        write_model_files(model, folder, state, extra_meta={"hf": hf})
     return out
 
 
 def export_hf(run_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write the model in ``run_dir`` (a saved model, or a training run's latest checkpoint) as a
-    Hugging Face checkpoint directory ``out``: config.json and model.safetensors."""
+    Hugging Face checkpoint directory ``out``: config.json and model.safetensors, and the tokenizer
+    and generation files an import carried."""
     run_dir, out = Path(run_dir).expanduser(), follow_link(Path(out).expanduser())
     with folder_lock(out):
         return _export(run_dir, out, overwrite)
@@ -75,6 +82,7 @@ def _export(run_dir: Path, out: Path, overwrite: bool) -> Path:
     tensors = to_hf(model.state_dict(), layout)
     with atomic_directory(out) as folder:
         write_checkpoint(folder, config, tensors)
+        export_files(directory, meta, folder)
     return out
 
 
@@ -96,12 +104,13 @@ def layout_of(model: CompiledModel, where: str, meta: Mapping[str, Any] | None =
 
 
 def _detect(model: CompiledModel, meta: Mapping[str, Any], where: str) -> type[Layout]:
-    """The family whose signature block and features the model has, the imported one first (a Mistral
-    without window has Llama's features); without a fit, the first with the signature (whose structure
+    """The family whose signature block and features the model has, the imported one first (meta.json's, else the
+    blueprint's name; a Mistral without window has Llama's features); without a fit, the first with the signature (whose structure
     check then names the difference)."""
     blocks = {info.block for info in model.nodes.values()}
     candidates = [family for family in FAMILIES if family.signature in blocks]
-    imported = meta.get("hf", {}).get("config", {}).get("model_type")
+    # an imported layout's blueprint is named after its model_type: it tells a merged or re-saved Phi-3 from a Llama
+    imported = meta.get("hf", {}).get("config", {}).get("model_type") or model.blueprint.name
     ordered = sorted(candidates, key=lambda family: family.model_type != imported)  # stable: the imported family first
     for family in ordered:
         if family.fits(model):

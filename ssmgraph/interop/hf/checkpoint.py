@@ -115,7 +115,7 @@ def read_weights(directory: Path) -> HFWeights:
         path = directory / name
         if not path.is_file():
             continue
-        files = _shards(path) if name.endswith(".index.json") else [path]
+        files = shard_files(path) if name.endswith(".index.json") else [path]
         weights = HFWeights(directory, {}, {})
         for file in files:
             for key, tensor in _read_file(file).items():
@@ -127,7 +127,7 @@ def read_weights(directory: Path) -> HFWeights:
     )
 
 
-def _shards(index: Path) -> list[Path]:
+def shard_files(index: Path) -> list[Path]:
     """The shard files an index names, each inside the index's folder."""
     data = read_json(index, what="cannot read the weights index", error=HFFileError, fix=_REFETCH)
     check_fields(data, {"weight_map": dict}, source=index, error=HFFileError, fix=_REFETCH)

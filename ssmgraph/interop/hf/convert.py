@@ -45,9 +45,14 @@ def to_ssmgraph(
         found = [weights.tensors[names[k]] for k in m.hf]
         parts = [t.T if m.transpose else t for t in found]
         tensor = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if m.rows is not None:
+            start, stop, total = m.rows
+            whole = tensor
+            tensor = whole[start:stop] if whole.shape[0] == total else whole
         if tensor.shape != shapes[m.ssm]:
             have = ", ".join(f"{names[k]} {tuple(t.shape)}" for k, t in zip(m.hf, found, strict=True))
             want = tuple(shapes[m.ssm])[::-1] if m.transpose else tuple(shapes[m.ssm])
+            want = (m.rows[2], *want[1:]) if m.rows is not None else want
             raise HFWeightsError(
                 f"{weights.origin[names[m.hf[0]]]}: tensor {have} does not fit {config_file}, which implies {want}"
                 + (" in all" if len(m.hf) > 1 else ""),
@@ -72,10 +77,14 @@ def _prefixed(key: str, prefix: str) -> str:
 
 
 def to_hf(state: Mapping[str, torch.Tensor], layout: Layout) -> dict[str, torch.Tensor]:
-    """A run's tensors under Hugging Face names: split, transposed, and zeros for absent biases."""
+    """A run's tensors under Hugging Face names: split, stacked, transposed, and zeros for absent biases."""
     out: dict[str, torch.Tensor] = {}
+    stacked: dict[str, list[tuple[int, torch.Tensor]]] = {}  # hf name -> (start row, ssmgraph tensor)
     for m in layout.tensor_maps():
         tensor = state.get(m.ssm)
+        if m.rows is not None and tensor is not None:
+            stacked.setdefault(m.hf[0], []).append((m.rows[0], tensor))
+            continue
         if tensor is None and m.zeros_like is not None:
             like = state[m.zeros_like]
             tensor = torch.zeros(like.shape[0], dtype=like.dtype)
@@ -84,6 +93,8 @@ def to_hf(state: Mapping[str, torch.Tensor], layout: Layout) -> dict[str, torch.
         parts = tensor.split(m.split) if m.split else (tensor,)
         for key, part in zip(m.hf, parts, strict=True):
             out[key] = part.T if m.transpose else part
+    for key, pieces in stacked.items():
+        out[key] = torch.cat([t for _, t in sorted(pieces, key=lambda piece: piece[0])])
     return out
 
 

@@ -20,7 +20,7 @@ from ssmgraph.interop.hf.checkpoint import HFConfig
 
 TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 HELP_LAYOUTS = (
-    "export maps the GPT-2, Llama, Mistral, Qwen2, Qwen3 and Mamba layouts exactly (docs/interop.md): models built "
+    "export maps the GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma, Phi-3 and Mamba layouts exactly (docs/interop.md): models built "
     "from blueprints/gpt.yaml, llama.yaml or mamba.yaml, or imported with `ssmgraph import hf`"
 )
 
@@ -38,6 +38,9 @@ class TensorMap:
     """GPT-2's Conv1D stores (in, out); nn.Linear stores (out, in)."""
     zeros_like: str | None = None
     """Export: when the run has no such tensor (``bias: false``), write zeros as long as this tensor's rows."""
+    rows: tuple[int, int, int] | None = None
+    """(start, stop, total): this tensor is rows start:stop of the one ``hf`` tensor of ``total`` rows, which
+    holds several ssmgraph tensors (Phi-3's gate_up_proj is w_gate and w_up); export stacks them back."""
 
 
 class Layout(ABC):
@@ -177,8 +180,11 @@ def language_model(
     }
 
 
-def embed_node(vocab: int, dim: int) -> dict[str, Any]:
-    return {"embed": {"block": "embed.token", "in": "tokens", "args": {"vocab": vocab, "dim": dim}}}
+def embed_node(vocab: int, dim: int, scale: float = 1.0) -> dict[str, Any]:
+    args: dict[str, Any] = {"vocab": vocab, "dim": dim}
+    if scale != 1.0:
+        args["scale"] = scale
+    return {"embed": {"block": "embed.token", "in": "tokens", "args": args}}
 
 
 def lm_head_map(tied: bool) -> list[TensorMap]:

@@ -44,6 +44,9 @@ class Llama(Layout):
     """The config class's default max_position_embeddings (the default original context of a scaled RoPE)."""
     head_dim_default: ClassVar[int | None] = None
     """The config class's default head_dim (null: hidden_size / num_attention_heads)."""
+    activations: ClassVar[dict[str, str]] = ACTIVATIONS
+    """config.json's ``hidden_act`` values -> ``ffn.glu`` ``activation``."""
+    tied_default: ClassVar[bool] = False
 
     vocab: int
     dim: int
@@ -69,7 +72,8 @@ class Llama(Layout):
     @classmethod
     def fits(cls, model: CompiledModel) -> bool:
         mix = mix_args(model)
-        return not mix.get("qk_norm") and mix.get("window") is None and out_bias(mix) == mix.get("bias", False)
+        plain = not mix.get("qk_norm") and mix.get("window") is None and out_bias(mix) == mix.get("bias", False)
+        return plain and not norm_offset(model)
 
     @classmethod
     def from_config(cls, config: HFConfig) -> Llama:
@@ -95,10 +99,10 @@ class Llama(Layout):
             kv_heads=kv_heads,
             head_dim=None if head_dim is None or (not dim % heads and head_dim == dim // heads) else head_dim,
             hidden=config.value("intermediate_size", int, 11008, minimum=1),
-            activation=config.choice("hidden_act", ACTIVATIONS, "silu"),
+            activation=config.choice("hidden_act", cls.activations, next(iter(cls.activations))),
             eps=config.value("rms_norm_eps", float, 1e-6, minimum=0),
             rope=read_rope(config, max_len),
-            tied=config.value("tie_word_embeddings", bool, False),
+            tied=config.value("tie_word_embeddings", bool, cls.tied_default),
             **family,
         )
 
@@ -142,7 +146,7 @@ class Llama(Layout):
             mix.update(qk_norm=True, qk_norm_eps=self.eps)
         body = prenorm_body(
             "norm.rms",
-            {"eps": self.eps},
+            self.norm_args(),
             mix,
             "ffn.glu",
             {"hidden": self.hidden, "activation": self.activation, "bias": self.mlp_bias},
@@ -151,11 +155,19 @@ class Llama(Layout):
             f"{self.title} (Hugging Face {self.model_type}): token embedding, pre-RMSNorm layers of GQA attention "
             "with RoPE and a gated FFN, final RMSNorm, LM head."
         )
-        final = {"block": "norm.rms", "args": {"eps": self.eps}}
-        first = embed_node(self.vocab, self.dim)
+        final = {"block": "norm.rms", "args": self.norm_args()}
+        first = self.first_nodes()
         return language_model(
             self.model_type, doc, first, body, layers=self.layers, final_norm=final, vocab=self.vocab, tied=self.tied
         )
+
+    def norm_args(self) -> dict[str, Any]:
+        """The ``norm.rms`` arguments of every norm of the model."""
+        return {"eps": self.eps}
+
+    def first_nodes(self) -> dict[str, Any]:
+        """The nodes before the layers (the token embedding)."""
+        return embed_node(self.vocab, self.dim)
 
     def hf_config(self) -> dict[str, Any]:
         rope = rope_config(self.rope)
@@ -215,3 +227,9 @@ def mix_args(model: CompiledModel) -> dict[str, Any]:
 def out_bias(mix: dict[str, Any]) -> bool:
     """Whether out_proj has a bias (``out_bias`` null: as ``bias``)."""
     return mix.get("bias", False) if mix.get("out_bias") is None else mix["out_bias"]
+
+
+def norm_offset(model: CompiledModel, path: str = "blocks.0.norm1") -> float:
+    """The first layer norm's ``offset`` (Gemma: 1; every other Llama-layout family: 0)."""
+    info = model.nodes.get(path)
+    return float(info.args.get("offset", 0.0)) if info is not None and info.block == "norm.rms" else 0.0

@@ -1,0 +1,195 @@
+"""Write a mergekit-dialect merge as Hugging Face writes a model: config.json, safetensors shards
+(``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` with ``model.safetensors.index.json``),
+the tokenizer files and chat template, and ``mergekit_config.yml`` (the config as given).
+
+Each shard's header is written first — every output tensor's shape and dtype are known from the
+plan — then each tensor is merged and its bytes appended, so no more than one tensor is held.
+The folder is written atomically under its lock (:func:`ssmgraph.folders.atomic_directory`):
+a killed merge leaves the previous folder, or none, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssmgraph.errors import SsmgraphError
+from ssmgraph.folders import (
+    atomic_directory,
+    folder_lock,
+    follow_link,
+    readable_by_others,
+    refuse_checkpoint_target,
+    refuse_sources,
+)
+from ssmgraph.merge.mergekit.dialect import MergekitConfig
+from ssmgraph.merge.mergekit.engine import MergePlan, Planned, merge_tensor, plan_merge
+from ssmgraph.merge.mergekit.inputs import DTYPE_NAMES, LAYER_COUNT_KEYS
+
+CONFIG_MARKER = "mergekit_config.yml"
+DEFAULT_SHARD_SIZE = "5GB"
+"""mergekit's default ``--out-shard-size`` (5B)."""
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+_CODES = {dtype: code for code, dtype in DTYPE_NAMES.items()}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+def parse_size(text: str) -> int:
+    """ "500MB", "2GB", "5GiB", "1000000" -> bytes (decimal units as Hugging Face's ``max_shard_size``)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", str(text).upper())
+    if not m or m[2] not in _UNITS or float(m[1]) <= 0:
+        raise SsmgraphError(f"--out-shard-size {text!r}: expected a size such as 500MB, 2GB or 5GiB")
+    return int(float(m[1]) * _UNITS[m[2]])
+
+
+def _nbytes(item: Planned) -> int:
+    return torch.Size(item.shape).numel() * torch.empty((), dtype=item.dtype).element_size()
+
+
+def shard_layout(tensors: list[Planned], max_bytes: int) -> list[list[Planned]]:
+    """Tensors in order, grouped into shards of at most ``max_bytes`` (a larger tensor alone)."""
+    shards: list[list[Planned]] = [[]]
+    size = 0
+    for item in tensors:
+        n = _nbytes(item)
+        if shards[-1] and size + n > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(item)
+        size += n
+    return shards
+
+
+def _write_shard(path: Path, items: list[Planned], plan: MergePlan, generator: torch.Generator) -> None:
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for item in items:
+        n = _nbytes(item)
+        header[item.name] = {"dtype": _CODES[item.dtype], "shape": list(item.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for item in items:
+            tensor = merge_tensor(plan, item, generator)
+            assert tuple(tensor.shape) == item.shape and tensor.dtype == item.dtype, item.name
+            if tensor.numel():  # the bytes as they lie, no copy
+                f.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    readable_by_others(path)
+
+
+def _config(plan: MergePlan) -> dict[str, Any]:
+    config = dict(plan.reference.config)
+    for key in LAYER_COUNT_KEYS:
+        if isinstance(config.get(key), int):
+            config[key] = plan.layers
+    if isinstance(config.get("layer_types"), list):  # per-layer kinds follow the layers they come from
+        config["layer_types"] = [
+            (model.config.get("layer_types") or [None] * (i + 1))[i] if i < len(model.config.get("layer_types") or []) else None
+            for model, i in plan.layer_sources
+        ]
+    dtype = plan.config.out_dtype or plan.config.dtype
+    if dtype is None:
+        floats = [t.dtype for t in plan.tensors if t.dtype.is_floating_point]
+        dtype = str(floats[0]).removeprefix("torch.") if floats else None
+    if dtype is not None:
+        for key in ("dtype", "torch_dtype"):
+            if key in config or key == "dtype":
+                config[key] = dtype
+    return config
+
+
+def _copy_tokenizer(plan: MergePlan, folder: Path) -> list[str]:
+    cfg = plan.config
+    source = cfg.tokenizer_source or plan.reference.folder
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, folder / name)
+            copied.append(name)
+    if (plan.reference.folder / "generation_config.json").is_file():
+        shutil.copyfile(plan.reference.folder / "generation_config.json", folder / "generation_config.json")
+    if cfg.chat_template is not None:
+        settings_path = folder / "tokenizer_config.json"
+        settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
+        settings["chat_template"] = cfg.chat_template
+        settings_path.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (folder / "chat_template.jinja").unlink(missing_ok=True)  # it would override tokenizer_config's
+    return copied
+
+
+def _earlier_merge(folder: Path) -> bool:
+    return (folder / CONFIG_MARKER).is_file() and (folder / "config.json").is_file()
+
+
+def write_merge(plan: MergePlan, folder: Path, shard_bytes: int, seed: int = 0) -> dict[str, Any]:
+    generator = torch.Generator().manual_seed(seed)
+    shards = shard_layout(plan.tensors, shard_bytes)
+    (folder / "config.json").write_text(json.dumps(_config(plan), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if len(shards) == 1:
+        _write_shard(folder / "model.safetensors", shards[0], plan, generator)
+    else:
+        weight_map = {}
+        for i, items in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            _write_shard(folder / name, items, plan, generator)
+            weight_map.update({item.name: name for item in items})
+        index = {"metadata": {"total_size": sum(_nbytes(t) for t in plan.tensors)}, "weight_map": weight_map}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    tokenizer = _copy_tokenizer(plan, folder)
+    (folder / CONFIG_MARKER).write_text(plan.config.text, encoding="utf-8")
+    return {"tensors": len(plan.tensors), "layers": plan.layers, "shards": len(shards), "tokenizer": tokenizer}
+
+
+def run_mergekit(
+    cfg: MergekitConfig, out_dir: Path, *, overwrite: bool = False, shard_size: str = DEFAULT_SHARD_SIZE
+) -> dict[str, Any]:
+    """Merge as the mergekit config says, into ``out_dir`` (atomically, under its lock)."""
+    shard_bytes = parse_size(shard_size)
+    out_dir = follow_link(Path(out_dir))
+    refuse_checkpoint_target(out_dir, "--out")
+    refuse_sources(out_dir, cfg.models() + ([cfg.tokenizer_source] if cfg.tokenizer_source else []), "--out")
+    started = time.perf_counter()
+    with folder_lock(out_dir):
+        if out_dir.exists():
+            if not overwrite:
+                raise SsmgraphError(f"{out_dir} already exists; pass --overwrite to replace it")
+            if not _earlier_merge(out_dir):
+                raise SsmgraphError(
+                    f"{out_dir} holds other files, not an earlier merge ({CONFIG_MARKER}); --overwrite replaces only that"
+                )
+        plan = plan_merge(cfg)
+        with atomic_directory(out_dir) as tmp:
+            summary = write_merge(plan, tmp, shard_bytes)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    return summary
