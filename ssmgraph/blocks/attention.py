@@ -7,7 +7,8 @@ grouped-query attention (Ainslie et al. 2023: ``kv_heads`` key/value heads, each
 embedding (Su et al. 2021, RoFormer) in the half-split convention of GPT-NeoX and
 Hugging Face Llama: feature i is rotated with feature i + head_dim/2 by the angle
 pos · base^(-2i/head_dim), optionally scaled for longer contexts (``rope_scaling``: linear,
-llama3, yarn; rope.py). Further options of the Llama-layout families: ``head_dim`` other than
+llama3, yarn; rope.py), of every feature or of the first ``rope_dims`` of each head (GPT-NeoX).
+Further options of the Llama-layout families: ``head_dim`` other than
 dim / heads, a sliding ``window`` (Mistral), per-head RMSNorm of q and k (``qk_norm``, Qwen3),
 and biases on qkv without one on out_proj (``out_bias``, Qwen2). The kernel is
 ``torch.nn.functional.scaled_dot_product_attention``.
@@ -315,6 +316,7 @@ ATTENTION = BlockSpec(
         {"causal": False},
         {"heads": 2, "head_dim": 6, "qk_norm": True, "window": 3, "bias": True, "out_bias": False},
         {"rope": True, "rope_scaling": "yarn", "rope_factor": 4.0, "rope_original_len": 4},
+        {"heads": 2, "rope": True, "rope_dims": 2},
     ),
     role="mix",
     doc="Multi-head scaled dot-product self-attention (causal or bidirectional), optional GQA, RoPE, sliding window.",

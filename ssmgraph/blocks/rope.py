@@ -15,6 +15,10 @@ transformers' ``modeling_rope_utils.py`` computes them:
 The frequencies are computed once at build, in fp64 on the host; the module keeps them as a
 non-persistent buffer (nothing in the state dict) in at least fp32, so a model cast to bf16
 still rotates with fp32 angles, and a model cast to fp64 with exact ones.
+
+Partial rotation (``rope_dims``, GPT-NeoX's ``rotary_pct``): only the first ``rope_dims`` features
+of each head rotate, in the same half-split convention within them (feature i with i + rope_dims/2,
+f_i = base^(-2i/rope_dims)); the others pass through unchanged.
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ SCALINGS = ("none", "linear", "llama3", "yarn")
 ROPE_PARAMS = (
     Param("rope", bool, False, "rotary position embedding on queries and keys"),
     Param("rope_base", float, 10000.0, "RoPE base of the rotation frequencies", min=1.0),
+    Param(
+        "rope_dims",
+        int,
+        None,
+        "features of each head that rotate, the first ones (null = all; GPT-NeoX's rotary_pct · head_dim); even",
+        min=2,
+        nullable=True,
+    ),
     Param(
         "rope_scaling",
         str,
@@ -73,6 +85,9 @@ def check_rope_args(head_dim: int, args: dict[str, Any]) -> None:
         return
     if head_dim % 2:
         raise ShapeError(f"mix.attention: rope needs an even head dimension, got {head_dim}")
+    dims = args.get("rope_dims")
+    if dims is not None and (dims % 2 or dims > head_dim):
+        raise ShapeError(f"mix.attention: rope_dims must be even and at most the head dimension {head_dim}, got {dims}")
     scaling = args["rope_scaling"]
     if scaling in ("llama3", "yarn") and args["rope_original_len"] is None:
         raise ShapeError(f"mix.attention: rope_scaling {scaling} needs rope_original_len (the pre-training context)")
@@ -154,11 +169,13 @@ class Rotary(nn.Module):
         beta_slow: float = 1.0,
         truncate: bool = True,
         attention_factor: float | None = None,
+        dims: int | None = None,
     ):
+        """``dims``: the features of each head that rotate (null: all ``head_dim``)."""
         super().__init__()
         self.scaling = scaling
         with host_init() as ambient:  # exact values on the host, even under torch.device("meta")
-            exact = plain_inv_freq(head_dim, base)
+            exact = plain_inv_freq(head_dim if dims is None else dims, base)
             if scaling != "none":
                 exact = _SCALED[scaling](
                     exact,
@@ -209,8 +226,10 @@ def rope_angles(positions: Tensor, head_dim: int, base: float, dtype: torch.dtyp
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x_i, x_{i+d/2}) of ``x`` (..., L, d) by the angles behind cos/sin (..., L, d/2)."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    """Rotate pairs (x_i, x_{i+r/2}) of ``x`` (..., L, d) by the angles behind cos/sin (..., L, r/2); the
+    features from r on (partial rotation, r < d) pass through."""
+    half = cos.shape[-1]
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
+    parts = (x1 * cos - x2 * sin, x2 * cos + x1 * sin)
+    rotated = torch.cat(parts if 2 * half == x.shape[-1] else (*parts, x[..., 2 * half :]), dim=-1)
     return rotated.to(x.dtype)

@@ -7,7 +7,9 @@ layout — the one ``ssmgraph export hf`` writes — stores it as several tensor
 Llama's attention ``qkv``: q_proj, k_proj, v_proj rows (heads·head_dim, kv_heads·head_dim,
 kv_heads·head_dim), in models imported from Llama or built from blueprints/llama.yaml. GPT-2
 stores ``c_attn`` as one tensor, so a GPT-2 model's ``qkv`` is merged whole, as is Phi-3's
-(``qkv_proj``: one tensor, ``TensorMap.hf`` has one name), and so is every parameter of a model
+(``qkv_proj``: one tensor, ``TensorMap.hf`` has one name) and GPT-NeoX's (``query_key_value``:
+one tensor whose rows are interleaved per head; ssmgraph's rows are the same values reordered, and
+the per-tensor statistics do not depend on the order), and so is every parameter of a model
 that no Hugging Face family reads. The converse — several ssmgraph parameters that are one
 Hugging Face tensor (Phi-3's ``w_gate`` and ``w_up`` are ``gate_up_proj``) — is merged per
 parameter: mergekit's statistics over the whole ``gate_up_proj`` are not reproduced.

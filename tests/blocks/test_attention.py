@@ -7,15 +7,17 @@ import torch
 
 from ssmgraph.blocks import attention
 from ssmgraph.blocks.attention import apply_rope, rope_angles
+from ssmgraph.blocks.rope import Rotary
 from ssmgraph.registry.specs import ShapeError, TensorType
 
 ATT, CROSS = attention.ATTENTION, attention.CROSS_ATTENTION
 D = 16
 
 
-def explicit_rope(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
-    """Rotate each pair (x_i, x_{i+d/2}) of x (B, L, H, d) by pos · base^(-2i/d) with a 2×2 matrix."""
-    d = x.shape[-1]
+def explicit_rope(x: torch.Tensor, positions: torch.Tensor, base: float, dims: int | None = None) -> torch.Tensor:
+    """Rotate each pair (x_i, x_{i+d/2}) of x (B, L, H, d) by pos · base^(-2i/d) with a 2×2 matrix
+    (``dims``: only the first d = dims features; the others are kept)."""
+    d = x.shape[-1] if dims is None else dims
     out = x.clone()
     for i in range(d // 2):
         theta = positions.to(x.dtype) * base ** (-2 * i / d)  # (B, L)
@@ -110,6 +112,32 @@ def test_rope_equals_explicit_rotation():
     torch.testing.assert_close(got, explicit_rope(x, positions, 10000.0), rtol=1e-12, atol=1e-12)
     # a rotation keeps norms
     torch.testing.assert_close(got.norm(dim=-1), x.norm(dim=-1), rtol=1e-12, atol=1e-12)
+
+
+def test_partial_rope_rotates_the_first_rope_dims_features_only(out_type):
+    """rope_dims r < head_dim (GPT-NeoX's rotary_pct): features < r rotate as a head of r features would
+    (f_i = base^(-2i/r), pairs i and i + r/2); the others pass through; through the block too."""
+    x = torch.randn(2, 5, 3, 8, dtype=torch.float64)
+    positions = torch.randint(0, 1000, (2, 5))
+    rotary = Rotary(8, 500.0, dims=4).double()
+    cos, sin = rotary(positions, torch.float64)
+    got = apply_rope(x.transpose(1, 2), cos[:, None], sin[:, None]).transpose(1, 2)
+    torch.testing.assert_close(got[..., :4], explicit_rope(x[..., :4], positions, 500.0), rtol=1e-12, atol=1e-12)
+    assert torch.equal(got[..., 4:], x[..., 4:])
+    block = attention.Attention(D, heads=2, rope=True, rope_base=500.0, rope_dims=4).double()
+    y = torch.randn(1, 6, D, dtype=torch.float64)
+    q, k, _ = block.qkv(y).view(1, 6, 3, 2, 8).unbind(2)
+    pos = torch.arange(6)[None]
+    q, k = explicit_rope(q, pos, 500.0, dims=4), explicit_rope(k, pos, 500.0, dims=4)
+    scores = torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(8)
+    _, _, v = block.qkv(y).view(1, 6, 3, 2, 8).unbind(2)
+    mask = torch.ones(6, 6, dtype=torch.bool).tril()
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    want = block.out_proj(torch.einsum("bhij,bjhd->bihd", probs, v).reshape(1, 6, D))
+    torch.testing.assert_close(block(y), want, rtol=1e-10, atol=1e-10)
+    for bad in (3, 10):
+        with pytest.raises(ShapeError, match="rope_dims"):
+            out_type(ATT, D, heads=2, rope=True, rope_dims=bad)
 
 
 def test_rope_scores_depend_on_relative_position_only():

@@ -1,4 +1,4 @@
-"""Gemma, Phi-3 and GPT-NeoX: import gives transformers' logits, export loads back with from_pretrained
+"""Gemma and Phi-3 (GPT-NeoX: test_hf_neox.py): import gives transformers' logits, export loads back with from_pretrained
 and gives them again (fp32, ≤ 1e-4), and what cannot map is E601 naming the field."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints <-> ssmgraph models, for the GPT-2, Llama (Mistral, Qwen2, Qwen3, Gemma, Phi-3) and Mamba families.
+"""Hugging Face checkpoints <-> ssmgraph models, for the GPT-2, GPT-NeoX, Llama (Mistral, Qwen2, Qwen3, Gemma, Phi-3) and Mamba families.
 
 Import reads config.json with ``json`` and the weights with ``safetensors`` (a ``.bin``
 only through a weights-only load), so it needs no transformers; export writes the
@@ -24,13 +24,16 @@ from ssmgraph.interop.hf.layout import HELP_LAYOUTS, Layout, ModelReader
 from ssmgraph.interop.hf.llama import Llama
 from ssmgraph.interop.hf.mamba import Mamba
 from ssmgraph.interop.hf.metadata import export_files, import_files
+from ssmgraph.interop.hf.neox import GPTNeoX
 from ssmgraph.interop.hf.phi3 import Phi3
 from ssmgraph.interop.hf.qwen import Mistral, Qwen2, Qwen3
 from ssmgraph.serialization import is_saved_model, load, model_directory, read_meta, write_model_files
 
-FAMILIES: tuple[type[Layout], ...] = (Mamba, GPT2, Llama, Mistral, Qwen2, Qwen3, Gemma, Phi3)
-"""In the order export tries their ``signature`` blocks (GPT-2 and Llama both have attention) and ``fits``
-(the Llama-layout families differ in attention features; Gemma differs in its norms; Phi-3 has Llama's blueprint and comes last: chosen only when imported)."""
+FAMILIES: tuple[type[Layout], ...] = (Mamba, GPT2, Llama, Mistral, Qwen2, Qwen3, Gemma, Phi3, GPTNeoX)
+"""In the order export tries their ``signature`` blocks (GPT-2, Llama and GPT-NeoX all have attention) and ``fits``
+(the Llama-layout families differ in attention features; Gemma differs in its norms; Phi-3 has Llama's blueprint and comes after it: chosen
+only when imported; GPT-NeoX has LayerNorm where they have RMSNorm, and comes last, so that an attention model no family fits is compared
+with Llama's layout)."""
 
 __all__ = ["FAMILIES", "export_hf", "import_hf", "layout_of"]
 

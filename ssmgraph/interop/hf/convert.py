@@ -31,7 +31,7 @@ def to_ssmgraph(
     weights: HFWeights, layout: Layout, shapes: Mapping[str, torch.Size], config_file: str
 ) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors under ssmgraph names, checked against the shapes the config implies."""
-    names = {_prefixed(k, layout.prefix): k for k in weights.tensors}  # LM-model name -> name in the file
+    names = {_prefixed(k, layout): k for k in weights.tensors}  # LM-model name -> name in the file
     used: set[str] = set()
     out: dict[str, torch.Tensor] = {}
     for m in layout.tensor_maps():
@@ -45,6 +45,8 @@ def to_ssmgraph(
         found = [weights.tensors[names[k]] for k in m.hf]
         parts = [t.T if m.transpose else t for t in found]
         tensor = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if m.interleaved and tensor.shape[0] % (3 * m.interleaved) == 0:  # otherwise the shape check below fails
+            tensor = _regroup(tensor, m.interleaved, 3)  # (heads, 3) -> (3, heads)
         if m.rows is not None:
             start, stop, total = m.rows
             whole = tensor
@@ -71,9 +73,15 @@ def to_ssmgraph(
     return out
 
 
-def _prefixed(key: str, prefix: str) -> str:
+def _prefixed(key: str, layout: Layout) -> str:
     """Base-model checkpoints (GPT2Model, ...) name tensors without the LM model's attribute."""
-    return key if key.startswith((prefix, "lm_head.")) else prefix + key
+    return key if key.startswith((layout.prefix, "lm_head.")) or key == layout.head_key else layout.prefix + key
+
+
+def _regroup(tensor: torch.Tensor, outer: int, inner: int) -> torch.Tensor:
+    """Rows in ``outer`` × ``inner`` blocks reordered to ``inner`` × ``outer``: (heads, 3) -> (3, heads)
+    gathers GPT-NeoX's per-head q, k, v into q | k | v, (3, heads) -> (heads, 3) interleaves them back."""
+    return tensor.reshape(outer, inner, -1, *tensor.shape[1:]).transpose(0, 1).reshape(tensor.shape)
 
 
 def to_hf(state: Mapping[str, torch.Tensor], layout: Layout) -> dict[str, torch.Tensor]:
@@ -91,6 +99,8 @@ def to_hf(state: Mapping[str, torch.Tensor], layout: Layout) -> dict[str, torch.
         if tensor is None:
             continue
         parts = tensor.split(m.split) if m.split else (tensor,)
+        if m.interleaved:
+            parts = (_regroup(tensor, 3, m.interleaved),)  # (3, heads) -> (heads, 3)
         for key, part in zip(m.hf, parts, strict=True):
             out[key] = part.T if m.transpose else part
     for key, pieces in stacked.items():

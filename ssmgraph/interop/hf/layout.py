@@ -20,8 +20,8 @@ from ssmgraph.interop.hf.checkpoint import HFConfig
 
 TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 HELP_LAYOUTS = (
-    "export maps the GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma, Phi-3 and Mamba layouts exactly (docs/interop.md): models built "
-    "from blueprints/gpt.yaml, llama.yaml or mamba.yaml, or imported with `ssmgraph import hf`"
+    "export maps the GPT-2, GPT-NeoX, Llama, Mistral, Qwen2, Qwen3, Gemma, Phi-3 and Mamba layouts exactly (docs/interop.md): "
+    "models built from blueprints/gpt.yaml, llama.yaml or mamba.yaml, or imported with `ssmgraph import hf`"
 )
 
 
@@ -41,6 +41,9 @@ class TensorMap:
     rows: tuple[int, int, int] | None = None
     """(start, stop, total): this tensor is rows start:stop of the one ``hf`` tensor of ``total`` rows, which
     holds several ssmgraph tensors (Phi-3's gate_up_proj is w_gate and w_up); export stacks them back."""
+    interleaved: int = 0
+    """Heads whose rows the ``hf`` tensor interleaves, head by head [q | k | v] (GPT-NeoX's query_key_value);
+    import reorders them to q | k | v (``mix.attention``'s ``qkv``), export back. 0: rows in the same order."""
 
 
 class Layout(ABC):
@@ -59,6 +62,8 @@ class Layout(ABC):
     ignored: ClassVar[tuple[str, ...]] = ()
     """Patterns of checkpoint tensors that are buffers, not weights (old causal masks, RoPE tables)."""
     carried: ClassVar[tuple[str, ...]] = TOKEN_IDS
+    head_key: ClassVar[str] = "lm_head.weight"
+    """The LM head's tensor (outside the base model's ``prefix``); a stored copy of a tied head is skipped."""
     """Fields an import keeps in meta.json and an export writes back (ssmgraph has no use for them)."""
     tied: bool
 
@@ -91,7 +96,7 @@ class Layout(ABC):
 
     def is_ignored(self, key: str) -> bool:
         """A checkpoint tensor that carries no weight of this layout (buffers; a tied lm_head copy)."""
-        return any(re.search(p, key) for p in self.ignored) or (self.tied and key == "lm_head.weight")
+        return any(re.search(p, key) for p in self.ignored) or (self.tied and key == self.head_key)
 
     def common_config(self) -> dict[str, Any]:
         return {
@@ -187,6 +192,6 @@ def embed_node(vocab: int, dim: int, scale: float = 1.0) -> dict[str, Any]:
     return {"embed": {"block": "embed.token", "in": "tokens", "args": args}}
 
 
-def lm_head_map(tied: bool) -> list[TensorMap]:
-    """A tied head is the embedding (transformers re-ties it on load); an untied one is lm_head."""
-    return [] if tied else [TensorMap("head.weight", ("lm_head.weight",))]
+def lm_head_map(tied: bool, key: str = "lm_head.weight") -> list[TensorMap]:
+    """A tied head is the embedding (transformers re-ties it on load); an untied one is ``key``."""
+    return [] if tied else [TensorMap("head.weight", (key,))]

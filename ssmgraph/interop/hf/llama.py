@@ -73,7 +73,7 @@ class Llama(Layout):
     def fits(cls, model: CompiledModel) -> bool:
         mix = mix_args(model)
         plain = not mix.get("qk_norm") and mix.get("window") is None and out_bias(mix) == mix.get("bias", False)
-        return plain and not norm_offset(model)
+        return plain and plain_rms(model)
 
     @classmethod
     def from_config(cls, config: HFConfig) -> Llama:
@@ -227,6 +227,13 @@ def mix_args(model: CompiledModel) -> dict[str, Any]:
 def out_bias(mix: dict[str, Any]) -> bool:
     """Whether out_proj has a bias (``out_bias`` null: as ``bias``)."""
     return mix.get("bias", False) if mix.get("out_bias") is None else mix["out_bias"]
+
+
+def plain_rms(model: CompiledModel) -> bool:
+    """Whether the first layer norm is ``norm.rms`` without offset (every Llama-layout family but Gemma; GPT-NeoX
+    has ``norm.layer``)."""
+    info = model.nodes.get("blocks.0.norm1")
+    return info is not None and info.block == "norm.rms" and not norm_offset(model)
 
 
 def norm_offset(model: CompiledModel, path: str = "blocks.0.norm1") -> float:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.interop.hf.checkpoint import HFConfig
-from ssmgraph.interop.hf.llama import Llama, mix_args, norm_offset, out_bias
+from ssmgraph.interop.hf.llama import Llama, mix_args, out_bias, plain_rms
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Mistral(Llama):
     @classmethod
     def fits(cls, model: CompiledModel) -> bool:
         mix = mix_args(model)
-        return not norm_offset(model) and not mix.get("qk_norm") and not mix.get("bias") and not out_bias(mix)
+        return plain_rms(model) and not mix.get("qk_norm") and not mix.get("bias") and not out_bias(mix)
 
     @classmethod
     def from_config(cls, config: HFConfig) -> Mistral:
@@ -59,7 +59,7 @@ class Qwen2(Llama):
     def fits(cls, model: CompiledModel) -> bool:
         mix = mix_args(model)
         return (
-            not norm_offset(model)
+            plain_rms(model)
             and not mix.get("qk_norm")
             and mix.get("window") is None
             and bool(mix.get("bias"))
@@ -90,9 +90,7 @@ class Qwen3(Llama):
     @classmethod
     def fits(cls, model: CompiledModel) -> bool:
         mix = mix_args(model)
-        return (
-            not norm_offset(model) and bool(mix.get("qk_norm")) and mix.get("window") is None and out_bias(mix) == mix.get("bias")
-        )
+        return plain_rms(model) and bool(mix.get("qk_norm")) and mix.get("window") is None and out_bias(mix) == mix.get("bias")
 
     @classmethod
     def from_config(cls, config: HFConfig) -> Qwen3:

@@ -40,9 +40,10 @@ _FIELDS = {  # rope_type -> its fields, as mix.attention arguments: (config key,
 }
 
 
-def read_rope(config: HFConfig, max_len: int) -> dict[str, Any]:
+def read_rope(config: HFConfig, max_len: int, *, theta_key: str = "rope_theta", partial: bool = False) -> dict[str, Any]:
     """``mix.attention``'s RoPE arguments (``rope``, ``rope_base``, and a scaling's) from config.json;
-    ``max_len`` is the model's max_position_embeddings (the default original length)."""
+    ``max_len`` is the model's max_position_embeddings (the default original length); ``theta_key``: the
+    4.x field of the base; ``partial``: the caller reads ``partial_rotary_factor`` (else only 1 converts)."""
     field = "rope_parameters" if config.data.get("rope_parameters") is not None else "rope_scaling"
     params = config.value(field, dict, None) or {}
     nested = [k for k, v in params.items() if isinstance(v, dict)]
@@ -53,11 +54,11 @@ def read_rope(config: HFConfig, max_len: int) -> dict[str, Any]:
         raise config.fail(f"{field}.rope_type", "'dynamic' is not supported", _DYNAMIC_HELP)
     if kind not in CONVERTED:
         raise config.fail(f"{field}.rope_type", f"{kind!r} is not supported", f"rope_type {', '.join(CONVERTED)} convert")
-    for where, holder in ((f"{field}.partial_rotary_factor", params), ("partial_rotary_factor", config.data)):
+    for where, holder in () if partial else ((f"{field}.partial_rotary_factor", params), ("partial_rotary_factor", config.data)):
         partial = holder.get("partial_rotary_factor")
         if partial not in (1, 1.0, None):
             raise config.fail(where, f"{partial!r} is not supported: mix.attention rotates every feature", "only 1.0 converts")
-    theta = params.get("rope_theta", config.value("rope_theta", float, 10000.0, minimum=1.0))
+    theta = params.get("rope_theta", config.value(theta_key, float, 10000.0, minimum=1.0))
     args: dict[str, Any] = {"rope": True, "rope_base": _number(config, f"{field}.rope_theta", theta, 1.0)}
     if kind == "default":
         return args
