@@ -160,15 +160,25 @@ def slerp(
     return tensorwise([a, b], ["model a", "model b"], keep, merge, parts)
 
 
-def slerp_tensor(v0: Tensor, v1: Tensor, t: float, eps: float = 1e-8) -> Tensor:
-    """One tensor's spherical interpolation from ``v0`` (t = 0) to ``v1`` (t = 1), as :func:`slerp`."""
-    u0, u1 = v0.double().flatten(), v1.double().flatten()
+def slerp_tensor(v0: Tensor, v1: Tensor, t: float, eps: float = 1e-8, *, inplace: bool = False) -> Tensor:
+    """One tensor's spherical interpolation from ``v0`` (t = 0) to ``v1`` (t = 1), as :func:`slerp`.
+    ``inplace``: ``v0`` and ``v1`` are overwritten, the result is ``v0`` (the same values)."""
+    u0, u1 = (
+        u.clone() if u.data_ptr() == v.data_ptr() else u for u, v in ((v0.double().flatten(), v0), (v1.double().flatten(), v1))
+    )
     n0, n1 = u0.norm(), u1.norm()
-    dot = float((u0 / n0 if n0 > eps else u0) @ (u1 / n1 if n1 > eps else u1))
+    dot = float((u0.div_(n0) if n0 > eps else u0) @ (u1.div_(n1) if n1 > eps else u1))
+    del u0, u1
     if abs(dot) > DOT_THRESHOLD:
-        return (1 - t) * v0 + t * v1
-    theta = math.acos(dot)
-    return (math.sin((1 - t) * theta) * v0 + math.sin(t * theta) * v1) / math.sin(theta)
+        s0, s1, d = 1 - t, t, None
+    else:
+        theta = math.acos(dot)
+        s0, s1, d = math.sin((1 - t) * theta), math.sin(t * theta), math.sin(theta)
+    if not inplace:
+        out = s0 * v0 + s1 * v1
+        return out if d is None else out / d
+    out = v0.mul_(s0).add_(v1.mul_(s1))
+    return out if d is None else out.div_(d)
 
 
 def tensorwise(
@@ -243,11 +253,53 @@ def _top_magnitude(delta: Tensor, density: float) -> Tensor:
 
 
 def top_magnitude_mask(delta: Tensor, density: float) -> Tensor:
-    """True at ``delta``'s k = max(1, ⌊density·n⌋) largest-magnitude entries (ties in ``torch.argsort``'s order)."""
+    """True at ``delta``'s k = max(1, ⌊density·n⌋) largest-magnitude entries (ties in ``torch.argsort``'s order).
+
+    The k-th largest magnitude v is found by selection (:func:`_kth_largest`, no sort); when
+    exactly k entries are ≥ v — no tie straddles the k-th place, so argsort's top k is that set
+    whatever its order among equals — the mask is |δ| ≥ v. Otherwise (ties at the boundary, NaN)
+    the top k of ``torch.argsort(descending=True)`` itself, mergekit's call."""
     k = max(1, int(density * delta.numel()))
+    magnitudes = delta.abs().flatten()
+    v = _kth_largest(magnitudes, k)
+    if v is not None:
+        mask = magnitudes >= v
+        if int(torch.count_nonzero(mask)) == k:
+            return mask.view_as(delta)
+        del mask
+    order = torch.empty(magnitudes.shape, dtype=torch.long, device=magnitudes.device)
+    torch.sort(magnitudes, descending=True, out=(magnitudes, order))  # argsort's kernel, sorting its own copy in place
     mask = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
-    mask[torch.argsort(delta.abs().flatten(), descending=True)[:k]] = True
+    mask[order[:k]] = True
     return mask.view_as(delta)
+
+
+SAMPLE = 1 << 15
+"""Entries sampled (evenly strided) to bracket the k-th largest before selecting it exactly."""
+
+
+def _kth_largest(w: Tensor, k: int) -> Tensor | None:
+    """The k-th largest entry of 1-D ``w`` (1 ≤ k < n), or None when ``w`` holds a NaN.
+
+    A strided sample's order statistics bracket it, [lo, hi]; when the bracket is confirmed
+    (fewer than k entries above hi, at least k at or above lo) it is the (k − #above)-th largest
+    of the few entries inside, else the k-th largest of all (``torch.kthvalue``). Exact either way."""
+    n = w.numel()
+    if not 1 <= k < n or bool(torch.isnan(w.amax())):  # k = n: every entry (left to argsort)
+        return None
+    if n > 8 * SAMPLE:
+        sample = w[:: n // SAMPLE].sort(descending=True).values
+        m = sample.numel()
+        rank = k * m / n
+        margin = 8 * math.sqrt(m * (k / n) * (1 - k / n)) + 8
+        hi = sample[max(0, int(rank - margin))]
+        lo = sample[min(m - 1, int(rank + margin))]
+        above = int(torch.count_nonzero(w > hi))
+        if above < k:
+            band = w[(w >= lo) & (w <= hi)]
+            if above + band.numel() >= k:
+                return torch.kthvalue(band, band.numel() - (k - above) + 1).values
+    return torch.kthvalue(w, n - k + 1).values
 
 
 def random_mask(shape: Sequence[int], density: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -274,20 +326,51 @@ def l1_rescaled(delta: Tensor, mask: Tensor, rescale: bool) -> Tensor:
     return masked if before < L1_EPS or after < L1_EPS else masked * (before / after)
 
 
-def consensus(deltas: Tensor, weights: Sequence[float], majority: str, normalize: bool) -> Tensor:
-    """Σ of the weighted deltas whose sign is the elected one (÷ the sum of their weights)."""
+def l1_rescaled_(delta: Tensor, mask: Tensor, rescale: bool) -> Tensor:
+    """:func:`l1_rescaled` in place (``delta`` is overwritten and returned)."""
+    before = delta.abs().sum() if rescale else None
+    masked = delta.mul_(mask)
+    if before is None:
+        return masked
+    after = masked.abs().sum()
+    return masked if before < L1_EPS or after < L1_EPS else masked.mul_(before / after)
+
+
+def consensus(deltas: Tensor, weights: Sequence[float], majority: str, normalize: bool, *, inplace: bool = False) -> Tensor:
+    """Σ of the weighted deltas whose sign is the elected one (÷ the sum of their weights).
+    ``inplace``: ``deltas`` is overwritten (the same values, fewer temporaries)."""
     w = torch.tensor(weights, dtype=deltas.dtype, device=deltas.device).view(-1, *[1] * (deltas.dim() - 1))
-    weighted = deltas * w
-    signs = weighted.sign()
-    if majority == "sum":
-        elected = torch.where(weighted.sum(0) >= 0, 1.0, -1.0)
-    elif majority == "count":
-        elected = torch.where(signs.sum(0) >= 0, 1.0, -1.0)
-    else:
+    if majority not in ("sum", "count"):
         raise ValueError(f"majority must be 'sum' or 'count', got {majority!r}")
-    agree = signs == elected
-    merged = (weighted * agree).sum(0)
+    if not inplace:
+        weighted = deltas * w
+        signs = weighted.sign()
+        if majority == "sum":
+            elected = torch.where(weighted.sum(0) >= 0, 1.0, -1.0)
+        else:
+            elected = torch.where(signs.sum(0) >= 0, 1.0, -1.0)
+        agree = signs == elected
+        merged = (weighted * agree).sum(0)
+        if not normalize:
+            return merged
+        divisor = (w * agree).sum(0)
+        return merged / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    weighted = deltas.mul_(w)
+    if majority == "sum":
+        positive = weighted.sum(0) >= 0
+    else:
+        positive = weighted.sign().sum(0) >= 0
+    # sign(x) == elected, without the signs: x > 0 where + is elected, x < 0 where − is
+    agree = torch.empty(weighted.shape, dtype=torch.bool, device=weighted.device)
+    for row, x in zip(agree, weighted):
+        torch.where(positive, x > 0, x < 0, out=row)
+    del positive
+    for x, a in zip(weighted, agree):  # row by row: the float copy of the mask a product makes is one row's
+        x.mul_(a)
+    merged = weighted.sum(0)
     if not normalize:
         return merged
-    divisor = (w * agree).sum(0)
-    return merged / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    for x, a, wi in zip(weighted, agree, w):  # w * agree, into the weighted deltas' buffer (summed: free)
+        x.copy_(a).mul_(wi)
+    divisor = weighted.sum(0)
+    return merged.div_(divisor.masked_fill_(divisor == 0, 1))

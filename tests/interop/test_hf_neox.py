@@ -159,12 +159,14 @@ def _mergekit(root: Path, text: str, out: str) -> dict[str, torch.Tensor]:
     pytest.importorskip("mergekit")
     import yaml
     from mergekit.config import MergeConfiguration
+    from mergekit.io.tasks import LoaderCache
     from mergekit.merge import MergeOptions, run_merge
 
     cwd = os.getcwd()
     os.chdir(root)  # mergekit reads model paths from the current folder
     try:
         options = MergeOptions(cuda=False, write_model_card=False, quiet=True, random_seed=0)
+        LoaderCache.loaders.clear()  # mergekit caches loaders by (relative) model path across runs
         run_merge(MergeConfiguration.model_validate(yaml.safe_load(text)), str(root / out), options)
     finally:
         os.chdir(cwd)

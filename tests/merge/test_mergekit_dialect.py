@@ -90,12 +90,14 @@ def _theirs(root: Path, text: str, out: str) -> Path:
     pytest.importorskip("mergekit")
     import yaml
     from mergekit.config import MergeConfiguration
+    from mergekit.io.tasks import LoaderCache
     from mergekit.merge import MergeOptions, run_merge
 
     cwd = os.getcwd()
     os.chdir(root)  # mergekit reads model paths from the current folder
     try:
         merge = MergeConfiguration.model_validate(yaml.safe_load(text))
+        LoaderCache.loaders.clear()  # mergekit caches loaders by (relative) model path across runs
         run_merge(merge, str(root / out), MergeOptions(cuda=False, write_model_card=False, quiet=True, random_seed=0))
     finally:
         os.chdir(cwd)

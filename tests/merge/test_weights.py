@@ -185,3 +185,52 @@ def test_different_names_or_shapes_are_clear_errors():
         W.ties(sd(w=[1.0]), [sd(w=[1.0])], [1.0, 1.0], density=0.5)
     with pytest.raises(ValueError, match=r"density must be in \(0, 1\]"):
         W.dare(sd(w=[1.0]), [sd(w=[1.0])], [1.0], density=0.0)
+
+
+# ---- the fast paths give the reference results bit for bit ----------------------------------------
+
+
+def _argsort_mask(delta, density):
+    k = max(1, int(density * delta.numel()))
+    mask = torch.zeros(delta.numel(), dtype=torch.bool)
+    mask[torch.argsort(delta.abs().flatten(), descending=True)[:k]] = True
+    return mask.view_as(delta)
+
+
+@pytest.mark.parametrize("kind", ["randn", "scaled_rows", "ties", "zeros", "nan"])
+def test_top_magnitude_mask_selects_exactly_argsorts_top_k(kind):
+    """Selection (sampled bracket, kthvalue) where no tie straddles the k-th place, argsort where one does."""
+    gen = torch.Generator().manual_seed(0)
+    n = 8 * W.SAMPLE + 12345  # past the sampled bracket's threshold
+    delta = {
+        "randn": lambda: torch.randn(n, generator=gen),
+        "scaled_rows": lambda: torch.randn(n // 100, 100, generator=gen) * torch.logspace(-3, 3, n // 100).view(-1, 1),
+        "ties": lambda: torch.randint(-3, 4, (n,), generator=gen).float(),
+        "zeros": lambda: torch.cat([torch.zeros(n // 2), torch.randn(n - n // 2, generator=gen)]),
+        "nan": lambda: torch.cat([torch.randn(n, generator=gen), torch.tensor([math.nan])]),
+    }[kind]()
+    for density in (1e-5, 0.1, 0.5, 0.9):
+        assert torch.equal(W.top_magnitude_mask(delta, density), _argsort_mask(delta, density)), density
+
+
+@pytest.mark.parametrize("majority", ["sum", "count"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_consensus_in_place_is_bitwise_the_out_of_place_one(majority, normalize):
+    gen = torch.Generator().manual_seed(1)
+    deltas = torch.randint(-2, 3, (3, 40, 30), generator=gen).float() * torch.rand(3, 40, 30, generator=gen)
+    weights = [0.5, -0.25, 1.0]
+    expected = W.consensus(deltas, weights, majority, normalize)
+    got = W.consensus(deltas.clone(), weights, majority, normalize, inplace=True)
+    assert torch.equal(got.view(torch.int32), expected.view(torch.int32))  # signed zeros included
+
+
+def test_slerp_in_place_is_bitwise_the_out_of_place_one():
+    gen = torch.Generator().manual_seed(2)
+    for v0, v1 in [(torch.randn(50, 7, generator=gen), torch.randn(50, 7, generator=gen)), (torch.ones(9), 2 * torch.ones(9))]:
+        for dtype in (torch.float32, torch.float64):
+            a, b = v0.to(dtype), v1.to(dtype)
+            expected = W.slerp_tensor(a, b, 0.3)
+            a2, b2 = a.clone(), b.clone()
+            assert torch.equal(W.slerp_tensor(a2, b2, 0.3, inplace=True), expected)
+            if dtype == torch.float64:
+                assert torch.equal(W.slerp_tensor(a, b, 0.3), expected)  # out of place leaves float64 inputs alone

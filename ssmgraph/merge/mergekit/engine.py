@@ -4,9 +4,9 @@ The plan (:func:`plan_merge`) opens every input lazily and lists every output te
 shape and dtype, the input tensors it is merged from, the base among them, its depth t (for
 gradients) and the parameter scopes of each input — checking, before anything is written, that
 the models agree (architecture, vocabulary, tensor names and shapes) and that every slice lies
-inside its model. :func:`merge_tensor` then reads one output tensor's inputs from their
-memory-mapped safetensors files and merges them: each Hugging Face tensor is its own unit, as in
-mergekit, and no more than one tensor's inputs are held at a time.
+inside its model. :func:`merged_tensor` then reads one output tensor's inputs from their
+safetensors files (positioned reads into one buffer) and merges them: each Hugging Face tensor is
+its own unit, as in mergekit, and no more than one tensor's inputs are held at a time.
 
 Depth, as mergekit's ``plan.py``: the i-th of a slice's n layers is at t = i / (n − 1) (t = 1
 when n = 1); the tensors outside the layers (embeddings, final norm, head) at t = 0, with the
@@ -15,6 +15,7 @@ first slice's sources for those before the layers and the last slice's for those
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,25 +227,37 @@ def _where(cfg: MergekitConfig, folder: Path) -> str:
 
 
 def merge_tensor(plan: MergePlan, item: Planned, generator: torch.Generator) -> torch.Tensor:
-    """One output tensor, from its inputs read now (cast to ``dtype`` when the config has one)."""
+    """One output tensor, in its output dtype (see :func:`merged_tensor`)."""
+    return merged_tensor(plan, item, generator).to(item.dtype).contiguous()
+
+
+def merged_tensor(plan: MergePlan, item: Planned, generator: torch.Generator) -> torch.Tensor:
+    """One output tensor, from its inputs read now (cast to ``dtype`` when the config has one), in
+    the working dtype (at least fp32; integer tensors: the base's, as they are).
+
+    The inputs are read straight into one ``[inputs, *shape]`` buffer in the working dtype, which
+    the method merges in place: the buffer and a few temporaries are all that is held."""
     cfg = plan.config
     method = cfg.method
-    raw = [model.tensor(name) for model, name, _ in item.inputs]
-    if not raw[0].is_floating_point():
-        return raw[max(item.base, 0)].clone()
-    if cfg.dtype:
-        raw = [t.to(getattr(torch, DTYPES[cfg.dtype])) for t in raw]
-    work = torch.promote_types(raw[0].dtype, torch.float32)
-    tensors = [t.to(work) for t in raw]
-    del raw  # one copy of each input at a time
+    first_model, first_name, _ = item.inputs[0]
+    stored = first_model.shapes[first_name][1]
+    if not stored.is_floating_point:
+        model, name, _ = item.inputs[max(item.base, 0)]
+        return model.tensor(name)
+    via = getattr(torch, DTYPES[cfg.dtype]) if cfg.dtype else None
+    work = torch.promote_types(via or stored, torch.float32)
+    tensors = torch.empty((len(item.inputs), *item.shape), dtype=work)
+    for row, (model, name, _) in zip(tensors, item.inputs):
+        model.read_into(name, row, via)
     shared, per = parameters(cfg, item)
     try:
         merged = method.merge(tensors, item.base, shared, per, generator)
     except ValueError as err:
         raise MergeError(f"{cfg.source}: merge method {method.name!r} on {item.name}: {err}") from None
-    if not torch.isfinite(merged).all():
+    del tensors
+    if merged.numel() and not all(map(math.isfinite, torch.aminmax(merged))):  # one pass; NaN propagates
         raise NonFiniteMergeError(f"merge method {method.name!r} gives inf or NaN in {item.name}; nothing was written")
-    return merged.to(item.dtype).contiguous()
+    return merged
 
 
 def parameters(cfg: MergekitConfig, item: Planned) -> tuple[dict[str, Any], list[dict[str, Any]]]:

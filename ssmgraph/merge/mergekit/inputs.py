@@ -1,5 +1,5 @@
 """Hugging Face model folders read lazily: config.json, and each tensor straight from its
-safetensors file (memory-mapped through ``safetensors.safe_open``), sharded or not.
+safetensors file (a positioned read of its bytes, no memory map), sharded or not.
 
 The shard index is read and checked (every shard inside the folder and present) by
 :mod:`ssmgraph.interop.hf.checkpoint`, the module that imports checkpoints.
@@ -32,6 +32,9 @@ DTYPE_NAMES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+CHUNK_BYTES = 1 << 22
+"""Tensors stored in another dtype than the one they are read into are converted this many
+bytes (of the destination) at a time."""
 MAX_HEADER = 100_000_000
 """safetensors' own limit on a header's size."""
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
@@ -101,16 +104,33 @@ class HFInput:
     def tensor(self, name: str) -> torch.Tensor:
         """The tensor, read from its file now into a fresh tensor: only this tensor's bytes enter
         the process (a memory map's touched pages would stay resident, counted in its memory)."""
-        file, offset, size = self.where[name]
         shape, dtype = self.shapes[name]
         out = torch.empty(shape, dtype=dtype)
-        if size:
-            view = out.reshape(-1).view(torch.uint8).numpy()
-            with file.open("rb") as f:
-                f.seek(offset)
-                if f.readinto(memoryview(view)) != size:
-                    raise HFFileError(f"{file}: {name} is cut short", "download the checkpoint again")
+        self.read_into(name, out)
         return out
+
+    def read_into(self, name: str, out: torch.Tensor, via: torch.dtype | None = None) -> None:
+        """Read the tensor into ``out`` (contiguous, of its shape, any dtype): as ``.to(via).to(out.dtype)``
+        of the stored tensor, but straight into ``out`` when the dtypes agree, else converted a chunk
+        at a time, so no second copy of the whole tensor is made."""
+        file, offset, size = self.where[name]
+        shape, dtype = self.shapes[name]
+        assert tuple(out.shape) == shape and out.is_contiguous(), name
+        if not size:
+            return
+        flat = out.reshape(-1)
+        direct = out.dtype == dtype and via in (None, dtype)
+        step = flat.numel() if direct else max(1, CHUNK_BYTES // flat.element_size())
+        chunk = None if direct else torch.empty(min(step, flat.numel()), dtype=dtype)
+        with file.open("rb") as f:
+            f.seek(offset)
+            for start in range(0, flat.numel(), step):
+                part = flat[start : start + step]
+                into = part if chunk is None else chunk[: part.numel()]
+                if f.readinto(memoryview(into.view(torch.uint8).numpy())) != into.numel() * into.element_size():
+                    raise HFFileError(f"{file}: {name} is cut short", "download the checkpoint again")
+                if chunk is not None:
+                    part.copy_(into if via is None or via == dtype else into.to(via))
 
     def nbytes(self) -> int:
         return sum(

@@ -37,7 +37,11 @@ class MKParam:
 @dataclass(frozen=True)
 class MKMethod:
     """A mergekit method: its parameters, whether it needs / may take a base model, how many
-    models it merges, and its per-tensor function ``(tensors, base_index, shared, per_input, generator)``."""
+    models it merges, and its per-tensor function ``(tensors, base_index, shared, per_input, generator)``.
+
+    ``tensors`` is the engine's ``[inputs, *shape]`` buffer, one row per input: the function may
+    overwrite it (``linear``, ``slerp`` and the task-arithmetic family merge in place, with the
+    same operations, in the same order, as the out-of-place functions they stand for)."""
 
     name: str
     params: tuple[MKParam, ...]
@@ -51,41 +55,67 @@ class MKMethod:
 
 
 def _gta(sparsify: str | None, consensus: bool, normalize: bool, rescale: bool) -> Callable[..., Tensor]:
-    def merge(tensors: list[Tensor], base: int, shared: dict, per: list[dict], generator: torch.Generator | None) -> Tensor:
+    def merge(tensors: Tensor, base: int, shared: dict, per: list[dict], generator: torch.Generator | None) -> Tensor:
         b = tensors[base]
-        others = [(t, p) for i, (t, p) in enumerate(zip(tensors, per)) if i != base]
-        if not others:
+        count = len(tensors)
+        if count == 1:
             return b
-        deltas = [sparsify_delta(t - b, sparsify, p, shared["rescale"], generator) for t, p in others]
-        return S.combine(
-            b, deltas, [p["weight"] for _, p in others], ties=consensus, normalize=shared["normalize"], lam=shared["lambda"]
-        )
+        # the task vectors, stacked (as S.combine stacks them): a view of the buffer unless the base is in the middle
+        if base in (0, count - 1):
+            deltas = tensors[1:] if base == 0 else tensors[:-1]
+        else:
+            deltas = torch.cat((tensors[:base], tensors[base + 1 :]))
+        deltas.sub_(b)
+        others = [p for i, p in enumerate(per) if i != base]
+        for delta, p in zip(deltas, others):
+            sparsify_delta_(delta, sparsify, p, shared["rescale"], generator)
+        weights = [p["weight"] for p in others]
+        if consensus:
+            mixed = W.consensus(deltas, weights, "sum", shared["normalize"], inplace=True)
+        else:
+            w = torch.tensor(weights, dtype=deltas.dtype, device=deltas.device).view(-1, *[1] * b.dim())
+            mixed = deltas.mul_(w).sum(0)
+            total = float(sum(weights))
+            if shared["normalize"] and abs(total) >= 1e-8:
+                mixed.div_(total)
+        return b.add_(mixed.mul_(shared["lambda"]))  # S.combine's base + lam * mixed
 
     return merge
 
 
 def sparsify_delta(delta: Tensor, how: str | None, p: Mapping[str, Any], rescale: bool, gen: torch.Generator | None) -> Tensor:
     """mergekit's ``sparsify``: one task vector trimmed (magnitude), dropped (random), outlier-cut or MagPruned."""
+    return sparsify_delta_(delta.clone(), how, p, rescale, gen)
+
+
+def sparsify_delta_(delta: Tensor, how: str | None, p: Mapping[str, Any], rescale: bool, gen: torch.Generator | None) -> Tensor:
+    """:func:`sparsify_delta` in place (``delta`` is overwritten and returned)."""
     density = p.get("density", 1.0)
     if how is None or density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
-        return torch.zeros_like(delta)
+        return delta.zero_()
     if how == "magnitude":
-        return W.l1_rescaled(delta, W.top_magnitude_mask(delta, density), rescale)
+        return W.l1_rescaled_(delta, W.top_magnitude_mask(delta, density), rescale)
     if how == "random":
-        return W.l1_rescaled(delta, W.random_mask(delta.shape, density, gen, delta.device), rescale)
+        return W.l1_rescaled_(delta, W.random_mask(delta.shape, density, gen, delta.device), rescale)
     if how == "magnitude_outliers":
-        return S.magnitude_outliers(delta, density, p["gamma"], rescale)
-    return S.magprune(delta, density, p["epsilon"], rescale, gen)
+        return delta.copy_(S.magnitude_outliers(delta, density, p["gamma"], rescale))
+    return delta.copy_(S.magprune(delta, density, p["epsilon"], rescale, gen))
 
 
-def _linear(tensors: list[Tensor], base: int, shared: dict, per: list[dict], gen: Any) -> Tensor:
-    return W.linear_tensor(tensors, [p["weight"] for p in per], shared["normalize"])
+def _linear(tensors: Tensor, base: int, shared: dict, per: list[dict], gen: Any) -> Tensor:
+    """W.linear_tensor in place: ((0 + w₀θ₀) + w₁θ₁ + …) / Σ wᵢ, accumulated in the first row."""
+    weights = [p["weight"] for p in per]
+    out = tensors[0].mul_(weights[0])
+    for w, t in zip(weights[1:], tensors[1:]):
+        out.add_(t.mul_(w))
+    out.add_(0)  # Python's sum starts from 0: -0.0 becomes +0.0, as there
+    return out.div_(sum(weights)) if shared["normalize"] else out
 
 
-def _slerp(tensors: list[Tensor], base: int, shared: dict, per: list[dict], gen: Any) -> Tensor:
-    return W.slerp_tensor(tensors[base], tensors[1 - base], shared["t"])
+def _slerp(tensors: Tensor, base: int, shared: dict, per: list[dict], gen: Any) -> Tensor:
+    return W.slerp_tensor(tensors[base], tensors[1 - base], shared["t"], inplace=True)
 
 
 def _passthrough(tensors: list[Tensor], base: int, shared: dict, per: list[dict], gen: Any) -> Tensor:
