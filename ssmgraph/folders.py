@@ -112,7 +112,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint ``LATEST`` names; the newest one if that is missing."""
     pointer = run_dir / CHECKPOINTS / LATEST
     if pointer.is_file():
-        candidate = run_dir / CHECKPOINTS / pointer.read_text(encoding="utf-8", errors="replace").strip()
+        with open(pointer, encoding="utf-8", errors="replace") as handle:
+            name = handle.read(256).strip()  # a checkpoint's name; a longer (tampered) pointer names nothing
+        candidate = run_dir / CHECKPOINTS / name
         if candidate.is_dir() and candidate.parent == run_dir / CHECKPOINTS:
             return candidate
     found = checkpoint_dirs(run_dir)

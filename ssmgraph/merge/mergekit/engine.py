@@ -226,11 +226,6 @@ def _where(cfg: MergekitConfig, folder: Path) -> str:
     return "base_model"
 
 
-def merge_tensor(plan: MergePlan, item: Planned, generator: torch.Generator) -> torch.Tensor:
-    """One output tensor, in its output dtype (see :func:`merged_tensor`)."""
-    return merged_tensor(plan, item, generator).to(item.dtype).contiguous()
-
-
 def merged_tensor(plan: MergePlan, item: Planned, generator: torch.Generator) -> torch.Tensor:
     """One output tensor, from its inputs read now (cast to ``dtype`` when the config has one), in
     the working dtype (at least fp32; integer tensors: the base's, as they are).
