@@ -1,4 +1,4 @@
-"""ssmgraph against Hugging Face transformers: the same GPT-2, Llama and Mamba, in one run.
+"""ssmgraph against Hugging Face transformers: the same GPT-2, Llama, Mamba and Mamba-2, in one run.
 
 Each family is built by transformers from a config (width 256, 4 layers, vocabulary 256;
 nothing is downloaded), saved, and imported with ``ssmgraph import hf``, so both sides run
@@ -18,10 +18,12 @@ in alternation (median of the rounds):
 With ``--compile``, both models are also timed under ``torch.compile``, in the same rounds as
 their eager selves (training and forward; no memory or generation).
 
-Transformers' Mamba on CPU runs its sequential "slow path", so its training at length 1024
+Transformers' Mamba-2 runs its chunked torch path (chunk_size 256, its default); the import keeps
+that value for the export but computes with ``mix.mamba2``'s own default chunk (64), which
+gives the same logits. Transformers' Mamba on CPU runs its sequential "slow path", so its training at length 1024
 takes minutes per step; it is timed at the shorter lengths only unless ``--full``.
 
-    python -m benchmarks.bench_hf [--families gpt2,llama,mamba] [--lengths 256,1024] [--compile] [--out benchmarks/results]
+    python -m benchmarks.bench_hf [--families gpt2,llama,mamba,mamba2] [--lengths 256,1024] [--compile] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -74,7 +76,12 @@ def hf_config(family: str, max_len: int) -> Any:
         )
     if family == "mamba":
         return transformers.MambaConfig(vocab_size=VOCAB, hidden_size=WIDTH, state_size=16, num_hidden_layers=LAYERS)
-    raise SystemExit(f"unknown family {family!r}: choose from gpt2, llama, mamba")
+    if family == "mamba2":  # transformers' defaults but the sizes: head_dim 64, chunk_size 256, its torch path on CPU
+        heads = 2 * WIDTH // 64
+        return transformers.Mamba2Config(
+            vocab_size=VOCAB, hidden_size=WIDTH, num_heads=heads, head_dim=64, state_size=64, n_groups=1, num_hidden_layers=LAYERS
+        )
+    raise SystemExit(f"unknown family {family!r}: choose from gpt2, llama, mamba, mamba2")
 
 
 def build_pair(family: str, max_len: int, workdir: Path, device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -84,7 +91,7 @@ def build_pair(family: str, max_len: int, workdir: Path, device: str) -> tuple[t
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(0)
-    attention = {} if family == "mamba" else {"attn_implementation": "sdpa"}  # transformers' fastest CPU attention
+    attention = {} if family.startswith("mamba") else {"attn_implementation": "sdpa"}  # transformers' fastest CPU attention
     theirs = transformers.AutoModelForCausalLM.from_config(hf_config(family, max_len), **attention)
     theirs.save_pretrained(workdir / family)
     ours = ssmgraph.load(import_hf(workdir / family, workdir / f"{family}-ssmgraph"))
@@ -202,7 +209,7 @@ def bench_family(family: str, args: argparse.Namespace, workdir: Path) -> list[d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--families", default="gpt2,llama,mamba")
+    parser.add_argument("--families", default="gpt2,llama,mamba,mamba2")
     parser.add_argument("--lengths", default="256,1024", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)

@@ -4,7 +4,7 @@ Three random Llama-layout checkpoints (a base and two "fine-tunes", ~100M parame
 default, written straight to safetensors) are merged by each tool in its own subprocess, with
 the same YAML config: ``python -m ssmgraph merge CONFIG --out DIR`` and mergekit's ``run_merge``.
 Memory growth is the subprocess's peak resident memory (VmHWM) minus its resident memory after
-imports, before the merge.
+imports, before the merge, also given in units of the largest tensor (the embedding).
 
     python benchmarks/bench_merge.py --small              # a quick run (~10M parameters each)
     python benchmarks/bench_merge.py --methods linear ties
@@ -17,7 +17,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -104,17 +103,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         total = sum(write_llama(root / name, *size, seed=i) for i, name in enumerate(("base", "a", "b")))
+        largest = size[3] * size[1] * 4  # the embedding (and the head), fp32
         print(f"inputs: 3 Llama checkpoints, {total / 3 / 4e6:.0f}M parameters each, {total / 1e9:.2f} GB in all (fp32)")
-        print(f"{'method':<8} {'tool':<9} {'wall s':>8} {'peak growth MB':>15}")
+        print(f"largest tensor: {largest / 1e6:.1f} MB")
+        print(f"{'method':<8} {'tool':<9} {'wall s':>8} {'peak growth MB':>15} {'in tensors':>11}")
         for method in args.methods:
             config = root / f"{method}.yml"
             config.write_text(CONFIGS[method], encoding="utf-8")
             figures = {}
             for tool in ("ssmgraph", "mergekit"):
-                started = time.perf_counter()
                 figures[tool] = run(tool, config, root / f"{tool}-{method}")
-                del started
-                print(f"{method:<8} {tool:<9} {figures[tool][0]:>8.2f} {figures[tool][1] / 1e6:>15.0f}")
+                seconds, growth = figures[tool]
+                print(f"{method:<8} {tool:<9} {seconds:>8.2f} {growth / 1e6:>15.0f} {growth / largest:>11.1f}")
             (s_time, s_mem), (m_time, m_mem) = figures["ssmgraph"], figures["mergekit"]
             print(f"{method:<8} {'ratio':<9} {s_time / m_time:>8.2f} {s_mem / max(m_mem, 1):>15.2f}   (ssmgraph / mergekit)")
 

@@ -1,12 +1,15 @@
-"""Time and memory against sequence length: attention (quadratic) against Mamba and S4D (linear).
+"""Time and memory against sequence length: attention (quadratic) against Mamba, Mamba-2, S4D,
+mLSTM, GLA, DeltaNet, Gated DeltaNet (linear) and Hyena (n log n).
 
 Each mixer alone at width D (default 256), batch 1, lengths 256 to 16,384 (doubling):
 forward+backward and forward seconds (best of the repeats), and the peak memory of one
 forward+backward, measured in a fresh process. A log-log plot shows both against the
 length with slope-1 and slope-2 guides; the fitted slope of each curve over the longer half
-of the lengths is in the table (1: linear, 2: quadratic).
+of the lengths is in the table (1: linear, 2: quadratic). Mixers that step also get the time
+of one generated token after a prompt of that length ("step ms": flat for a recurrent state,
+growing for a KV cache or Hyena's input cache) and its slope.
 
-    python -m benchmarks.bench_scaling [--mixers mix.attention,mix.mamba,mix.s4d] [--max-len 16384] [--out benchmarks/results]
+    python -m benchmarks.bench_scaling [--mixers mix.attention,mix.mamba,mix.mamba2,mix.s4d,mix.mlstm,mix.hyena] [--max-len 16384] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -32,6 +35,22 @@ def lengths(max_len: int, min_len: int = 256) -> list[int]:
 def fwd_bwd(module: torch.nn.Module, x: torch.Tensor) -> None:
     module.zero_grad(set_to_none=True)
     module(x).square().mean().backward()
+
+
+def step_ms(module: torch.nn.Module, x: torch.Tensor, tokens: int = 8) -> float | None:
+    """Milliseconds per generated token after the prompt ``x`` (None: the mixer does not step)."""
+    if not hasattr(module, "step"):
+        return None
+    with torch.no_grad():
+        _, state = module(x, return_state=True)
+        x_t = x[:, -1]
+
+        def generate() -> None:
+            s = state
+            for _ in range(tokens):
+                _, s = module.step(x_t, s)
+
+        return 1000 * min(time_call(generate, warmup=1, repeats=3)) / tokens
 
 
 def _memory_worker(name: str, dim: int, length: int, device: str) -> float:
@@ -82,7 +101,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mixers", default="mix.attention,mix.mamba,mix.s4d")
+    parser.add_argument(
+        "--mixers",
+        default="mix.attention,mix.mamba,mix.mamba2,mix.s4d,mix.mlstm,mix.hyena,mix.gla,mix.deltanet,mix.gated_deltanet",
+    )
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--max-len", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=3)
@@ -105,6 +127,8 @@ def main() -> None:
             fwd = min(time_call(forward, warmup=1, repeats=repeats))
             memory = in_fresh_process(_memory_worker, name, args.dim, length, args.device)
             row = {"mixer": name, "length": length, "fwd+bwd s": train, "fwd s": fwd, "peak MiB": round(memory, 1)}
+            if (ms := step_ms(module, x.detach())) is not None:
+                row["step ms"] = round(ms, 3)
             rows.append(row)
             print(row, flush=True)
     suffix = "_cuda" if args.device == "cuda" else ""
@@ -121,6 +145,8 @@ def main() -> None:
                 f"peak MiB at {mine[-1]['length']}": mine[-1]["peak MiB"],
             }
         )
+        if all("step ms" in r for r in tail):
+            summary[-1]["step slope"] = round(slope([r["length"] for r in tail], [r["step ms"] for r in tail]), 2)
     write_results(f"scaling{suffix}", rows, args.out)
     write_results(f"scaling_slopes{suffix}", summary, args.out)
     if args.out is not None:

@@ -48,6 +48,8 @@ ERROR_CODES: dict[str, str] = {
     "E400": "bad checkpoint or run directory",
     "E410": "folder in use: another process is writing it (it holds the folder's lock)",
     "E500": "training stopped (diverged, bad run directory, model and task do not fit)",
+    "E510": "train --init cannot start from the source (not a model, or an override changes a weight's shape)",
+    "E520": "training data cannot be used (missing, empty, not UTF-8, a bad JSON line or Parquet column, an unreadable tokenizer)",
     "E600": "Hugging Face checkpoint or output directory cannot be used (missing, unreadable, already there)",
     "E601": "Hugging Face architecture or config value that ssmgraph cannot represent",
     "E602": "Hugging Face weights do not fit the config (missing, unexpected or mis-shaped tensors)",

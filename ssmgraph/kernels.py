@@ -5,6 +5,7 @@ It gathers, from two layers whose internal layout may change, what a plugin auth
 - the math, from ``ssmgraph.ops``: HiPPO matrices and their normal-plus-low-rank forms,
   diagonal initialisations, discretisations, kernels (Vandermonde for diagonal SSMs,
   Cauchy/Woodbury for DPLR), FFT convolution, the parallel, sequential and selective scans,
+  Mamba-2's chunked SSD scan and its gated RMSNorm,
   state dtypes, and ``Linear`` / ``linear``: ``nn.Linear`` / ``F.linear`` with the built-in
   blocks' faster fp32 CPU path (``onednn_linear(False)`` switches it off for a block of code);
 - the SSM modules and spec pieces, from ``ssmgraph.blocks``: the S4/S4D cores, their
@@ -22,11 +23,13 @@ from ssmgraph.ops.discretize import bilinear_dense, discretize_diag
 from ssmgraph.ops.dplr import conj_full, dplr_dense, dplr_kernel
 from ssmgraph.ops.fftconv import fft_conv
 from ssmgraph.ops.final_state import mask_lengths
+from ssmgraph.ops.gated_norm import gated_rms_norm
 from ssmgraph.ops.hippo import MEASURES, diag_init, hippo, log_uniform, nplr
 from ssmgraph.ops.linear import Linear, linear, onednn_linear
 from ssmgraph.ops.precision import complex_dtype, host_init, ssm_dtype
 from ssmgraph.ops.scan import parallel_scan, sequential_scan
 from ssmgraph.ops.selective_scan import selective_scan, selective_scan_ref
+from ssmgraph.ops.ssd import ssd_chunked, ssd_recurrent, ssd_step
 from ssmgraph.ops.vandermonde import vandermonde
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "dplr_dense",
     "dplr_kernel",
     "fft_conv",
+    "gated_rms_norm",
     "hippo",
     "host_init",
     "linear",
@@ -61,6 +65,9 @@ __all__ = [
     "selective_scan",
     "selective_scan_ref",
     "sequential_scan",
+    "ssd_chunked",
+    "ssd_recurrent",
+    "ssd_step",
     "ssm_dtype",
     "ssm_params",
     "vandermonde",

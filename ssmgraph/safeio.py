@@ -43,13 +43,17 @@ def read_json(
     max_bytes: int = MAX_JSON_BYTES,
     max_depth: int = MAX_JSON_DEPTH,
     finite: bool = True,
+    tag_constants: bool = False,
 ) -> Any:
     """The JSON value in ``path``, or ``error("PATH: WHAT (problem); FIX")``.
 
     ``what`` opens the message after the path (e.g. "cannot read the run record"); with
-    ``finite``, NaN, infinities and numbers that overflow to them (1e999) are refused too."""
+    ``finite``, NaN, infinities and numbers that overflow to them (1e999) are refused too,
+    except that ``tag_constants`` reads the bare constants ``Infinity``, ``-Infinity`` and
+    ``NaN`` as the objects transformers writes for them, ``{"__float__": "Infinity"}``."""
     try:
-        return parse_json(_read_text(Path(path), max_bytes), max_depth=max_depth, finite=finite)
+        text = _read_text(Path(path), max_bytes)
+        return parse_json(text, max_depth=max_depth, finite=finite, tag_constants=tag_constants)
     except JSONRefused as exc:
         raise error(f"{path}: {what} ({exc}); {fix}") from None
 
@@ -74,13 +78,14 @@ def _read_text(path: Path, max_bytes: int) -> str:
         raise JSONRefused(f"not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}") from None
 
 
-def parse_json(text: str, *, max_depth: int = MAX_JSON_DEPTH, finite: bool = True) -> Any:
-    """Parse JSON ``text`` within the limits, or raise :class:`JSONRefused`."""
+def parse_json(text: str, *, max_depth: int = MAX_JSON_DEPTH, finite: bool = True, tag_constants: bool = False) -> Any:
+    """Parse JSON ``text`` within the limits, or raise :class:`JSONRefused` (``finite``,
+    ``tag_constants``: as :func:`read_json`)."""
     if nesting_depth(text, max_depth) > max_depth:
         raise JSONRefused(f"values nested deeper than {max_depth} levels")
     hooks: dict[str, Any] = {"parse_int": _parse_int}
     if finite:
-        hooks.update(parse_float=_parse_finite, parse_constant=_refuse_constant)
+        hooks.update(parse_float=_parse_finite, parse_constant=_tag_constant if tag_constants else _refuse_constant)
     try:
         return json.loads(text, **hooks)
     except json.JSONDecodeError as exc:
@@ -117,6 +122,10 @@ def _parse_finite(text: str) -> float:
 
 def _refuse_constant(name: str) -> float:
     raise JSONRefused(f"{name} is not a finite number")
+
+
+def _tag_constant(name: str) -> dict[str, str]:
+    return {"__float__": name}
 
 
 # ---- typed records --------------------------------------------------------------------------------

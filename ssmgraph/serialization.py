@@ -40,6 +40,9 @@ BLUEPRINT_FILE = "blueprint.yaml"
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
 FORMAT = "ssmgraph-model/1"
+LORA_A, LORA_B, LORA_SCALING = "lora_A", "lora_B", "lora_scaling"
+"""Suffixes of a LoRA adapter in a checkpoint's weights (ssmgraph.train.lora): ``PATH.lora_A`` [r, in],
+``PATH.lora_B`` [out, r] and the scalar ``PATH.lora_scaling`` of the linear layer ``PATH``."""
 
 
 def is_saved_model(directory: Path) -> bool:
@@ -91,6 +94,12 @@ def write_model_files(
     model: CompiledModel, folder: Path, weights: Mapping[str, torch.Tensor], extra_meta: Mapping[str, Any] | None = None
 ) -> None:
     """The three files of a saved model, into an (already temporary) folder."""
+    write_safetensors(weights, folder / WEIGHTS_FILE, {"format": FORMAT})
+    write_model_description(model, folder, extra_meta)
+
+
+def write_model_description(model: CompiledModel, folder: Path, extra_meta: Mapping[str, Any] | None = None) -> None:
+    """blueprint.yaml and meta.json of a saved model (its weights written apart: a streamed merge writes them itself)."""
     meta = {
         "format": FORMAT,
         "ssmgraph": __version__,
@@ -103,7 +112,6 @@ def write_model_files(
         **dict(extra_meta or {}),
     }
     (folder / BLUEPRINT_FILE).write_text(dump_yaml(model.blueprint.to_dict()), encoding="utf-8")
-    write_safetensors(weights, folder / WEIGHTS_FILE, {"format": FORMAT})
     (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
 
 
@@ -139,8 +147,11 @@ def read_meta(directory: Path) -> dict[str, Any]:
     return meta
 
 
-def load(directory: str | Path, *, map_location: str | torch.device = "cpu") -> CompiledModel:
-    """Rebuild a model saved with :func:`save`, with identical outputs."""
+def load(directory: str | Path, *, map_location: str | torch.device = "cpu", merge_lora: bool = True) -> CompiledModel:
+    """Rebuild a model saved with :func:`save`, with identical outputs.
+
+    LoRA adapters a fine-tuning run stored are merged into their layers' weights (without
+    ``merge_lora``: left out, giving the frozen base model)."""
     directory = model_directory(Path(directory))
     meta = read_meta(directory)
     _check_plugins(meta, directory)
@@ -150,6 +161,7 @@ def load(directory: str | Path, *, map_location: str | torch.device = "cpu") -> 
         state = load_file(str(directory / WEIGHTS_FILE), device=str(map_location))
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{directory / WEIGHTS_FILE}: cannot read weights ({type(exc).__name__}: {exc})") from None
+    state = merge_adapters(state, directory) if merge_lora else without_adapters(state)
     for alias, owner in meta.get("tied", {}).items():
         if owner in state:
             state[alias] = state[owner]
@@ -164,6 +176,32 @@ def load(directory: str | Path, *, map_location: str | torch.device = "cpu") -> 
             f"(missing {_few(result.missing_keys)}; unexpected {_few(result.unexpected_keys)})"
         )
     return model.to(map_location)
+
+
+def without_adapters(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in (LORA_A, LORA_B, LORA_SCALING)}
+
+
+def merge_adapters(state: dict[str, torch.Tensor], directory: Path) -> dict[str, torch.Tensor]:
+    """The weights with each LoRA adapter merged into its layer: W + scaling * (B @ A), in fp32."""
+    merged = without_adapters(state)
+    for key, a in state.items():
+        path, part = key.rsplit(".", 1) if "." in key else ("", key)
+        if part != LORA_A:
+            continue
+        names = {n: f"{path}.{n}" for n in ("weight", LORA_B, LORA_SCALING)}
+        if any(name not in state for name in names.values()):
+            raise CheckpointError(
+                f"{directory / WEIGHTS_FILE}: adapter {key} without {', '.join(n for n in names.values() if n not in state)}"
+            )
+        weight, b = state[names["weight"]], state[names[LORA_B]]
+        if a.dim() != 2 or b.dim() != 2 or (b.shape[0], a.shape[1]) != tuple(weight.shape) or a.shape[0] != b.shape[1]:
+            raise CheckpointError(
+                f"{directory / WEIGHTS_FILE}: adapter {path} ({list(b.shape)} x {list(a.shape)}) does not fit its weight {list(weight.shape)}"
+            )
+        delta = float(state[names[LORA_SCALING]]) * (b.float() @ a.float())
+        merged[names["weight"]] = (weight.float() + delta).to(weight.dtype)
+    return merged
 
 
 def _few(keys: list[str]) -> str:

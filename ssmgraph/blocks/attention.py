@@ -10,8 +10,10 @@ pos · base^(-2i/head_dim), optionally scaled for longer contexts (``rope_scalin
 llama3, yarn; rope.py), of every feature or of the first ``rope_dims`` of each head (GPT-NeoX).
 Further options of the Llama-layout families: ``head_dim`` other than
 dim / heads, a sliding ``window`` (Mistral), per-head RMSNorm of q and k (``qk_norm``, Qwen3),
-and biases on qkv without one on out_proj (``out_bias``, Qwen2). The kernel is
-``torch.nn.functional.scaled_dot_product_attention``.
+and biases on qkv without one on out_proj (``out_bias``, Qwen2); of Gemma 2: a query ``scale``
+other than 1/sqrt(head_dim) and soft-capped scores (``softcap``: cap · tanh(s / cap) before the
+mask and softmax). The kernel is ``torch.nn.functional.scaled_dot_product_attention``; capped
+scores run ``ops.softcap.capped_attention`` (the product, the cap, an fp32 softmax).
 
 Recurrent state (causal only): ``(k_cache, v_cache, key_valid)`` with
 ``k_cache, v_cache`` of shape (B, kv_heads, S, head_dim) and ``key_valid`` (B, S) bool, the
@@ -46,6 +48,7 @@ from torch.nn import functional as F
 from ssmgraph.blocks.norm import RMSNorm
 from ssmgraph.blocks.rope import ROPE_PARAMS, Rotary, apply_rope, check_rope_args, rope_angles
 from ssmgraph.ops.linear import Linear
+from ssmgraph.ops.softcap import capped_attention
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import (
     INPUT_SPACE,
@@ -96,6 +99,8 @@ class Attention(nn.Module):
         rope_scaling: str = "none",
         qk_norm: bool = False,
         qk_norm_eps: float = 1e-6,
+        scale: float | None = None,
+        softcap: float | None = None,
         bias: bool = False,
         out_bias: bool | None = None,
         dropout: float = 0.0,
@@ -108,6 +113,7 @@ class Attention(nn.Module):
         self.head_dim = dim // heads if head_dim is None else head_dim
         self.q_dim, self.kv_dim = heads * self.head_dim, self.kv_heads * self.head_dim
         self.causal, self.window, self.rope, self.rope_base, self.dropout = causal, window, rope, rope_base, dropout
+        self.scale, self.softcap = scale, softcap
         self.qkv = Linear(dim, self.q_dim + 2 * self.kv_dim, bias=bias)
         self.out_proj = Linear(self.q_dim, dim, bias=bias if out_bias is None else out_bias)
         if qk_norm:
@@ -163,9 +169,11 @@ class Attention(nn.Module):
             k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
             v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
         p = self.dropout if self.training else 0.0
-        if key_valid is None:  # no padding, no cache: the fused kernels' own causal mask
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)
+        if key_valid is None and self.softcap is None:  # no padding, no cache: the fused kernels' own causal mask
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal, scale=self.scale)
         length, total = q.shape[2], k.shape[2]
+        if key_valid is None:
+            key_valid = torch.ones(q.shape[0], total, dtype=torch.bool, device=q.device)
         q_idx = torch.arange(past, past + length, device=q.device).unsqueeze(1)
         k_idx = torch.arange(total, device=q.device).unsqueeze(0)
         allowed = key_valid[:, None, None, :]  # (B, 1, 1, S)
@@ -177,7 +185,9 @@ class Attention(nn.Module):
         # Every query may see its own key, so a padded query never has an empty row (no NaN);
         # valid queries are unaffected (their own key is valid and allowed already).
         allowed = allowed | (k_idx == q_idx)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
+        if self.softcap is not None:
+            return capped_attention(q, k, v, allowed, cap=self.softcap, scale=self.scale, dropout=p)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, scale=self.scale)
 
     def init_state(self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None) -> AttentionState:
         """An empty cache: (k, v) of shape (B, kv_heads, 0, head_dim) and no valid keys."""
@@ -194,6 +204,8 @@ class Attention(nn.Module):
         return (
             f"dim={self.dim}, heads={self.heads}, kv_heads={self.kv_heads}, causal={self.causal}, "
             f"head_dim={self.head_dim}, window={self.window}, rope={self.rope}, qk_norm={self.qk_norm}, dropout={self.dropout}"
+            + (f", scale={self.scale}" if self.scale is not None else "")
+            + (f", softcap={self.softcap}" if self.softcap is not None else "")
         )
 
 
@@ -239,6 +251,8 @@ def _attention_shape(
         raise ShapeError(f"mix.attention: heads {heads} is not a multiple of kv_heads {kv_heads}")
     if args["window"] is not None and not args["causal"]:
         raise ShapeError("mix.attention: window limits how far back a query looks; it needs causal: true")
+    if args["softcap"] is not None and args["softcap"] <= 0:
+        raise ShapeError(f"mix.attention: softcap must be above 0, got {args['softcap']}")
     check_rope_args(x.dim // heads if head_dim is None else head_dim, args)
     return x
 
@@ -317,6 +331,7 @@ ATTENTION = BlockSpec(
         {"heads": 2, "head_dim": 6, "qk_norm": True, "window": 3, "bias": True, "out_bias": False},
         {"rope": True, "rope_scaling": "yarn", "rope_factor": 4.0, "rope_original_len": 4},
         {"heads": 2, "rope": True, "rope_dims": 2},
+        {"heads": 2, "scale": 0.25, "softcap": 5.0, "window": 2},
     ),
     role="mix",
     doc="Multi-head scaled dot-product self-attention (causal or bidirectional), optional GQA, RoPE, sliding window.",
@@ -336,6 +351,15 @@ ATTENTION = BlockSpec(
         *ROPE_PARAMS,
         Param("qk_norm", bool, False, "RMSNorm over each head's queries and keys before RoPE (Qwen3's q_norm, k_norm)"),
         Param("qk_norm_eps", float, 1e-6, "epsilon of the qk_norm RMSNorms", min=0.0),
+        Param("scale", float, None, "factor of the scores q·k (null = 1/sqrt(head_dim))", min=0.0, nullable=True),
+        Param(
+            "softcap",
+            float,
+            None,
+            "cap the scores to cap·tanh(s/cap) before the softmax (Gemma 2; null = none)",
+            min=0.0,
+            nullable=True,
+        ),
         _BIAS,
         Param(
             "out_bias", bool, None, "bias in out_proj (null = as `bias`, which then covers qkv only when false)", nullable=True
@@ -350,7 +374,7 @@ ATTENTION = BlockSpec(
     step=lambda a: a["causal"],
     reference=(
         "Vaswani et al. 2017, Attention Is All You Need; Ainslie et al. 2023, GQA; Su et al. 2021, RoFormer (rotary embedding); "
-        "Chen et al. 2023 (position interpolation); Peng et al. 2023, YaRN; Beltagy et al. 2020, Longformer (sliding window)"
+        "Chen et al. 2023 (position interpolation); Peng et al. 2023, YaRN; Beltagy et al. 2020, Longformer (sliding window); Gemma Team 2024, Gemma 2 (soft-capping)"
     ),
 )
 

@@ -3,7 +3,8 @@
 * ``head.lm``: the language-model head, logits = x Wᵀ (+ b). The module is an
   ``nn.Linear`` whose ``weight`` has shape (vocab, dim), the shape of ``embed.token``'s
   table, so a blueprint can tie the two (Press & Wolf 2017; GPT-2, and nanoGPT, which
-  shares ``wte.weight`` with ``lm_head.weight``).
+  shares ``wte.weight`` with ``lm_head.weight``). ``softcap`` bounds the logits to
+  cap · tanh(logits / cap) (Gemma 2's final_logit_softcapping).
 * ``head.classify``: pool the sequence (mean over valid tokens, last valid token, or first
   token as BERT's [CLS]) and map it to class logits, as the S4 reference decoders do
   (state-spaces/s4 ``src/tasks/decoders.py`` SequenceDecoder, modes 'pool'/'last'/'first').
@@ -21,8 +22,28 @@ import torch
 from torch import Tensor, nn
 
 from ssmgraph.ops.linear import Linear
+from ssmgraph.ops.softcap import softcap
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import INPUT_SPACE, BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
+
+
+class CappedLMHead(Linear):
+    """An LM head whose logits are soft-capped: cap · tanh(x Wᵀ / cap)."""
+
+    def __init__(self, dim: int, vocab: int, *, bias: bool, cap: float):
+        super().__init__(dim, vocab, bias=bias)
+        self.cap = cap
+
+    def forward(self, x: Tensor) -> Tensor:
+        return softcap(super().forward(x), self.cap)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, softcap={self.cap}"
+
+
+def _build_lm(in_types: Sequence[TensorType], *, vocab: int, bias: bool, softcap: float | None) -> nn.Module:
+    dim = in_types[0].dim
+    return Linear(dim, vocab, bias=bias) if softcap is None else CappedLMHead(dim, vocab, bias=bias, cap=softcap)
 
 
 class ClassifierHead(nn.Module):
@@ -55,7 +76,9 @@ class ClassifierHead(nn.Module):
         return f"pooling={self.pooling!r}"
 
 
-def _lm_shape(in_types: Sequence[TensorType], *, vocab: int, **_: Any) -> TensorType:
+def _lm_shape(in_types: Sequence[TensorType], *, vocab: int, softcap: float | None = None, **_: Any) -> TensorType:
+    if softcap is not None and softcap <= 0:
+        raise ShapeError(f"head.lm: softcap must be above 0, got {softcap}")
     return same_as_input(in_types).with_dim(vocab)
 
 
@@ -76,18 +99,19 @@ def _classify_spaces(in_types: Sequence[TensorType], **_: Any) -> tuple[PermSpac
 
 LM = BlockSpec(
     name="head.lm",
-    examples=({"vocab": 5},),
+    examples=({"vocab": 5}, {"vocab": 5, "softcap": 2.0}),
     role="head",
     doc="Language-model head: logits over `vocab`; `weight` is (vocab, dim), tieable to embed.token.",
     params=(
         Param("vocab", int, doc="number of output tokens", min=1),
         Param("bias", bool, False, "learn a bias per token"),
+        Param("softcap", float, None, "cap the logits to cap·tanh(logits/cap) (Gemma 2; null = none)", min=0.0, nullable=True),
     ),
-    factory=lambda in_types, *, vocab, bias: Linear(in_types[0].dim, vocab, bias=bias),
+    factory=_build_lm,
     shape=_lm_shape,
     perm_spaces=_lm_spaces,
     pointwise=True,
-    reference="Press & Wolf 2017, Using the Output Embedding to Improve Language Models",
+    reference="Press & Wolf 2017, Using the Output Embedding to Improve Language Models; Gemma Team 2024 (soft-capping)",
 )
 
 CLASSIFY = BlockSpec(

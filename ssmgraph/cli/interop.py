@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from ssmgraph.cli.errors import user_errors
-from ssmgraph.cli.output import err
+from ssmgraph.cli.output import err, progress
 
 Overwrite = Annotated[
     bool, typer.Option("--overwrite", help="Replace --out if it exists (it is replaced in one rename, never half-written).")
@@ -45,7 +45,8 @@ def import_hf(
     """
     from ssmgraph.interop.hf import import_hf as import_checkpoint  # deferred (torch): see the module docstring
 
-    import_checkpoint(checkpoint, out, overwrite=overwrite)
+    with progress():
+        import_checkpoint(checkpoint, out, overwrite=overwrite)
     err.print(f"imported {checkpoint} into {out} (`ssmgraph.load({str(out)!r})`)", markup=False, highlight=False)
 
 
@@ -64,8 +65,8 @@ def export_hf(
     Works when the model has exactly the layout of one of these families: models built from
     blueprints/gpt.yaml, llama.yaml or mamba.yaml (and trained), or imported with
     `ssmgraph import hf`. Otherwise the error names the first node that differs. Load the
-    result with `transformers.AutoModelForCausalLM.from_pretrained(DIR)`; no tokenizer is
-    written (ssmgraph's text tasks use bytes).
+    result with `transformers.AutoModelForCausalLM.from_pretrained(DIR)`. The tokenizer files of
+    a model imported from Hugging Face (or a run started from one with --init) are written with it.
 
     Example: `ssmgraph export hf runs/lm --out hf/lm`
     """

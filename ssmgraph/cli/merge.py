@@ -15,7 +15,7 @@ import typer
 
 from ssmgraph.cli.errors import user_errors, warn_plugin_problems
 from ssmgraph.cli.options import TaskOption
-from ssmgraph.cli.output import err, grid, inline_params, listing, stdout
+from ssmgraph.cli.output import err, grid, inline_params, listing, progress, stdout
 from ssmgraph.errors import SsmgraphError
 from ssmgraph.registry.plugins import get_registry
 
@@ -82,7 +82,8 @@ def merge(
         return
     if out_dir is None:
         raise SsmgraphError("say where to write the merged model: --out DIR")
-    folder, result = run_merge(parsed, out_dir, overwrite=overwrite, progress=err.is_terminal)
+    with progress():
+        folder, result = run_merge(parsed, out_dir, overwrite=overwrite, progress=err.is_terminal)
     for title, header, rows in result.tables:
         stdout().print(grid(header, [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in rows], title=title))
     err.print(f"merged model and report written to {folder} (report.md)", highlight=False)
@@ -96,7 +97,7 @@ def _is_mergekit(path: Path) -> bool:
 
 
 def _merge_mergekit(path: Path, out_dir: Path | None, *, overwrite: bool, dry_run: bool, shard_size: str) -> None:
-    """A config in mergekit's dialect: merged tensor by tensor from Hugging Face folders."""
+    """A config in mergekit's dialect: merged tensor by tensor from Hugging Face folders (or ssmgraph models)."""
     from ssmgraph.merge.mergekit.dialect import load_mergekit  # slow to import (torch): see the module docstring
     from ssmgraph.merge.mergekit.engine import plan_merge
     from ssmgraph.merge.mergekit.output import parse_size, run_mergekit
@@ -106,14 +107,15 @@ def _merge_mergekit(path: Path, out_dir: Path | None, *, overwrite: bool, dry_ru
     if dry_run:
         checked = plan_merge(config)
         stdout().print(
-            f"mergekit config: {config.method.name} of {len(config.models())} Hugging Face models, "
+            f"mergekit config: {config.method.name} of {len(config.models())} models, "
             f"{len(checked.tensors)} tensors, {checked.layers} layers",
             highlight=False,
         )
         return
     if out_dir is None:
         raise SsmgraphError("say where to write the merged model: --out DIR")
-    summary = run_mergekit(config, out_dir, overwrite=overwrite, shard_size=shard_size)
+    with progress():
+        summary = run_mergekit(config, out_dir, overwrite=overwrite, shard_size=shard_size)
     err.print(
         f"merged {summary['tensors']} tensors ({summary['layers']} layers, {summary['shards']} shard(s)) into {out_dir}",
         highlight=False,
@@ -157,14 +159,15 @@ def compare(
     from ssmgraph.merge.compare import compare_models
     from ssmgraph.train.fitting import make_task
 
-    result = compare_models(
-        model_a,
-        model_b,
-        make_task(task, parse_overrides(task_option or [], "-t")),
-        out_dir,
-        batches=batches,
-        batch_size=batch_size,
-    )
+    with progress():
+        result = compare_models(
+            model_a,
+            model_b,
+            make_task(task, parse_overrides(task_option or [], "-t")),
+            out_dir,
+            batches=batches,
+            batch_size=batch_size,
+        )
     rows = [[name, *(f"{v:.3f}" for v in row)] for name, row in zip(result["layers_a"], result["cka"])]
     stdout().print(grid(["layer", *result["layers_b"]], rows, title=f"linear CKA: rows {result['a']}, columns {result['b']}"))
     err.print(f"heatmap written to {result['png']}", highlight=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from rich.console import Console
@@ -23,6 +24,14 @@ def stdout() -> Console:
     """A console for tables: the terminal's width, or wide enough not to wrap when piped."""
     console = Console()
     return console if console.is_terminal else Console(width=200)
+
+
+def progress() -> AbstractContextManager[None]:
+    """Long jobs inside report their phases on stderr: rich bars on a terminal, else one plain line
+    per phase and every few seconds (a log, a pipe) — :mod:`ssmgraph.progress`."""
+    from ssmgraph.progress import reporting
+
+    return reporting("rich" if err.is_terminal else "lines", err.file)
 
 
 def print_json(data: Any) -> None:

@@ -41,11 +41,30 @@ def train(
     set_: SetOption = None,
     task_option: TaskOption = None,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", "-b", min=1, help="Sequences per step (overrides the config).")
+        int | None,
+        typer.Option("--batch-size", "-b", min=1, help="Sequences per optimizer step, all processes and micro-batches together."),
     ] = None,
     lr: Annotated[float | None, typer.Option(min=0.0, help="Peak learning rate (overrides the config).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for weights and data (overrides the config).")] = None,
+    warmup: Annotated[int | None, typer.Option("--warmup", min=0, help="Warm-up steps (warmup_steps).")] = None,
+    eval_every: Annotated[int | None, typer.Option("--eval-every", min=1, help="Evaluate every N steps (eval_interval).")] = None,
+    save_every: Annotated[
+        int | None, typer.Option("--save-every", min=1, help="Checkpoint every N steps (checkpoint_interval).")
+    ] = None,
+    accumulate: Annotated[
+        int | None,
+        typer.Option("--accumulate", min=1, help="Micro-batches per step: same update, 1/N of the activation memory."),
+    ] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="fp32, or bf16 autocast.")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Train one view of a multi-model blueprint.")] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            "--init",
+            help="Start from this model's weights and blueprint (no BLUEPRINT then): a saved model, merge output, "
+            "run (latest checkpoint) or Hugging Face folder. --set may change only what keeps every weight's shape.",
+        ),
+    ] = None,
     resume_run: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint, bit for bit.")
     ] = False,
@@ -68,6 +87,10 @@ def train(
     * `ssmgraph train mamba --task selective_copying --steps 500 --out runs/sc`
     * `ssmgraph train classifier --task digits --set mixer=mix.s4d --out runs/digits`
     * `ssmgraph train gpt --task bytes -t path=my_texts/ --out runs/lm`
+    * `ssmgraph train gpt --task bytes -b 64 --accumulate 4 --precision bf16 --out runs/lm` (64 sequences a step, 16 at a time)
+    * `ssmgraph train mamba --task copying --warmup 100 --eval-every 250 --save-every 1000 --out runs/copy`
+    * `ssmgraph train gpt --task bytes -c train.yaml --out runs/lm` (every setting: docs/training.md; flags win over the file)
+    * `ssmgraph train --init runs/base --task bytes --set dropout=0.1 --out runs/tuned`
     """
     from ssmgraph.blueprint import parse_overrides  # deferred (torch): see the module docstring
     from ssmgraph.train.config import load_config
@@ -76,41 +99,79 @@ def train(
 
     warn_plugin_problems()
     if resume_run:
+        ignored = [
+            flag
+            for flag, value in (
+                ("--task", task), ("--config", config), ("--set", set_), ("-t", task_option), ("--batch-size", batch_size),
+                ("--lr", lr), ("--seed", seed), ("--warmup", warmup), ("--eval-every", eval_every),
+                ("--save-every", save_every), ("--accumulate", accumulate), ("--precision", precision),
+                ("--model", model), ("--init", init), ("--overwrite", overwrite or None),
+            )
+            if value is not None
+        ]  # fmt: skip
+        if ignored:
+            raise SsmgraphError(
+                f"--resume continues the run with the config of its checkpoint (only --steps changes it); "
+                f"drop {', '.join(ignored)}, or start a new run from it with --init {out}"
+            )
         result = resume(out, steps=steps, progress=not quiet)
     else:
-        if not blueprint:
-            raise SsmgraphError("name a blueprint to train (e.g. `ssmgraph train gpt --task bytes`), or use --resume")
+        if not blueprint and init is None:
+            raise SsmgraphError(
+                "name a blueprint to train (e.g. `ssmgraph train gpt --task bytes`), start from a model with --init, or use --resume"
+            )
         settings: dict[str, Any] = {
             k: v
-            for k, v in (("steps", steps), ("batch_size", batch_size), ("lr", lr), ("seed", seed), ("task", task))
+            for k, v in (
+                ("steps", steps),
+                ("batch_size", batch_size),
+                ("lr", lr),
+                ("seed", seed),
+                ("task", task),
+                ("warmup_steps", warmup),
+                ("eval_interval", eval_every),
+                ("checkpoint_interval", save_every),
+                ("accumulate", accumulate),
+                ("precision", precision),
+            )
             if v is not None
         }
         cfg = load_config(config, settings)
         if task_option:
             cfg.task_options = {**cfg.task_options, **parse_overrides(task_option, "-t")}
         overrides = parse_overrides(set_ or [])
-        result = run_training(blueprint, out, cfg, overrides=overrides, model_view=model, progress=not quiet, overwrite=overwrite)
+        result = run_training(
+            blueprint or None, out, cfg, overrides=overrides, model_view=model, progress=not quiet, overwrite=overwrite, init=init
+        )
     _report_training(result, show and not quiet)
 
 
 def _report_training(result: TrainResult, show: bool) -> None:
-    from ssmgraph.train.distributed import current  # deferred (torch): see the module docstring
+    from ssmgraph.serialization import load  # deferred (torch): see the module docstring
+    from ssmgraph.train.distributed import current
     from ssmgraph.train.examples import examples_table
+    from ssmgraph.train.fsdp import is_sharded
     from ssmgraph.train.metrics import read_metrics
 
     if not current().is_main:
         return
-    if show and result.task is not None and result.model is not None:
-        stdout().print(examples_table(result.model, result.task))
+    model = result.model
+    if model is not None and is_sharded(model):  # only the main process runs on: show the saved model
+        model = load(result.run_dir)
+    if show and result.task is not None and model is not None:
+        stdout().print(examples_table(model, result.task))
     evals = [r for r in read_metrics(result.run_dir) if r["split"] == "eval"]
     if result.interrupted:
         err.print(
             f"interrupted: saved step {result.step} to {result.run_dir}; continue with `ssmgraph train --resume --out {result.run_dir}`",
             highlight=False,
         )
+    if result.stopped_early:
+        err.print(f"stopped early at step {result.step}: the early_stop metric stopped improving", highlight=False)
     if evals:
         last = evals[-1]
         extra = f", {last['bits']:.3f} bits/token" if "bits" in last else ""
+        extra += f", {last['bits_per_byte']:.3f} bits/byte" if "bits_per_byte" in last else ""
         err.print(
             f"step {last['step']}: held-out loss {last['loss']:.4f}, accuracy {last['accuracy']:.3f}{extra}", highlight=False
         )
@@ -121,7 +182,7 @@ def _report_training(result: TrainResult, show: bool) -> None:
 
 @user_errors
 def eval_(
-    run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
+    run_dir: Annotated[Path, typer.Argument(help="A training run directory, or a model it saved (RUN/best, RUN/ema).")],
     task: Annotated[str | None, typer.Option("--task", help="Evaluate on another task than the run's.")] = None,
     task_option: TaskOption = None,
     split: Annotated[str, typer.Option(help="Held-out split: test, or valid where the task has one.")] = "test",
@@ -178,16 +239,18 @@ def tasks(
 def generate(
     run_dir: Annotated[Path, typer.Argument(help="A saved model directory (`ssmgraph build ... --out DIR`, or a training run).")],
     prompt: Annotated[
-        str, typer.Option("--prompt", "-p", help="Text to continue; encoded as UTF-8 bytes (byte-level models, vocab 256).")
+        str, typer.Option("--prompt", "-p", help="Text to continue; encoded with the model's tokenizer, or as UTF-8 bytes.")
     ] = "",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1, help="How many tokens to sample.")] = 200,
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature; 0 picks the most likely token.")] = 0.8,
     top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="Sample among the k most likely tokens only.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed for sampling.")] = 0,
 ) -> None:
-    """Continue a text prompt with a saved byte-level language model.
+    """Continue a text prompt with a saved language model.
 
-    Recurrent models (SSMs, LSTM) decode in O(1) work per token; attention uses a KV cache.
+    The tokenizer is the one the model learned with: the text task's tokenizer option of its
+    run, or the files of an imported Hugging Face model; byte-level models (vocabulary 256)
+    read bytes. Recurrent models (SSMs, LSTM) decode in O(1) work per token; attention uses a KV cache.
     Example: `ssmgraph generate runs/mamba --prompt "The " -n 100 --temperature 0.7`
     """
     from ssmgraph.train.generate import generate_text  # deferred (torch): see the module docstring

@@ -18,6 +18,7 @@ from ssmgraph.merge.compose import compose, model_taps, state_from_sources
 from ssmgraph.merge.models import blueprint_of
 from ssmgraph.merge.plots import heatmap
 from ssmgraph.merge.similarity import cka_matrix
+from ssmgraph.progress import phase
 from ssmgraph.serialization import load as load_model
 from ssmgraph.train.fitting import check_reads
 from ssmgraph.train.tasks.base import Task
@@ -62,12 +63,17 @@ def compare_models(
         name_a, name_b = "a", "b"
     if (out_dir.exists() and not out_dir.is_dir()) or under_a_file(out_dir):
         raise SsmgraphError(f"--out {out_dir} is (or lies under) a file; give a folder for cka.png and cka.json")
-    model_a, model_b = load_model(path_a), load_model(path_b)
+    with phase("loading"):
+        model_a, model_b = load_model(path_a), load_model(path_b)
     for model in (model_a, model_b):
         check_reads(model, task)  # only the inputs: compare reads hidden states, not outputs
-    feats_a = hidden_states(model_a, name_a, task, batches, batch_size)
-    feats_b = hidden_states(model_b, name_b, task, batches, batch_size)
-    cka = cka_matrix(list(feats_a.values()), list(feats_b.values()))
+    with phase("reading hidden states", total=2, unit="models") as step:
+        feats_a = hidden_states(model_a, name_a, task, batches, batch_size)
+        step(1)
+        feats_b = hidden_states(model_b, name_b, task, batches, batch_size)
+        step(1)
+    with phase("comparing"):
+        cka = cka_matrix(list(feats_a.values()), list(feats_b.values()))
     out_dir.mkdir(parents=True, exist_ok=True)
     png = heatmap(cka, list(feats_a), list(feats_b), f"linear CKA: {path_a} vs {path_b}", out_dir / "cka.png", "CKA")
     result = {

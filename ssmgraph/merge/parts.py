@@ -11,8 +11,9 @@ stores ``c_attn`` as one tensor, so a GPT-2 model's ``qkv`` is merged whole, as 
 one tensor whose rows are interleaved per head; ssmgraph's rows are the same values reordered, and
 the per-tensor statistics do not depend on the order), and so is every parameter of a model
 that no Hugging Face family reads. The converse — several ssmgraph parameters that are one
-Hugging Face tensor (Phi-3's ``w_gate`` and ``w_up`` are ``gate_up_proj``) — is merged per
-parameter: mergekit's statistics over the whole ``gate_up_proj`` are not reproduced.
+Hugging Face tensor (Phi-3's ``w_gate`` and ``w_up`` are the rows of ``gate_up_proj``) — is
+:class:`~ssmgraph.merge.weights.Joined`: those parameters are stacked and merged as one tensor,
+with mergekit's statistics over the whole ``gate_up_proj``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ssmgraph.graph.model import CompiledModel
 from ssmgraph.interop.errors import HFExportError
 from ssmgraph.interop.hf import layout_of
 from ssmgraph.interop.hf.layout import Layout
+from ssmgraph.merge.weights import Joined
 
 
 def fused_parts(model: CompiledModel) -> dict[str, tuple[int, ...]]:
@@ -35,6 +37,25 @@ def fused_parts(model: CompiledModel) -> dict[str, tuple[int, ...]]:
         for m in layout.tensor_maps()
         if len(m.hf) > 1 and shapes.get(m.ssm, (None,))[0] == sum(m.split)  # a layer sized otherwise stays whole
     }
+
+
+def merge_parts(model: CompiledModel) -> dict[str, tuple[int, ...] | Joined]:
+    """:func:`fused_parts`, and ``{key: Joined(keys)}`` for the parameters that the layout stores
+    as the rows of one tensor (in row order): the ``parts`` of :func:`ssmgraph.merge.weights.tensorwise`."""
+    layout = _layout(model)
+    if layout is None:
+        return {}
+    found: dict[str, tuple[int, ...] | Joined] = dict(fused_parts(model))
+    shapes = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    rows: dict[str, list[tuple[int, str]]] = {}
+    for m in layout.tensor_maps():
+        if m.rows is not None and shapes.get(m.ssm, (None,))[0] == m.rows[1] - m.rows[0]:
+            rows.setdefault(m.hf[0], []).append((m.rows[0], m.ssm))
+    for pieces in rows.values():
+        if len(pieces) > 1:
+            joined = Joined(tuple(key for _, key in sorted(pieces)))
+            found.update(dict.fromkeys(joined.keys, joined))
+    return found
 
 
 def _layout(model: CompiledModel) -> Layout | None:

@@ -19,7 +19,7 @@ blueprint errors (E110 unknown key, E111 missing key, E112 wrong value).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,7 +188,7 @@ def parse_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
         permute_values = {p.name: p.default for p in PERMUTE} if permute else None
     else:
         permute_values = check_mapping(errors, permute, PERMUTE, "permute", "permute", mark_of(raw, "permute"))
-    data = _parse_data(errors, raw, registry)
+    data = _parse_data(errors, raw, registry, base_dir)
     if permute_values is not None and permute_values.get("match") == "activations" and data is None:
         errors.add(
             "E111",
@@ -207,7 +207,7 @@ def parse_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
     return Recipe(method, tuple(models), parameters, base, permute_values, data, int(seed), source, base_dir)
 
 
-def _parse_data(errors: Collector, raw: Mapping[str, Any], registry: Registry) -> DataSpec | None:
+def _parse_data(errors: Collector, raw: Mapping[str, Any], registry: Registry, base_dir: Path) -> DataSpec | None:
     """The data section, its task and the task's options checked here, where they can be located."""
     section = raw.get("data")
     if section is None:
@@ -222,7 +222,18 @@ def _parse_data(errors: Collector, raw: Mapping[str, Any], registry: Registry) -
     else:
         where = mark_of(section, "options") if "options" in section else key_mark_of(section, "task")
         check_mapping(errors, values["options"], spec.params, "data.options", f"task {spec.name!r}", where)
+        values["options"] = task_paths(values["options"], spec.params, base_dir)
     return DataSpec(values["task"], dict(values["options"]), values["batch_size"], values["eval_batches"], mark_of(raw, "data"))
+
+
+def task_paths(options: Mapping[str, Any], params: Sequence[Param], base_dir: Path) -> dict[str, Any]:
+    """Task options that name files (``Param(path=True)``, e.g. ``path`` of ``bytes``): a relative one
+    starts from the recipe's folder, as a checkpoint's does, not from the working directory."""
+    paths = {p.name for p in params if p.path}
+    return {
+        k: str((base_dir / v).absolute()) if k in paths and isinstance(v, str) and not Path(v).is_absolute() else v
+        for k, v in options.items()
+    }
 
 
 def _parse_models(errors: Collector, raw: Mapping[str, Any], base_dir: Path, top: Mark) -> list[ModelSource]:

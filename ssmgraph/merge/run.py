@@ -29,6 +29,7 @@ from ssmgraph.merge.context import MergeContext, MergeError, MergeResult
 from ssmgraph.merge.models import LoadedModel
 from ssmgraph.merge.recipe import ModelSource, Recipe
 from ssmgraph.merge.report import write_report
+from ssmgraph.progress import phase
 from ssmgraph.safeio import check_fields, read_json
 from ssmgraph.serialization import check_replaceable, model_directory, weights_to_save, write_model_files
 from ssmgraph.serialization import load as load_model
@@ -111,41 +112,47 @@ def _merge_into(recipe: Recipe, out_dir: Path, overwrite: bool, progress: bool) 
         if not overwrite:
             raise SsmgraphError(f"{out_dir} already exists; pass --overwrite to replace it")
         _check_not_read_by(recipe, out_dir)
-    merge_plan = plan(recipe)
+    with phase("loading"):
+        merge_plan = plan(recipe)
     models = merge_plan.models
     started = time.perf_counter()
     with atomic_directory(out_dir) as tmp:
         alignment = None
         if recipe.permute is not None:
             batch_size = recipe.data.batch_size if recipe.data else 32
-            alignment = permute_onto_base(models, recipe.permute, merge_plan.task, batch_size=batch_size, seed=recipe.seed)
+            with phase("aligning"):
+                alignment = permute_onto_base(models, recipe.permute, merge_plan.task, batch_size=batch_size, seed=recipe.seed)
         context = MergeContext(recipe, models, merge_plan.compatibility, dict(recipe.parameters), tmp, merge_plan.task, progress)
-        result = recipe.method.runner()(context)
+        with phase(f"merging ({recipe.method.name})"):
+            result = recipe.method.runner()(context)
         if not isinstance(result, MergeResult):
             raise MergeError(
                 f"merge method {recipe.method.name!r} ({recipe.method.plugin}) returned {type(result).__name__}, not a MergeResult"
             )
         context.check_finite(result)  # E701: a model of inf/NaN is never written
-        base = next((m for m in models if m.name == recipe.base_model), models[0])
-        carried = carried_metadata(base.source.checkpoint, base.model, result.model, tmp)  # HF config, tokenizer files
-        _write_model(result.model, tmp, {"merge": {"method": recipe.method.name, "models": [m.name for m in models]}, **carried})
-        for name, model in result.models.items():
-            folder = tmp / "models" / name
-            folder.mkdir(parents=True)
-            _write_model(model, folder, {"merge": {"method": recipe.method.name, "role": name}})
-        (tmp / RECIPE_FILE).write_text(dump_yaml(recipe.to_dict()), encoding="utf-8")
-        summary = {
-            "method": recipe.method.name,
-            "plugin": recipe.method.plugin,
-            "compatibility": merge_plan.compatibility.value,
-            "compatibility_reason": merge_plan.reason,
-            "models": {m.name: str(m.source.checkpoint or m.source.blueprint) for m in models},
-            "parameters": recipe.parameters,
-            "permute": recipe.permute,
-            "alignment": alignment,
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-        write_report(tmp, summary, result)
+        with phase("writing"):
+            base = next((m for m in models if m.name == recipe.base_model), models[0])
+            carried = carried_metadata(base.source.checkpoint, base.model, result.model, tmp)  # HF config, tokenizer files
+            _write_model(
+                result.model, tmp, {"merge": {"method": recipe.method.name, "models": [m.name for m in models]}, **carried}
+            )
+            for name, model in result.models.items():
+                folder = tmp / "models" / name
+                folder.mkdir(parents=True)
+                _write_model(model, folder, {"merge": {"method": recipe.method.name, "role": name}})
+            (tmp / RECIPE_FILE).write_text(dump_yaml(recipe.to_dict()), encoding="utf-8")
+            summary = {
+                "method": recipe.method.name,
+                "plugin": recipe.method.plugin,
+                "compatibility": merge_plan.compatibility.value,
+                "compatibility_reason": merge_plan.reason,
+                "models": {m.name: str(m.source.checkpoint or m.source.blueprint) for m in models},
+                "parameters": recipe.parameters,
+                "permute": recipe.permute,
+                "alignment": alignment,
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+            write_report(tmp, summary, result)
     return out_dir, result
 
 

@@ -1,7 +1,7 @@
 """The weight-space merge methods (linear, task_arithmetic, ties, dare, slerp) as merge-method
 runs: the context's state dicts merged by :mod:`ssmgraph.merge.weights` — a parameter that
-stacks several Hugging Face tensors part by part (:func:`ssmgraph.merge.parts.fused_parts` of
-the base model) — loaded into a copy of the base model, and evaluated when the recipe has data.
+stacks several Hugging Face tensors part by part, parameters that are one Hugging Face tensor as
+one (:func:`ssmgraph.merge.parts.merge_parts` of the base model) — loaded into a copy of the base model, and evaluated when the recipe has data.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from ssmgraph.merge import weights as W
 from ssmgraph.merge.context import MergeContext, MergeError, MergeResult
-from ssmgraph.merge.parts import fused_parts
+from ssmgraph.merge.parts import merge_parts
 
 StateDict = dict[str, torch.Tensor]
 
@@ -73,9 +73,10 @@ def base_and_others(context: MergeContext) -> tuple[StateDict, list[StateDict], 
     return base, others, [m.weight for m in context.others]
 
 
-def model_parts(context: MergeContext) -> dict[str, tuple[int, ...]]:
-    """The base model's parameters that are several Hugging Face tensors, merged part by part."""
-    return fused_parts(context.base.model)
+def model_parts(context: MergeContext) -> dict[str, tuple[int, ...] | W.Joined]:
+    """The base model's parameters that are several Hugging Face tensors, merged part by part, and
+    those that are one, merged as one."""
+    return merge_parts(context.base.model)
 
 
 def merged_result(context: MergeContext, state: StateDict) -> MergeResult:

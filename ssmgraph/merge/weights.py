@@ -21,7 +21,9 @@ recipes carry over:
 
 ``parts`` maps a key to the row counts of the tensors stacked in it (say Llama's q, k and v
 rows in one ``qkv``, :func:`ssmgraph.merge.parts.fused_parts`): each part is then merged as a
-tensor of its own — its own top-k, mask norm and angle — and the parts are stacked back.
+tensor of its own — its own top-k, mask norm and angle — and the parts are stacked back; or
+to a :class:`Joined`, for the converse (Phi-3's ``w_gate`` and ``w_up`` rows are one
+``gate_up_proj``): those keys' tensors are stacked, merged as one tensor and split back.
 Floating tensors are merged in at least fp32 and cast back to the first (base) model's dtype.
 Integer and bool tensors (counters, masks, token ids), and the names in ``keep`` (say a
 model's buffers), are copied from the first (base) model: averaging them means nothing.
@@ -31,14 +33,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 StateDict = dict[str, Tensor]
 State = Mapping[str, Tensor]
-Parts = Mapping[str, Sequence[int]]
-"""State-dict key -> row counts of the tensors stacked in it (along dim 0)."""
+
+
+@dataclass(frozen=True)
+class Joined:
+    """State-dict keys whose tensors, stacked along dim 0 in this order, are one tensor to merge."""
+
+    keys: tuple[str, ...]
+
+
+Parts = Mapping[str, "Sequence[int] | Joined"]
+"""State-dict key -> row counts of the tensors stacked in it (along dim 0), or the keys it is merged with."""
 DOT_THRESHOLD = 0.9995
 """Above this |cos θ| SLERP falls back to linear interpolation (mergekit's threshold)."""
 L1_EPS = 1e-7
@@ -160,25 +172,18 @@ def slerp(
     return tensorwise([a, b], ["model a", "model b"], keep, merge, parts)
 
 
-def slerp_tensor(v0: Tensor, v1: Tensor, t: float, eps: float = 1e-8, *, inplace: bool = False) -> Tensor:
-    """One tensor's spherical interpolation from ``v0`` (t = 0) to ``v1`` (t = 1), as :func:`slerp`.
-    ``inplace``: ``v0`` and ``v1`` are overwritten, the result is ``v0`` (the same values)."""
-    u0, u1 = (
-        u.clone() if u.data_ptr() == v.data_ptr() else u for u, v in ((v0.double().flatten(), v0), (v1.double().flatten(), v1))
-    )
+def slerp_tensor(v0: Tensor, v1: Tensor, t: float, eps: float = 1e-8) -> Tensor:
+    """One tensor's spherical interpolation from ``v0`` (t = 0) to ``v1`` (t = 1), as :func:`slerp`
+    (:func:`ssmgraph.merge.chunked.slerp_` is the same in place, without the float64 copies)."""
+    u0, u1 = v0.double().flatten(), v1.double().flatten()
+    u0, u1 = u0.clone() if u0.data_ptr() == v0.data_ptr() else u0, u1.clone() if u1.data_ptr() == v1.data_ptr() else u1
     n0, n1 = u0.norm(), u1.norm()
     dot = float((u0.div_(n0) if n0 > eps else u0) @ (u1.div_(n1) if n1 > eps else u1))
     del u0, u1
     if abs(dot) > DOT_THRESHOLD:
-        s0, s1, d = 1 - t, t, None
-    else:
-        theta = math.acos(dot)
-        s0, s1, d = math.sin((1 - t) * theta), math.sin(t * theta), math.sin(theta)
-    if not inplace:
-        out = s0 * v0 + s1 * v1
-        return out if d is None else out / d
-    out = v0.mul_(s0).add_(v1.mul_(s1))
-    return out if d is None else out.div_(d)
+        return (1 - t) * v0 + t * v1
+    theta = math.acos(dot)
+    return (math.sin((1 - t) * theta) * v0 + math.sin(t * theta) * v1) / math.sin(theta)
 
 
 def tensorwise(
@@ -189,19 +194,28 @@ def tensorwise(
     parts: Parts | None = None,
 ) -> StateDict:
     """Apply ``merge`` to each floating tensor (the first model's tensor first), to each of its
-    ``parts`` separately when it has them; copy the rest."""
+    ``parts`` separately when it has them, to the stack of a :class:`Joined` group's tensors once;
+    copy the rest."""
     if not states:
         raise ValueError("nothing to merge: no state dicts")
     _check_alike(states, names)
     parts = parts or {}
-    out = {}
+    out: StateDict = {}
     for key, first in states[0].items():
+        if key in out:  # merged with the group it is joined to
+            continue
         if key in keep or not first.is_floating_point():
             out[key] = first.detach().clone()
             continue
         work = torch.promote_types(first.dtype, torch.float32)
+        group = parts.get(key, ())
+        if isinstance(group, Joined) and _joinable(states[0], group.keys, keep):
+            stacks = [torch.cat([s[k].detach().to(work) for k in group.keys]) for s in states]
+            pieces = merge(stacks).split([states[0][k].shape[0] for k in group.keys])
+            out.update({k: piece.to(states[0][k].dtype) for k, piece in zip(group.keys, pieces)})
+            continue
         tensors = [s[key].detach().to(work) for s in states]
-        sizes = list(parts.get(key, ()))
+        sizes = [] if isinstance(group, Joined) else list(group)
         if sizes and (first.dim() == 0 or sum(sizes) != first.shape[0]):
             raise ValueError(f"{key}: parts of {sizes} rows do not stack into shape {tuple(first.shape)}")
         if sizes:
@@ -210,6 +224,14 @@ def tensorwise(
             merged = merge(tensors)
         out[key] = merged.to(first.dtype)
     return out
+
+
+def _joinable(state: State, keys: Sequence[str], keep: Collection[str]) -> bool:
+    """The group's tensors are all there, floating, merged, and stack by rows."""
+    tensors = [state.get(k) for k in keys]
+    return all(t is not None and k not in keep and t.is_floating_point() and t.dim() > 0 for k, t in zip(keys, tensors)) and (
+        len({(t.shape[1:], t.dtype) for t in tensors}) == 1  # type: ignore[union-attr]
+    )
 
 
 def _check_alike(states: Sequence[State], names: Sequence[str]) -> None:
@@ -324,16 +346,6 @@ def l1_rescaled(delta: Tensor, mask: Tensor, rescale: bool) -> Tensor:
         return masked
     before, after = delta.abs().sum(), masked.abs().sum()
     return masked if before < L1_EPS or after < L1_EPS else masked * (before / after)
-
-
-def l1_rescaled_(delta: Tensor, mask: Tensor, rescale: bool) -> Tensor:
-    """:func:`l1_rescaled` in place (``delta`` is overwritten and returned)."""
-    before = delta.abs().sum() if rescale else None
-    masked = delta.mul_(mask)
-    if before is None:
-        return masked
-    after = masked.abs().sum()
-    return masked if before < L1_EPS or after < L1_EPS else masked.mul_(before / after)
 
 
 def consensus(deltas: Tensor, weights: Sequence[float], majority: str, normalize: bool, *, inplace: bool = False) -> Tensor:

@@ -17,7 +17,17 @@ module                 job
 ``final_state``        right-padded sequences: lengths, the state after the last valid token
 ``scan``               the parallel (Blelloch) scan of x_t = a_t x_{t-1} + b_t and its loop
 ``selective_scan``     Mamba's selective scan (S6) with a fast custom backward
+``linear_attention``   gated linear attention (GLA): the step and the stable chunked form
+``delta_rule``         the (gated) delta rule: the step and the chunked WY (UT transform) form
+``ssd``                Mamba-2's scan by state space duality: chunked masked matmuls, the
+                       recurrence and one step
+``gated_norm``         Mamba-2's gated RMSNorm over groups of channels
 ``linear``             ``F.linear`` / ``nn.Linear`` through oneDNN where that is faster
+``softcap``            logit soft-capping and attention with capped scores (Gemma 2)
 ``precision``          state dtypes, the dtype SSM math runs in, init math on the host
+``causal_conv``        short causal depthwise convolution with a carried window of inputs
+``mlstm``              xLSTM's mLSTM memory: stabilised step and chunked parallel form
+``slstm``              xLSTM's sLSTM cell (exponential gating, stabiliser) and its loop
+``hyena_filter``       Hyena's implicit-filter positional features and decay window
 =====================  ====================================================================
 """

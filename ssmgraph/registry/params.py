@@ -26,6 +26,8 @@ class Param:
     min: float | None = None
     max: float | None = None
     nullable: bool = False
+    path: bool = False
+    """The value names a file or folder: a relative one in a merge recipe starts from the recipe's folder."""
 
     @property
     def required(self) -> bool:

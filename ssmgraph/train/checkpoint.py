@@ -10,6 +10,7 @@ Nothing is pickled: tensors go to safetensors, everything else to JSON.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from safetensors.torch import load_file
 from ssmgraph.folders import (
     CHECKPOINTS,
     LATEST,
+    RUN_FILE,
     CheckpointError,
     atomic_directory,
     checkpoint_dirs,
@@ -28,6 +30,7 @@ from ssmgraph.folders import (
     write_text_atomic,
 )
 from ssmgraph.graph.model import CompiledModel
+from ssmgraph.interop.hf.metadata import FILES_FOLDER, copy_files
 from ssmgraph.safeio import check_fields, read_json
 from ssmgraph.serialization import weights_to_save, write_model_files, write_safetensors
 
@@ -64,19 +67,28 @@ def save_checkpoint(
     run_dir: Path,
     step: int,
     model: CompiledModel,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | Mapping[str, Any],
     trainer_state: dict[str, Any],
     keep: int,
+    weights: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically, point LATEST at it, drop all but the last ``keep``."""
+    """Write checkpoint ``step`` atomically, point LATEST at it, drop all but the last ``keep``.
+
+    ``optimizer`` is the optimizer or its state dict, ``weights`` the model's (default: its own,
+    tied aliases dropped): a sharded run passes the full states it gathered."""
     name = f"step_{step:08d}"
     target = run_dir / CHECKPOINTS / name
     tensors: dict[str, torch.Tensor] = {}
-    optimizer_tree = flatten(optimizer.state_dict(), tensors, "optimizer")
+    state = optimizer.state_dict() if isinstance(optimizer, torch.optim.Optimizer) else dict(optimizer)
+    optimizer_tree = flatten(state, tensors, "optimizer")
     trainer_tree = flatten(trainer_state, tensors, "trainer")
     repair(run_dir / CHECKPOINTS)  # what a killed earlier write left (the trainer holds the run's lock)
+    hf = carried_hf(run_dir)
     with atomic_directory(target) as tmp:
-        write_model_files(model, tmp, weights_to_save(model, model.tied))
+        weights = weights if weights is not None else weights_to_save(model, model.tied)
+        write_model_files(model, tmp, weights, {"hf": hf} if hf else None)
+        if hf:
+            copy_files(run_dir / FILES_FOLDER, tmp / FILES_FOLDER, hf["files"])
         write_safetensors(tensors, tmp / OPTIMIZER_FILE)
         (tmp / TRAINER_FILE).write_text(
             json.dumps({"step": step, "optimizer": optimizer_tree, "trainer": trainer_tree}), encoding="utf-8"
@@ -85,6 +97,19 @@ def save_checkpoint(
     for old in checkpoint_dirs(run_dir)[:-keep]:
         remove_tree(old)
     return target
+
+
+def carried_hf(run_dir: Path) -> dict[str, Any] | None:
+    """run.json's ``hf`` entry (a run started with ``--init`` from a Hugging Face folder or an imported
+    model): its config and the tokenizer files in ``RUN/hf/`` that each checkpoint carries."""
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        return None
+    record = read_json(path, what="cannot read the run record", error=CheckpointError, fix=_DAMAGED, finite=False)
+    hf = record.get("hf") if isinstance(record, dict) else None
+    if not isinstance(hf, dict) or not isinstance(hf.get("config"), dict):
+        return None
+    return {**hf, "files": [n for n in hf.get("files", []) if isinstance(n, str)]}
 
 
 def load_trainer_state(checkpoint: Path) -> tuple[int, dict[str, Any], dict[str, Any]]:

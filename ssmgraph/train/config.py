@@ -25,12 +25,13 @@ from ssmgraph.blueprint.yamlsafe import LDict, load_file, load_yaml
 from ssmgraph.errors import BlueprintError, Collector, Diagnostic, Mark, SsmgraphError, did_you_mean
 from ssmgraph.registry.specs import Param
 from ssmgraph.safeio import check_fields
+from ssmgraph.train.settings import LOGGER_NAMES, METRICS, check_settings
 
 SCHEMA: tuple[Param, ...] = (
     Param("task", str, "", "the task to train on (`ssmgraph tasks` lists them)"),
     Param("task_options", dict, {}, "the task's options, e.g. {seq_len: 256}"),
     Param("steps", int, 1000, "optimizer steps", min=1),
-    Param("batch_size", int, 32, "sequences per step, over all processes", min=1),
+    Param("batch_size", int, 32, "sequences per optimizer step, over all processes and micro-batches", min=1),
     Param("lr", float, 1e-3, "peak learning rate", min=0.0),
     Param("weight_decay", float, 0.1, "AdamW weight decay (not applied to SSM parameters, biases and gains)", min=0.0),
     Param("beta1", float, 0.9, "AdamW beta1", min=0.0, max=1.0),
@@ -46,6 +47,18 @@ SCHEMA: tuple[Param, ...] = (
     Param("keep_checkpoints", int, 2, "how many recent checkpoints to keep", min=1),
     Param("seed", int, 0, "seed for weights and data"),
     Param("precision", str, "fp32", "fp32, or bf16 autocast (SSM kernels stay fp32)", choices=("fp32", "bf16")),
+    Param("accumulate", int, 1, "micro-batches per step (batch_size / accumulate each), gradients summed", min=1),
+    Param("checkpointing", bool, False, "recompute each repeated layer in the backward pass: less memory, more time"),
+    Param("compile", bool, False, "torch.compile the model for training"),
+    Param("tbptt", int, 0, "truncated backpropagation through time: windows of this many positions (0: off)", min=0),
+    Param("ema", float, 0.0, "decay of an exponential moving average of the weights (0: off), e.g. 0.999", min=0.0, max=1.0),
+    Param(
+        "keep_best", str, "", "save the model with the best value of this held-out metric to RUN/best/", choices=("", *METRICS)
+    ),
+    Param("early_stop", dict, {}, "{metric, patience, mode}: stop when the metric has not improved for patience evaluations"),
+    Param("loggers", list, [], f"metric loggers besides metrics.jsonl: {', '.join(LOGGER_NAMES)}"),
+    Param("strategy", str, "ddp", "several processes: ddp (replicated) or fsdp (sharded, FSDP2)", choices=("ddp", "fsdp")),
+    Param("lora", dict, {}, "LoRA adapters through PEFT, {r, alpha, targets, dropout, merge}: only they train"),
 )
 
 
@@ -70,6 +83,16 @@ class TrainConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     precision: str = "fp32"
+    accumulate: int = 1
+    checkpointing: bool = False
+    compile: bool = False
+    tbptt: int = 0
+    ema: float = 0.0
+    keep_best: str = ""
+    early_stop: dict[str, Any] = field(default_factory=dict)
+    loggers: list[str] = field(default_factory=list)
+    strategy: str = "ddp"
+    lora: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +141,7 @@ def parse_config(raw: Any, source: str, overrides: Mapping[str, Any] | None = No
             errors.add("E112", f"{key}: {problem}", mark, str(key), param.doc)
             continue
         values[key] = value
+    check_settings(values, raw if isinstance(raw, LDict) else None, errors)
     errors.raise_if_any()
     return TrainConfig(**values)
 

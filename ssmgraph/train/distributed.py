@@ -2,7 +2,8 @@
 
 `torchrun --nproc_per_node 2 -m ssmgraph train ...` sets RANK/WORLD_SIZE/MASTER_ADDR; we
 join the process group (gloo on CPU, NCCL on CUDA) and wrap the model in
-DistributedDataParallel. One process needs none of this and gets a no-op.
+DistributedDataParallel, or shard it (``strategy: fsdp``, ssmgraph.train.fsdp). One process
+needs none of this and gets a no-op.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from ssmgraph.train.fsdp import shard
 
 CPU = torch.device("cpu")
 
@@ -48,9 +51,12 @@ def current() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), device)
 
 
-def wrap(model: nn.Module, info: DistInfo) -> nn.Module:
+def wrap(model: nn.Module, info: DistInfo, strategy: str = "ddp") -> nn.Module:
+    """The module several processes train: DDP's replica, or with ``fsdp`` the model sharded in place."""
     if info.world_size == 1:
         return model
+    if strategy == "fsdp":
+        return shard(model)
     # Tap projections (``taps.*``) serve alignment losses; the task loss never reaches them, and
     # DDP must be told that some parameters get no gradient.
     unused = any(name.startswith("taps.") for name, _ in model.named_parameters())

@@ -1,8 +1,9 @@
-"""Training metrics: JSON lines in the run directory (and TensorBoard when installed)."""
+"""Training metrics: JSON lines in the run directory, and the loggers the config names (ssmgraph.train.loggers)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,49 +13,49 @@ from ssmgraph.safeio import JSONRefused, fits, parse_json
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from ssmgraph.train.loggers import Logger
+
 METRICS_FILE = "metrics.jsonl"
 MAX_LINE = 1 << 16
 
 
 class MetricsLog:
-    """Appends one JSON object per record to RUN/metrics.jsonl; a no-op on non-main ranks."""
+    """Appends one JSON object per record to RUN/metrics.jsonl and hands it to the loggers opened
+    by ``open_loggers`` (called with the step the run starts from); a no-op on non-main ranks."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool = True):
+    def __init__(self, run_dir: Path, *, enabled: bool = True, open_loggers: Callable[[int], list[Logger]] | None = None):
         self.path = run_dir / METRICS_FILE
         self.enabled = enabled
         self.handle: Any = None
-        self.tensorboard: Any = None
+        self.open_loggers = open_loggers
+        self.loggers: list[Logger] = []
+        self.start = 0
 
     def __enter__(self) -> Self:
         if self.enabled:
+            self.loggers = self.open_loggers(self.start) if self.open_loggers else []
             self.handle = open(self.path, "a", encoding="utf-8")
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tensorboard = SummaryWriter(str(self.path.parent / "tensorboard"))
-            except ImportError:  # tensorboard is optional
-                self.tensorboard = None
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.handle is not None:
             self.handle.close()
             self.handle = None
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        for logger in self.loggers:
+            logger.close()
+        self.loggers = []
 
     def write(self, record: dict[str, Any]) -> None:
         if self.handle is None:
             return
         self.handle.write(json.dumps(record) + "\n")
         self.handle.flush()
-        if self.tensorboard is not None:
-            for key, value in record.items():
-                if isinstance(value, float):
-                    self.tensorboard.add_scalar(f"{record['split']}/{key}", value, record["step"])
+        for logger in self.loggers:
+            logger.log(record)
 
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step`` (a resumed run logs those steps again)."""
+        self.start = step
         if not self.enabled or not self.path.is_file():
             return
         kept = [record for record in parse_records(self.path) if record["step"] <= step]

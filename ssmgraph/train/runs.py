@@ -25,8 +25,14 @@ from ssmgraph.folders import (
 )
 from ssmgraph.safeio import read_json
 from ssmgraph.train import distributed
+from ssmgraph.train.best import BEST_DIR
 from ssmgraph.train.config import TrainConfig, stored_config
+from ssmgraph.train.ema import EMA_DIR
 from ssmgraph.train.errors import TrainingError
+from ssmgraph.train.lora import MERGED
+
+RUN_MODELS = (BEST_DIR, EMA_DIR, MERGED)
+"""The saved models a run writes beside its checkpoints (``keep_best``, ``ema``, ``lora.merge``)."""
 
 
 def writer_lock(run_dir: Path) -> contextlib.AbstractContextManager[None]:
@@ -79,6 +85,23 @@ def read_run_record(run_dir: Path) -> dict[str, Any]:
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise TrainingError(f"{path}: not a run record (no 'config' mapping); {fix}")
     return record
+
+
+def run_of_model(model_dir: Path) -> Path | None:
+    """The run that ``model_dir`` is or belongs to: the run itself, one of its checkpoints, or
+    its ``best/``, ``ema/`` or ``merged/`` model; None for a model saved on its own."""
+    if (model_dir / RUN_FILE).is_file():
+        return model_dir
+    parent = model_dir.resolve().parent
+    if model_dir.resolve().name in RUN_MODELS and (parent / RUN_FILE).is_file():
+        return parent
+    return run_of_checkpoint(model_dir)
+
+
+def config_of_model(model_dir: Path) -> TrainConfig | None:
+    """The train config of the run that ``model_dir`` is or belongs to (its task and task options)."""
+    run = run_of_model(model_dir)
+    return None if run is None else config_from(read_run_record(run)["config"], run / RUN_FILE)
 
 
 def config_from(mapping: Mapping[str, Any], source: Path) -> TrainConfig:

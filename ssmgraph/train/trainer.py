@@ -1,254 +1,46 @@
-"""The training loop: one process or many (torchrun), resumable bit for bit.
+"""Starting, continuing and scoring training runs: ``train``, ``resume`` and ``evaluate_run``.
 
-Every step draws the *global* batch from a generator seeded by the config, so a resumed run
-and a run on N processes (each taking its slice, the loss scaled so DDP's gradient average
-equals the global mean) see exactly the data one uninterrupted process would.
-
-``train``, ``resume`` and ``evaluate_run`` start, continue and score runs; the rules for run
-folders are in ssmgraph.train.runs, fitting a task to a model in ssmgraph.train.fitting.
+The loop itself is :class:`ssmgraph.train.loop.Trainer` (re-exported here with ``TrainResult``
+and ``evaluate``); the rules for run folders are in ssmgraph.train.runs, fitting a task to a
+model in ssmgraph.train.fitting.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch import nn
 
 from ssmgraph.blueprint import find_blueprint, load_blueprint
-from ssmgraph.folders import CHECKPOINTS, RUN_FILE, follow_link, latest_checkpoint, repair
+from ssmgraph.folders import CHECKPOINTS, follow_link, latest_checkpoint, repair
 from ssmgraph.graph.compile import compile_blueprint
-from ssmgraph.graph.model import CompiledModel
-from ssmgraph.optim import param_groups
 from ssmgraph.serialization import load as load_model
-from ssmgraph.train import distributed
-from ssmgraph.train.checkpoint import TRAINER_FILE, load_trainer_state, save_checkpoint
+from ssmgraph.train import distributed, lora
+from ssmgraph.train.checkpoint import TRAINER_FILE, load_trainer_state
 from ssmgraph.train.config import TrainConfig
 from ssmgraph.train.errors import TrainingError
+from ssmgraph.train.evaluation import evaluate
 from ssmgraph.train.fitting import check_compatible, fit_params, make_task
-from ssmgraph.train.losses import batch_sums, summarize
-from ssmgraph.train.metrics import MetricsLog
+from ssmgraph.train.init_source import carry_files, start_from
+from ssmgraph.train.loop import Trainer, TrainResult
+from ssmgraph.train.prepare import check_fit
 from ssmgraph.train.runs import (
     check_new_run_dir,
     check_run_path,
     config_from,
+    config_of_model,
     is_run,
-    read_run_record,
     remove_run,
     write_run_files,
     writer_lock,
 )
-from ssmgraph.train.tasks.base import IGNORE, Batch, Task
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    step: int
-    metrics: dict[str, float] = field(default_factory=dict)
-    interrupted: bool = False
-    model: CompiledModel | None = None
-    task: Task | None = None
-
-
-# ---- the loop -----------------------------------------------------------------------------------
-class Trainer:
-    """Runs the steps of one run: logs metrics, evaluates and checkpoints at the config's intervals."""
-
-    def __init__(self, model: CompiledModel, task: Task, config: TrainConfig, run_dir: Path, *, progress: bool = True):
-        self.model, self.task, self.config, self.run_dir = model, task, config, run_dir
-        self.dist = distributed.current()
-        if config.batch_size % self.dist.world_size:
-            raise TrainingError(f"batch_size {config.batch_size} must be divisible by the {self.dist.world_size} processes")
-        self.module: nn.Module = distributed.wrap(model, self.dist)
-        self.groups = param_groups(model, lr=config.lr, weight_decay=config.weight_decay)
-        for group in self.groups:
-            group["base_lr"] = group["lr"]
-        self.optimizer = torch.optim.AdamW(self.groups, lr=config.lr, betas=(config.beta1, config.beta2))
-        self.data = torch.Generator().manual_seed(config.seed + 1)
-        self.step = 0
-        self.step_start: tuple[int, dict[str, torch.Tensor]] | None = None
-        self.progress = progress and self.dist.is_main
-        self.log = MetricsLog(run_dir, enabled=self.dist.is_main)
-
-    # state --------------------------------------------------------------------------------------
-    def trainer_state(self) -> dict[str, Any]:
-        return {**self.rng_states(), "config": self.config.to_dict()}
-
-    def rng_states(self) -> dict[str, torch.Tensor]:
-        """The data generator's and torch's RNG states (the GPU's too: dropout draws there)."""
-        states = {"data_rng": self.data.get_state(), "torch_rng": torch.get_rng_state()}
-        if self.dist.device.type == "cuda":
-            states["cuda_rng"] = torch.cuda.get_rng_state(self.dist.device)
-        return states
-
-    def set_rng_states(self, states: Mapping[str, torch.Tensor]) -> None:
-        self.data.set_state(states["data_rng"])
-        torch.set_rng_state(states["torch_rng"])
-        if "cuda_rng" in states and self.dist.device.type == "cuda":
-            torch.cuda.set_rng_state(states["cuda_rng"], self.dist.device)
-
-    def restore(self, step: int, optimizer_state: dict[str, Any], state: dict[str, Any]) -> None:
-        """Continue from a checkpoint's state (see :func:`load_trainer_state`)."""
-        self.optimizer.load_state_dict(optimizer_state)
-        self.set_rng_states(state)
-        self.step = step
-        self.log.truncate_after(step)
-
-    def rewind_unfinished_step(self) -> None:
-        """Put back the RNG states an interrupted step had already advanced (its batch is drawn
-        before the update), so the checkpoint of the last completed step resumes exactly."""
-        if self.step_start is not None and self.step_start[0] == self.step:
-            self.set_rng_states(self.step_start[1])
-
-    def save(self) -> Path | None:
-        path = None
-        if self.dist.is_main:
-            path = save_checkpoint(
-                self.run_dir, self.step, self.model, self.optimizer, self.trainer_state(), self.config.keep_checkpoints
-            )
-        distributed.barrier(self.dist)
-        return path
-
-    # one step -----------------------------------------------------------------------------------
-    def local_slice(self, batch: Batch) -> Batch:
-        per = batch.inputs.shape[0] // self.dist.world_size
-        lo = self.dist.rank * per
-        return Batch(batch.inputs[lo : lo + per], batch.targets[lo : lo + per])
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.config.precision == "bf16":
-            return torch.autocast(device_type=self.dist.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def train_step(self) -> dict[str, float]:
-        config = self.config
-        self.step_start = (self.step, self.rng_states())
-        scale = config.lr_at(self.step) / config.lr if config.lr > 0 else 0.0
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["base_lr"] * scale
-        batch = self.task.sample(config.batch_size, self.data, "train")
-        global_count = (batch.targets != IGNORE).sum() if self.task.kind == "lm" else torch.tensor(batch.targets.shape[0])
-        local = self.local_slice(batch)
-        self.module.train()
-        with self.autocast():
-            output = self.module(local.inputs.to(self.dist.device))
-        sums = batch_sums(self.task.kind, output, local.targets.to(self.dist.device), self.task.tolerance)
-        loss = sums.loss / global_count.clamp(min=1) * self.dist.world_size
-        totals = distributed.all_reduce_sum(sums.as_tensor(), self.dist)
-        if not math.isfinite(float(totals[0])):
-            raise TrainingError(f"the loss became {float(totals[0])} at step {self.step + 1}; {self.diverged_advice()}")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-        self.optimizer.step()
-        self.step += 1
-        out = summarize(self.task.kind, totals)
-        out["lr"] = config.lr_at(self.step - 1)
-        return out
-
-    def diverged_advice(self) -> str:
-        config = self.config
-        checkpoint = latest_checkpoint(self.run_dir)
-        kept = (
-            f"stopped without saving (the last good checkpoint is intact: {checkpoint})"
-            if checkpoint is not None
-            else f"stopped before the first checkpoint, so there is nothing to resume: start again with `--overwrite` (or another --out than {self.run_dir})"
-        )
-        return f"{kept}. Try a lower lr (now {config.lr:g}), grad_clip, or fp32."
-
-    @torch.no_grad()
-    def evaluate(self, split: str = "test") -> dict[str, float]:
-        return evaluate(self.model, self.task, self.config.batch_size, self.config.eval_size, split, self.autocast)
-
-    # the run ------------------------------------------------------------------------------------
-    def run(self) -> TrainResult:
-        config = self.config
-        tokens_per_step = config.batch_size * self.task.seq_len
-        last: dict[str, float] = {}
-        interrupted = False
-        started, seen_steps = time.perf_counter(), 0
-        with self.log, _progress(self.progress, config.steps, self.step) as bar:
-            try:
-                while self.step < config.steps:
-                    tic = time.perf_counter()
-                    last = self.train_step()
-                    seen_steps += 1
-                    rate = tokens_per_step / max(time.perf_counter() - tic, 1e-9)
-                    last["tokens_per_s"] = rate
-                    if self.step % config.log_interval == 0 or self.step == config.steps:
-                        self.log.write({"step": self.step, "split": "train", **last, "elapsed": time.perf_counter() - started})
-                    if self.step % config.eval_interval == 0 or self.step == config.steps:
-                        evaluation = self.evaluate()
-                        self.log.write({"step": self.step, "split": "eval", **evaluation})
-                        last.update({f"eval_{k}": v for k, v in evaluation.items()})
-                    if self.step % config.checkpoint_interval == 0 or self.step == config.steps:
-                        self.save()
-                    bar(self.step, last)
-            except KeyboardInterrupt:
-                interrupted = True
-                self.rewind_unfinished_step()
-                self.save()
-        return TrainResult(self.run_dir, self.step, last, interrupted, self.model, self.task)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, task: Task, batch_size: int, size: int, split: str = "test", autocast: Any = contextlib.nullcontext
-) -> dict[str, float]:
-    """Loss and accuracy on the task's fixed held-out set."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    total = None
-    for batch in task.eval_batches(batch_size, split, size):
-        with autocast():
-            output = model(batch.inputs.to(device))
-        sums = batch_sums(task.kind, output, batch.targets.to(device), task.tolerance)
-        total = sums if total is None else total + sums
-    model.train(was_training)
-    assert total is not None
-    return summarize(task.kind, total.as_tensor())
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int, start: int) -> Iterator[Any]:
-    if not enabled:
-        yield lambda step, metrics: None
-        return
-    columns = (
-        TextColumn("[bold]train"),
-        BarColumn(bar_width=20),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=False) as progress:
-        handle = progress.add_task("train", total=total, completed=start, info="")
-
-        def update(step: int, metrics: dict[str, float]) -> None:
-            info = f"loss {metrics.get('loss', float('nan')):.3f} acc {metrics.get('accuracy', 0.0):.2f}"
-            if "eval_accuracy" in metrics:
-                info += f" held-out {metrics['eval_accuracy']:.2f}"
-            info += f" {metrics.get('tokens_per_s', 0.0) / 1000:.1f}k tok/s"
-            progress.update(handle, completed=step, info=info)
-
-        yield update
 
 
 # ---- entry points -------------------------------------------------------------------------------
 def train(
-    blueprint: str | Path,
+    blueprint: str | Path | None,
     run_dir: str | Path,
     config: TrainConfig,
     *,
@@ -256,8 +48,12 @@ def train(
     model_view: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    init: str | Path | None = None,
 ) -> TrainResult:
     """Train a blueprint on ``config.task`` into a new run directory.
+
+    With ``init`` (and ``blueprint`` None) the run starts from the weights and blueprint of a
+    saved model, run or Hugging Face folder (ssmgraph.train.init_source).
 
     With ``overwrite`` an earlier run in ``run_dir`` is deleted, but only once the task, the
     blueprint and their fit have been checked: a typo never costs the old run."""
@@ -269,26 +65,35 @@ def train(
         if not config.task:
             raise TrainingError("no task: give --task NAME or 'task:' in the train config (`ssmgraph tasks` lists them)")
         task = make_task(config.task, config.task_options)
-        source = find_blueprint(blueprint)
-        fitted = fit_params(source, overrides or {}, task)
-        torch.manual_seed(config.seed)
-        model = compile_blueprint(load_blueprint(source, fitted), model=model_view).to(dist.device)
+        if init is not None:
+            model, start = start_from(init, blueprint, overrides or {}, model_view)
+            torch.manual_seed(config.seed)
+        else:
+            source = find_blueprint(blueprint)
+            fitted = fit_params(source, overrides or {}, task)
+            torch.manual_seed(config.seed)
+            model = compile_blueprint(load_blueprint(source, fitted), model=model_view)
+            start = {"blueprint": str(source), "overrides": fitted, "model": model_view}
+        model = model.to(dist.device)
         check_compatible(model, task)
+        model = lora.attach(model, config, world_size=dist.world_size)
+        check_fit(config, model, task, dist.world_size)
         if dist.is_main:
             repair(run_dir.parent, only=run_dir.name)
             if overwrite:
                 remove_run(run_dir)
             record = {
-                "blueprint": str(source),
-                "overrides": fitted,
-                "model": model_view,
+                **start,
                 "config": config.to_dict(),
                 "task": task.describe(),
                 "world_size": dist.world_size,
             }
             write_run_files(run_dir, record, config)
+            carry_files(run_dir, record)
         distributed.barrier(dist)
-        return Trainer(model, task, config, run_dir, progress=progress).run()
+        result = Trainer(model, task, config, run_dir, progress=progress).run()
+        lora.finish(run_dir, config, result.interrupted, dist.is_main)
+        return result
 
 
 def resume(run_dir: str | Path, *, steps: int | None = None, progress: bool = True) -> TrainResult:
@@ -324,10 +129,13 @@ def _continue(run_dir: Path, steps: int | None, progress: bool) -> TrainResult:
         config.steps = steps
     dist = distributed.init()
     task = make_task(config.task, config.task_options)
-    model = load_model(checkpoint).to(dist.device)
+    model = load_model(checkpoint, merge_lora=not config.lora).to(dist.device)  # a lora run's adapters: attached again
+    model = lora.attach(model, config, checkpoint, dist.world_size)
     trainer = Trainer(model, task, config, run_dir, progress=progress)
     _restore(trainer, checkpoint / TRAINER_FILE, step, optimizer_state, state)
-    return trainer.run()
+    result = trainer.run()
+    lora.finish(run_dir, config, result.interrupted, dist.is_main)
+    return result
 
 
 def _restore(trainer: Trainer, path: Path, step: int, optimizer_state: dict[str, Any], state: dict[str, Any]) -> None:
@@ -335,7 +143,7 @@ def _restore(trainer: Trainer, path: Path, step: int, optimizer_state: dict[str,
     mixed-up checkpoint) before a step fails on it."""
     fix = "the checkpoint is damaged: delete its directory to resume from the one before, or start again with --overwrite"
     try:
-        trainer.restore(step, optimizer_state, state)
+        trainer.restore(step, optimizer_state, state, path)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise TrainingError(
             f"{path}: the stored optimizer or RNG state does not fit ({type(exc).__name__}: {str(exc).splitlines()[0]}); {fix}"
@@ -354,15 +162,15 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate a run's latest model on its task (or another).
 
-    On the run's own task, ``options`` override the run's task options one by one."""
+    ``run_dir`` may also be a model the run saved (a checkpoint, ``best/``, ``ema/``): the task is
+    the run's. On the run's own task, ``options`` override the run's task options one by one."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise TrainingError(f"{run_dir}: no such run or model folder ({'a file' if run_dir.exists() else 'nothing there'})")
-    record = read_run_record(run_dir) if (run_dir / RUN_FILE).is_file() else None
-    config = config_from(record["config"], run_dir / RUN_FILE) if record else TrainConfig()
+    config = config_of_model(run_dir) or TrainConfig()
     name = task_name or config.task
     if not name:
-        raise TrainingError(f"{run_dir}: not a training run; name the task with --task")
+        raise TrainingError(f"{run_dir}: not a training run or a model of one; name the task with --task")
     base = config.task_options if name == config.task else {}
     task = make_task(name, {**base, **(options or {})})
     model = load_model(run_dir)

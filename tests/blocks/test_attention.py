@@ -330,3 +330,31 @@ def test_forward_and_step_trace_as_one_graph(build):
     torch.testing.assert_close(y, m(x, mask=mask))
     y_t, _ = step(x[:, 0], state)
     torch.testing.assert_close(y_t, m.step(x[:, 0], state)[0])
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_softcap_and_scale_equal_explicit_capped_scores(build, window):
+    """Gemma 2: scores s = scale · q·k capped to cap · tanh(s / cap) before the mask and softmax; step = forward."""
+    cap, scale = 2.0, 0.7
+    m = build(ATT, D, heads=4, kv_heads=2, rope=True, scale=scale, softcap=cap, window=window).double()
+    x = torch.randn(2, 9, D, dtype=torch.float64)
+    proj = x @ m.qkv.weight.T
+    q, k, v = (t.reshape(2, 9, -1, 4).transpose(1, 2) for t in proj.split((D, D // 2, D // 2), dim=-1))
+    cos, sin = rope_angles(torch.arange(9)[None], 4, m.rope_base, torch.float64)
+    q, k = apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None])
+    out = torch.empty(2, 4, 9, 4, dtype=torch.float64)
+    for head in range(4):
+        for i in range(9):
+            keys = range(max(0, i - window + 1) if window else 0, i + 1)
+            s = torch.stack([(q[:, head, i] * k[:, head // 2, j]).sum(-1) for j in keys], -1) * scale
+            p = torch.softmax(cap * torch.tanh(s / cap), dim=-1)
+            out[:, head, i] = (p[..., None] * v[:, head // 2, list(keys)]).sum(1)
+    want = out.transpose(1, 2).reshape(2, 9, D) @ m.out_proj.weight.T
+    torch.testing.assert_close(m(x), want, rtol=1e-10, atol=1e-12)
+    state, steps = m.init_state(2), []
+    for t in range(9):
+        y_t, state = m.step(x[:, t], state)
+        steps.append(y_t)
+    torch.testing.assert_close(torch.stack(steps, dim=1), want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ShapeError, match="softcap must be above 0"):
+        ATT.shape([TensorType(("batch", "seq", D))], **{**ATT.defaults(), "softcap": 0.0})

@@ -79,3 +79,16 @@ def test_classify_shape_rule_and_grads(build, out_type, grads_reach_all):
     assert y.shape == (2, 10)
     y.pow(2).sum().backward()
     grads_reach_all(m)
+
+
+def test_lm_head_softcap_bounds_the_logits(build, out_type):
+    """Gemma 2's final_logit_softcapping: cap · tanh(x Wᵀ / cap); the weight stays tieable."""
+    head = build(LM, 6, vocab=11, softcap=3.0).double()
+    plain = build(LM, 6, vocab=11).double()
+    assert list(head.state_dict()) == ["weight"]
+    plain.load_state_dict(head.state_dict())
+    x = 10 * torch.randn(2, 4, 6, dtype=torch.float64)
+    torch.testing.assert_close(head(x), 3.0 * torch.tanh(plain(x) / 3.0), rtol=1e-12, atol=1e-12)
+    assert head(x).abs().max() < 3.0 < plain(x).abs().max()
+    with pytest.raises(ShapeError, match="softcap must be above 0"):
+        out_type(LM, 6, vocab=11, softcap=-1.0)

@@ -52,8 +52,29 @@ def _gpt2() -> Any:
     return transformers.GPT2Config(vocab_size=96, n_positions=32, n_embd=64, n_layer=2, n_head=4, **NO_TOKENS)
 
 
-def _family(root: Path, config: Any, cls: Any) -> Models:
-    """A random base and two fine-tunes of it (the base plus noise): name -> (HF folder, imported model)."""
+def _phi3() -> Any:
+    return transformers.Phi3Config(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+        **NO_TOKENS,
+    )
+
+
+def _up_quieter(key: str, noise: torch.Tensor) -> torch.Tensor:
+    """gate_up_proj's up rows fine-tuned ten times less than its gate rows: a top-k or an angle over the
+    whole tensor differs from one per half."""
+    if key.endswith("gate_up_proj.weight"):
+        noise[noise.shape[0] // 2 :] *= 0.1
+    return noise
+
+
+def _family(root: Path, config: Any, cls: Any, shape: Any = lambda key, noise: noise) -> Models:
+    """A random base and two fine-tunes of it (the base plus noise, ``shape``d per tensor): name -> (HF folder, imported model)."""
     torch.manual_seed(0)
     model = cls(config).eval()
     start = {k: v.clone() for k, v in model.state_dict().items()}
@@ -62,7 +83,7 @@ def _family(root: Path, config: Any, cls: Any) -> Models:
         gen = torch.Generator().manual_seed(i)
         with torch.no_grad():
             for key, tensor in model.state_dict().items():
-                noise = 0.01 * torch.randn(tensor.shape, generator=gen) if i and tensor.is_floating_point() else 0
+                noise = shape(key, 0.01 * torch.randn(tensor.shape, generator=gen)) if i and tensor.is_floating_point() else 0
                 tensor.copy_(start[key] + noise)
         model.save_pretrained(root / name, safe_serialization=True)
         found[name] = (root / name, import_hf(root / name, root / f"{name}-ssm"))
@@ -72,6 +93,11 @@ def _family(root: Path, config: Any, cls: Any) -> Models:
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> Models:
     return _family(tmp_path_factory.mktemp("llama"), _llama(), transformers.LlamaForCausalLM)
+
+
+@pytest.fixture(scope="module")
+def phi3(tmp_path_factory: pytest.TempPathFactory) -> Models:
+    return _family(tmp_path_factory.mktemp("phi3"), _phi3(), transformers.Phi3ForCausalLM, _up_quieter)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +183,22 @@ def test_ties_on_gpt2_merges_c_attn_as_one_tensor_as_mergekit(gpt2, tmp_path):
     mk = {"merge_method": "ties", **MK_TASK_MODELS, "parameters": {"density": 0.4}}
     recipe = {"merge_method": "ties", "base_model": "base", "parameters": {"density": 0.4}}
     _assert_every_tensor_close(*_both(gpt2, tmp_path, mk, recipe, WEIGHTS))
+
+
+def test_ties_and_slerp_on_phi3_merge_gate_up_proj_as_one_tensor_as_mergekit(phi3, tmp_path):
+    """w_gate and w_up are the rows of one gate_up_proj: one top-k and one angle over both, as mergekit
+    (per half, the quieter up rows would keep as many entries as the gate rows, and their own angle)."""
+    mk = {"merge_method": "ties", **MK_TASK_MODELS, "parameters": {"density": 0.4}}
+    recipe = {"merge_method": "ties", "base_model": "base", "parameters": {"density": 0.4}}
+    _assert_every_tensor_close(*_both(phi3, tmp_path / "ties", mk, recipe, WEIGHTS))
+    mk = {
+        "merge_method": "slerp",
+        "base_model": "@base",
+        "models": [{"model": "@base"}, {"model": "@a"}],
+        "parameters": {"t": 0.3},
+    }
+    recipe = {"merge_method": "slerp", "base_model": "base", "parameters": {"t": 0.3}}
+    _assert_every_tensor_close(*_both(_pair(phi3, "base", "a"), tmp_path / "slerp", mk, recipe, {}))
 
 
 @pytest.mark.parametrize("base", ["base", "a"])

@@ -175,3 +175,18 @@ def test_slerp_interpolates_from_base_model(tmp_path):
     expected = W.slerp(second, first, 0.3, parts=parts)
     for key, tensor in merged("second", 0.3).items():
         torch.testing.assert_close(tensor, expected[key], rtol=0, atol=1e-6)
+
+
+def test_joined_keys_merge_as_one_stacked_tensor():
+    """W.Joined (Phi-3's w_gate and w_up rows of one gate_up_proj): one top-k over both, split back; a key kept
+    (or missing) leaves the group merged key by key."""
+    gen = torch.Generator().manual_seed(0)
+    base = {"g": torch.randn(4, 3, generator=gen), "u": torch.randn(2, 3, generator=gen)}
+    other = {"g": base["g"] + torch.randn(4, 3, generator=gen), "u": base["u"] + 0.01 * torch.randn(2, 3, generator=gen)}
+    joined = W.Joined(("g", "u"))
+    got = W.ties(base, [other], [1.0], density=0.5, parts={"g": joined, "u": joined})
+    whole = W.ties({"x": torch.cat([base["g"], base["u"]])}, [{"x": torch.cat([other["g"], other["u"]])}], [1.0], density=0.5)
+    assert torch.equal(torch.cat([got["g"], got["u"]]), whole["x"])
+    assert torch.equal(got["u"], base["u"])  # the quiet rows lose every entry to the loud ones: not so per key
+    apart = W.ties(base, [other], [1.0], density=0.5, parts={"g": joined, "u": joined}, keep={"u"})
+    assert torch.equal(apart["g"], W.ties(base, [other], [1.0], density=0.5)["g"])

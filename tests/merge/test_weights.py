@@ -222,15 +222,3 @@ def test_consensus_in_place_is_bitwise_the_out_of_place_one(majority, normalize)
     expected = W.consensus(deltas, weights, majority, normalize)
     got = W.consensus(deltas.clone(), weights, majority, normalize, inplace=True)
     assert torch.equal(got.view(torch.int32), expected.view(torch.int32))  # signed zeros included
-
-
-def test_slerp_in_place_is_bitwise_the_out_of_place_one():
-    gen = torch.Generator().manual_seed(2)
-    for v0, v1 in [(torch.randn(50, 7, generator=gen), torch.randn(50, 7, generator=gen)), (torch.ones(9), 2 * torch.ones(9))]:
-        for dtype in (torch.float32, torch.float64):
-            a, b = v0.to(dtype), v1.to(dtype)
-            expected = W.slerp_tensor(a, b, 0.3)
-            a2, b2 = a.clone(), b.clone()
-            assert torch.equal(W.slerp_tensor(a2, b2, 0.3, inplace=True), expected)
-            if dtype == torch.float64:
-                assert torch.equal(W.slerp_tensor(a, b, 0.3), expected)  # out of place leaves float64 inputs alone

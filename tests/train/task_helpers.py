@@ -18,7 +18,7 @@ from ssmgraph.registry.loading import builtin_entry_points
 from ssmgraph.registry.specs import TaskSpec
 from ssmgraph.train.tasks.base import IGNORE, Task
 
-EXPECTED = ["copying", "selective_copying", "induction_heads", "mqar", "adding", "parity", "listops", "digits", "bytes"]
+EXPECTED = ["copying", "selective_copying", "induction_heads", "mqar", "adding", "parity", "listops", "digits", "bytes", "text"]
 
 
 def gen(seed: int = 0) -> torch.Generator:

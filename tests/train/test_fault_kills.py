@@ -139,12 +139,12 @@ def test_a_run_killed_inside_a_checkpoint_write_resumes_and_cleans_up(tmp_path, 
     # writes of the second checkpoint: 1 model weights, 2 optimizer state, 3 the rename into place, 4 the LATEST pointer
     child = run_child(
         f"""
-        from ssmgraph.train import TrainConfig, train, trainer
+        from ssmgraph.train import TrainConfig, loop, train
         import ssmgraph.serialization as serialization
         import ssmgraph.train.checkpoint as checkpoint_module
         cfg = TrainConfig(task="selective_copying", task_options={{"seq_len": 16, "n_memorize": 2}}, steps=6, batch_size=4,
                           warmup_steps=1, eval_interval=100, eval_size=8, log_interval=1, checkpoint_interval=2, keep_checkpoints=1)
-        real_checkpoint = trainer.save_checkpoint
+        real_checkpoint = loop.save_checkpoint
         checkpoints = [0]
         def second_checkpoint_dies(*args, **kwargs):
             checkpoints[0] += 1
@@ -153,7 +153,7 @@ def test_a_run_killed_inside_a_checkpoint_write_resumes_and_cleans_up(tmp_path, 
                 die_at(os, "replace", 1) if {boundary} == 3 else None
                 die_at(checkpoint_module, "write_text_atomic", 1) if {boundary} == 4 else None
             return real_checkpoint(*args, **kwargs)
-        trainer.save_checkpoint = second_checkpoint_dies
+        loop.save_checkpoint = second_checkpoint_dies
         train("lstm", "run", cfg, overrides={{"d_model": 8, "layers": 1, "hidden": 8}}, progress=False)
         """,
         tmp_path,

@@ -147,9 +147,9 @@ def test_a_crash_during_checkpointing_leaves_the_last_good_one(tmp_path, monkeyp
 
 
 def test_a_diverging_loss_stops_cleanly(tmp_path, monkeypatch) -> None:
-    from ssmgraph.train import trainer
+    from ssmgraph.train import step
 
-    real, steps = trainer.batch_sums, []
+    real, steps = step.batch_sums, []
 
     def poisoned(kind, output, targets, tolerance=None):
         sums = real(kind, output, targets, tolerance)
@@ -158,7 +158,7 @@ def test_a_diverging_loss_stops_cleanly(tmp_path, monkeypatch) -> None:
             sums.loss = sums.loss * float("nan")
         return sums
 
-    monkeypatch.setattr(trainer, "batch_sums", poisoned)
+    monkeypatch.setattr(step, "batch_sums", poisoned)
     with pytest.raises(TrainingError, match="the loss became nan at step 5.*last good checkpoint is intact") as info:
         train("lstm", tmp_path / "run", config(eval_interval=100), overrides=LSTM, progress=False)
     assert info.value.code == "E500" and info.value.render().startswith("error[E500]: ")

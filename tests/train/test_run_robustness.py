@@ -11,7 +11,7 @@ import ssmgraph
 from ssmgraph.cli import app
 from ssmgraph.folders import atomic_directory, latest_checkpoint
 from ssmgraph.serialization import CheckpointError
-from ssmgraph.train import TrainConfig, TrainingError, evaluate_run, fitting, resume, train, trainer
+from ssmgraph.train import TrainConfig, TrainingError, evaluate_run, fitting, resume, step, train, trainer
 from ssmgraph.train.checkpoint import load_trainer_state
 from ssmgraph.train.metrics import read_metrics
 
@@ -249,14 +249,14 @@ def test_generate_past_max_len(tmp_path) -> None:
 
 # ---- 9. a run that stopped before its first checkpoint ----------------------------------------------
 def test_divergence_before_the_first_checkpoint(tmp_path, monkeypatch) -> None:
-    real = trainer.batch_sums
+    real = step.batch_sums
 
     def poisoned(kind, output, targets, tolerance=None):
         sums = real(kind, output, targets, tolerance)
         sums.loss = sums.loss * float("nan")
         return sums
 
-    monkeypatch.setattr(trainer, "batch_sums", poisoned)
+    monkeypatch.setattr(step, "batch_sums", poisoned)
     with pytest.raises(TrainingError) as info:
         train("lstm", tmp_path / "run", config(), overrides=TINY, progress=False)
     assert "intact" not in str(info.value) and "--overwrite" in str(info.value)

@@ -14,7 +14,12 @@ from ssmgraph.errors import SsmgraphError
 def test_hook_lists_every_builtin_task_once():
     assert sorted(all_specs()) == sorted(EXPECTED)
     assert sorted(BUILTIN_TASK_PLUGINS) == sorted(
-        ("ssmgraph.train.tasks.synthetic", "ssmgraph.train.tasks.digits", "ssmgraph.train.tasks.text")
+        (
+            "ssmgraph.train.tasks.synthetic",
+            "ssmgraph.train.tasks.digits",
+            "ssmgraph.train.tasks.text",
+            "ssmgraph.train.tasks.tokenized",
+        )
     )
 
 

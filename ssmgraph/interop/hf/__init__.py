@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints <-> ssmgraph models, for the GPT-2, GPT-NeoX, Llama (Mistral, Qwen2, Qwen3, Gemma, Phi-3) and Mamba families.
+"""Hugging Face checkpoints <-> ssmgraph models, for the GPT-2, GPT-NeoX, Llama (Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Phi-3), Mamba and Mamba-2 families.
 
 Import reads config.json with ``json`` and the weights with ``safetensors`` (a ``.bin``
 only through a weights-only load), so it needs no transformers; export writes the
@@ -13,29 +13,35 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ssmgraph.folders import atomic_directory, folder_lock, follow_link, refuse_checkpoint_target, refuse_sources
+from ssmgraph.graph.compile import compile_blueprint
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.interop.errors import HFExportError
 from ssmgraph.interop.hf.checkpoint import HFConfig, check_output, read_config, read_weights, write_checkpoint
 from ssmgraph.interop.hf.convert import check_structure, compile_layout, to_hf, to_ssmgraph
 from ssmgraph.interop.hf.gemma import Gemma
+from ssmgraph.interop.hf.gemma2 import Gemma2
 from ssmgraph.interop.hf.gpt2 import GPT2
 from ssmgraph.interop.hf.layout import HELP_LAYOUTS, Layout, ModelReader
 from ssmgraph.interop.hf.llama import Llama
 from ssmgraph.interop.hf.mamba import Mamba
+from ssmgraph.interop.hf.mamba2 import Mamba2
 from ssmgraph.interop.hf.metadata import export_files, import_files
 from ssmgraph.interop.hf.neox import GPTNeoX
 from ssmgraph.interop.hf.phi3 import Phi3
 from ssmgraph.interop.hf.qwen import Mistral, Qwen2, Qwen3
+from ssmgraph.progress import phase
 from ssmgraph.serialization import is_saved_model, load, model_directory, read_meta, write_model_files
 
-FAMILIES: tuple[type[Layout], ...] = (Mamba, GPT2, Llama, Mistral, Qwen2, Qwen3, Gemma, Phi3, GPTNeoX)
+FAMILIES: tuple[type[Layout], ...] = (Mamba, GPT2, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2, Phi3, GPTNeoX, Mamba2)
 """In the order export tries their ``signature`` blocks (GPT-2, Llama and GPT-NeoX all have attention) and ``fits``
-(the Llama-layout families differ in attention features; Gemma differs in its norms; Phi-3 has Llama's blueprint and comes after it: chosen
-only when imported; GPT-NeoX has LayerNorm where they have RMSNorm, and comes last, so that an attention model no family fits is compared
-with Llama's layout)."""
+(the Llama-layout families differ in attention features; Gemma and Gemma 2 differ in their norms; Phi-3 has Llama's blueprint and comes after it: chosen
+only when imported; GPT-NeoX has LayerNorm where they have RMSNorm, and comes after them, so that an attention model no family fits is compared
+with Llama's layout; Mamba-2, alone with its block, comes last)."""
 
-__all__ = ["FAMILIES", "export_hf", "import_hf", "layout_of"]
+__all__ = ["FAMILIES", "export_hf", "import_hf", "layout_of", "read_hf"]
 
 
 def import_hf(source: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
@@ -52,17 +58,33 @@ def import_hf(source: str | Path, out: str | Path, *, overwrite: bool = False) -
 def _import(source: Path, out: Path, overwrite: bool) -> Path:
     check_output(out, overwrite, source=source, earlier=is_saved_model)
     refuse_checkpoint_target(out)
+    with phase("reading"):
+        config, model, state = _convert(source)
+    with atomic_directory(out) as folder, phase("writing"):
+        files = import_files(source, folder)
+        hf = {"source": str(source.resolve()), "config": config.data, "files": files}
+        write_model_files(model, folder, state, extra_meta={"hf": hf})
+    return out
+
+
+def read_hf(source: str | Path) -> CompiledModel:
+    """The checkpoint directory ``source`` as an ssmgraph model in memory, with the weights
+    :func:`import_hf` would save (nothing is written; ``train --init`` starts from it)."""
+    _, layout_model, state = _convert(Path(source).expanduser())
+    model = compile_blueprint(layout_model.blueprint)
+    state.update({alias: state[owner] for alias, owner in model.tied.items() if owner in state})
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _convert(source: Path) -> tuple[HFConfig, CompiledModel, dict[str, torch.Tensor]]:
+    """config.json, the layout's model (on the meta device) and the checkpoint's tensors under its names."""
     config = read_config(source)
     layout = _family(config).from_config(config)
     weights = read_weights(source)
     model = compile_layout(layout)
     shapes = {k: v.shape for k, v in model.state_dict().items() if k not in model.tied}
-    state = to_ssmgraph(weights, layout, shapes, str(config.path))
-    with atomic_directory(out) as folder:
-        files = import_files(source, folder)
-        hf = {"source": str(source.resolve()), "config": config.data, "files": files}
-        write_model_files(model, folder, state, extra_meta={"hf": hf})
-    return out
+    return config, model, to_ssmgraph(weights, layout, shapes, str(config.path))
 
 
 def export_hf(run_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:

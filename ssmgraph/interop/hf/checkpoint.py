@@ -89,7 +89,8 @@ def read_config(directory: Path) -> HFConfig:
             f"{path}: missing; a Hugging Face checkpoint directory holds {CONFIG_FILE} and its weights",
             "save one with model.save_pretrained(DIR), or download the model's config.json next to its weights",
         )
-    data = read_json(path, what="cannot read the model's config", error=HFFileError, fix=_REFETCH)
+    # tag_constants: transformers 4 writes Mamba-2's time_step_limit as a bare Infinity
+    data = read_json(path, what="cannot read the model's config", error=HFFileError, fix=_REFETCH, tag_constants=True)
     if not isinstance(data, dict):
         raise HFFileError(f"{path}: expected a JSON object, got {describe(data)}", _REFETCH)
     return HFConfig(data, path)

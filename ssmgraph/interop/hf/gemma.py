@@ -38,7 +38,7 @@ class Gemma(Llama):
 
     @classmethod
     def fits(cls, model: CompiledModel) -> bool:
-        return norm_offset(model) == 1.0
+        return norm_offset(model) == 1.0 and "blocks.0.mix_norm" not in model.nodes  # Gemma 2 has sandwich norms
 
     @classmethod
     def from_config(cls, config: HFConfig) -> Gemma:

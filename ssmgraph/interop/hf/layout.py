@@ -20,8 +20,8 @@ from ssmgraph.interop.hf.checkpoint import HFConfig
 
 TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 HELP_LAYOUTS = (
-    "export maps the GPT-2, GPT-NeoX, Llama, Mistral, Qwen2, Qwen3, Gemma, Phi-3 and Mamba layouts exactly (docs/interop.md): "
-    "models built from blueprints/gpt.yaml, llama.yaml or mamba.yaml, or imported with `ssmgraph import hf`"
+    "export maps the GPT-2, GPT-NeoX, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Phi-3, Mamba and Mamba-2 layouts exactly (docs/interop.md): "
+    "models built from blueprints/gpt.yaml, llama.yaml, mamba.yaml or mamba2.yaml, or imported with `ssmgraph import hf`"
 )
 
 

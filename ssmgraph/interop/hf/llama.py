@@ -46,6 +46,8 @@ class Llama(Layout):
     """The config class's default head_dim (null: hidden_size / num_attention_heads)."""
     activations: ClassVar[dict[str, str]] = ACTIVATIONS
     """config.json's ``hidden_act`` values -> ``ffn.glu`` ``activation``."""
+    activation_field: ClassVar[str] = "hidden_act"
+    """The config.json field transformers reads the activation from (Gemma 2: ``hidden_activation``)."""
     tied_default: ClassVar[bool] = False
 
     vocab: int
@@ -99,7 +101,7 @@ class Llama(Layout):
             kv_heads=kv_heads,
             head_dim=None if head_dim is None or (not dim % heads and head_dim == dim // heads) else head_dim,
             hidden=config.value("intermediate_size", int, 11008, minimum=1),
-            activation=config.choice("hidden_act", cls.activations, next(iter(cls.activations))),
+            activation=config.choice(cls.activation_field, cls.activations, next(iter(cls.activations))),
             eps=config.value("rms_norm_eps", float, 1e-6, minimum=0),
             rope=read_rope(config, max_len),
             tied=config.value("tie_word_embeddings", bool, cls.tied_default),

@@ -91,6 +91,10 @@ class MergekitConfig:
     directory: Path
     text: str
     marks: dict[str, Mark | None] = field(default_factory=dict)
+    union: bool = False
+    """``tokenizer_source: union``: one vocabulary from every model's (vocab.py)."""
+    aligned: bool = False
+    """A ``tokenizer_source`` is written (base, a folder, union): token-indexed tensors follow its tokenizer, as mergekit's."""
 
     def models(self) -> list[Path]:
         """Every model folder the config reads, each once, the base first when named."""
@@ -148,15 +152,7 @@ def parse_mergekit(raw: Any, source: str, directory: Path, text: str = "") -> Me
     dtypes = {key: _dtype(errors, raw, key) for key in ("dtype", "out_dtype")}
     tokenizer = raw.get("tokenizer_source")
     tokenizer_path = None
-    if tokenizer == "union":
-        errors.add(
-            "E112",
-            "tokenizer_source: union (a vocabulary merged from every model) is not supported",
-            mark_of(raw, "tokenizer_source"),
-            "tokenizer_source",
-            "use tokenizer_source: base, or a model path whose tokenizer every model shares",
-        )
-    elif tokenizer not in (None, "base"):
+    if tokenizer not in (None, "base", "union"):
         tokenizer_path = _model_path(errors, raw, "tokenizer_source", directory)
     template = raw.get("chat_template")
     if template is not None and (not isinstance(template, str) or (template != "auto" and "{" not in template)):
@@ -174,7 +170,9 @@ def parse_mergekit(raw: Any, source: str, directory: Path, text: str = "") -> Me
     return MergekitConfig(
         method, tuple(slices), "models" in raw, base, params, dtypes["dtype"], dtypes["out_dtype"], tokenizer_path,
         None if template in (None, "auto") else template, source, directory, text,
-        {"merge_method": mark_of(raw, "merge_method") or top, "top": top},
+        {"merge_method": mark_of(raw, "merge_method") or top, "top": top, "tokenizer_source": mark_of(raw, "tokenizer_source")},
+        union=tokenizer == "union",
+        aligned=tokenizer is not None,
     )  # fmt: skip
 
 

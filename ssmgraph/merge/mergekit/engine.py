@@ -1,4 +1,4 @@
-"""Plan and run a mergekit-dialect merge on Hugging Face folders, one tensor at a time.
+"""Plan and run a mergekit-dialect merge on Hugging Face folders (or ssmgraph models: ssm_inputs.py), one tensor at a time.
 
 The plan (:func:`plan_merge`) opens every input lazily and lists every output tensor: its name,
 shape and dtype, the input tensors it is merged from, the base among them, its depth t (for
@@ -16,18 +16,20 @@ first slice's sources for those before the layers and the last slice's for those
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ssmgraph.errors import Collector, Mark
+from ssmgraph.errors import Collector, Mark, SsmgraphError
 from ssmgraph.interop.errors import HFFileError
 from ssmgraph.merge.context import MergeError, NonFiniteMergeError
 from ssmgraph.merge.mergekit.dialect import DTYPES, MergekitConfig, Slice, Source
 from ssmgraph.merge.mergekit.inputs import LAYER, HFInput, is_hf_folder, is_pre
 from ssmgraph.merge.mergekit.methods import INPUT, SHARED, resolve
+from ssmgraph.merge.mergekit.ssm_inputs import HELP_MIXED, SSMInput, is_ssmgraph_model
+from ssmgraph.merge.mergekit.vocab import OutputVocab, is_vocab_tensor, plan_vocab
 
 Scopes = tuple[dict[str, Any] | None, ...]
 
@@ -43,6 +45,10 @@ class Planned:
     base: int
     t: float
     shared: Scopes
+    parts: tuple[int, ...] = ()
+    """Row counts of the tensors this one stacks, each merged on its own (an ssmgraph model's qkv); () = whole."""
+    vocab: bool = False
+    """Token-indexed, with a ``tokenizer_source``: the inputs' rows are moved onto the output tokenizer's ids first."""
 
 
 @dataclass
@@ -53,6 +59,7 @@ class MergePlan:
     layers: int
     layer_sources: list[tuple[HFInput, int]]
     inputs: dict[Path, HFInput]
+    vocab: OutputVocab | None = None
 
 
 def plan_merge(cfg: MergekitConfig) -> MergePlan:
@@ -60,22 +67,37 @@ def plan_merge(cfg: MergekitConfig) -> MergePlan:
     inputs: dict[Path, HFInput] = {}
     for folder in cfg.models():
         mark = _mark_of(cfg, folder)
-        if not is_hf_folder(folder):
+        if not is_hf_folder(folder) and not is_ssmgraph_model(folder):
             errors.add(
                 "E210",
-                f"{folder}: not a Hugging Face model folder (config.json and model.safetensors or its index)",
+                f"{folder}: neither a Hugging Face model folder (config.json and model.safetensors or its index) "
+                "nor an ssmgraph model (a saved model folder or a training run)",
                 mark,
                 _where(cfg, folder),
-                "mergekit configs merge Hugging Face folders; export an ssmgraph model first (ssmgraph export hf) or write a native recipe",
+                "mergekit configs merge Hugging Face folders or ssmgraph models; point model: at one",
             )
             continue
         try:
-            inputs[folder.resolve()] = HFInput(folder)
+            inputs[folder.resolve()] = HFInput(folder) if is_hf_folder(folder) else SSMInput(folder)
         except HFFileError as err:
             errors.add("E210", err.message, mark, _where(cfg, folder), err.help)
+        except SsmgraphError as err:  # a run without checkpoints, a damaged saved model
+            errors.add("E210", str(err), mark, _where(cfg, folder))
+    kind = lambda model: "an ssmgraph model" if isinstance(model, SSMInput) else "a Hugging Face folder"
+    first = next(iter(inputs.values()), None)  # the base, when named
+    other = next((m for m in inputs.values() if kind(m) != kind(first)), None)
+    if first is not None and other is not None:
+        errors.add(
+            "E112",
+            f"{other.folder} is {kind(other)} but {first.folder} is {kind(first)}: a merge reads models of one kind",
+            _mark_of(cfg, other.folder),
+            _where(cfg, other.folder),
+            HELP_MIXED,
+        )
     errors.raise_if_any()
     reference = inputs[(cfg.base_model or cfg.slices[0].sources[0].model).resolve()]
     _check_alike(errors, cfg, inputs, reference)
+    vocab = plan_vocab(errors, cfg, inputs, reference) if cfg.aligned else None
     errors.raise_if_any()
     tensors: list[Planned] = []
     layer_sources: list[tuple[HFInput, int]] = []
@@ -114,7 +136,9 @@ def plan_merge(cfg: MergekitConfig) -> MergePlan:
     errors.raise_if_any()
     for item in tensors:  # every parameter resolves (present, of its type) before anything is written
         parameters(cfg, item)
-    return MergePlan(cfg, tensors, reference, out_layer, layer_sources, inputs)
+    if vocab is not None:
+        tensors = [replace(t, shape=(vocab.size, *t.shape[1:])) if t.vocab else t for t in tensors]
+    return MergePlan(cfg, tensors, reference, out_layer, layer_sources, inputs, vocab)
 
 
 def _with_ranges(errors: Collector, cfg: MergekitConfig, s: Slice, inputs: dict[Path, HFInput]) -> Slice:
@@ -158,10 +182,11 @@ def _planned(
         errors.add("E112", f"base_model {base_folder} is not among the sources of a slice", s.mark, "base_model")
     first_model, first_name, _ = entries[0]
     shape, dtype = first_model.shapes.get(first_name, ((), torch.float32))
+    vocab = cfg.aligned and all(is_vocab_tensor(model, name) for model, name, _ in entries)
     for (model, name, _), src in zip(entries, s.sources):
         if name not in model.shapes:
             _differ(errors, cfg, src, [name or out], [], "")
-        elif model.shapes[name][0] != shape:
+        elif model.shapes[name][0][vocab:] != shape[vocab:]:  # tokenizer_source: token rows may differ in number
             errors.add(
                 "E112",
                 f"{name}: shape {list(model.shapes[name][0])} in {src.model.name} but {list(shape)} in {first_model.folder.name}",
@@ -171,7 +196,8 @@ def _planned(
             )
     out_dtype = cfg.out_dtype or cfg.dtype
     final = getattr(torch, out_dtype) if out_dtype and dtype.is_floating_point else dtype
-    return Planned(out, shape, final, tuple(entries), base, t, (s.parameters, cfg.parameters))
+    parts = first_model.parts.get(first_name, ())
+    return Planned(out, shape, final, tuple(entries), base, t, (s.parameters, cfg.parameters), parts, vocab)
 
 
 def _differ(errors: Collector, cfg: MergekitConfig, src: Source, missing: list[str], extra: list[str], where: str) -> None:
@@ -192,13 +218,13 @@ def _check_alike(errors: Collector, cfg: MergekitConfig, inputs: dict[Path, HFIn
         if model is reference:
             continue
         for key in ("architectures", "vocab_size", "hidden_size", "model_type"):
-            if model.config.get(key) != reference.config.get(key):
+            if model.config.get(key) != reference.config.get(key) and not (key == "vocab_size" and cfg.aligned):
                 errors.add(
                     "E112",
                     f"{model.folder.name} has {key} {model.config.get(key)!r} but {reference.folder.name} has {reference.config.get(key)!r}",
                     _mark_of(cfg, model.folder),
                     _where(cfg, model.folder),
-                    "tokenizer_source: union (merging vocabularies) is not supported: merge models of one vocabulary and architecture"
+                    "models of different vocabularies merge with tokenizer_source: union (one vocabulary from every model's)"
                     if key == "vocab_size"
                     else "only models of one architecture merge tensor by tensor",
                 )
@@ -241,12 +267,20 @@ def merged_tensor(plan: MergePlan, item: Planned, generator: torch.Generator) ->
         return model.tensor(name)
     via = getattr(torch, DTYPES[cfg.dtype]) if cfg.dtype else None
     work = torch.promote_types(via or stored, torch.float32)
-    tensors = torch.empty((len(item.inputs), *item.shape), dtype=work)
-    for row, (model, name, _) in zip(tensors, item.inputs):
-        model.read_into(name, row, via)
+    if item.vocab:  # tokenizer_source: each input's rows at the output tokenizer's ids
+        assert plan.vocab is not None
+        tensors = plan.vocab.aligned(item, work, via)
+    else:
+        tensors = torch.empty((len(item.inputs), *item.shape), dtype=work)
+        for row, (model, name, _) in zip(tensors, item.inputs):
+            model.read_into(name, row, via)
     shared, per = parameters(cfg, item)
     try:
-        merged = method.merge(tensors, item.base, shared, per, generator)
+        if item.parts:  # stacked tensors (q, k, v): each merged on its own, as mergekit merges q_proj, k_proj, v_proj
+            pieces = tensors.split(item.parts, dim=1)
+            merged = torch.cat([method.merge(p.contiguous(), item.base, shared, per, generator) for p in pieces])
+        else:
+            merged = method.merge(tensors, item.base, shared, per, generator)
     except ValueError as err:
         raise MergeError(f"{cfg.source}: merge method {method.name!r} on {item.name}: {err}") from None
     del tensors

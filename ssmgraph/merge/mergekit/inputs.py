@@ -56,6 +56,21 @@ class HFInput:
                 f"{folder}: no safetensors weights (model.safetensors or model.safetensors.index.json)",
                 "convert the weights to safetensors: model.save_pretrained(DIR) writes them",
             )
+        self.index(files)
+        if index.is_file():
+            from ssmgraph.safeio import read_json
+
+            listed = set(read_json(index, what="cannot read the weights index", error=HFFileError)["weight_map"])
+            missing = sorted(listed - self.shapes.keys())
+            if missing:
+                raise HFFileError(
+                    f"{index}: names tensors that no shard holds: {', '.join(missing[:3])}", "download the checkpoint again"
+                )
+
+    def index(self, files: list[Path]) -> None:
+        """Where each tensor of ``files`` lies, its shape and dtype, from the safetensors headers."""
+        self.parts: dict[str, tuple[int, ...]] = {}
+        """Tensors that are several stacked by rows, merged part by part (ssmgraph models: ssm_inputs.py)."""
         self.where: dict[str, tuple[Path, int, int]] = {}
         self.shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
         for file in files:
@@ -71,15 +86,6 @@ class HFInput:
                 raise HFFileError(
                     f"{file}: cannot read weights ({type(exc).__name__}: {exc})", "download the checkpoint again"
                 ) from None
-        if index.is_file():
-            from ssmgraph.safeio import read_json
-
-            listed = set(read_json(index, what="cannot read the weights index", error=HFFileError)["weight_map"])
-            missing = sorted(listed - self.shapes.keys())
-            if missing:
-                raise HFFileError(
-                    f"{index}: names tensors that no shard holds: {', '.join(missing[:3])}", "download the checkpoint again"
-                )
 
     @property
     def num_layers(self) -> int | None:

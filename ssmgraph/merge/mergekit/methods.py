@@ -1,7 +1,8 @@
 """mergekit's merge methods, tensor by tensor: their parameters (names, scopes, defaults — mergekit's)
 and one function per method over one Hugging Face tensor's versions, built on ssmgraph's own
-per-tensor functions (:mod:`ssmgraph.merge.weights`, :mod:`ssmgraph.merge.sparse_methods`,
-:mod:`ssmgraph.merge.sphere_methods`).
+per-tensor functions (:mod:`ssmgraph.merge.sparse_methods`, :mod:`ssmgraph.merge.sphere_methods`)
+and, for ``linear``, ``slerp`` and the task-arithmetic family, their in-place, chunked steps
+(:mod:`ssmgraph.merge.chunked`), which hold no full-size temporaries.
 
 Parameter values follow mergekit's rules (``mergekit/config.py`` ``evaluate_setting``): a list of
 numbers is a gradient over the layers — at depth t ∈ [0, 1] the value is interpolated between
@@ -18,9 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ssmgraph.merge import chunked as C
 from ssmgraph.merge import sparse_methods as S
 from ssmgraph.merge import sphere_methods as P
-from ssmgraph.merge import weights as W
 
 SHARED, INPUT, NON_BASE = "shared", "input", "non_base"
 REQUIRED = object()
@@ -41,7 +42,7 @@ class MKMethod:
 
     ``tensors`` is the engine's ``[inputs, *shape]`` buffer, one row per input: the function may
     overwrite it (``linear``, ``slerp`` and the task-arithmetic family merge in place, with the
-    same operations, in the same order, as the out-of-place functions they stand for)."""
+    same operations per element as the out-of-place functions they stand for)."""
 
     name: str
     params: tuple[MKParam, ...]
@@ -56,29 +57,14 @@ class MKMethod:
 
 def _gta(sparsify: str | None, consensus: bool, normalize: bool, rescale: bool) -> Callable[..., Tensor]:
     def merge(tensors: Tensor, base: int, shared: dict, per: list[dict], generator: torch.Generator | None) -> Tensor:
+        if len(tensors) == 1:
+            return tensors[base]
         b = tensors[base]
-        count = len(tensors)
-        if count == 1:
-            return b
-        # the task vectors, stacked (as S.combine stacks them): a view of the buffer unless the base is in the middle
-        if base in (0, count - 1):
-            deltas = tensors[1:] if base == 0 else tensors[:-1]
-        else:
-            deltas = torch.cat((tensors[:base], tensors[base + 1 :]))
-        deltas.sub_(b)
         others = [p for i, p in enumerate(per) if i != base]
-        for delta, p in zip(deltas, others):
-            sparsify_delta_(delta, sparsify, p, shared["rescale"], generator)
+        for delta, p in zip((t for i, t in enumerate(tensors) if i != base), others):  # the task vectors, in place
+            sparsify_delta_(delta.sub_(b), sparsify, p, shared["rescale"], generator)
         weights = [p["weight"] for p in others]
-        if consensus:
-            mixed = W.consensus(deltas, weights, "sum", shared["normalize"], inplace=True)
-        else:
-            w = torch.tensor(weights, dtype=deltas.dtype, device=deltas.device).view(-1, *[1] * b.dim())
-            mixed = deltas.mul_(w).sum(0)
-            total = float(sum(weights))
-            if shared["normalize"] and abs(total) >= 1e-8:
-                mixed.div_(total)
-        return b.add_(mixed.mul_(shared["lambda"]))  # S.combine's base + lam * mixed
+        return C.combine_(tensors, base, weights, ties=consensus, normalize=shared["normalize"], lam=shared["lambda"])
 
     return merge
 
@@ -96,12 +82,17 @@ def sparsify_delta_(delta: Tensor, how: str | None, p: Mapping[str, Any], rescal
     if density <= 0 or delta.numel() == 0:
         return delta.zero_()
     if how == "magnitude":
-        return W.l1_rescaled_(delta, W.top_magnitude_mask(delta, density), rescale)
+        return C.l1_rescale_(delta, lambda d: C.top_magnitude_(d, density), rescale)
     if how == "random":
-        return W.l1_rescaled_(delta, W.random_mask(delta.shape, density, gen, delta.device), rescale)
+        return C.l1_rescale_(delta, lambda d: C.random_(d, density, gen), rescale)
     if how == "magnitude_outliers":
-        return delta.copy_(S.magnitude_outliers(delta, density, p["gamma"], rescale))
+        return C.l1_rescale_(delta, lambda d: _breadcrumbs_(d, density, p["gamma"]), rescale)
     return delta.copy_(S.magprune(delta, density, p["epsilon"], rescale, gen))
+
+
+def _breadcrumbs_(delta: Tensor, density: float, gamma: float) -> Tensor:
+    cut = C.outliers_cut_(delta, density, gamma)
+    return delta.copy_(S.magnitude_outliers(delta, density, gamma, False)) if cut is None else cut
 
 
 def _linear(tensors: Tensor, base: int, shared: dict, per: list[dict], gen: Any) -> Tensor:
@@ -115,7 +106,7 @@ def _linear(tensors: Tensor, base: int, shared: dict, per: list[dict], gen: Any)
 
 
 def _slerp(tensors: Tensor, base: int, shared: dict, per: list[dict], gen: Any) -> Tensor:
-    return W.slerp_tensor(tensors[base], tensors[1 - base], shared["t"], inplace=True)
+    return C.slerp_(tensors[base], tensors[1 - base], shared["t"])
 
 
 def _passthrough(tensors: list[Tensor], base: int, shared: dict, per: list[dict], gen: Any) -> Tensor:

@@ -1,6 +1,7 @@
 """Write a mergekit-dialect merge as Hugging Face writes a model: config.json, safetensors shards
 (``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` with ``model.safetensors.index.json``),
 the tokenizer files and chat template, and ``mergekit_config.yml`` (the config as given).
+A merge of ssmgraph models writes an ssmgraph model folder instead (``ssm_inputs.py``).
 
 Each shard's header is written first — every output tensor's shape and dtype are known from the
 plan — then each tensor is merged and its bytes appended (cast to the output dtype a chunk at a
@@ -34,6 +35,9 @@ from ssmgraph.folders import (
 from ssmgraph.merge.mergekit.dialect import MergekitConfig
 from ssmgraph.merge.mergekit.engine import MergePlan, Planned, merged_tensor, plan_merge
 from ssmgraph.merge.mergekit.inputs import CHUNK_BYTES, DTYPE_NAMES, LAYER_COUNT_KEYS
+from ssmgraph.merge.mergekit.ssm_inputs import SSMInput, check_ssm_output, finish_ssm_model
+from ssmgraph.progress import advance, phase
+from ssmgraph.serialization import FORMAT, WEIGHTS_FILE, is_saved_model
 
 CONFIG_MARKER = "mergekit_config.yml"
 DEFAULT_SHARD_SIZE = "5GB"
@@ -90,8 +94,8 @@ def shard_layout(tensors: list[Planned], max_bytes: int) -> list[list[Planned]]:
     return shards
 
 
-def _write_shard(path: Path, items: list[Planned], plan: MergePlan, generator: torch.Generator) -> None:
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+def _write_shard(path: Path, items: list[Planned], plan: MergePlan, generator: torch.Generator, fmt: str = "pt") -> None:
+    header: dict[str, Any] = {"__metadata__": {"format": fmt}}
     offset = 0
     for item in items:
         n = _nbytes(item)
@@ -108,6 +112,7 @@ def _write_shard(path: Path, items: list[Planned], plan: MergePlan, generator: t
             _write_tensor(f, tensor, item.dtype)
             del tensor
             _start_writeback(f)
+            advance()
     readable_by_others(path)
 
 
@@ -146,6 +151,8 @@ def _config(plan: MergePlan) -> dict[str, Any]:
             (model.config.get("layer_types") or [None] * (i + 1))[i] if i < len(model.config.get("layer_types") or []) else None
             for model, i in plan.layer_sources
         ]
+    if plan.vocab is not None:
+        config["vocab_size"] = plan.vocab.size
     dtype = plan.config.out_dtype or plan.config.dtype
     if dtype is None:
         floats = [t.dtype for t in plan.tensors if t.dtype.is_floating_point]
@@ -160,8 +167,8 @@ def _config(plan: MergePlan) -> dict[str, Any]:
 def _copy_tokenizer(plan: MergePlan, folder: Path) -> list[str]:
     cfg = plan.config
     source = cfg.tokenizer_source or plan.reference.folder
-    copied = []
-    for name in TOKENIZER_FILES:
+    copied = plan.vocab.save(folder) if plan.vocab is not None else []
+    for name in TOKENIZER_FILES if plan.vocab is None else ():
         if (source / name).is_file():
             shutil.copyfile(source / name, folder / name)
             copied.append(name)
@@ -177,7 +184,7 @@ def _copy_tokenizer(plan: MergePlan, folder: Path) -> list[str]:
 
 
 def _earlier_merge(folder: Path) -> bool:
-    return (folder / CONFIG_MARKER).is_file() and (folder / "config.json").is_file()
+    return (folder / CONFIG_MARKER).is_file() and ((folder / "config.json").is_file() or is_saved_model(folder))
 
 
 def write_merge(plan: MergePlan, folder: Path, shard_bytes: int, seed: int = 0) -> dict[str, Any]:
@@ -216,8 +223,17 @@ def run_mergekit(
                 raise SsmgraphError(
                     f"{out_dir} holds other files, not an earlier merge ({CONFIG_MARKER}); --overwrite replaces only that"
                 )
-        plan = plan_merge(cfg)
-        with atomic_directory(out_dir) as tmp:
-            summary = write_merge(plan, tmp, shard_bytes)
+        with phase("planning"):
+            plan = plan_merge(cfg)
+        ssmgraph_model = isinstance(plan.reference, SSMInput)
+        if ssmgraph_model:
+            check_ssm_output(plan)
+        with atomic_directory(out_dir) as tmp, phase("merging", total=len(plan.tensors), unit="tensors"):
+            if ssmgraph_model:  # ssmgraph inputs give an ssmgraph model: one weights file, the reference's blueprint
+                _write_shard(tmp / WEIGHTS_FILE, plan.tensors, plan, torch.Generator().manual_seed(0), FORMAT)
+                summary = finish_ssm_model(plan, tmp)
+                (tmp / CONFIG_MARKER).write_text(plan.config.text, encoding="utf-8")
+            else:
+                summary = write_merge(plan, tmp, shard_bytes)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary

@@ -101,6 +101,11 @@ class Task:
         chunks = (self.sample(min(EVAL_CHUNK, total - start), generator, split) for start in range(0, total, EVAL_CHUNK))
         yield from rebatch(chunks, batch_size)
 
+    def bytes_per_token(self, split: str = "test") -> float | None:
+        """UTF-8 bytes per token of a text task's ``split`` (its ``bits_per_byte`` metric is
+        ``bits`` divided by this); None for tasks that are not text."""
+        return None
+
     @property
     def input_dtype(self) -> str:
         return "int" if self.vocab_size is not None else "float"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,29 +30,32 @@ from ssmgraph.train.tasks.base import Batch, Task
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 BUNDLED = {"en": DATA_DIR / "sample.txt", "fr": DATA_DIR / "sample_fr.txt"}
 TEXT_SUFFIXES = (".txt", ".md")
-_BOM = b"\xef\xbb\xbf"
+BOM = "\ufeff"
 
 
 class TextDataError(SsmgraphError):
-    """The text given to the bytes task cannot be used; the message names the file."""
+    """The text given to the bytes or text task cannot be used; the message names the file."""
+
+    code = "E520"
 
 
-def _read_text_file(path: Path) -> bytes:
+def read_utf8(path: Path, task: str) -> str:
+    """A file's text, without a leading byte-order mark; E520 naming the file (and the line of a
+    bad byte) when it cannot be read, holds NUL bytes or is not UTF-8."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise TextDataError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     if b"\x00" in data:
-        raise TextDataError(f"{path}: looks like a binary file (it contains NUL bytes); the bytes task reads UTF-8 text")
+        raise TextDataError(f"{path}: looks like a binary file (it contains NUL bytes); the {task} task reads UTF-8 text")
     try:
-        data.decode("utf-8")
+        return data.decode("utf-8").removeprefix(BOM)
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise TextDataError(
             f"{path}: not UTF-8 text (invalid byte 0x{data[exc.start]:02x} at offset {exc.start}, line {line}); "
             "convert it, e.g. with iconv -t UTF-8"
         ) from exc
-    return data.removeprefix(_BOM)
 
 
 def read_corpus(path: str | Path) -> tuple[bytes, list[Path]]:
@@ -67,7 +71,7 @@ def read_corpus(path: str | Path) -> tuple[bytes, list[Path]]:
         files = [root]
     parts = []
     for file in files:
-        data = _read_text_file(file)
+        data = read_utf8(file, "bytes").encode("utf-8")
         if parts and data and not parts[-1].endswith(b"\n"):
             parts.append(b"\n")
         if data:
@@ -79,10 +83,41 @@ def read_corpus(path: str | Path) -> tuple[bytes, list[Path]]:
     return corpus, files
 
 
-class BytesTask(Task):
-    """Next-byte prediction on windows of a text: inputs ``data[i:i+L]``, targets ``data[i+1:i+L+1]``."""
+class WindowedText(Task):
+    """Language modelling on a stream of ids (``part(split)``, anything with ``len``): training
+    windows of ``seq_len + 1`` ids start at offsets drawn from the trainer's generator;
+    evaluation reads the part in order in non-overlapping windows. Subclasses give ``part`` and
+    ``_windows`` (the batch of the windows at ``starts``)."""
 
     kind = "lm"
+    seq_len: int
+
+    def part(self, split: str) -> Any:
+        raise NotImplementedError
+
+    def _windows(self, data: Any, starts: Tensor) -> Batch:
+        raise NotImplementedError
+
+    def sample(self, batch_size: int, generator: torch.Generator, split: str = "train") -> Batch:
+        data = self.part(split)
+        starts = torch.randint(0, len(data) - self.seq_len, (batch_size,), generator=generator)
+        return self._windows(data, starts)
+
+    def eval_windows(self, split: str = "test", size: int | None = None) -> int:
+        """How many non-overlapping windows ``eval_batches`` reads (capped at ``size``, default ``eval_size``)."""
+        return min((len(self.part(split)) - 1) // self.seq_len, self.eval_size if size is None else size)
+
+    def eval_batches(self, batch_size: int, split: str = "test", size: int | None = None) -> Iterator[Batch]:
+        """The split read in order in non-overlapping windows, at most ``size`` of them."""
+        data = self.part(split)
+        starts = torch.arange(self.eval_windows(split, size)) * self.seq_len
+        for i in range(0, starts.numel(), batch_size):
+            yield self._windows(data, starts[i : i + batch_size])
+
+
+class BytesTask(WindowedText):
+    """Next-byte prediction on windows of a text: inputs ``data[i:i+L]``, targets ``data[i+1:i+L+1]``."""
+
     vocab_size = 256
     num_classes = 256
 
@@ -115,36 +150,32 @@ class BytesTask(Task):
         chunk = data[starts.unsqueeze(1) + torch.arange(self.seq_len + 1)].long()
         return Batch(chunk[:, :-1], chunk[:, 1:])
 
-    def sample(self, batch_size: int, generator: torch.Generator, split: str = "train") -> Batch:
-        data = self.part(split)
-        starts = torch.randint(0, data.numel() - self.seq_len, (batch_size,), generator=generator)
-        return self._windows(data, starts)
-
-    def eval_windows(self, split: str = "test", size: int | None = None) -> int:
-        """How many non-overlapping windows ``eval_batches`` reads (capped at ``size``, default ``eval_size``)."""
-        return min((self.part(split).numel() - 1) // self.seq_len, self.eval_size if size is None else size)
-
-    def eval_batches(self, batch_size: int, split: str = "test", size: int | None = None) -> Iterator[Batch]:
-        """The split read in order in non-overlapping windows, at most ``size`` of them."""
-        data = self.part(split)
-        starts = torch.arange(self.eval_windows(split, size)) * self.seq_len
-        for i in range(0, starts.numel(), batch_size):
-            yield self._windows(data, starts[i : i + batch_size])
+    def bytes_per_token(self, split: str = "test") -> float:
+        """One: a token is a byte (``bits_per_byte`` equals ``bits``)."""
+        return 1.0
 
     def describe(self) -> str:
         return f"{super().describe()}, {self.train_data.numel()} training and {self.valid_data.numel()} validation bytes of {self.source}"
 
+
+CORPUS = Param(
+    "corpus", str, "en", "the bundled sample used without path: en (Carroll, Lincoln) or fr (Dumas)", choices=("en", "fr")
+)
+"""The ``corpus`` option of the text tasks (``bytes``, ``text``)."""
 
 BYTES = TaskSpec(
     name="bytes",
     doc="Byte-level language modelling on a text file or directory (or a bundled sample); the bits metric is bits per byte.",
     params=(
         Param(
-            "path", str, None, "a UTF-8 text file, or a directory of .txt/.md files; null: the bundled sample text", nullable=True
+            "path",
+            str,
+            None,
+            "a UTF-8 text file, or a directory of .txt/.md files; null: the bundled sample text",
+            nullable=True,
+            path=True,
         ),
-        Param(
-            "corpus", str, "en", "the bundled sample used without path: en (Carroll, Lincoln) or fr (Dumas)", choices=("en", "fr")
-        ),
+        CORPUS,
         Param("seq_len", int, 256, "bytes per window", min=1, max=1_000_000),
         Param("valid_fraction", float, 0.1, "share of the text, at its end, held out for validation", min=0.01, max=0.5),
     ),
