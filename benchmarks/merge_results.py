@@ -1,18 +1,24 @@
 """Re-run the merge results of docs/results.md on this machine (CPU, minutes).
 
-    python -m benchmarks.merge_results [--only barrier,mutual,stitch,superpose] [--out benchmarks/results]
+    python -m benchmarks.merge_results [--only barrier,mutual,lmmutual,distill,stitch,lmstitch,superpose,xsuperpose] [--out benchmarks/results]
 
 barrier   two runs of one blueprint from different seeds, over a width sweep: the held-out loss
           along the linear path between them, as trained and after aligning the second onto the
           first (`permute`: weight matching of the blocks' internal spaces only, of every space,
           and activation matching of the residual stream); barrier = the largest rise above the
           straight line between the ends.
-mutual    Transformer + Mamba + LSTM classifiers trained together (`merge_method: mutual`)
-          against each trained alone, and the CKA of their hidden states before and after.
+mutual    Transformer (RoPE) + Mamba + LSTM classifiers trained together (`merge_method: mutual`)
+          against each trained alone (benchmarks/merge_mutual.py).
+lmmutual  a gpt and a mamba_model byte-level LM trained together against each alone (bits per byte);
+          lmmutual_control: the same with the earlier recipe.
+distill   a mamba_model byte-level LM distilled into a gpt against the same student trained alone.
 stitch    `merge_method: stitch` between two seeds of one blueprint and from a Transformer
           into a Mamba, with its controls.
+lmstitch  the same on byte-level language models (bits per byte, English held out and French
+          out of domain), with each lever of the stitch alone (benchmarks/merge_lmstitch.py).
 superpose an English and a French byte-level LM (one initialisation) put into superposition,
           against each specialist, linear interpolation and task arithmetic.
+xsuperpose the same across architectures: an English gpt and a French mamba_model (benchmarks/merge_xsuperpose.py).
 
 Each writes JSON (and PNGs) into --out; the numbers in docs/results.md come from these files.
 """
@@ -38,7 +44,7 @@ from ssmgraph.train.trainer import evaluate, train
 
 
 def train_model(
-    blueprint: str,
+    blueprint: str | None,
     task: str,
     overrides: dict[str, Any],
     workdir: Path,
@@ -49,7 +55,9 @@ def train_model(
     lr: float = 3e-3,
     batch_size: int = 64,
     task_options: dict[str, Any] | None = None,
+    init: Path | None = None,
 ) -> Path:
+    """A run of ``blueprint`` (or, with ``init``, of the saved model there, from its weights)."""
     config = TrainConfig(
         task=task,
         task_options=task_options or {},
@@ -61,7 +69,7 @@ def train_model(
         checkpoint_interval=steps,
         warmup_steps=min(100, steps // 10),
     )
-    train(blueprint, workdir / name, config, overrides=overrides, progress=False)
+    train(blueprint, workdir / name, config, overrides=overrides, progress=False, init=init)
     return workdir / name
 
 
@@ -164,18 +172,7 @@ def run_barrier(workdir: Path, out: Path) -> dict[str, Any]:
     return {r.pop("label"): r for r in pairs}
 
 
-# ---- mutual ----------------------------------------------------------------------------------------
-MUTUAL = """
-merge_method: mutual
-models:
-  - {name: transformer, blueprint: classifier, set: {mixer: mix.attention, d_model: 48, layers: 2}}
-  - {name: mamba, blueprint: classifier, set: {mixer: mix.mamba, d_model: 48, layers: 2}}
-  - {name: lstm, blueprint: classifier, set: {mixer: mix.lstm, d_model: 48, layers: 2}}
-parameters: {steps: 1200, lr: 3e-3, kl_weight: 1.0, feature_weight: 0.1, d_common: 32}
-data: {task: digits, batch_size: 64, eval_batches: 6}
-"""
-
-
+# ---- mutual, lmmutual, distill: benchmarks/merge_mutual.py ------------------------------------------
 def run_recipe(text: str, workdir: Path, out: Path, name: str) -> dict[str, Any]:
     recipe = recipe_from_text(textwrap.dedent(text), f"{name}.yaml", workdir)
     folder, _ = run_merge(recipe, workdir / name, overwrite=True, progress=False)
@@ -187,7 +184,27 @@ def run_recipe(text: str, workdir: Path, out: Path, name: str) -> dict[str, Any]
 
 
 def run_mutual(workdir: Path, out: Path) -> dict[str, Any]:
-    return run_recipe(MUTUAL, workdir, out, "mutual")
+    from benchmarks.merge_mutual import run_mutual as run  # it imports this module's helpers
+
+    return run(workdir, out)
+
+
+def run_lmmutual(workdir: Path, out: Path) -> dict[str, Any]:
+    from benchmarks.merge_mutual import run_lmmutual as run
+
+    return run(workdir, out)
+
+
+def run_lmmutual_control(workdir: Path, out: Path) -> dict[str, Any]:
+    from benchmarks.merge_mutual import run_lmmutual_control as run
+
+    return run(workdir, out)
+
+
+def run_distill(workdir: Path, out: Path) -> dict[str, Any]:
+    from benchmarks.merge_mutual import run_distill as run
+
+    return run(workdir, out)
 
 
 # ---- stitch ----------------------------------------------------------------------------------------
@@ -220,17 +237,18 @@ def run_superpose(workdir: Path, out: Path) -> dict[str, Any]:
     shapes = {"d_model": 96, "layers": 2, "heads": 4, "max_len": 64}
     opts = {"seq_len": 20, "valid_fraction": 0.5}
     torch.manual_seed(0)
-    base = workdir / "base"
+    base = workdir / "base"  # the one initialisation (`ssmgraph build gpt --seed 0 --out base`): both start from it
     ssmgraph.save(ssmgraph.build("gpt", **shapes), base)
     runs = {}
     for lang in ("en", "fr"):
         runs[lang] = train_model(
-            "gpt",
+            None,
             "bytes",
-            shapes,
+            {},
             workdir,
             lang,
-            seed=0,
+            init=base,
+            seed=0,  # data order and dropout only: the weights come from base
             steps=800,
             lr=2e-3,
             batch_size=32,
@@ -245,7 +263,29 @@ def run_superpose(workdir: Path, out: Path) -> dict[str, Any]:
     return run_recipe(text, workdir, out, "superpose")
 
 
-EXPERIMENTS = {"barrier": run_barrier, "mutual": run_mutual, "stitch": run_stitch, "superpose": run_superpose}
+def run_xsuperpose(workdir: Path, out: Path) -> dict[str, Any]:
+    from benchmarks.merge_xsuperpose import run  # it imports this module's helpers
+
+    return run(workdir, out)
+
+
+def run_lmstitch(workdir: Path, out: Path) -> dict[str, Any]:
+    from benchmarks.merge_lmstitch import run  # it imports this module's helpers
+
+    return run(workdir, out)
+
+
+EXPERIMENTS = {
+    "barrier": run_barrier,
+    "mutual": run_mutual,
+    "lmmutual": run_lmmutual,
+    "lmmutual_control": run_lmmutual_control,
+    "distill": run_distill,
+    "stitch": run_stitch,
+    "lmstitch": run_lmstitch,
+    "superpose": run_superpose,
+    "xsuperpose": run_xsuperpose,
+}
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ Only declarations live here: each spec names its implementation as ``"module:fun
 imported when the method runs, so loading the registry (every command does) imports no merge
 machinery. Weight-space methods (mergekit's names and parameters) act on state dicts of
 models with one blueprint (or at least the same state-dict shapes); `mutual` trains models
-of any architectures together; `stitch` and `superpose` join different models through
-their hidden states.
+of any architectures together, `distill` teaches one from the others; `stitch` and
+`superpose` join different models through their hidden states.
 """
 
 from __future__ import annotations
@@ -33,11 +33,39 @@ MUTUAL_PARAMS = (
     Param("kl_weight", float, 1.0, "weight of the output-consistency (mutual KL) loss", min=0.0),
     Param("feature_weight", float, 0.1, "weight of the feature-consistency (projected taps MSE) loss", min=0.0),
     Param("temperature", float, 1.0, "softmax temperature τ of the KL terms", min=1e-3),
+    Param(
+        "consistency",
+        str,
+        "both",
+        "which consistency terms train: the logits' KL and the features', the KL only, or the features only",
+        choices=("both", "logits", "features"),
+    ),
+    Param("kl_warmup", int, 0, "steps over which the consistency weights ramp up linearly from 0 (0: from the start)", min=0),
+    Param(
+        "peer_weighting",
+        str,
+        "uniform",
+        "weight of each position's KL towards a peer: equal, the peer's probability of the label, or 1 where the peer is right",
+        choices=("uniform", "confidence", "correct"),
+    ),
     Param("d_common", int, 64, "width of the common space the taps are projected into", min=1),
     Param("share_embedding", bool, True, "the models read one token embedding (the first model's)"),
     Param("teacher", str, "", "a saved model or run directory to distill from ('' for none)"),
     Param("distill_weight", float, 1.0, "weight of the distillation loss (with a teacher)", min=0.0),
     Param("baseline", bool, True, "also train each model alone (same steps, data and seed) and report both"),
+    Param("grad_clip", float, 1.0, "clip the gradient norm to this (0: off)", min=0.0),
+)
+
+DISTILL_PARAMS = (
+    Param("student", str, "", "the recipe model that learns (the others teach; '': the last model)"),
+    Param("steps", int, 300, "optimizer steps of the student", min=1),
+    Param("lr", float, 3e-3, "AdamW peak learning rate (cosine decay, 5% warm-up)", min=0.0),
+    Param("weight_decay", float, 0.01, "AdamW weight decay (SSM parameters keep their own hints)", min=0.0),
+    Param("temperature", float, 2.0, "softmax temperature τ of the KL towards the teachers", min=1e-3),
+    Param("alpha", float, 0.5, "share of the loss that is the teachers' KL (the rest: the task loss)", min=0.0, max=1.0),
+    Param("feature_weight", float, 0.0, "weight of feature matching through the taps' common space (0: off)", min=0.0),
+    Param("d_common", int, 64, "width of the common space the taps are projected into", min=1),
+    Param("baseline", bool, True, "also train the student alone (same steps, data and seed) and report both"),
     Param("grad_clip", float, 1.0, "clip the gradient norm to this (0: off)", min=0.0),
 )
 
@@ -69,6 +97,38 @@ STITCH_PARAMS = (
         0,
         "canonical directions the cca map keeps (0: half the smaller width; all of them equals least squares)",
         min=0,
+    ),
+    Param(
+        "at",
+        str,
+        "residual",
+        "the map reads A's residual stream, or its image under A's next norm (a copy of it, before the map)",
+        choices=("residual", "normed"),
+    ),
+    Param(
+        "learn",
+        str,
+        "map",
+        "what fine-tuning learns of the map: all of it, a per-feature output scale and the bias, or both",
+        choices=("map", "scale", "map+scale"),
+    ),
+    Param(
+        "finetune",
+        str,
+        "stitch",
+        "what fine-tuning trains: the stitch, or the stitch and the norms of B's next layer (or B's final norm)",
+        choices=("stitch", "stitch+norm"),
+    ),
+    Param("finetune_pairs", int, 1, "fine-tune the best this many pairs (by closed form) and keep the best after", min=1),
+    Param(
+        "finetune_controls", bool, False, "fine-tune the controls like the stitch (is the fitted map worth more than a start?)"
+    ),
+    Param(
+        "tie",
+        str,
+        "auto",
+        "B's head tied to A's embedding: where the embeddings are equal (auto), always (keep), or never (untie)",
+        choices=("auto", "keep", "untie"),
     ),
 )
 
@@ -188,10 +248,20 @@ METHODS = (
         reference="Zhang et al. 2018, Deep Mutual Learning; seeds 000/001 (consistency losses)",
     ),
     MergeMethodSpec(
+        name="distill",
+        doc="Knowledge distillation across architectures: teachers (frozen) into a student, logit KL and feature matching.",
+        params=DISTILL_PARAMS,
+        run="ssmgraph.merge.distill:run_distill",
+        needs="heterogeneous",
+        min_models=2,
+        data=True,
+        reference="Hinton et al. 2015, Distilling the Knowledge in a Neural Network; Romero et al. 2015, FitNets",
+    ),
+    MergeMethodSpec(
         name="stitch",
         doc="Functional-alignment stitching: model A up to a layer, a fitted linear map, model B from the matching layer on.",
         params=STITCH_PARAMS,
-        run="ssmgraph.merge.stitch:run_stitch",
+        run="ssmgraph.merge.stitch_search:run_stitch",
         needs="heterogeneous",
         min_models=2,
         max_models=2,

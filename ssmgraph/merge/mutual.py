@@ -4,13 +4,15 @@ The models are composed into one joint blueprint (:mod:`ssmgraph.merge.compose`)
 shares a token embedding and taps each model's hidden states. Each step, on one batch:
 
     loss = Σ_k CE(y, p_k)                                       task loss of every model
-         + kl_weight · Σ_k 1/(K−1) Σ_{l≠k} τ² KL(p_l ‖ p_k)       deep mutual learning (peers detached)
+         + kl_weight · Σ_k 1/(K−1) Σ_{l≠k} τ² KL_w(p_l ‖ p_k)     deep mutual learning (peers detached)
          + feature_weight · mean over pairs MSE(LN P_a h_a, LN P_b h_b)   feature consistency
          + distill_weight · Σ_k τ² KL(p_teacher ‖ p_k)            optional teacher
 
 P are learnable projections into ``d_common`` features and LN a parameter-free layer norm
 (projections could otherwise collapse both sides to zero to zero the loss). Layers are
-paired by relative depth. The result is the joint model (whose ``ensemble`` output averages
+paired by relative depth. KL_w weighs each position by the peer's confidence in the label
+(``peer_weighting``); ``kl_warmup`` ramps both consistency weights up from 0, so that the
+peers learn something before they copy each other; ``consistency`` keeps one term only. The result is the joint model (whose ``ensemble`` output averages
 the models' logits), saved as the output; each model alone under ``models/<name>``.
 
 References: Zhang et al. 2018, Deep Mutual Learning; Hinton et al. 2015, distillation.
@@ -18,27 +20,26 @@ References: Zhang et al. 2018, Deep Mutual Learning; Hinton et al. 2015, distill
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import math
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
-from ssmgraph.blueprint import Blueprint
-from ssmgraph.graph.compile import compile_blueprint
 from ssmgraph.graph.model import CompiledModel
-from ssmgraph.merge.compose import compose, model_taps, state_from_sources
-from ssmgraph.merge.context import MergeContext, MergeError, MergeResult
-from ssmgraph.merge.models import blueprint_of
+from ssmgraph.merge.consistency import (
+    depth_pairs,  # noqa: F401  (re-exported: stitch reads it here)
+    feature_loss,
+    kl,
+    peer_weight,
+    split_outputs,
+    task_loss,
+)
+from ssmgraph.merge.context import MergeContext, MergeResult
+from ssmgraph.merge.joint import build_joint, metric_columns, tap_cka, train_joint, view
 from ssmgraph.merge.plots import curves
-from ssmgraph.merge.similarity import linear_cka
-from ssmgraph.optim import param_groups
 from ssmgraph.serialization import load as load_model
 from ssmgraph.train.tasks.base import IGNORE, Task
 
@@ -49,43 +50,26 @@ class Weights:
     feature: float
     distill: float
     temperature: float
+    peer_weighting: str = "uniform"
 
+    @classmethod
+    def of(cls, params: Mapping[str, Any]) -> Weights:
+        """The loss weights a recipe's parameters ask for (``consistency`` switches a term off)."""
+        mode = params.get("consistency", "both")
+        return cls(
+            params["kl_weight"] if mode in ("both", "logits") else 0.0,
+            params["feature_weight"] if mode in ("both", "features") else 0.0,
+            params["distill_weight"],
+            params["temperature"],
+            params.get("peer_weighting", "uniform"),
+        )
 
-def _kl(target_logits: Tensor, logits: Tensor, tau: float, keep: Tensor | None) -> Tensor:
-    """τ² KL(softmax(target/τ) ‖ softmax(logits/τ)), averaged over the scored positions."""
-    target = F.log_softmax(target_logits.float() / tau, -1)
-    log_p = F.log_softmax(logits.float() / tau, -1)
-    per = (target.exp() * (target - log_p)).sum(-1)
-    if keep is not None:
-        per = per[keep]
-    return per.mean() * tau**2
-
-
-def _task_loss(task: Task, logits: Tensor, targets: Tensor) -> Tensor:
-    if task.kind == "lm":
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
-    if task.kind == "classify":
-        return F.cross_entropy(logits.float(), targets)
-    raise MergeError(f"mutual training needs a classification or language-model task, not {task.kind!r}")
-
-
-def depth_pairs(n_a: int, n_b: int) -> list[tuple[int, int]]:
-    """Layer i of the shallower model with the layer of the other at the same relative depth."""
-    if n_a <= n_b:
-        return [(i, round((i + 1) * n_b / n_a) - 1) for i in range(n_a)]
-    return [(j, i) for i, j in depth_pairs(n_b, n_a)]
-
-
-def _feature_loss(taps: Mapping[str, Tensor], names: list[str]) -> Tensor:
-    losses = []
-    for a_i, a in enumerate(names):
-        for b in names[a_i + 1 :]:
-            fa, fb = model_taps(taps, a, "p"), model_taps(taps, b, "p")
-            for i, j in depth_pairs(len(fa), len(fb)):
-                za = F.layer_norm(fa[i].float(), fa[i].shape[-1:])
-                zb = F.layer_norm(fb[j].float(), fb[j].shape[-1:])
-                losses.append(F.mse_loss(za, zb))
-    return torch.stack(losses).mean()
+    def ramped(self, step: int, warmup: int) -> Weights:
+        """The consistency weights (KL and features) ramped linearly from 0 over ``warmup`` steps."""
+        if warmup <= 0 or step >= warmup:
+            return self
+        scale = (step + 1) / (warmup + 1)
+        return replace(self, kl=self.kl * scale, feature=self.feature * scale)
 
 
 def joint_loss(
@@ -94,130 +78,24 @@ def joint_loss(
     """The training loss of one batch, and its parts (for the log)."""
     need_taps = w.feature > 0 and len(names) > 1
     out, taps = joint(inputs, taps=[f"{n}.p" for n in names]) if need_taps else (joint(inputs), {})
-    if not isinstance(out, Mapping):
-        out = {f"{names[0]}.logits": out}
-    logits = {n: next(v for k, v in out.items() if k.startswith(n + ".")) for n in names}
+    logits = split_outputs(out, names)
     keep = (targets != IGNORE) if task.kind == "lm" else None
-    parts = {f"ce_{n}": _task_loss(task, logits[n], targets) for n in names}
+    parts = {f"ce_{n}": task_loss(task, logits[n], targets) for n in names}
     total = sum(parts.values())
     if w.kl > 0 and len(names) > 1:
+        weight = {n: peer_weight(logits[n], targets, w.peer_weighting) for n in names}
         pairs = [(teacher, student) for student in names for teacher in names if teacher != student]
-        kl = sum(_kl(logits[teacher].detach(), logits[student], w.temperature, keep) for teacher, student in pairs) / (
-            len(names) - 1
-        )
-        parts["kl"], total = kl, total + w.kl * kl
+        mutual = sum(kl(logits[t].detach(), logits[s], w.temperature, keep, weight[t]) for t, s in pairs) / (len(names) - 1)
+        parts["kl"], total = mutual, total + w.kl * mutual
     if need_taps:
-        feature = _feature_loss(taps, names)
+        feature = feature_loss(taps, names)
         parts["feature"], total = feature, total + w.feature * feature
     if teacher is not None and w.distill > 0:
         with torch.no_grad():
             teacher_logits = teacher(inputs)
-        distill = sum(_kl(teacher_logits, logits[k], w.temperature, keep) for k in names)
+        distill = sum(kl(teacher_logits, logits[k], w.temperature, keep) for k in names)
         parts["distill"], total = distill, total + w.distill * distill
     return total, {k: float(v.detach()) for k, v in parts.items()}
-
-
-def _lr_at(step: int, steps: int, lr: float) -> float:
-    warmup = max(1, steps // 20)
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-@contextlib.contextmanager
-def _bar(enabled: bool, total: int, label: str) -> Iterator[Any]:
-    if not enabled:
-        yield lambda step, text: None
-        return
-    with Progress(
-        TextColumn(f"{label} {{task.description}}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
-    ) as progress:
-        bar = progress.add_task("", total=total)
-        yield lambda step, text: progress.update(bar, completed=step, description=text)
-
-
-def train_jointly(
-    joint: CompiledModel,
-    names: list[str],
-    task: Task,
-    params: Mapping[str, Any],
-    seed: int,
-    *,
-    teacher: Any = None,
-    progress: bool = True,
-    label: str = "",
-) -> list[dict[str, float]]:
-    """Train ``joint`` in place; returns the logged losses (every 10 steps)."""
-    weights = Weights(params["kl_weight"], params["feature_weight"], params["distill_weight"], params["temperature"])
-    groups = param_groups(joint, lr=params["lr"], weight_decay=params["weight_decay"])
-    for group in groups:
-        group["base_lr"] = group.get("lr", params["lr"])
-    optimizer = torch.optim.AdamW(groups, lr=params["lr"], betas=(0.9, 0.98))
-    data = torch.Generator().manual_seed(seed)
-    batch_size = params["batch_size"]
-    log = []
-    joint.train()
-    with _bar(progress, params["steps"], label or "+".join(names)) as update:
-        for step in range(params["steps"]):
-            scale = _lr_at(step, params["steps"], params["lr"]) / max(params["lr"], 1e-12)
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * scale
-            batch = task.sample(batch_size, data, "train")
-            loss, parts = joint_loss(joint, names, task, batch.inputs, batch.targets, weights, teacher)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise MergeError(f"joint training diverged at step {step + 1} (loss {value}); lower lr (now {params['lr']:g})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if params["grad_clip"] > 0:
-                torch.nn.utils.clip_grad_norm_(joint.parameters(), params["grad_clip"])
-            optimizer.step()
-            if (step + 1) % 10 == 0 or step + 1 == params["steps"]:
-                log.append({"step": step + 1, "loss": value, **parts})
-                update(step + 1, f"loss {value:.3f}")
-    joint.eval()
-    return log
-
-
-@torch.no_grad()
-def tap_cka(joint: CompiledModel, names: list[str], task: Task, batch_size: int, batches: int = 4) -> dict[str, float]:
-    """Linear CKA of the raw hidden states of each model pair at matched relative depth
-    (mean over layer pairs), on held-out batches."""
-    feats: dict[str, list[list[Tensor]]] = {n: [] for n in names}
-    for batch in task.eval_batches(batch_size, size=batch_size * batches):
-        _, taps = joint(batch.inputs, taps=[f"{n}.h" for n in names])
-        for n in names:
-            layers = model_taps(taps, n, "h")
-            if not feats[n]:
-                feats[n] = [[] for _ in layers]
-            for store, t in zip(feats[n], layers):
-                store.append(t.reshape(-1, t.shape[-1]).double())
-    out = {}
-    for a_i, a in enumerate(names):
-        for b in names[a_i + 1 :]:
-            fa = [torch.cat(x) for x in feats[a]]
-            fb = [torch.cat(x) for x in feats[b]]
-            values = [float(linear_cka(fa[i], fb[j])) for i, j in depth_pairs(len(fa), len(fb))]
-            out[f"{a}~{b}"] = sum(values) / len(values)
-    return out
-
-
-def _build_joint(context: MergeContext, names: list[str]) -> CompiledModel:
-    chosen = [m for m in context.models if m.name in names]
-    sources = {m.name: blueprint_of(m.model) for m in chosen}
-    joint_blueprint = compose(sources, d_common=context.params["d_common"], share_embedding=context.params["share_embedding"])
-    torch.manual_seed(context.recipe.seed)
-    joint = compile_blueprint(Blueprint.from_dict(joint_blueprint, source="<joint blueprint>"))
-    state = state_from_sources({m.name: m.model.state_dict() for m in chosen}, joint)
-    joint.load_state_dict(state, strict=False)
-    return joint
-
-
-def _view(joint: CompiledModel, view: str) -> CompiledModel:
-    model = compile_blueprint(joint.blueprint, model=view)
-    model.load_state_dict({k: v for k, v in joint.state_dict().items() if k in model.state_dict()})
-    return model
 
 
 def run_mutual(context: MergeContext) -> MergeResult:
@@ -225,42 +103,43 @@ def run_mutual(context: MergeContext) -> MergeResult:
     params = {**context.params, "batch_size": context.recipe.data.batch_size}
     names = [m.name for m in context.models]
     teacher = load_model(context.path(context.params["teacher"])).eval() if context.params["teacher"] else None
-    joint = _build_joint(context, names)
+    weights = Weights.of(params)
+    joint = build_joint(context, names, share_embedding=params["share_embedding"])
     cka_before = tap_cka(joint, names, task, params["batch_size"])
-    log = train_jointly(
-        joint, names, task, params, context.recipe.seed, teacher=teacher, progress=context.progress, label="mutual"
-    )
+
+    def loss_fn(step: int, inputs: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, float]]:
+        return joint_loss(joint, names, task, inputs, targets, weights.ramped(step, params["kl_warmup"]), teacher)
+
+    log = train_joint(joint, loss_fn, task, params, context.recipe.seed, progress=context.progress, label="mutual")
     cka_after = tap_cka(joint, names, task, params["batch_size"])
-    models = {name: _view(joint, name) for name in names}
+    models = {name: view(joint, name) for name in names}
     evaluation = {name: context.evaluate(model) for name, model in models.items()}
-    ensemble = _view(joint, "ensemble") if len(names) > 1 else copy.deepcopy(models[names[0]])
+    ensemble = view(joint, "ensemble") if len(names) > 1 else copy.deepcopy(models[names[0]])
     evaluation["ensemble"] = context.evaluate(ensemble)
     alone: dict[str, dict[str, float]] = {}
     if params["baseline"]:
-        solo = {**params, "kl_weight": 0.0, "feature_weight": 0.0}
+        solo = replace(weights, kl=0.0, feature=0.0)
         for name in names:
-            single = _build_joint(context, [name])
-            train_jointly(
-                single,
-                [name],
-                task,
-                solo,
-                context.recipe.seed,
-                teacher=teacher,
-                progress=context.progress,
-                label=f"alone: {name}",
-            )
-            alone[name] = context.evaluate(_view(single, name))
-    rows = [[n, evaluation[n]["accuracy"], alone[n]["accuracy"] if n in alone else "", evaluation[n]["loss"]] for n in names]
-    rows.append(["ensemble (mean of logits)", evaluation["ensemble"]["accuracy"], "", evaluation["ensemble"]["loss"]])
+            single = build_joint(context, [name], share_embedding=params["share_embedding"])
+
+            def solo_loss(step: int, inputs: Tensor, targets: Tensor, single: CompiledModel = single, name: str = name) -> Any:
+                return joint_loss(single, [name], task, inputs, targets, solo, teacher)
+
+            train_joint(single, solo_loss, task, params, context.recipe.seed, progress=context.progress, label=f"alone: {name}")
+            alone[name] = context.evaluate(view(single, name))
     result = MergeResult(
         ensemble,
-        metrics={"evaluation": evaluation, "alone": alone, "cka_before": cka_before, "cka_after": cka_after, "log": log},
+        metrics={
+            "evaluation": evaluation,
+            "alone": alone,
+            "gain": _gains(task, evaluation, alone),
+            "cka_before": cka_before,
+            "cka_after": cka_after,
+            "log": log,
+        },
         models=models,
     )
-    result.tables.append(
-        (f"Held-out {context.recipe.data.task}", ["model", "accuracy (mutual)", "accuracy (alone)", "loss (mutual)"], rows)
-    )
+    result.tables.append(_table(context, names, evaluation, alone))
     result.tables.append(
         (
             "Linear CKA of hidden states at matched relative depth",
@@ -274,6 +153,36 @@ def run_mutual(context: MergeContext) -> MergeResult:
         "embedding included. CKA is a diagnostic (it ignores rotations of the hidden space)."
     )
     return result
+
+
+def _gains(
+    task: Task, evaluation: Mapping[str, Mapping[str, float]], alone: Mapping[str, Mapping[str, float]]
+) -> dict[str, float]:
+    """Per model, how much training together helped over training alone: accuracy points
+    for classifiers, bits saved (per byte, or per token) for language models."""
+    gains = {}
+    for name, solo in alone.items():
+        (_, together_value), *_ = metric_columns(task, evaluation[name])
+        (_, alone_value), *_ = metric_columns(task, solo)
+        gains[name] = alone_value - together_value if task.kind == "lm" else 100 * (together_value - alone_value)
+    return gains
+
+
+def _table(
+    context: MergeContext,
+    names: list[str],
+    evaluation: Mapping[str, Mapping[str, float]],
+    alone: Mapping[str, Mapping[str, float]],
+) -> tuple[str, list[str], list[list[Any]]]:
+    task = context.task
+    columns = metric_columns(task, evaluation[names[0]])
+    header = ["model"] + [f"{label} (together)" for label, _ in columns] + [f"{columns[0][0]} (alone)"]
+    rows = []
+    for name in [*names, "ensemble"]:
+        together = [value for _, value in metric_columns(task, evaluation[name])]
+        solo = metric_columns(task, alone[name])[0][1] if name in alone else ""
+        rows.append([name if name != "ensemble" else "ensemble (mean of logits)", *together, solo])
+    return f"Held-out {context.recipe.data.task}", header, rows
 
 
 def _plot_losses(context: MergeContext, log: list[dict[str, float]]) -> str:

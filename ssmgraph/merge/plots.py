@@ -20,16 +20,31 @@ def pyplot() -> Any:
     return plt
 
 
-def heatmap(values: torch.Tensor, rows: Sequence[str], cols: Sequence[str], title: str, path: Path, label: str = "") -> Path:
-    """A labelled heatmap of ``values`` (rows × cols), annotated when small enough to read."""
+def heatmap(
+    values: torch.Tensor,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    title: str,
+    path: Path,
+    label: str = "",
+    *,
+    limits: tuple[float, float] | None = (0.0, 1.0),
+) -> Path:
+    """A labelled heatmap of ``values`` (rows × cols), annotated when small enough to read; the
+    colour scale spans ``limits`` (None: the finite values' range, for losses and bits)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.2 + 0.55 * len(cols), 1.0 + 0.45 * len(rows)), dpi=120)
-    image = ax.imshow(values.numpy(), vmin=0.0, vmax=1.0, cmap="viridis")
+    if limits is None:
+        finite = values[torch.isfinite(values)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.numel() else (0.0, 1.0)
+        limits = (low, high if high > low else low + 1.0)
+    image = ax.imshow(values.numpy(), vmin=limits[0], vmax=limits[1], cmap="viridis")
     ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
     if values.numel() <= 400:
         for (i, j), v in zip(((i, j) for i in range(len(rows)) for j in range(len(cols))), values.flatten().tolist()):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if v < 0.6 else "black")
+            dark = (v - limits[0]) / (limits[1] - limits[0]) < 0.6
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if dark else "black")
     fig.colorbar(image, ax=ax, label=label)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()

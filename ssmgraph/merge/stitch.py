@@ -1,23 +1,24 @@
-"""Functional-alignment stitching (task-conditioned functional alignment, TCFA): model A up to layer i, a map, model B on.
+"""Functional-alignment stitching: the surgery (model A up to layer i, a map, model B on) and the map's fit.
 
 Both models read the same probe inputs; the hidden states after A's layer i (X, tokens ×
 d_A) and after B's layer j (Y, tokens × d_B) are collected under task conditions —
 ``pooled`` (all tokens) or ``per_class`` (one map per class, averaged into one, as TCFA
 sums its per-condition transforms) — and a map T with T(X) ≈ Y is fitted: least squares,
-orthogonal Procrustes, CCA, or optimal transport (no pairing needed). Optionally only the
-stitch is then fine-tuned on the task. The merged model is a plain blueprint:
+orthogonal Procrustes, CCA, or optimal transport (no pairing needed). The merged model is a
+plain blueprint:
 
-    A's nodes before its layer stack → A's layers 0..i → stitch.linear → B's layers j+1.. → B's head
+    A's nodes before its layer stack → A's layers 0..i → [stitch_norm] → stitch → B's layers j+1.. → B's head
 
-Every layer pair is scored (held-out task accuracy of the stitched model, held-out R² of
-the map, CKA before/after — a diagnostic only, blind to orthogonal maps), with controls: a
-random orthogonal map and a wrong-depth pair. The best pair (or the one asked for) is the
-output model.
+``stitch_norm`` (with ``at: normed``) is a copy of A's next norm — the first norm of A's
+layer i+1, or A's final norm after its last layer — so the map reads the normalised state A
+itself would read next. B's head, when tied to B's token embedding, is tied to A's embedding
+in the stitched model (``tie``), which computes the same function only where the two
+embeddings are equal; :mod:`ssmgraph.merge.stitch_search` scores pairs and fine-tunes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,17 +26,14 @@ import torch
 from torch import Tensor
 
 from ssmgraph.blueprint import Blueprint
-from ssmgraph.graph.compile import compile_blueprint, count_parameters
+from ssmgraph.graph.compile import compile_blueprint
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.merge import maps
 from ssmgraph.merge.compare import tapped
 from ssmgraph.merge.compose import layer_stacks, model_taps, rename_node
-from ssmgraph.merge.context import MergeContext, MergeError, MergeResult
+from ssmgraph.merge.context import MergeError
 from ssmgraph.merge.models import LoadedModel, blueprint_of
 from ssmgraph.merge.mutual import depth_pairs
-from ssmgraph.merge.plots import heatmap
-from ssmgraph.merge.similarity import linear_cka
-from ssmgraph.train.losses import batch_sums
 from ssmgraph.train.tasks.base import IGNORE, Task
 
 
@@ -62,14 +60,80 @@ def layer_stack(model: LoadedModel) -> Stack:
     return Stack(name, int(bp["nodes"][name]["repeat"]), out_node, order[:at], order[at + 1 :])
 
 
-def _strip_missing_ties(node: dict[str, Any], kept: set[str]) -> dict[str, Any]:
-    ties = {k: r for k, r in node.get("tie", {}).items() if r.split(".")[0] in kept}
-    node = {k: v for k, v in node.items() if k != "tie"}
-    return {**node, "tie": ties} if ties else node
+def _is_norm(node: Any) -> bool:
+    return isinstance(node, dict) and str(node.get("block", "")).startswith("norm.")
 
 
-def stitched_blueprint(a: LoadedModel, b: LoadedModel, i: int, j: int) -> dict[str, Any]:
-    """A's nodes up to its layer i, ``stitch``, B's layers after j and B's head (plain dict)."""
+def next_norm(model: LoadedModel, i: int) -> tuple[str, dict[str, Any]]:
+    """The module path and node of the first norm ``model`` applies after its layer i: in its
+    layer i+1, or after its layer stack (the final norm)."""
+    stack, bp = layer_stack(model), blueprint_of(model.model)
+    if i + 1 < stack.layers:
+        body = bp["nodes"][stack.name]["body"]["nodes"]
+        found = next((n for n, node in body.items() if _is_norm(node)), None)
+        if found is not None:
+            return f"{stack.name}.{i + 1}.{found}", body[found]
+    else:
+        found = next((n for n in stack.after if _is_norm(bp["nodes"][n])), None)
+        if found is not None:
+            return found, bp["nodes"][found]
+    raise MergeError(f"at: normed reads the state after {model.name!r}'s next norm, but it applies none after its layer {i}")
+
+
+def embedding_pair(a: LoadedModel, b: LoadedModel) -> tuple[str, str, str] | None:
+    """``(B's head node, its tied parameter, A's embedding node)`` where B's head is tied to B's
+    token embedding and A reads a token embedding of the same vocabulary and width; else None."""
+    sa, sb = layer_stack(a), layer_stack(b)
+    bpa, bpb = blueprint_of(a.model), blueprint_of(b.model)
+    for head in sb.after:
+        for key, ref in bpb["nodes"][head].get("tie", {}).items():
+            owner = bpb["nodes"].get(ref.split(".")[0], {})
+            if ref.split(".")[0] not in sb.before or owner.get("block") != "embed.token":
+                continue
+            for name in sa.before:
+                node = bpa["nodes"][name]
+                if node.get("block") == "embed.token" and node.get("args") == owner.get("args"):
+                    return head, key, name
+    return None
+
+
+def resolve_tie(a: LoadedModel, b: LoadedModel, mode: str) -> tuple[bool, dict[str, Any]]:
+    """Whether the stitched head is tied to A's embedding (``mode``: auto, keep or untie), and why.
+
+    ``auto`` keeps the tie where A's and B's embeddings are equal (to 1e-6, relative: one
+    shared embedding, e.g. models trained by ``mutual``), the only case where tying changes
+    nothing; ``keep`` ties whenever the shapes allow, so B's head reads A's embedding."""
+    pair = embedding_pair(a, b)
+    if pair is None:
+        if mode == "keep":
+            raise MergeError(
+                f"tie: keep needs {b.name!r}'s head tied to its token embedding and {a.name!r} reading a token embedding "
+                "of the same vocabulary and width; use tie: auto or untie"
+            )
+        return False, {"kept": False, "why": "B's head is not tied to a token embedding of A's vocabulary and width"}
+    head, key, embed = pair
+    e_a = a.model.state_dict()[f"{embed}.weight"].double()
+    e_b = b.model.state_dict()[b.model.tied.get(f"{head}.{key}", f"{head}.{key}")].double()
+    difference = float((e_a - e_b).norm() / e_b.norm().clamp_min(1e-300))
+    kept = mode == "keep" or (mode == "auto" and difference <= 1e-6)
+    why = {
+        "keep": "asked for (tie: keep)",
+        "untie": "asked for (tie: untie)",
+        "auto": "the embeddings are equal" if kept else "the embeddings differ, so B's head keeps a copy of B's embedding",
+    }[mode]
+    return kept, {
+        "kept": kept,
+        "why": why,
+        "embedding_difference": difference,
+        "head": f"b_{head}.{key}",
+        "embedding": f"a_{embed}.weight",
+    }
+
+
+def stitched_blueprint(
+    a: LoadedModel, b: LoadedModel, i: int, j: int, *, at: str = "residual", tie: bool = False
+) -> dict[str, Any]:
+    """A's nodes up to its layer i, [``stitch_norm``,] ``stitch``, B's layers after j and B's head (plain dict)."""
     sa, sb = layer_stack(a), layer_stack(b)
     bpa, bpb = blueprint_of(a.model), blueprint_of(b.model)
     if bpa["inputs"] != bpb["inputs"]:
@@ -78,15 +142,24 @@ def stitched_blueprint(a: LoadedModel, b: LoadedModel, i: int, j: int) -> dict[s
     rename_a = {n: f"a_{n}" for n in sa.before + [sa.name]}
     nodes: dict[str, Any] = {rename_a[n]: rename_node(bpa["nodes"][n], rename_a) for n in sa.before}
     nodes["a_" + sa.name] = {**rename_node(bpa["nodes"][sa.name], rename_a), "repeat": i + 1}
-    nodes["stitch"] = {"block": "stitch.linear", "in": "a_" + sa.name, "args": {"dim": d_b}}
+    source = "a_" + sa.name
+    if at == "normed":
+        norm = next_norm(a, i)[1]
+        nodes["stitch_norm"] = {"block": norm["block"], "in": source, **({"args": norm["args"]} if "args" in norm else {})}
+        source = "stitch_norm"
+    nodes["stitch"] = {"block": "stitch.linear", "in": source, "args": {"dim": d_b}}
     rename_b = {n: f"b_{n}" for n in sb.after}
     rest = sb.layers - j - 1
     rename_b[sb.name] = f"b_{sb.name}" if rest > 0 else "stitch"
     if rest > 0:
         nodes[f"b_{sb.name}"] = {**rename_node(bpb["nodes"][sb.name], {}), "in": "stitch", "repeat": rest}
-    kept = set(rename_b.values())
+    pair = embedding_pair(a, b) if tie else None
     for n in sb.after:
-        nodes[rename_b[n]] = _strip_missing_ties(rename_node(bpb["nodes"][n], rename_b), kept)
+        node = rename_node(bpb["nodes"][n], rename_b)
+        ties = {k: r for k, r in node.pop("tie", {}).items() if r.split(".")[0] in rename_b.values()}
+        if pair is not None and pair[0] == n:
+            ties[pair[1]] = f"a_{pair[2]}.weight"
+        nodes[rename_b[n]] = {**node, "tie": ties} if ties else node
     return {
         "ssmgraph": 1,
         "name": f"stitch_{a.name}{i}_{b.name}{j}",
@@ -97,16 +170,25 @@ def stitched_blueprint(a: LoadedModel, b: LoadedModel, i: int, j: int) -> dict[s
     }
 
 
-def stitched_state(a: LoadedModel, b: LoadedModel, i: int, j: int, weight: Tensor, bias: Tensor) -> dict[str, Tensor]:
-    """The stitched model's weights: A's up to layer i, the map, B's after layer j (ties untied)."""
+def stitched_state(
+    a: LoadedModel, b: LoadedModel, i: int, j: int, weight: Tensor, bias: Tensor, *, at: str = "residual", tie: bool = False
+) -> dict[str, Tensor]:
+    """The stitched model's weights: A's up to layer i (and its next norm, ``at: normed``), the
+    map, B's after layer j (B's tied aliases left out where the stitched head is tied)."""
     sa, sb = layer_stack(a), layer_stack(b)
     state: dict[str, Tensor] = {"stitch.weight": weight, "stitch.bias": bias}
-    for key, value in a.model.state_dict().items():
+    a_state = a.model.state_dict()
+    if at == "normed":
+        path = next_norm(a, i)[0]
+        state |= {f"stitch_norm.{k[len(path) + 1 :]}": v for k, v in a_state.items() if k.startswith(path + ".")}
+    for key, value in a_state.items():
         head, _, rest = key.partition(".")
         if head in sa.before or (head == sa.name and int(rest.split(".")[0]) <= i):
             state[f"a_{key}"] = value
     for key, value in b.model.state_dict().items():
         head, _, rest = key.partition(".")
+        if tie and key in b.model.tied:
+            continue
         if head in sb.after:
             state[f"b_{key}"] = value
         elif head == sb.name:
@@ -116,9 +198,12 @@ def stitched_state(a: LoadedModel, b: LoadedModel, i: int, j: int, weight: Tenso
     return state
 
 
-def build_stitched(a: LoadedModel, b: LoadedModel, i: int, j: int, weight: Tensor, bias: Tensor) -> CompiledModel:
-    model = compile_blueprint(Blueprint.from_dict(stitched_blueprint(a, b, i, j), source="<stitched blueprint>"))
-    state = stitched_state(a, b, i, j, weight.float(), bias.float())
+def build_stitched(
+    a: LoadedModel, b: LoadedModel, i: int, j: int, weight: Tensor, bias: Tensor, *, at: str = "residual", tie: bool = False
+) -> CompiledModel:
+    blueprint = stitched_blueprint(a, b, i, j, at=at, tie=tie)
+    model = compile_blueprint(Blueprint.from_dict(blueprint, source="<stitched blueprint>"))
+    state = stitched_state(a, b, i, j, weight.float(), bias.float(), at=at, tie=tie)
     missing = set(model.state_dict()) - set(state) - set(model.tied)
     if missing:
         raise MergeError(f"stitching {a.name!r} layer {i} into {b.name!r} layer {j}: no weights for {sorted(missing)[:3]}")
@@ -150,6 +235,15 @@ def probe(model: LoadedModel, task: Task, batches: list[Any]) -> tuple[list[Tens
                 else torch.full((batch.inputs.shape[0] * length,), -1)
             )
     return [torch.cat(x) for x in layers], torch.cat(labels)
+
+
+@torch.no_grad()
+def read_at(model: LoadedModel, states: Tensor, i: int, at: str) -> Tensor:
+    """What the map reads of A's states after layer i: the states, or their image under A's next norm."""
+    if at != "normed":
+        return states
+    norm = copy.deepcopy(model.model.get_submodule(next_norm(model, i)[0])).double()
+    return norm(states)
 
 
 def fit_map(estimator: str, X: Tensor, Y: Tensor, ridge: float, seed: int, cca_dims: int = 0) -> Any:
@@ -194,142 +288,7 @@ def layer_pairs(n_a: int, n_b: int, how: str) -> list[tuple[int, int]]:
     return [(i, j) for i in range(n_a) for j in range(n_b)] if how == "all" else depth_pairs(n_a, n_b)
 
 
-def finetune_stitch(model: CompiledModel, task: Task, steps: int, lr: float, batch_size: int, seed: int) -> None:
-    """Train only ``stitch.weight``/``stitch.bias`` on the task loss."""
-    for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith("stitch."))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr)
-    data = torch.Generator().manual_seed(seed + 7)
-    model.train()
-    for _ in range(steps):
-        batch = task.sample(batch_size, data, "train")
-        sums = batch_sums(task.kind, model(batch.inputs), batch.targets, task.tolerance)
-        loss = sums.loss / sums.count.clamp(min=1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(True)
-
-
-def run_stitch(context: MergeContext) -> MergeResult:
-    p, task, data = context.params, context.task, context.recipe.data
-    a, b = context.base, context.others[0]
-    sa, sb = layer_stack(a), layer_stack(b)
-    train_gen = context.generator(11)
-    probe_batches = [task.sample(data.batch_size, train_gen, "train") for _ in range(p["probe_batches"])]
-    held_out = list(task.eval_batches(data.batch_size, size=data.eval_size))
-    feats_a, labels = probe(a, task, probe_batches)
-    feats_b, _ = probe(b, task, probe_batches)
-    test_a, _ = probe(a, task, held_out)
-    test_b, _ = probe(b, task, held_out)
-    sources = {a.name: context.evaluate(a.model)["accuracy"], b.name: context.evaluate(b.model)["accuracy"]}
-    forced = p["layer_a"] >= 0 or p["layer_b"] >= 0
-    if forced and not (0 <= p["layer_a"] < sa.layers and 0 <= p["layer_b"] < sb.layers):
-        raise MergeError(
-            f"layer_a must be in 0..{sa.layers - 1} and layer_b in 0..{sb.layers - 1} (both given), got {p['layer_a']} and {p['layer_b']}"
-        )
-    pairs = [(p["layer_a"], p["layer_b"])] if forced else layer_pairs(sa.layers, sb.layers, p["pairs"])
-    rows, scored, best = [], {}, None
-    for i, j in pairs:
-        weight, bias = fit_conditioned(
-            p["estimator"], p["condition"], feats_a[i], feats_b[j], labels, p["ridge"], context.recipe.seed, p["cca_dims"]
-        )
-        mapped = test_a[i] @ weight.T.double() + bias.double()
-        r2 = float(maps.r2_score(mapped, test_b[j]))
-        model = build_stitched(a, b, i, j, weight, bias)
-        accuracy = context.evaluate(model)["accuracy"]
-        cka = (float(linear_cka(test_a[i], test_b[j])), float(linear_cka(mapped, test_b[j])))
-        scored[f"{i},{j}"] = {"accuracy": accuracy, "r2": r2, "cka_before": cka[0], "cka_after": cka[1]}
-        rows.append([f"{a.name}.{i} → {b.name}.{j + 1}", accuracy, r2, cka[0], cka[1]])
-        if best is None or accuracy > best[2]:
-            best = (i, j, accuracy, weight, bias, model)
-    assert best is not None
-    i, j, accuracy, weight, bias, model = best
-    figures: dict[str, Any] = {"sources": sources, "pairs": scored, "best": {"layer_a": i, "layer_b": j, "accuracy": accuracy}}
-    if p["finetune_steps"] > 0:
-        finetune_stitch(model, task, p["finetune_steps"], p["lr"], data.batch_size, context.recipe.seed)
-        figures["best"]["finetuned_accuracy"] = context.evaluate(model)["accuracy"]
-    figures["controls"] = _controls(context, a, b, i, j, weight, test_a, test_b, sa.layers)
-    stitch_params = weight.numel() + bias.numel()
-    figures["parameters"] = {
-        "stitch": stitch_params,
-        "full_finetune": count_parameters(model),
-        "ratio": stitch_params / count_parameters(model),
-    }
-    result = MergeResult(model, metrics=figures)
-    result.tables.append(("Sources (held-out accuracy)", ["model", "accuracy"], [[k, v] for k, v in sources.items()]))
-    result.tables.append(
-        (f"Stitched ({p['estimator']}, {p['condition']})", ["stitch", "accuracy", "held-out R²", "CKA before", "CKA after"], rows)
-    )
-    best_rows = [["closed form", accuracy]]
-    if "finetuned_accuracy" in figures["best"]:
-        best_rows.append([f"stitch fine-tuned {p['finetune_steps']} steps", figures["best"]["finetuned_accuracy"]])
-    best_rows += [[f"control: {k}", v["accuracy"]] for k, v in figures["controls"].items()]
-    result.tables.append((f"Best pair {a.name}.{i} → {b.name}.{j + 1} and controls", ["model", "accuracy"], best_rows))
-    result.tables.append(
-        (
-            "Parameters trained",
-            ["stitch", "full fine-tuning", "ratio"],
-            [[stitch_params, figures["parameters"]["full_finetune"], figures["parameters"]["ratio"]]],
-        )
-    )
-    if len(pairs) > 1:
-        result.plots.append(_heatmap(context, scored, sa.layers, sb.layers, a.name, b.name))
-    result.notes.append(
-        "CKA is reported as a diagnostic only: it does not change under orthogonal maps, so it cannot reward a Procrustes stitch."
-    )
-    return result
-
-
-def _controls(
-    context: MergeContext,
-    a: LoadedModel,
-    b: LoadedModel,
-    i: int,
-    j: int,
-    weight: Tensor,
-    test_a: list[Tensor],
-    test_b: list[Tensor],
-    layers_a: int,
-) -> dict[str, Any]:
-    """A random orthogonal map of the same scale at the best pair, and the map fitted at the
-    wrong depth (A's first layer into B after its matched layer, or the reverse)."""
-    p = context.params
-    rand = maps.random_orthogonal_map(weight.shape[1], weight.shape[0], context.recipe.seed)
-    scale = weight.norm() / rand.weight.norm().clamp_min(1e-12)
-    mean_a, mean_b = test_a[i].mean(0), test_b[j].mean(0)
-    r_weight = (rand.weight * scale).to(weight.dtype)
-    r_bias = (mean_b - mean_a @ r_weight.T.double()).to(weight.dtype)
-    controls = {"random orthogonal map": {"accuracy": context.evaluate(build_stitched(a, b, i, j, r_weight, r_bias))["accuracy"]}}
-    wrong_i = 0 if i != 0 else layers_a - 1
-    if wrong_i != i:
-        probe_gen = context.generator(13)
-        batches = [context.task.sample(context.recipe.data.batch_size, probe_gen, "train") for _ in range(p["probe_batches"])]
-        fa, labels = probe(a, context.task, batches)
-        fb, _ = probe(b, context.task, batches)
-        w, bias = fit_conditioned(
-            p["estimator"], p["condition"], fa[wrong_i], fb[j], labels, p["ridge"], context.recipe.seed, p["cca_dims"]
-        )
-        controls[f"wrong depth ({a.name}.{wrong_i} → {b.name}.{j + 1})"] = {
-            "accuracy": context.evaluate(build_stitched(a, b, wrong_i, j, w, bias))["accuracy"]
-        }
-    return controls
-
-
-def _heatmap(context: MergeContext, scored: Mapping[str, Any], n_a: int, n_b: int, name_a: str, name_b: str) -> str:
-    values = torch.full((n_a, n_b), float("nan"))
-    for key, figure in scored.items():
-        i, j = (int(v) for v in key.split(","))
-        values[i, j] = figure["accuracy"]
-    heatmap(
-        values,
-        [f"{name_a}.{i}" for i in range(n_a)],
-        [f"{name_b}.{j}" for j in range(n_b)],
-        "stitched accuracy (row: A's layer, column: B's layer)",
-        context.out_dir / "stitch_accuracy.png",
-        "accuracy",
-    )
-    return "stitch_accuracy.png"
+def farthest_layer(i: int, layers: int) -> int:
+    """The layer of a stack of ``layers`` farthest from layer i (the first on a tie): the
+    wrong-depth control stitches from there."""
+    return 0 if i >= (layers - 1) / 2 else layers - 1

@@ -10,8 +10,8 @@ from ssmgraph.blueprint import load_blueprint
 from ssmgraph.blueprint.yamlsafe import dump_yaml
 from ssmgraph.graph.compile import compile_blueprint
 from ssmgraph.merge.compose import compose, state_from_sources
+from ssmgraph.merge.consistency import depth_pairs
 from ssmgraph.merge.context import MergeError
-from ssmgraph.merge.mutual import depth_pairs
 
 SIZES = {"d_model": 16, "vocab": 11}
 

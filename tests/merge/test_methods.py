@@ -87,7 +87,7 @@ def test_a_weight_method_on_different_architectures_says_what_applies(saved, tmp
     r = recipe("merge_method: ties\nmodels: [{name: g, checkpoint: gpt}, {name: m, checkpoint: mamba}]\n", saved)
     with pytest.raises(
         MergeError,
-        match=r"needs same-shape models, but these are heterogeneous: .*mix.attention.*mix.mamba.*Methods that apply: mutual",
+        match=r"needs same-shape models, but these are heterogeneous: .*mix.attention.*mix.mamba.*Methods that apply: distill, mutual",
     ) as info:
         run_merge(r, tmp_path / "out", progress=False)
     assert info.value.code == "E700"

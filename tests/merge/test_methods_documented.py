@@ -30,7 +30,10 @@ def test_every_builtin_method_has_a_subsection_and_a_summary_row() -> None:
     names = [spec.name for spec in _builtin()]
     mergekit = {"model_stock", "della", "della_linear", "breadcrumbs", "breadcrumbs_ties", "sce", "nearswap", "nuslerp"}
     mergekit |= {"multislerp", "karcher"}
-    assert set(names) == {"linear", "task_arithmetic", "ties", "dare", "slerp", "mutual", "stitch", "superpose"} | mergekit
+    assert (
+        set(names)
+        == {"linear", "task_arithmetic", "ties", "dare", "slerp", "mutual", "distill", "stitch", "superpose"} | mergekit
+    )
     assert sorted(reference) == sorted(names)
     summary = DOCS.read_text(encoding="utf-8").split("## Method reference", 1)[1].split("### ", 1)[0]
     for spec in _builtin():

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import ssmgraph
-from ssmgraph.merge.mutual import Weights, _kl, joint_loss
+from ssmgraph.merge.consistency import kl as _kl
+from ssmgraph.merge.mutual import Weights, joint_loss
 from ssmgraph.merge.recipe import recipe_from_text
 from ssmgraph.merge.run import run_merge
 from ssmgraph.train.fitting import make_task
@@ -43,7 +44,7 @@ def test_kl_term_matches_its_definition():
 
 
 def test_joint_loss_is_the_sum_of_its_weighted_parts(tmp_path):
-    from ssmgraph.merge.mutual import _build_joint
+    from ssmgraph.merge.joint import build_joint
     from ssmgraph.merge.run import plan
 
     recipe = recipe_from_text(textwrap.dedent(LM_RECIPE), "r.yaml", tmp_path)
@@ -52,7 +53,7 @@ def test_joint_loss_is_the_sum_of_its_weighted_parts(tmp_path):
     from ssmgraph.merge.context import MergeContext
 
     context = MergeContext(recipe, checked.models, checked.compatibility, dict(recipe.parameters), tmp_path, task, False)
-    joint = _build_joint(context, ["tf", "lstm"])
+    joint = build_joint(context, ["tf", "lstm"], share_embedding=True)
     batch = task.sample(4, torch.Generator().manual_seed(0))
     w = Weights(kl=0.5, feature=0.25, distill=0.0, temperature=1.0)
     total, parts = joint_loss(joint, ["tf", "lstm"], task, batch.inputs, batch.targets, w)
@@ -88,6 +89,57 @@ def test_mutual_needs_a_classification_or_lm_task(tmp_path):
 
     task = make_task("adding", {})
     with pytest.raises(MergeError, match="classification or language-model"):
-        from ssmgraph.merge.mutual import _task_loss
+        from ssmgraph.merge.consistency import task_loss
 
-        _task_loss(task, torch.zeros(2, 1), torch.zeros(2))
+        task_loss(task, torch.zeros(2, 1), torch.zeros(2))
+
+
+def test_peer_weighting_scales_each_position_by_the_peers_confidence_or_correctness():
+    from ssmgraph.merge.consistency import peer_weight
+
+    torch.manual_seed(1)
+    peer, logits = torch.randn(6, 5), torch.randn(6, 5)
+    targets = torch.tensor([0, 1, 2, 3, 4, -100])  # the last position is ignored (IGNORE)
+    confidence = peer_weight(peer, targets, "confidence")
+    expected = F.softmax(peer, -1)[torch.arange(5), targets[:5]]
+    torch.testing.assert_close(confidence[:5], expected)
+    assert confidence[5] == 0
+    correct = peer_weight(peer, targets, "correct")
+    assert correct.tolist() == [float(peer[i].argmax() == targets[i]) for i in range(5)] + [0.0]
+    assert peer_weight(peer, targets, "uniform") is None
+    keep = targets != -100
+    p = F.softmax(peer, -1)
+    per = (p * (p.log() - F.log_softmax(logits, -1))).sum(-1)
+    torch.testing.assert_close(_kl(peer, logits, 1.0, keep, confidence), (per * confidence)[keep].mean())
+
+
+def test_consistency_modes_and_the_kl_warmup():
+    params = {"kl_weight": 2.0, "feature_weight": 0.5, "distill_weight": 1.0, "temperature": 3.0}
+    assert (
+        Weights.of({**params, "consistency": "logits"}).feature == 0 and Weights.of({**params, "consistency": "logits"}).kl == 2
+    )
+    assert Weights.of({**params, "consistency": "features"}).kl == 0
+    both = Weights.of({**params, "peer_weighting": "correct"})
+    assert (both.kl, both.feature, both.temperature, both.peer_weighting) == (2.0, 0.5, 3.0, "correct")
+    assert both.ramped(0, 3).kl == pytest.approx(0.5) and both.ramped(2, 3).feature == pytest.approx(0.375)
+    assert both.ramped(3, 3) == both and both.ramped(0, 0) == both
+
+
+def test_a_language_model_mutual_run_reports_bits_and_gains(tmp_path):
+    text = """
+    merge_method: mutual
+    models:
+      - {name: tf, blueprint: llama, set: {d_model: 16, layers: 1, heads: 2}}
+      - {name: mamba, blueprint: mamba_model, set: {d_model: 16, layers: 1}}
+    parameters: {steps: 10, d_common: 8, kl_warmup: 5, peer_weighting: confidence, temperature: 2.0}
+    data: {task: bytes, options: {seq_len: 16}, batch_size: 4, eval_batches: 2}
+    """
+    recipe = recipe_from_text(textwrap.dedent(text), "r.yaml", tmp_path)
+    out, _ = run_merge(recipe, tmp_path / "out", progress=False)
+    report = json.loads((out / "report.json").read_text())
+    metrics = report["metrics"]
+    assert set(metrics["gain"]) == {"tf", "mamba"}
+    for name in ("tf", "mamba"):
+        gain = metrics["alone"][name]["bits_per_byte"] - metrics["evaluation"][name]["bits_per_byte"]
+        assert metrics["gain"][name] == pytest.approx(gain)
+    assert "bits/byte (together)" in (out / "report.md").read_text()

@@ -96,8 +96,8 @@ def test_a_stitch_merge_writes_a_loadable_model_and_a_full_report(tmp_path, esti
     out, _ = run_merge(recipe, tmp_path / "out", progress=False)
     report = json.loads((out / "report.json").read_text())["metrics"]
     assert len(report["pairs"]) == 4 and all(-1e9 < v["r2"] <= 1 for v in report["pairs"].values())
-    assert {"random orthogonal map"} <= set(report["controls"]) and "finetuned_accuracy" in report["best"]
-    assert report["parameters"]["stitch"] == 8 * 8 + 8
+    assert {"random orthogonal map", "shuffled token pairing"} <= set(report["controls"]) and "finetuned" in report["best"]
+    assert report["selected_by"] == "accuracy" and report["parameters"]["trained"] == 8 * 8 + 8
     stitched = ssmgraph.load(out)
     assert stitched(torch.randn(2, 64, 1)).shape == (2, 10)
     assert (out / "stitch_accuracy.png").exists()

@@ -1,8 +1,8 @@
 """Superposition (Ben Chaliah & Dellagi 2025, arXiv 2501.00530), made causal and measured on held-out data.
 
-Two models of one layer structure (say a byte-level LM trained on English, A, and one on
-French, B) are put into one model. At every layer both models' blocks read the same
-incoming state, their outputs are blended, and an autoencoder maps the blend back to a
+Two models of one depth, of any blueprints and widths (say a byte-level LM trained on
+English, A, and one on French, B) are put into one model. At every layer both models' blocks
+read the same incoming state (a narrower model its first coordinates, see :mod:`.model`), their outputs are blended, and an autoencoder maps the blend back to a
 hidden state::
 
     ĥ_0 = blend_0(emb_A(x), emb_B(x)),   h_l = (1 − α_l)·f_A,l(ĥ_{l−1}) + α_l·f_B,l(ĥ_{l−1}),

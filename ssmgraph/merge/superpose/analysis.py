@@ -92,7 +92,7 @@ def layer_analysis(
     for batch, specialist in zip(batches, (a, b)):
         _, taps = model(batch.inputs, taps=["hidden"])
         hidden.append(layer_states(taps))
-        targets.append(specialist_states(specialist, batch.inputs))
+        targets.append(specialist_states(specialist, batch.inputs, model.nodes["embed_blend"].out_type.dim))
     alphas = [float(m.alpha.mean()) for m, _ in blends(model, len(hidden[0]))]
     rows, recon, poly = [], [], []
     for layer in range(len(hidden[0])):

@@ -3,6 +3,12 @@ mixes their outputs by α and a ``stitch.autoencoder`` maps the blend back to a 
 
 The result is a plain blueprint (embedding and head blends included) holding both models'
 weights under new names; α and the autoencoders start untrained (:mod:`.training`).
+
+Models of different widths share one state of the larger width: the narrower model's
+embedding is padded with zeros into it, each of its layers reads the first coordinates of the
+state and writes its output back padded with zeros, and its head reads the first coordinates
+(frozen ``stitch.linear`` nodes ``<a|b>_up``, ``_read``, ``_write``, ``_down``). With α at that
+model's end and identity autoencoders the superposed model is that model exactly (tested).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ssmgraph.blueprint import Blueprint
@@ -31,9 +38,11 @@ def superposed_blueprint(a: LoadedModel, b: LoadedModel, params: Mapping[str, An
         )
     if bpa["inputs"] != bpb["inputs"] or len(bpa["outputs"]) != 1 or len(bpb["outputs"]) != 1:
         raise MergeError("superposition needs two models with the same inputs and one output each")
-    width = a.model.nodes[f"{sa.name}.0.{sa.out_node}"].out_type.dim
-    if b.model.nodes[f"{sb.name}.0.{sb.out_node}"].out_type.dim != width:
-        raise MergeError(f"superposition blends hidden states of one width; {a.name!r} and {b.name!r} differ (try stitch)")
+    widths = hidden_widths(a, b)
+    width = max(widths.values())
+    narrow = {prefix for prefix, w in widths.items() if w < width}
+    if narrow and len(bpa["nodes"][sa.name]["body"]["inputs"]) != 1:
+        raise MergeError("superposing models of different widths needs layer stacks that carry one input")
     blend_args = {"per_feature": params["alpha"] == "vector"}
     ae_args = {"kind": params["autoencoder"], "bottleneck": params["bottleneck"], "kernel": params["kernel"]}
     nodes: dict[str, Any] = {}
@@ -44,6 +53,9 @@ def superposed_blueprint(a: LoadedModel, b: LoadedModel, params: Mapping[str, An
         for n in stack.before:
             nodes[rename[n]] = rename_node(bp["nodes"][n], rename)
         stack_inputs.append(rename_ref(bp["nodes"][stack.name]["in"], rename))
+        if prefix in narrow:  # into the common width
+            nodes[f"{prefix}_up"] = _embedding(stack_inputs[-1], width)
+            stack_inputs[-1] = f"{prefix}_up"
     nodes["embed_blend"] = {"block": "stitch.blend", "in": {"a": stack_inputs[0], "b": stack_inputs[1]}, "args": blend_args}
     stack_node = bpa["nodes"][sa.name]
     body_nodes: dict[str, Any] = {}
@@ -51,8 +63,15 @@ def superposed_blueprint(a: LoadedModel, b: LoadedModel, params: Mapping[str, An
     for prefix, bp, stack in (("a", bpa, sa), ("b", bpb, sb)):
         body = bp["nodes"][stack.name]["body"]
         rename = {n: f"{prefix}_{n}" for n in body["nodes"]}
+        if prefix in narrow:  # the layer reads its own width of the common state and writes back into it
+            (carried,) = body["inputs"]
+            body_nodes[f"{prefix}_read"] = _embedding(carried, widths[prefix])
+            rename[carried] = f"{prefix}_read"
         body_nodes.update({rename[n]: rename_node(node, rename) for n, node in body["nodes"].items()})
         outs.append(rename[stack.out_node])
+        if prefix in narrow:
+            body_nodes[f"{prefix}_write"] = _embedding(outs[-1], width)
+            outs[-1] = f"{prefix}_write"
     if bpa["nodes"][sa.name]["body"]["inputs"] != bpb["nodes"][sb.name]["body"]["inputs"]:
         raise MergeError("the two layer stacks name their carried input differently; rename one blueprint's carry")
     body_nodes["blend"] = {"block": "stitch.blend", "in": {"a": outs[0], "b": outs[1]}, "args": blend_args}
@@ -68,6 +87,9 @@ def superposed_blueprint(a: LoadedModel, b: LoadedModel, params: Mapping[str, An
     for prefix, bp, stack in (("a", bpa, sa), ("b", bpb, sb)):
         rename = {n: f"{prefix}_{n}" for n in stack.before + stack.after}
         rename[stack.name] = sa.name
+        if prefix in narrow:  # the head reads its own width of the final state
+            nodes[f"{prefix}_down"] = _embedding(sa.name, widths[prefix])
+            rename[stack.name] = f"{prefix}_down"
         for n in stack.after:
             nodes[rename[n]] = rename_node(bp["nodes"][n], rename)
         heads.append(rename_ref(next(iter(bp["outputs"].values())), rename))
@@ -83,13 +105,43 @@ def superposed_blueprint(a: LoadedModel, b: LoadedModel, params: Mapping[str, An
     }
 
 
+def hidden_widths(a: LoadedModel, b: LoadedModel) -> dict[str, int]:
+    """The width of each model's hidden state (``a``, ``b``): what its layers read and write."""
+    sa, sb = layer_stack(a), layer_stack(b)
+    return {
+        "a": a.model.nodes[f"{sa.name}.0.{sa.out_node}"].out_type.dim,
+        "b": b.model.nodes[f"{sb.name}.0.{sb.out_node}"].out_type.dim,
+    }
+
+
+def _embedding(ref: str, dim: int) -> dict[str, Any]:
+    """A bias-free ``stitch.linear`` node; its weight is set to a coordinate embedding or
+    projection (:func:`_coordinates`) and stays frozen."""
+    return {"block": "stitch.linear", "in": ref, "args": {"dim": dim, "bias": False}}
+
+
+def _coordinates(rows: int, cols: int) -> Tensor:
+    """[I; 0] (rows > cols: pad with zeros) or [I, 0] (rows < cols: keep the first coordinates)."""
+    return torch.eye(max(rows, cols))[:rows, :cols].contiguous()
+
+
 def superposed_state(a: LoadedModel, b: LoadedModel) -> dict[str, Tensor]:
     """Both models' weights under the superposed blueprint's names: the layers of each stack
-    inside A's stack node (named as A's, see :func:`superposed_blueprint`), the rest prefixed."""
+    inside A's stack node (named as A's, see :func:`superposed_blueprint`), the rest prefixed;
+    a narrower model's maps into and out of the common width (its coordinates: the first ones)."""
     out = {}
     stack_name = layer_stack(a).name
+    widths = hidden_widths(a, b)
+    width = max(widths.values())
     for prefix, model in (("a", a), ("b", b)):
         stack = layer_stack(model)
+        if widths[prefix] < width:
+            w = widths[prefix]
+            out[f"{prefix}_up.weight"] = _coordinates(width, w)
+            out[f"{prefix}_down.weight"] = _coordinates(w, width)
+            for layer in range(stack.layers):
+                out[f"{stack_name}.{layer}.{prefix}_read.weight"] = _coordinates(w, width)
+                out[f"{stack_name}.{layer}.{prefix}_write.weight"] = _coordinates(width, w)
         for key, value in model.model.state_dict().items():
             head, _, rest = key.partition(".")
             if head == stack.name:

@@ -22,8 +22,10 @@ from ssmgraph.merge.compare import tapped
 from ssmgraph.merge.compose import model_taps
 from ssmgraph.merge.context import MergeContext
 from ssmgraph.merge.models import LoadedModel
+from ssmgraph.merge.recipe import task_paths
 from ssmgraph.merge.stitch import layer_stack
 from ssmgraph.merge.superpose.model import blends
+from ssmgraph.registry.plugins import get_registry
 from ssmgraph.train.fitting import make_task
 from ssmgraph.train.tasks.base import IGNORE, Task
 
@@ -44,17 +46,19 @@ class AlphaAt(nn.Module):
 def language_tasks(context: MergeContext) -> tuple[Task, Task]:
     """The recipe's task twice: with A's options (``options_a``) and with B's."""
     data = context.recipe.data
-    return (
-        make_task(data.task, {**data.options, **context.params["options_a"]}),
-        make_task(data.task, {**data.options, **context.params["options_b"]}),
-    )
+    spec = get_registry().task(data.task)
+    params = spec.params if spec is not None else ()
+    a, b = (task_paths(context.params[key], params, context.recipe.directory) for key in ("options_a", "options_b"))
+    return make_task(data.task, {**data.options, **a}), make_task(data.task, {**data.options, **b})
 
 
 @torch.no_grad()
-def specialist_states(model: LoadedModel, inputs: Tensor) -> list[Tensor]:
-    """A source model's hidden state after each of its layers: the reconstruction targets."""
+def specialist_states(model: LoadedModel, inputs: Tensor, width: int | None = None) -> list[Tensor]:
+    """A source model's hidden state after each of its layers: the reconstruction targets,
+    padded with zeros to ``width`` (the superposed state's, where the model is narrower)."""
     _, taps = tapped(model.model, model.name)(inputs, taps=[f"{model.name}.h"])
-    return model_taps(taps, model.name, "h")
+    states = model_taps(taps, model.name, "h")
+    return [F.pad(h, (0, width - h.shape[-1])) if width else h for h in states]
 
 
 def _lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
@@ -100,7 +104,8 @@ def train_superposed(
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch_a, batch_b = (task.sample(batch_size, generator, "train") for task in tasks)
-        targets = [torch.cat(pair) for pair in zip(specialist_states(a, batch_a.inputs), specialist_states(b, batch_b.inputs))]
+        states = specialist_states(a, batch_a.inputs, width), specialist_states(b, batch_b.inputs, width)
+        targets = [torch.cat(pair) for pair in zip(*states)]
         inputs, labels = torch.cat([batch_a.inputs, batch_b.inputs]), torch.cat([batch_a.targets, batch_b.targets])
         logits, taps = model(inputs, taps=["hidden"])
         lm, recon = _lm_loss(logits, labels), recon_error(layer_states(taps), targets)

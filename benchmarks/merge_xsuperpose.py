@@ -1,0 +1,42 @@
+"""Superposition across architectures (`python -m benchmarks.merge_results --only xsuperpose`): an
+English `gpt` (attention, learned positions) and a French `mamba_model` of one width and depth,
+put into one model (`merge_method: superpose`), against each specialist.
+
+No weight-space baseline exists here: the two models' weights differ in names and shapes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from benchmarks.merge_results import run_recipe, train_model
+
+SHAPES = {"d_model": 48, "layers": 2}
+OPTIONS = {"seq_len": 20, "valid_fraction": 0.5}
+
+
+def run(workdir: Path, out: Path, steps: int = 400, superpose_steps: int = 1000) -> dict[str, Any]:
+    blueprints = {"en": ("gpt", {**SHAPES, "heads": 4, "max_len": 32}), "fr": ("mamba_model", SHAPES)}
+    runs = {
+        lang: train_model(
+            blueprint,
+            "bytes",
+            overrides,
+            workdir,
+            lang,
+            seed=0,
+            steps=steps,
+            lr=2e-3,
+            batch_size=16,
+            task_options={**OPTIONS, "corpus": lang},
+        )
+        for lang, (blueprint, overrides) in blueprints.items()
+    }
+    text = f"""
+    merge_method: superpose
+    models: [{{name: en, checkpoint: {runs["en"]}}}, {{name: fr, checkpoint: {runs["fr"]}}}]
+    parameters: {{options_a: {{corpus: en}}, options_b: {{corpus: fr}}, alpha: vector, steps: {superpose_steps}}}
+    data: {{task: bytes, options: {OPTIONS}, batch_size: 32, eval_batches: 10}}
+    """
+    return run_recipe(text, workdir, out, "xsuperpose")
