@@ -176,7 +176,8 @@ def read_evals(run_dir: Path) -> list[dict[str, Any]]:
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """The table with the settings it was measured with."""
     head = (
-        f"# Mixers on MQAR and selective copying\n\n`python -m benchmarks.mixer_tasks --steps {args.steps} "
+        f"# Mixers on MQAR and selective copying\n\n`python -m benchmarks.mixer_tasks --tasks {args.tasks} "
+        f"--mixers {args.mixers} --steps {args.steps} "
         f"--batch-size {args.batch_size} --lr {args.lr} --d-model {args.d_model} --layers {args.layers} "
         f"--seq-len {args.seq_len} --pairs {args.pairs} --mqar-vocab {args.mqar_vocab} --copy-len {args.copy_len} "
         f"--copy-tokens {args.copy_tokens} --eval-size {args.eval_size}`; accuracy = held-out accuracy on the "
