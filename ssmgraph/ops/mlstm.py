@@ -99,17 +99,19 @@ def mlstm_chunked(
     C_loc = torch.einsum("bhcs,bhcsv,bhcsk->bhcvk", e, v, k)
     n_loc = torch.einsum("bhcs,bhcsk->bhck", e, k)
     # Hand the state over chunk after chunk (the only sequential part).
+    # Unbound once: indexing chunk c inside the loop would give each step a backward that writes a
+    # zero tensor of the whole sequence's size, quadratic in the number of chunks.
     C, n, m = state
     starts_C, starts_n, starts_m = [], [], []
-    for c in range(nc):
+    for g_c, m_c, C_c, n_c in zip(G_end.unbind(-1), m_loc.unbind(-1), C_loc.unbind(2), n_loc.unbind(2), strict=True):
         starts_C.append(C)
         starts_n.append(n)
         starts_m.append(m)
-        m_new = torch.maximum(G_end[..., c] + m, m_loc[..., c])
-        a = torch.exp(G_end[..., c] + m - m_new)
-        b = torch.exp(m_loc[..., c] - m_new)
-        C = a[..., None, None] * C + b[..., None, None] * C_loc[:, :, c]
-        n = a[..., None] * n + b[..., None] * n_loc[:, :, c]
+        m_new = torch.maximum(g_c + m, m_c)
+        a = torch.exp(g_c + m - m_new)
+        b = torch.exp(m_c - m_new)
+        C = a[..., None, None] * C + b[..., None, None] * C_c
+        n = a[..., None] * n + b[..., None] * n_c
         m = m_new
     C0, n0, m0 = torch.stack(starts_C, 2), torch.stack(starts_n, 2), torch.stack(starts_m, 2)
     # Outputs of every chunk at once.
