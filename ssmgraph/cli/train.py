@@ -156,7 +156,7 @@ def _report_training(result: TrainResult, show: bool) -> None:
     if not current().is_main:
         return
     model = result.model
-    if model is not None and is_sharded(model):  # only the main process runs on: show the saved model
+    if show and model is not None and is_sharded(model):  # only the main process runs on: show the saved model
         model = load(result.run_dir)
     if show and result.task is not None and model is not None:
         stdout().print(examples_table(model, result.task))

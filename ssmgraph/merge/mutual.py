@@ -30,7 +30,6 @@ from torch import Tensor
 
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.merge.consistency import (
-    depth_pairs,  # noqa: F401  (re-exported: stitch reads it here)
     feature_loss,
     kl,
     peer_weight,

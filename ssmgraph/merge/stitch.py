@@ -31,9 +31,9 @@ from ssmgraph.graph.model import CompiledModel
 from ssmgraph.merge import maps
 from ssmgraph.merge.compare import tapped
 from ssmgraph.merge.compose import layer_stacks, model_taps, rename_node
+from ssmgraph.merge.consistency import depth_pairs
 from ssmgraph.merge.context import MergeError
 from ssmgraph.merge.models import LoadedModel, blueprint_of
-from ssmgraph.merge.mutual import depth_pairs
 from ssmgraph.train.tasks.base import IGNORE, Task
 
 

@@ -47,8 +47,8 @@ def backward_passes(
     """Forward and backward over ``parts`` micro-batches of this process's ``local`` batch (and,
     with ``window``, over TBPTT windows of each), gradients added up; returns the summed
     [loss, correct, count] statistics. DDP synchronises only the last backward pass."""
-    totals = torch.zeros(3, dtype=torch.float64)
-    pieces = [(part, span) for part in micro_batches(local, parts) for span in _spans(task, part, window)]
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # summed where the step runs: no sync per pass
+    pieces = [(part, span) for part in micro_batches(local, parts) for span in _spans(part, window)]
     for i, (part, span) in enumerate(pieces):
         sync = i == len(pieces) - 1
         with contextlib.nullcontext() if sync or not hasattr(module, "no_sync") else module.no_sync():
@@ -64,11 +64,11 @@ def backward_passes(
                 targets = targets[:, start:stop]
             sums = batch_sums(task.kind, output, targets, task.tolerance)
             (sums.loss / denominator * world_size).backward()
-        totals += sums.as_tensor().cpu()
+        totals += sums.as_tensor()
     return totals
 
 
-def _spans(task: Task, part: Batch, window: int) -> list[Any]:
+def _spans(part: Batch, window: int) -> list[Any]:
     """[None] without TBPTT; else ((start, stop), shared state holder) per window of ``part``."""
     if window <= 0:
         return [None]
