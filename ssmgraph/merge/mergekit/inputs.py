@@ -138,11 +138,6 @@ class HFInput:
                 if chunk is not None:
                     part.copy_(into if via is None or via == dtype else into.to(via))
 
-    def nbytes(self) -> int:
-        return sum(
-            torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size() for shape, dtype in self.shapes.values()
-        )
-
 
 def is_hf_folder(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(
