@@ -39,17 +39,18 @@ from torch import Tensor
 
 from ssmgraph.blocks.linear_attention_parts import (
     CHUNK_PARAM,
+    HEADS,
     NORM_EPS,
     LinearAttentionState,
     QKVMixer,
     check_heads,
-    compute_dtype,
     conv_params,
     head_spaces,
     l2norm,
 )
 from ssmgraph.ops.delta_rule import chunk_delta_rule, delta_rule_step
 from ssmgraph.ops.linear import Linear
+from ssmgraph.ops.precision import compute_dtype
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import BlockSpec, Param, PermSpace, TensorType, same_as_input
 
@@ -116,7 +117,7 @@ class DeltaNet(QKVMixer):
         self, x: Tensor, *, state: LinearAttentionState | None = None, return_state: bool = False, mask: Tensor | None = None
     ) -> Tensor | tuple[Tensor, LinearAttentionState]:
         conv_states, s0 = (None, None) if state is None else state
-        qkv, conv_states, _ = self._qkv(x, conv_states, mask)
+        qkv, conv_states = self._qkv(x, conv_states, mask)
         cdt = compute_dtype(x.dtype)
         with torch.autocast(device_type=x.device.type, enabled=False):
             q, k, v = (t.transpose(1, 2) for t in self._features(qkv, cdt))  # (B, H, L, d)
@@ -170,7 +171,6 @@ def _spaces(in_types: Sequence[TensorType], **args: Any) -> tuple[PermSpace, ...
     )
 
 
-HEADS = Param("heads", int, 4, "number of heads; must divide the key and value widths", min=1)
 DELTA_PARAMS = (
     Param("allow_neg_eigval", bool, False, "β ∈ (0, 2) instead of (0, 1): I − β k kᵀ may have a negative eigenvalue"),
     *conv_params(True),

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ssmgraph.ops.linear import Linear
+from ssmgraph.ops.precision import compute_dtype
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import (
     INPUT_SPACE,
@@ -71,7 +72,7 @@ def sinusoidal(positions: Tensor, dim: int, dtype: torch.dtype) -> Tensor:
     Angles are computed in at least fp32 and the result is cast to ``dtype``; an odd ``dim``
     keeps the last sine feature.
     """
-    compute = torch.promote_types(dtype, torch.float32)
+    compute = compute_dtype(dtype)
     i = torch.arange((dim + 1) // 2, device=positions.device, dtype=compute)
     inv_freq = torch.exp(i * (-2.0 * math.log(10000.0) / dim))
     angle = positions.to(compute).unsqueeze(-1) * inv_freq

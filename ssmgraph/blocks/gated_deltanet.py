@@ -25,7 +25,6 @@ a_proj's rows, A_log and dt_bias belong to the ``heads`` space too. At padded po
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssmgraph.blocks.deltanet import DELTA_PARAMS, HEADS, DeltaNet
-from ssmgraph.blocks.linear_attention_parts import check_heads, head_spaces
-from ssmgraph.blocks.mamba import inverse_softplus
+from ssmgraph.blocks.deltanet import DELTA_PARAMS, DeltaNet
+from ssmgraph.blocks.linear_attention_parts import HEADS, check_heads, head_spaces
 from ssmgraph.blocks.optim_hints import mark_optim
+from ssmgraph.ops.discretize import dt_bias_init
 from ssmgraph.ops.linear import Linear
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import BlockSpec, Param, PermSpace, ShapeError, TensorType, same_as_input
@@ -95,9 +94,8 @@ class GatedDeltaNet(DeltaNet):
     def _init_decay(self) -> None:
         with torch.no_grad():
             self.A_log.copy_(torch.log(torch.empty_like(self.A_log).uniform_(0, A_MAX)))
-            lo, hi = math.log(DT_MIN), math.log(DT_MAX)
-            dt = torch.exp(torch.rand_like(self.dt_bias) * (hi - lo) + lo).clamp(min=DT_FLOOR)
-            self.dt_bias.copy_(inverse_softplus(dt))
+            bias = self.dt_bias
+            bias.copy_(dt_bias_init(len(bias), DT_MIN, DT_MAX, DT_FLOOR, dtype=bias.dtype, device=bias.device))
 
     def _log_alpha(self, x: Tensor, cdt: torch.dtype) -> Tensor:
         return -torch.exp(self.A_log.to(cdt)) * F.softplus(self.a_proj(x).to(cdt) + self.dt_bias.to(cdt))

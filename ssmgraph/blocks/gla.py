@@ -41,17 +41,18 @@ from torch import Tensor, nn
 
 from ssmgraph.blocks.linear_attention_parts import (
     CHUNK_PARAM,
+    HEADS,
     NORM_EPS,
     LinearAttentionState,
     QKVMixer,
     check_heads,
-    compute_dtype,
     conv_params,
     head_spaces,
     split_heads,
 )
 from ssmgraph.ops.linear import Linear
 from ssmgraph.ops.linear_attention import chunk_gla, gla_step
+from ssmgraph.ops.precision import compute_dtype
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import BlockSpec, Param, PermAxis, PermSpace, ShapeError, TensorType, same_as_input
 
@@ -96,17 +97,17 @@ class GatedLinearAttention(QKVMixer):
         log_a = F.logsigmoid(self.gk_proj(x).to(cdt)) / self.gate_logit_normalizer
         return log_a if self.clamp_min is None else log_a.clamp_min(self.clamp_min)
 
-    def _features(self, qkv: list[Tensor], convolved: bool) -> list[Tensor]:
-        return [F.silu(t) for t in qkv] if convolved else qkv
+    def _features(self, qkv: list[Tensor]) -> list[Tensor]:
+        return [F.silu(t) for t in qkv] if self.short_conv else qkv
 
     def forward(
         self, x: Tensor, *, state: LinearAttentionState | None = None, return_state: bool = False, mask: Tensor | None = None
     ) -> Tensor | tuple[Tensor, LinearAttentionState]:
         conv_states, s0 = (None, None) if state is None else state
-        qkv, conv_states, convolved = self._qkv(x, conv_states, mask)
+        qkv, conv_states = self._qkv(x, conv_states, mask)
         cdt = compute_dtype(x.dtype)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            q, k, v = (split_heads(t.to(cdt), self.heads) for t in self._features(qkv, convolved))
+            q, k, v = (split_heads(t.to(cdt), self.heads) for t in self._features(qkv))
             log_a = split_heads(self._log_decay(x, cdt), self.heads)
             if mask is not None:  # padding: k = 0 and α = 1 leave S unchanged
                 keep = mask[:, None, :, None].to(cdt)
@@ -121,7 +122,7 @@ class GatedLinearAttention(QKVMixer):
         qkv, conv_states = self._qkv_step(x_t, conv_states)
         cdt = compute_dtype(x_t.dtype)
         with torch.autocast(device_type=x_t.device.type, enabled=False):
-            q, k, v = (t.to(cdt).unflatten(-1, (self.heads, -1)) for t in self._features(qkv, self.short_conv))
+            q, k, v = (t.to(cdt).unflatten(-1, (self.heads, -1)) for t in self._features(qkv))
             log_a = self._log_decay(x_t, cdt).unflatten(-1, (self.heads, -1))
             o, s = gla_step(q, k, v, log_a, s.to(cdt), self.scale)
         return self._finish(o, x_t), (conv_states, s)
@@ -167,7 +168,7 @@ GLA = BlockSpec(
     role="mix",
     doc="Gated Linear Attention: linear attention with a key-wise data-dependent decay (low-rank gate), chunked training.",
     params=(
-        Param("heads", int, 4, "number of heads; must divide the key and value widths", min=1),
+        HEADS,
         Param("expand_k", (int, float), 0.5, "key width K = int(expand_k · dim)", min=0),
         Param("expand_v", (int, float), 1.0, "value width V = int(expand_v · dim)", min=0),
         Param("gate_low_rank", int, 16, "rank r of the gate projection gk_proj (D → r → K)", min=1),

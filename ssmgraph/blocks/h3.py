@@ -46,7 +46,7 @@ from ssmgraph.blocks.ssm_params import check_ssm_args, register_ssm_param, ssm_p
 from ssmgraph.ops.fftconv import fft_conv
 from ssmgraph.ops.final_state import mask_lengths, right_align
 from ssmgraph.ops.linear import Linear
-from ssmgraph.ops.precision import ssm_dtype
+from ssmgraph.ops.precision import compute_dtype, ssm_dtype
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import (
     INPUT_SPACE,
@@ -124,7 +124,7 @@ class ShiftSSM(nn.Module):
         return y, state
 
     def init_state(self, batch_shape: tuple[int, ...], device=None, dtype=None) -> Tensor:
-        dtype = torch.promote_types(dtype or self.C.dtype, torch.float32)  # never below fp32
+        dtype = compute_dtype(dtype or self.C.dtype)  # never below fp32
         return torch.zeros(*batch_shape, self.D, self.N, dtype=dtype, device=device or self.C.device)
 
     def step(self, u: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:

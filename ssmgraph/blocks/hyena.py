@@ -53,6 +53,7 @@ from ssmgraph.ops.fftconv import fft_conv
 from ssmgraph.ops.final_state import mask_lengths, right_align
 from ssmgraph.ops.hyena_filter import decay_rates, modulate, positional_features
 from ssmgraph.ops.linear import Linear
+from ssmgraph.ops.precision import compute_dtype, state_placement
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import (
     INPUT_SPACE,
@@ -131,11 +132,9 @@ class Hyena(nn.Module):
 
     def init_state(self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         """(zero conv_state, an empty history, the filters)."""
-        ref = self.in_proj.weight
-        device = ref.device if device is None else device
-        dtype = ref.dtype if dtype is None else dtype
+        device, dtype = state_placement(self.in_proj.weight, device, dtype)
         conv = torch.zeros(batch, self.d_model * (self.order + 1), SHORT, device=device, dtype=dtype)
-        cdt = torch.promote_types(dtype, torch.float32)  # the long convolutions run in at least fp32
+        cdt = compute_dtype(dtype)  # the long convolutions run in at least fp32
         history = torch.zeros(batch, self.order - 1, self.d_model, 0, device=device, dtype=cdt)
         filters = self._filters(self.l_max).to(device=device, dtype=cdt)
         return conv, history, filters.expand(batch, *filters.shape)
@@ -152,7 +151,7 @@ class Hyena(nn.Module):
         u = self.in_proj(x).transpose(1, 2)  # (B, (N+1)·D, L)
         window = None if state is None else state[0]
         uc = causal_conv(u, self.short_filter.weight, self.short_filter.bias, window)
-        cdt = torch.promote_types(x.dtype, torch.float32)
+        cdt = compute_dtype(x.dtype)
         history = []
         with torch.autocast(device_type=x.device.type, enabled=False):  # torch.fft wants fp32 or fp64
             *xs, v = uc.to(cdt).split(D, dim=1)
@@ -179,7 +178,7 @@ class Hyena(nn.Module):
         window, past, filters = state
         window = step_window(window, self.in_proj(x_t))
         uc = conv_step(window, self.short_filter.weight, self.short_filter.bias)
-        cdt = torch.promote_types(x_t.dtype, torch.float32)
+        cdt = compute_dtype(x_t.dtype)
         history = []
         with torch.autocast(device_type=x_t.device.type, enabled=False):
             *xs, v = uc.to(cdt).split(self.d_model, dim=-1)

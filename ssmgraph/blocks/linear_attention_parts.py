@@ -20,7 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssmgraph.ops.causal_conv import conv_step, last_inputs, pad_mask, padded_inputs, step_window
+from ssmgraph.ops.final_state import mask_lengths
 from ssmgraph.ops.linear import Linear
+from ssmgraph.ops.precision import compute_dtype, state_placement
 from ssmgraph.registry.specs import INPUT_SPACE, OUTPUT_SPACE, Param, PermAxis, PermSpace, ShapeError
 
 ConvStates = tuple[Tensor, ...]
@@ -37,37 +40,26 @@ def split_heads(t: Tensor, heads: int) -> Tensor:
     return t.unflatten(-1, (heads, -1)).transpose(1, 2)
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The recurrences run in fp32 at least (fp64 models in fp64)."""
-    return torch.promote_types(dtype, torch.float32)
-
-
 class ShortConv(nn.Conv1d):
     """Causal depthwise convolution over (B, L, D) with a carried input window (fla's ShortConvolution)."""
 
     def __init__(self, channels: int, kernel: int, bias: bool):
         super().__init__(channels, channels, kernel, groups=channels, bias=bias)
 
-    def run(self, x: Tensor, state: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(pre-activation output (B, L, D), the window after each sequence's last valid input (B, D, K))."""
-        kernel = self.kernel_size[0]
-        xt = x.transpose(1, 2)
-        state = xt.new_zeros(x.shape[0], x.shape[2], kernel) if state is None else state.to(xt.dtype)
-        inputs = torch.cat([state, xt], dim=-1)  # (B, D, K + L)
-        y = F.conv1d(inputs[..., 1:], self.weight, self.bias, groups=self.groups).transpose(1, 2)
-        if mask is None:
-            return y, inputs[..., -kernel:]
-        ends = mask.sum(dim=1, keepdim=True) + torch.arange(kernel, device=x.device)  # (B, K)
-        return y, inputs.gather(2, ends.unsqueeze(1).expand(-1, x.shape[2], -1))
+    def run(self, x: Tensor, state: Tensor | None, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(pre-activation output (B, L, D), the window after each sequence's last valid input (B, D, K));
+        ``lengths (B,)``: the valid inputs of each sequence (None: all)."""
+        kernel, xt = self.kernel_size[0], x.transpose(1, 2)
+        y = F.conv1d(padded_inputs(xt, state, kernel), self.weight, self.bias, groups=self.groups).transpose(1, 2)
+        return y, last_inputs(xt, state, kernel, lengths)
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One input (B, D) -> (pre-activation output (B, D), new window)."""
-        state = torch.cat([state[..., 1:].to(x_t.dtype), x_t.unsqueeze(-1)], dim=-1)
-        y = (state * self.weight.squeeze(1)).sum(-1)
-        return (y if self.bias is None else y + self.bias), state
+        state = step_window(state, x_t)
+        return conv_step(state, self.weight, self.bias), state
 
 
-class HeadNorm(nn.Module):
+class GatedHeadRMSNorm(nn.Module):
     """RMS norm over each head's features, times ``weight`` (head_v_dim), optionally times silu(gate); in fp32."""
 
     def __init__(self, dim: int, eps: float):
@@ -114,21 +106,20 @@ class QKVMixer(nn.Module):
         self.output_gate = output_gate
         if output_gate:
             self.g_proj = Linear(dim, value_dim, bias=False)
-        self.o_norm = HeadNorm(self.head_v_dim, norm_eps)
+        self.o_norm = GatedHeadRMSNorm(self.head_v_dim, norm_eps)
         self.o_proj = Linear(value_dim, dim, bias=False)
 
     def _convs(self) -> tuple[ShortConv, ...]:
         return (self.q_conv1d, self.k_conv1d, self.v_conv1d) if self.short_conv else ()
 
-    def _qkv(self, x: Tensor, conv_states: ConvStates | None, mask: Tensor | None) -> tuple[list[Tensor], ConvStates, bool]:
-        """[q, k, v] (B, L, ·) through the convolutions when there are any (pre-activation), the new
-        conv states, and whether they went through a convolution."""
+    def _qkv(self, x: Tensor, conv_states: ConvStates | None, mask: Tensor | None) -> tuple[list[Tensor], ConvStates]:
+        """[q, k, v] (B, L, ·) through the convolutions when there are any (pre-activation), and the new conv states."""
         qkv = [self.q_proj(x), self.k_proj(x), self.v_proj(x)]
         if not self.short_conv:
-            return qkv, (), False
-        states = conv_states or (None, None, None)
-        done = [conv.run(t, s, mask) for conv, t, s in zip(self._convs(), qkv, states)]
-        return [y for y, _ in done], tuple(s for _, s in done), True
+            return qkv, ()
+        states, lengths = conv_states or (None, None, None), mask_lengths(mask, x.shape[1])
+        done = [conv.run(t, s, lengths) for conv, t, s in zip(self._convs(), qkv, states)]
+        return [y for y, _ in done], tuple(s for _, s in done)
 
     def _qkv_step(self, x_t: Tensor, conv_states: ConvStates) -> tuple[list[Tensor], ConvStates]:
         qkv = [self.q_proj(x_t), self.k_proj(x_t), self.v_proj(x_t)]
@@ -141,9 +132,7 @@ class QKVMixer(nn.Module):
         self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
     ) -> LinearAttentionState:
         """Zero conv windows (B, D, K) and a zero recurrent state (B, H, K, V) in at least fp32."""
-        ref = self.q_proj.weight
-        device = ref.device if device is None else device
-        dtype = ref.dtype if dtype is None else dtype
+        device, dtype = state_placement(self.q_proj.weight, device, dtype)
         convs = tuple(torch.zeros(batch, c.in_channels, c.kernel_size[0], device=device, dtype=dtype) for c in self._convs())
         s = torch.zeros(batch, self.heads, self.head_k_dim, self.head_v_dim, device=device, dtype=compute_dtype(dtype))
         return convs, s
@@ -151,8 +140,7 @@ class QKVMixer(nn.Module):
     def _finish(self, o: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Per-head norm (and gate) of o (B, L, H, V) or (B, H, V), o_proj in the input's dtype; zero at padding."""
         gate = self.g_proj(x).unflatten(-1, (self.heads, -1)) if self.output_gate else None
-        out = self.o_proj(self.o_norm(o, gate).flatten(-2).to(x.dtype))
-        return out if mask is None else out * mask.unsqueeze(-1).to(out.dtype)
+        return pad_mask(self.o_proj(self.o_norm(o, gate).flatten(-2).to(x.dtype)), mask)
 
 
 def check_heads(name: str, heads: int, key_dim: int, value_dim: int) -> None:
@@ -170,6 +158,7 @@ def conv_params(short_conv: bool) -> tuple[Param, ...]:
     )
 
 
+HEADS = Param("heads", int, 4, "number of heads; must divide the key and value widths", min=1)
 CHUNK_PARAM = Param("chunk_size", int, 64, "positions per chunk of the chunked (training) form", min=1)
 NORM_EPS = Param("norm_eps", float, 1e-5, "epsilon of the per-head output RMS norm", min=0.0)
 

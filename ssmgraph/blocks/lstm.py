@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ssmgraph.ops.linear import Linear
+from ssmgraph.ops.precision import state_placement
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import (
     INPUT_SPACE,
@@ -105,10 +106,9 @@ class LSTMMixer(nn.Module):
 
     def init_state(self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None) -> LSTMState:
         """Zero (h, c), each (layers · directions, B, hidden)."""
-        ref = self.lstm.weight_ih_l0
+        device, dtype = state_placement(self.lstm.weight_ih_l0, device, dtype)
         shape = (self.lstm.num_layers * (2 if self.bidirectional else 1), batch, self.hidden)
-        device = ref.device if device is None else device
-        h = torch.zeros(shape, device=device, dtype=ref.dtype if dtype is None else dtype)
+        h = torch.zeros(shape, device=device, dtype=dtype)
         return h, h.clone()
 
     def step(self, x_t: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:

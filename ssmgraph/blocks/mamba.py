@@ -57,8 +57,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmgraph.blocks.optim_hints import mark_optim
-from ssmgraph.blocks.ssm_params import ssm_params
+from ssmgraph.blocks.ssm_params import check_dt_range, ssm_params
+from ssmgraph.ops.causal_conv import conv_step, last_inputs, pad_mask, padded_inputs, step_window
+from ssmgraph.ops.discretize import dt_bias_init
+from ssmgraph.ops.final_state import mask_lengths
 from ssmgraph.ops.linear import Linear, linear
+from ssmgraph.ops.precision import compute_dtype, state_placement
 from ssmgraph.ops.selective_scan import METHODS, selective_scan
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import (
@@ -84,11 +88,6 @@ def resolve_dt_rank(dt_rank: str | int, d_model: int) -> int:
     if isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1:
         raise ValueError(f"dt_rank must be 'auto' or a positive int, got {dt_rank!r}")
     return dt_rank
-
-
-def inverse_softplus(y: Tensor) -> Tensor:
-    """softplus⁻¹(y) = y + log(1 - exp(-y)), stable for small y (pytorch/pytorch#72759)."""
-    return y + torch.log(-torch.expm1(-y))
 
 
 class Mamba(nn.Module):
@@ -146,9 +145,7 @@ class Mamba(nn.Module):
                 nn.init.constant_(self.dt_proj.weight, std)
             else:
                 nn.init.uniform_(self.dt_proj.weight, -std, std)
-            lo, hi = math.log(self.dt_min), math.log(self.dt_max)
-            dt = torch.exp(torch.rand(self.d_inner) * (hi - lo) + lo).clamp(min=self.dt_init_floor)
-            self.dt_proj.bias.copy_(inverse_softplus(dt))
+            self.dt_proj.bias.copy_(dt_bias_init(self.d_inner, self.dt_min, self.dt_max, self.dt_init_floor))
             n = torch.arange(1, self.d_state + 1, dtype=torch.float32)
             self.A_log.copy_(torch.log(n).expand(self.d_inner, -1))
             self.D.fill_(1.0)
@@ -161,11 +158,9 @@ class Mamba(nn.Module):
 
     def init_state(self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None) -> MambaState:
         """Zero (conv_state (B, E, d_conv), ssm_state (B, E, N)); ssm_state is at least fp32."""
-        ref = self.in_proj.weight
-        device = ref.device if device is None else device
-        dtype = ref.dtype if dtype is None else dtype
+        device, dtype = state_placement(self.in_proj.weight, device, dtype)
         conv_state = torch.zeros(batch, self.d_inner, self.d_conv, device=device, dtype=dtype)
-        ssm_state = torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=torch.promote_types(dtype, torch.float32))
+        ssm_state = torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=compute_dtype(dtype))
         return conv_state, ssm_state
 
     def _ssm_inputs(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -176,21 +171,15 @@ class Mamba(nn.Module):
     def forward(
         self, x: Tensor, *, state: MambaState | None = None, return_state: bool = False, mask: Tensor | None = None
     ) -> Tensor | tuple[Tensor, MambaState]:
-        batch = x.shape[0]
         xi, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
         xi = xi.transpose(1, 2)  # (B, E, L) for the depthwise conv
-        if state is None:
-            conv_state, h0 = xi.new_zeros(batch, self.d_inner, self.d_conv), None
-        else:
-            conv_state, h0 = state
-            conv_state = conv_state.to(xi.dtype)
-        u = F.silu(self.conv1d(torch.cat([conv_state[..., 1:], xi], dim=-1)))  # (B, E, L)
+        window, h0 = (None, None) if state is None else state
+        u = F.silu(self.conv1d(padded_inputs(xi, window, self.d_conv)))  # (B, E, L)
         dt, B, C = self._ssm_inputs(u.transpose(1, 2))
-        cdt = torch.promote_types(x.dtype, torch.float32)
+        cdt = compute_dtype(x.dtype)
         with torch.autocast(device_type=x.device.type, enabled=False):
             delta = F.softplus(dt.to(cdt) + self.dt_proj.bias.to(cdt))  # (B, L, E)
-            if mask is not None:
-                delta = delta * mask.unsqueeze(-1).to(cdt)  # Δ = 0: h passes padding unchanged
+            delta = pad_mask(delta, mask)  # Δ = 0: h passes padding unchanged
             y, h_last = selective_scan(
                 u.to(cdt),
                 delta.transpose(1, 2),
@@ -203,27 +192,19 @@ class Mamba(nn.Module):
                 initial_state=h0,
                 method=self.scan,
             )
-        out = self.out_proj(y.transpose(1, 2).to(xi.dtype))
-        if mask is not None:
-            out = out * mask.unsqueeze(-1).to(out.dtype)
+        out = pad_mask(self.out_proj(y.transpose(1, 2).to(xi.dtype)), mask)
         if not return_state:
             return out
-        inputs = torch.cat([conv_state, xi], dim=-1)  # (B, E, d_conv + L)
-        if mask is None:
-            conv_last = inputs[..., -self.d_conv :]
-        else:
-            ends = mask.sum(dim=1, keepdim=True) + torch.arange(self.d_conv, device=x.device)  # (B, d_conv)
-            conv_last = inputs.gather(2, ends.unsqueeze(1).expand(-1, self.d_inner, -1))
-        return out, (conv_last, h_last)
+        return out, (last_inputs(xi, window, self.d_conv, mask_lengths(mask, x.shape[1])), h_last)
 
     def step(self, x_t: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
         """One token: x_t (B, D) -> (y_t (B, D), new state); no in-place updates."""
         conv_state, h = state
         xi, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E)
-        conv_state = torch.cat([conv_state[..., 1:].to(xi.dtype), xi.unsqueeze(-1)], dim=-1)
-        u = F.silu(self.conv1d(conv_state).squeeze(-1))  # (B, E)
+        conv_state = step_window(conv_state, xi)
+        u = F.silu(conv_step(conv_state, self.conv1d.weight, self.conv1d.bias))  # (B, E)
         dt, B, C = self._ssm_inputs(u)
-        cdt = torch.promote_types(x_t.dtype, torch.float32)
+        cdt = compute_dtype(x_t.dtype)
         with torch.autocast(device_type=x_t.device.type, enabled=False):
             u, B, C = u.to(cdt), B.to(cdt), C.to(cdt)
             delta = F.softplus(dt.to(cdt) + self.dt_proj.bias.to(cdt))
@@ -243,10 +224,7 @@ def _shape(in_types: Sequence[TensorType], **args: Any) -> TensorType:
         raise ShapeError(str(e)) from None
     if int(args["expand"] * d_model) < 1:
         raise ShapeError(f"expand {args['expand']} × d_model {d_model} leaves no inner channel")
-    if args["dt_min"] <= 0:
-        raise ShapeError(f"dt_min must be above 0 (Δ is initialised log-uniformly), got {args['dt_min']:g}")
-    if args["dt_min"] > args["dt_max"]:
-        raise ShapeError(f"dt_min {args['dt_min']:g} is above dt_max {args['dt_max']:g}")
+    check_dt_range(args["dt_min"], args["dt_max"])
     return out
 
 

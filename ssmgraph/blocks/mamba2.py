@@ -36,7 +36,6 @@ B and C. Input features: in_proj's columns; output features: out_proj's rows (an
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,11 +43,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssmgraph.blocks.mamba import inverse_softplus
 from ssmgraph.blocks.optim_hints import mark_optim
 from ssmgraph.blocks.ssm_params import check_dt_range, ssm_params
+from ssmgraph.ops.causal_conv import conv_step, last_inputs, pad_mask, padded_inputs, step_window
+from ssmgraph.ops.discretize import dt_bias_init
+from ssmgraph.ops.final_state import mask_lengths
 from ssmgraph.ops.gated_norm import gated_rms_norm
 from ssmgraph.ops.linear import Linear
+from ssmgraph.ops.precision import compute_dtype, state_placement
 from ssmgraph.ops.ssd import ssd_chunked, ssd_step
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import (
@@ -122,9 +124,7 @@ class Mamba2(nn.Module):
     def _init_ssm(self) -> None:
         """The Mamba-2-specific init: dt_bias (softplus⁻¹ of a log-uniform Δ), A_log, D, the norm."""
         with torch.no_grad():
-            lo, hi = math.log(self.dt_min), math.log(self.dt_max)
-            dt = torch.exp(torch.rand(self.nheads) * (hi - lo) + lo).clamp(min=self.dt_init_floor)
-            self.dt_bias.copy_(inverse_softplus(dt))
+            self.dt_bias.copy_(dt_bias_init(self.nheads, self.dt_min, self.dt_max, self.dt_init_floor))
             self.A_log.copy_(torch.log(torch.empty(self.nheads).uniform_(*A_INIT_RANGE)))
             self.D.fill_(1.0)
             if self.norm is not None:
@@ -138,12 +138,9 @@ class Mamba2(nn.Module):
 
     def init_state(self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Mamba2State:
         """Zero (conv_state (B, E + 2GN, d_conv), ssm_state (B, H, P, N)); ssm_state is at least fp32."""
-        ref = self.in_proj.weight
-        device = ref.device if device is None else device
-        dtype = ref.dtype if dtype is None else dtype
+        device, dtype = state_placement(self.in_proj.weight, device, dtype)
         conv_state = torch.zeros(batch, self.conv_dim, self.d_conv, device=device, dtype=dtype)
-        ssm_dtype = torch.promote_types(dtype, torch.float32)
-        ssm_state = torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device, dtype=ssm_dtype)
+        ssm_state = torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device, dtype=compute_dtype(dtype))
         return conv_state, ssm_state
 
     def _delta(self, dt: Tensor, cdt: torch.dtype) -> Tensor:
@@ -158,25 +155,17 @@ class Mamba2(nn.Module):
     def forward(
         self, x: Tensor, *, state: Mamba2State | None = None, return_state: bool = False, mask: Tensor | None = None
     ) -> Tensor | tuple[Tensor, Mamba2State]:
-        batch = x.shape[0]
         e, g, n = self.d_inner, self.n_groups, self.d_state
         z, xbc, dt = self.in_proj(x).split([e, self.conv_dim, self.nheads], dim=-1)
         xbc = xbc.transpose(1, 2)  # (B, E + 2GN, L) for the depthwise conv
-        if state is None:
-            conv_state, h0 = xbc.new_zeros(batch, self.conv_dim, self.d_conv), None
-        else:
-            conv_state, h0 = state
-            conv_state = conv_state.to(xbc.dtype)
-        u = F.silu(self.conv1d(torch.cat([conv_state[..., 1:], xbc], dim=-1))).transpose(1, 2)
+        window, h0 = (None, None) if state is None else state
+        u = F.silu(self.conv1d(padded_inputs(xbc, window, self.d_conv))).transpose(1, 2)
         xs, B, C = u.split([e, g * n, g * n], dim=-1)
-        cdt = torch.promote_types(x.dtype, torch.float32)
+        cdt = compute_dtype(x.dtype)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            delta = self._delta(dt, cdt)
-            if mask is not None:
-                delta = delta * mask.unsqueeze(-1).to(cdt)  # Δ = 0: h passes padding unchanged
             y, h_last = ssd_chunked(
                 xs.to(cdt).unflatten(-1, (self.nheads, self.headdim)),
-                delta,
+                pad_mask(self._delta(dt, cdt), mask),  # Δ = 0: h passes padding unchanged
                 -torch.exp(self.A_log.to(cdt)),
                 B.to(cdt).unflatten(-1, (g, n)),
                 C.to(cdt).unflatten(-1, (g, n)),
@@ -186,28 +175,20 @@ class Mamba2(nn.Module):
                 return_final_state=True,
             )
             y = self._gate_norm(y.flatten(-2), z)
-        out = self.out_proj(y.to(xbc.dtype))
-        if mask is not None:
-            out = out * mask.unsqueeze(-1).to(out.dtype)
+        out = pad_mask(self.out_proj(y.to(xbc.dtype)), mask)
         if not return_state:
             return out
-        inputs = torch.cat([conv_state, xbc], dim=-1)  # (B, E + 2GN, d_conv + L)
-        if mask is None:
-            conv_last = inputs[..., -self.d_conv :]
-        else:
-            ends = mask.sum(dim=1, keepdim=True) + torch.arange(self.d_conv, device=x.device)  # (B, d_conv)
-            conv_last = inputs.gather(2, ends.unsqueeze(1).expand(-1, self.conv_dim, -1))
-        return out, (conv_last, h_last)
+        return out, (last_inputs(xbc, window, self.d_conv, mask_lengths(mask, x.shape[1])), h_last)
 
     def step(self, x_t: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
         """One token: x_t (B, D) -> (y_t (B, D), new state); no in-place updates."""
         conv_state, h = state
         e, g, n = self.d_inner, self.n_groups, self.d_state
         z, xbc, dt = self.in_proj(x_t).split([e, self.conv_dim, self.nheads], dim=-1)
-        conv_state = torch.cat([conv_state[..., 1:].to(xbc.dtype), xbc.unsqueeze(-1)], dim=-1)
-        u = F.silu(self.conv1d(conv_state).squeeze(-1))  # (B, E + 2GN)
+        conv_state = step_window(conv_state, xbc)
+        u = F.silu(conv_step(conv_state, self.conv1d.weight, self.conv1d.bias))  # (B, E + 2GN)
         xs, B, C = u.split([e, g * n, g * n], dim=-1)
-        cdt = torch.promote_types(x_t.dtype, torch.float32)
+        cdt = compute_dtype(x_t.dtype)
         with torch.autocast(device_type=x_t.device.type, enabled=False):
             y, h = ssd_step(
                 h.to(cdt),

@@ -11,7 +11,7 @@ E = proj_factor·D rounded up to a multiple of ``round_to``, H heads of d = E/H:
     q, k   = q_proj(c), k_proj(c);  v = v_proj(x)        block-diagonal, blocks of qkv_blocksize
     ĩ, f̃   = igate([q, k, v]), fgate([q, k, v])         one of each per head
     h      = mLSTM(q, k, v, ĩ, f̃)                         per head, ssmgraph.ops.mlstm (k / √d)
-    y      = (HeadNorm(h) + learnable_skip ⊙ c) ⊙ silu(z)
+    y      = (HeadLayerNorm(h) + learnable_skip ⊙ c) ⊙ silu(z)
     out    = proj_down(y)
 
 The memory (ops/mlstm.py): C_t = f_t C_{t-1} + i_t v_t k_tᵀ, n_t = f_t n_{t-1} + i_t k_t,
@@ -46,11 +46,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssmgraph.blocks.xlstm_parts import HeadNorm, HeadwiseLinear, compute_dtype, small_init_, wang_init_
+from ssmgraph.blocks.xlstm_parts import HeadLayerNorm, HeadwiseLinear, small_init_, wang_init_
 from ssmgraph.ops.causal_conv import causal_conv, conv_step, last_inputs, pad_mask, step_window
 from ssmgraph.ops.final_state import mask_lengths
 from ssmgraph.ops.linear import Linear
 from ssmgraph.ops.mlstm import MLSTMState, mlstm_chunked, mlstm_step, zero_mlstm_state
+from ssmgraph.ops.precision import compute_dtype, state_placement
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import (
     INPUT_SPACE,
@@ -101,7 +102,7 @@ class MLSTMBlock(nn.Module):
         self.v_proj = HeadwiseLinear(E, E // qkv_blocksize, bias=bias)
         self.igate = Linear(3 * E, heads)
         self.fgate = Linear(3 * E, heads)
-        self.outnorm = HeadNorm(E, heads)
+        self.outnorm = HeadLayerNorm(E, heads)
         self.learnable_skip = nn.Parameter(torch.ones(E))
         self.proj_down = Linear(E, d_model, bias=bias)
         self._init_weights()
@@ -131,9 +132,7 @@ class MLSTMBlock(nn.Module):
 
     def init_state(self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         """Zero (conv_state (B, E, K), C (B, H, d, d), n (B, H, d), m (B, H))."""
-        ref = self.proj_up.weight
-        device = ref.device if device is None else device
-        dtype = ref.dtype if dtype is None else dtype
+        device, dtype = state_placement(self.proj_up.weight, device, dtype)
         conv = torch.zeros(batch, self.inner, self.conv_kernel, device=device, dtype=dtype)
         return (conv, *zero_mlstm_state(batch, self.heads, self.head_dim, device=device, dtype=compute_dtype(dtype)))
 
@@ -145,7 +144,7 @@ class MLSTMBlock(nn.Module):
         return log_i, (F.logsigmoid(f) if self.forget_gate == "sigmoid" else f)
 
     def _out(self, h: Tensor, c: Tensor, z: Tensor) -> Tensor:
-        """proj_down((HeadNorm(h) + skip ⊙ c) ⊙ silu(z)); ``h (..., H, d)``."""
+        """proj_down((HeadLayerNorm(h) + skip ⊙ c) ⊙ silu(z)); ``h (..., H, d)``."""
         y = self.outnorm(h).to(c.dtype) + self.learnable_skip * c
         return self.proj_down(y * F.silu(z))
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ssmgraph.ops.precision import compute_dtype
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import THROUGH_SPACE, BlockSpec, Param, PermSpace, TensorType, rows_of, same_as_input
 
@@ -42,7 +43,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.full((dim,), 1.0 - offset))
 
     def forward(self, x: Tensor) -> Tensor:
-        compute = torch.promote_types(x.dtype, torch.float32)
+        compute = compute_dtype(x.dtype)
         normed = _rms_norm(x.to(compute), self.dim, self.eps)
         if self.offset:  # Gemma: (x̂ · (offset + weight)) in fp32, then cast
             return (normed * (self.offset + self.weight.to(compute))).to(x.dtype)

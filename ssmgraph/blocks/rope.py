@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ssmgraph.ops.precision import host_init
+from ssmgraph.ops.precision import compute_dtype, host_init
 from ssmgraph.registry.specs import Param, ShapeError
 
 SCALINGS = ("none", "linear", "llama3", "yarn")
@@ -192,14 +192,14 @@ class Rotary(nn.Module):
         self.magnitude = (
             (yarn_attention_factor(factor) if attention_factor is None else attention_factor) if scaling == "yarn" else 1.0
         )
-        table = exact.to(torch.promote_types(torch.get_default_dtype(), torch.float32))
+        table = exact.to(compute_dtype(torch.get_default_dtype()))
         self.register_buffer("inv_freq", table.to(ambient), persistent=False)
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Rotary:
         """After a move or cast, refill the table from the exact values, in at least fp32."""
         super()._apply(fn, recurse)
         moved = self.inv_freq
-        self.inv_freq = self._exact.to(torch.promote_types(moved.dtype, torch.float32)).to(moved.device)
+        self.inv_freq = self._exact.to(compute_dtype(moved.dtype)).to(moved.device)
         return self
 
     def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -212,7 +212,7 @@ class Rotary(nn.Module):
 
 def angles(positions: Tensor, inv_freq: Tensor, dtype: torch.dtype, magnitude: float = 1.0) -> tuple[Tensor, Tensor]:
     """magnitude · (cos, sin) of positions · inv_freq, computed in ``dtype`` promoted to at least fp32."""
-    compute = torch.promote_types(dtype, torch.float32)
+    compute = compute_dtype(dtype)
     angle = positions.to(compute).unsqueeze(-1) * inv_freq.to(device=positions.device, dtype=compute)
     cos, sin = angle.cos(), angle.sin()
     if magnitude != 1.0:

@@ -10,7 +10,7 @@ vanilla cell ``slstm_forward_pointwise``. With H heads of d = D/H units::
     c      = silu(causal depthwise conv(u))              (conv_kernel 0: c = u)
     ĩ, f̃   = igate(c), fgate(c);  z̃, õ = zgate(u), ogate(u)   block-diagonal, one block per head
     y_t    = sLSTM(ĩ, f̃, z̃, õ; R y_{t-1} + b)             ssmgraph.ops.slstm, per head
-    out    = HeadNorm(y)                                 per-head layer norm, weight 1 + w
+    out    = HeadLayerNorm(y)                             per-head layer norm, weight 1 + w
 
 The cell (ops/slstm.py): c_t = f_t c_{t-1} + i_t tanh(z̃_t), n_t = f_t n_{t-1} + i_t,
 y_t = σ(õ_t) c_t / n_t with i_t = exp(ĩ_t), f_t = σ(f̃_t) (or exp(f̃_t)), stabilised by m_t. The
@@ -39,9 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssmgraph.blocks.xlstm_parts import HeadNorm, HeadwiseLinear, compute_dtype, small_init_
+from ssmgraph.blocks.xlstm_parts import HeadLayerNorm, HeadwiseLinear, small_init_
 from ssmgraph.ops.causal_conv import causal_conv, conv_step, last_inputs, pad_mask, step_window
 from ssmgraph.ops.final_state import mask_lengths
+from ssmgraph.ops.precision import compute_dtype, state_placement
 from ssmgraph.ops.slstm import SLSTMState, slstm_cell, slstm_scan, zero_slstm_state
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import BlockSpec, Param, PermSpace, ShapeError, TensorType, same_as_input
@@ -69,7 +70,7 @@ class SLSTMBlock(nn.Module):
         self.ogate = HeadwiseLinear(d_model, heads)
         self.recurrent_kernel = nn.Parameter(torch.zeros(heads, self.head_dim, 4, self.head_dim))
         self.bias = nn.Parameter(torch.zeros(heads, 4, self.head_dim))
-        self.group_norm = HeadNorm(d_model, heads)
+        self.group_norm = HeadLayerNorm(d_model, heads)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -89,9 +90,7 @@ class SLSTMBlock(nn.Module):
 
     def init_state(self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         """Zero (conv_state (B, D, K), y, c, n, m (B, H, d))."""
-        ref = self.bias
-        device = ref.device if device is None else device
-        dtype = ref.dtype if dtype is None else dtype
+        device, dtype = state_placement(self.bias, device, dtype)
         conv = torch.zeros(batch, self.d_model, self.conv_kernel, device=device, dtype=dtype)
         return (conv, *zero_slstm_state(batch, self.heads, self.head_dim, device=device, dtype=compute_dtype(dtype)))
 

@@ -1,6 +1,6 @@
 """Pieces the mLSTM and sLSTM blocks share, after the official xlstm package (NX-AI/xlstm,
 ``xlstm/components``): the block-diagonal (headwise) linear layer, the per-head layer norm
-with a residual weight, the compute dtype and the init rules."""
+with a residual weight and the init rules."""
 
 from __future__ import annotations
 
@@ -9,11 +9,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the recurrent math runs in: at least fp32 (fp64 stays fp64)."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 def small_init_(weight: Tensor, dim: int) -> Tensor:
@@ -47,7 +42,7 @@ class HeadwiseLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-class HeadNorm(nn.Module):
+class HeadLayerNorm(nn.Module):
     """Layer norm of every head's d features on its own (a group norm with one group per head),
     scaled by ``1 + weight`` (xlstm's ``MultiHeadLayerNorm`` with a residual weight, zero at init)."""
 

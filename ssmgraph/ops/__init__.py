@@ -10,7 +10,8 @@ module                 job
 =====================  ====================================================================
 ``hippo``              HiPPO matrices (LegS, LegT, FouT), their NPLR form, the S4D
                        initialisations, the log-uniform Δ draw
-``discretize``         ZOH and bilinear discretisation (diagonal and dense systems)
+``discretize``         ZOH and bilinear discretisation (diagonal and dense systems), the
+                       softplus⁻¹ init of a selective Δ bias
 ``vandermonde``        the diagonal-SSM kernel Σ_n v_n a_n^l over blocks of positions
 ``dplr``               DPLR state matrices: dense form, S4's Cauchy/Woodbury kernel
 ``fftconv``            causal / bidirectional convolution through the FFT (length 2L)
@@ -24,7 +25,8 @@ module                 job
 ``gated_norm``         Mamba-2's gated RMSNorm over groups of channels
 ``linear``             ``F.linear`` / ``nn.Linear`` through oneDNN where that is faster
 ``softcap``            logit soft-capping and attention with capped scores (Gemma 2)
-``precision``          state dtypes, the dtype SSM math runs in, init math on the host
+``precision``          state dtypes, the dtype SSM math runs in (at least fp32), the device
+                       and dtype of a zero state, init math on the host
 ``causal_conv``        short causal depthwise convolution with a carried window of inputs
 ``mlstm``              xLSTM's mLSTM memory: stabilised step and chunked parallel form
 ``slstm``              xLSTM's sLSTM cell (exponential gating, stabiliser) and its loop

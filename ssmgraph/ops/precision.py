@@ -1,4 +1,4 @@
-"""Where and in which precision the SSM math runs: state dtypes, the parameters' dtype, init on the host."""
+"""Where and in which precision the SSM math runs: state and compute dtypes, the parameters' dtype, init on the host."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+from torch import Tensor
 
 
 def complex_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -13,6 +14,17 @@ def complex_dtype(dtype: torch.dtype) -> torch.dtype:
     complex128; anything else (float32, bfloat16, float16, complex64) → complex64 — states
     are never kept below single precision."""
     return torch.complex128 if dtype in (torch.float64, torch.complex128) else torch.complex64
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The real dtype recurrences and other precision-sensitive math run in for inputs of ``dtype``:
+    at least fp32 (bfloat16 and float16 → float32; float64 stays float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def state_placement(ref: Tensor, device: torch.device | None, dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype of a block's zero state (``init_state``): those asked for, else those of ``ref``."""
+    return (ref.device if device is None else device), (ref.dtype if dtype is None else dtype)
 
 
 @contextlib.contextmanager

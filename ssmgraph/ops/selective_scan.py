@@ -62,6 +62,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ssmgraph.ops.precision import compute_dtype
+
 METHODS = ("auto", "loop", "blelloch")
 
 LOOP_MIN_SLICE = 2048
@@ -73,10 +75,6 @@ CHUNK_ELEMENTS = 1 << 20
 """Target size (elements) of one (chunk, batch, d, N) work buffer of the fast path (4 MB in
 fp32: the buffers of a chunk then stay in cache; larger chunks measured slower)."""
 MIN_CHUNK = 16
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
 
 
 def selective_scan_ref(
@@ -98,7 +96,7 @@ def selective_scan_ref(
     the state after the last step is returned too.
     """
     dtype_in = u.dtype
-    cdt = _compute_dtype(dtype_in)
+    cdt = compute_dtype(dtype_in)
     u, delta, A, B, C = (t.to(cdt) for t in (u, delta, A, B, C))
     if delta_bias is not None:
         delta = delta + delta_bias.to(cdt)[..., None]
@@ -145,7 +143,7 @@ def selective_scan(
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
     dtype_in = u.dtype
-    cdt = _compute_dtype(dtype_in)
+    cdt = compute_dtype(dtype_in)
     batch, d, length = u.shape
     n = A.shape[1]
     if length == 0:

@@ -12,6 +12,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ssmgraph.ops.precision import compute_dtype
+
 
 def softcap(x: Tensor, cap: float) -> Tensor:
     """cap · tanh(x / cap), in the order transformers computes it (divide, tanh, multiply)."""
@@ -25,7 +27,7 @@ def capped_attention(
     ``allowed`` broadcasts to (B, H, L, S); ``scale`` null: 1 / sqrt(d). Every row must allow a key."""
     scores = softcap(torch.matmul(q, k.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale), cap)
     scores = scores.masked_fill(~allowed, float("-inf"))
-    weights = F.softmax(scores, dim=-1, dtype=torch.promote_types(q.dtype, torch.float32)).to(q.dtype)
+    weights = F.softmax(scores, dim=-1, dtype=compute_dtype(q.dtype)).to(q.dtype)
     if dropout:
         weights = F.dropout(weights, p=dropout)
     return torch.matmul(weights, v)
