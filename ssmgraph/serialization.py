@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,13 @@ from safetensors.torch import load_file, save_file
 
 from ssmgraph.blueprint import load_blueprint
 from ssmgraph.blueprint.yamlsafe import dump_yaml
+from ssmgraph.errors import SsmgraphError
 from ssmgraph.folders import (
     CHECKPOINTS,
     CheckpointError,
     atomic_directory,
     folder_lock,
+    follow_link,
     latest_checkpoint,
     readable_by_others,
     refuse_checkpoint_target,
@@ -66,6 +69,39 @@ def check_replaceable(directory: Path, sources: Iterable[Path] = ()) -> None:
         )
 
 
+def already_exists(out: Path) -> SsmgraphError:
+    return SsmgraphError(f"{out} already exists; pass --overwrite to replace it")
+
+
+@contextmanager
+def replacing(
+    out: Path,
+    overwrite: bool,
+    *,
+    replaceable: Callable[[Path], None] = check_replaceable,
+    exists: Callable[[Path], SsmgraphError] = already_exists,
+    reads: Iterable[Path] = (),
+    what: str = "the output",
+    empty_is_new: bool = False,
+) -> Iterator[Path]:
+    """Hold the lock of the output folder ``out`` (written where a symlink points: the path yielded)
+    for the block, once the rules of the commands that replace a folder (``merge``, ``import hf``,
+    ``export hf``) allow it: never a training run's checkpoint nor a folder the command ``reads``;
+    under the lock, ``replaceable`` raises the command's own refusals (a file, a folder of other
+    files than its earlier output: before --overwrite is asked for, which would not help there);
+    then a folder that is there already is replaced only with ``overwrite`` (else ``exists``;
+    ``empty_is_new``: an empty folder needs no --overwrite). The block writes ``out`` with
+    :func:`ssmgraph.folders.atomic_directory`."""
+    out = follow_link(Path(out))
+    refuse_checkpoint_target(out, what)
+    refuse_sources(out, reads, what)
+    with folder_lock(out):
+        replaceable(out)
+        if out.exists() and not overwrite and not (empty_is_new and out.is_dir() and not any(out.iterdir())):
+            raise exists(out)
+        yield out
+
+
 def weights_to_save(model: torch.nn.Module, tied: Mapping[str, str]) -> dict[str, torch.Tensor]:
     """The state dict without tied aliases, as contiguous CPU tensors."""
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in tied}
@@ -79,8 +115,16 @@ def save(model: CompiledModel, directory: str | Path, *, extra_meta: Mapping[str
     directory = Path(directory)
     with folder_lock(directory):
         check_replaceable(directory)
-        with atomic_directory(directory) as tmp:
-            write_model_files(model, tmp, weights_to_save(model, model.tied), extra_meta)
+        write_model(model, directory, extra_meta)
+    return directory
+
+
+def write_model(model: CompiledModel, directory: Path, extra_meta: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model`` (tied aliases stored once) to ``directory`` atomically: a kill leaves the model
+    saved there before. No lock or checks: :func:`save` adds them; a trainer writing into the run it
+    holds (``RUN/best/``, ``RUN/ema/``) needs neither."""
+    with atomic_directory(directory) as tmp:
+        write_model_files(model, tmp, weights_to_save(model, model.tied), extra_meta)
     return directory
 
 

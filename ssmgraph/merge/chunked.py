@@ -11,7 +11,11 @@ are float64 sums (they were sums in the working dtype).
 
 Exactness costs memory in one case: where equal magnitudes straddle TIES's k-th place (or the
 tensor holds a NaN), the kept entries are those of ``torch.argsort``'s top k, mergekit's call,
-which needs |δ| and its int64 order in full (:func:`ssmgraph.merge.weights.top_magnitude_mask`).
+which needs |δ| and its int64 order in full (:func:`argsort_mask`).
+
+The steps that the out-of-place functions share live here too — the k-th largest magnitude by
+selection (:func:`kth_largest_magnitude`), argsort's top k, the sign election
+(:func:`consensus`) — so :mod:`ssmgraph.merge.weights` builds on this module, not the reverse.
 """
 
 from __future__ import annotations
@@ -22,10 +26,16 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from ssmgraph.merge import weights as W
-
 CHUNK_BYTES = 1 << 22
 """Bytes of one chunk of one tensor (4 MB): the temporaries' size."""
+DOT_THRESHOLD = 0.9995
+"""Above this |cos θ| SLERP falls back to linear interpolation (mergekit's threshold)."""
+L1_EPS = 1e-7
+"""DARE's L1 rescaling is skipped when either norm is below this (mergekit's ``rescaled_masked_tensor``)."""
+SAMPLE = 1 << 15
+"""Entries sampled (evenly strided) to bracket the k-th largest before selecting it exactly."""
+BAND = 1 << 22
+"""At most this many entries are gathered from the sampled bracket (16 MB in float32)."""
 
 
 def step_of(t: Tensor) -> int:
@@ -56,13 +66,12 @@ def top_magnitude_(delta: Tensor, density: float) -> Tensor:
     k = max(1, int(density * flat.numel()))
     if k >= flat.numel():
         return delta  # every entry kept: the mask is all ones
-    found = kth_largest_magnitude(flat, k)
-    if found is not None and found[1] == k:
-        v = found[0]
-        for c in chunks(flat):
-            c.mul_(c.abs() >= v)
-        return delta
-    return delta.mul_(W.top_magnitude_mask(delta, density))
+    v = kth_largest_if_exact(flat, k)
+    if v is None:
+        return delta.mul_(argsort_mask(delta, k))
+    for c in chunks(flat):
+        c.mul_(c.abs() >= v)
+    return delta
 
 
 def outliers_cut_(delta: Tensor, density: float, gamma: float) -> Tensor | None:
@@ -96,20 +105,18 @@ def outliers_cut_(delta: Tensor, density: float, gamma: float) -> Tensor | None:
     return delta
 
 
-BAND = 1 << 22
-"""At most this many entries are gathered from the sampled bracket (16 MB in float32)."""
-
-
 def kth_largest_magnitude(flat: Tensor, k: int) -> tuple[Tensor, int] | None:
-    """The k-th largest of |flat| and how many entries are at least it: selection as
-    :func:`ssmgraph.merge.weights._kth_largest`, without the full |flat| (the sample, the counts and
-    the few entries inside the sampled bracket are taken chunk by chunk). None when ``flat`` holds a
-    NaN or k is not in [1, n)."""
+    """The k-th largest of |flat| (1-D) and how many entries are at least it, by selection, no sort:
+    a strided sample's order statistics bracket it, [lo, hi]; when the bracket is confirmed (fewer
+    than k entries above hi, at least k at or above lo) it is the (k − #above)-th largest of the few
+    entries inside, else the k-th largest of all. Exact either way; the sample, the counts and the
+    entries inside the bracket are taken chunk by chunk, so no full |flat| is made. None when
+    ``flat`` holds a NaN or k is not in [1, n)."""
     n = flat.numel()
     if not 1 <= k < n or bool(torch.isnan(flat.amax())):  # amax: NaN wherever one is, no temporaries
         return None
-    if n > 8 * W.SAMPLE:
-        sample = flat[:: n // W.SAMPLE].abs().sort(descending=True).values
+    if n > 8 * SAMPLE:
+        sample = flat[:: n // SAMPLE].abs().sort(descending=True).values
         m = sample.numel()
         rank = k * m / n
         margin = 8 * math.sqrt(m * (k / n) * (1 - k / n)) + 8
@@ -132,6 +139,26 @@ def kth_largest_magnitude(flat: Tensor, k: int) -> tuple[Tensor, int] | None:
                 return v, above + int(torch.count_nonzero(values >= v))
     v = kth_smallest_(flat.abs(), n - k)
     return v, count(flat, lambda c: c.abs() >= v)
+
+
+def kth_largest_if_exact(flat: Tensor, k: int) -> Tensor | None:
+    """The k-th largest magnitude v of 1-D ``flat`` when exactly k entries are ≥ v — no tie straddles
+    the k-th place, so argsort's top k is that set whatever its order among equals; None otherwise
+    (ties at the boundary, a NaN, k not in [1, n)): then only :func:`argsort_mask` gives its top k."""
+    found = kth_largest_magnitude(flat, k)
+    return found[0] if found is not None and found[1] == k else None
+
+
+def argsort_mask(delta: Tensor, k: int) -> Tensor:
+    """True at the first k entries of ``torch.argsort(|δ|, descending=True)``: mergekit's call
+    (``sparsify.magnitude``), which orders the equal magnitudes at the k-th place its own way."""
+    magnitudes = delta.abs().flatten()
+    order = torch.empty(magnitudes.shape, dtype=torch.long, device=magnitudes.device)
+    torch.sort(magnitudes, descending=True, out=(magnitudes, order))  # argsort's kernel, sorting its own copy in place
+    del magnitudes
+    mask = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
+    mask[order[:k]] = True
+    return mask.view_as(delta)
 
 
 def kth_smallest_(values: Tensor, r: int) -> Tensor:
@@ -161,7 +188,7 @@ def l1_rescale_(delta: Tensor, trim: Callable[[Tensor], Tensor], rescale: bool) 
     if not rescale:
         return delta
     after = l1(delta.view(-1))
-    return delta if before < W.L1_EPS or after < W.L1_EPS else delta.mul_(before / after)
+    return delta if before < L1_EPS or after < L1_EPS else delta.mul_(before / after)
 
 
 def combine_(tensors: Tensor, base: int, weights: Sequence[float], *, ties: bool, normalize: bool, lam: float) -> Tensor:
@@ -181,13 +208,42 @@ def combine_(tensors: Tensor, base: int, weights: Sequence[float], *, ties: bool
         else:
             deltas = torch.stack([flat[r, i : i + step] for r in rows])
         if ties:
-            mixed = W.consensus(deltas, weights, "sum", normalize, inplace=True)
+            mixed = consensus(deltas, weights, "sum", normalize, inplace=True)
         else:
             mixed = deltas.mul_(w).sum(0)
             if normalize and abs(total) >= 1e-8:
                 mixed.div_(total)
         b[i : i + step].add_(mixed.mul_(lam))
     return tensors[base]
+
+
+def consensus(deltas: Tensor, weights: Sequence[float], majority: str, normalize: bool, *, inplace: bool = False) -> Tensor:
+    """TIES's sign election and disjoint mean over ``deltas`` (``[models, ...]``): Σ of the weighted
+    deltas whose sign is the elected one — the sign of Σ wᵢ δᵢ (``majority`` "sum") or of the count of
+    signs ("count"), 0 electing + — divided by the sum of their weights with ``normalize`` (0 → 1).
+    ``inplace``: ``deltas`` is overwritten (the same values, one full-size temporary fewer)."""
+    if majority not in ("sum", "count"):
+        raise ValueError(f"majority must be 'sum' or 'count', got {majority!r}")
+    w = torch.tensor(weights, dtype=deltas.dtype, device=deltas.device).view(-1, *[1] * (deltas.dim() - 1))
+    weighted = deltas.mul_(w) if inplace else deltas * w
+    if majority == "sum":
+        positive = weighted.sum(0) >= 0
+    else:
+        positive = weighted.sign().sum(0) >= 0
+    # sign(x) == elected, without the signs: x > 0 where + is elected, x < 0 where − is
+    agree = torch.empty(weighted.shape, dtype=torch.bool, device=weighted.device)
+    for row, x in zip(agree, weighted):
+        torch.where(positive, x > 0, x < 0, out=row)
+    del positive
+    for x, a in zip(weighted, agree):  # row by row: the float copy of the mask a product makes is one row's
+        x.mul_(a)
+    merged = weighted.sum(0)
+    if not normalize:
+        return merged
+    for x, a, wi in zip(weighted, agree, w):  # w * agree, into the weighted deltas' buffer (summed: free)
+        x.copy_(a).mul_(wi)
+    divisor = weighted.sum(0)
+    return merged.div_(divisor.masked_fill_(divisor == 0, 1))
 
 
 def slerp_(v0: Tensor, v1: Tensor, t: float, eps: float = 1e-8) -> Tensor:
@@ -203,7 +259,7 @@ def slerp_(v0: Tensor, v1: Tensor, t: float, eps: float = 1e-8) -> Tensor:
         del x, y
     n0, n1 = math.sqrt(n0), math.sqrt(n1)
     cos = dot / (n0 if n0 > eps else 1.0) / (n1 if n1 > eps else 1.0)
-    if abs(cos) > W.DOT_THRESHOLD:
+    if abs(cos) > DOT_THRESHOLD:
         return v0.mul_(1 - t).add_(v1.mul_(t))
     theta = math.acos(cos)
     return v0.mul_(math.sin((1 - t) * theta)).add_(v1.mul_(math.sin(t * theta))).div_(math.sin(theta))

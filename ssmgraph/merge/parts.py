@@ -21,7 +21,7 @@ from __future__ import annotations
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.interop.errors import HFExportError
 from ssmgraph.interop.hf import layout_of
-from ssmgraph.interop.hf.layout import Layout
+from ssmgraph.interop.hf.layout import Layout, TensorMap
 from ssmgraph.merge.weights import Joined
 
 
@@ -29,14 +29,7 @@ def fused_parts(model: CompiledModel) -> dict[str, tuple[int, ...]]:
     """``{state-dict key: row counts of its parts}`` for the parameters of ``model`` that its
     Hugging Face layout stores as several tensors; empty when there are none."""
     layout = _layout(model)
-    if layout is None:
-        return {}
-    shapes = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
-    return {
-        m.ssm: m.split
-        for m in layout.tensor_maps()
-        if len(m.hf) > 1 and shapes.get(m.ssm, (None,))[0] == sum(m.split)  # a layer sized otherwise stays whole
-    }
+    return {} if layout is None else _fused(layout.tensor_maps(), _rows(model))
 
 
 def merge_parts(model: CompiledModel) -> dict[str, tuple[int, ...] | Joined]:
@@ -45,17 +38,27 @@ def merge_parts(model: CompiledModel) -> dict[str, tuple[int, ...] | Joined]:
     layout = _layout(model)
     if layout is None:
         return {}
-    found: dict[str, tuple[int, ...] | Joined] = dict(fused_parts(model))
-    shapes = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
-    rows: dict[str, list[tuple[int, str]]] = {}
-    for m in layout.tensor_maps():
-        if m.rows is not None and shapes.get(m.ssm, (None,))[0] == m.rows[1] - m.rows[0]:
-            rows.setdefault(m.hf[0], []).append((m.rows[0], m.ssm))
-    for pieces in rows.values():
+    maps, rows = layout.tensor_maps(), _rows(model)
+    found: dict[str, tuple[int, ...] | Joined] = dict(_fused(maps, rows))
+    sources: dict[str, list[tuple[int, str]]] = {}
+    for m in maps:
+        if m.rows is not None and rows.get(m.ssm) == m.rows[1] - m.rows[0]:
+            sources.setdefault(m.hf[0], []).append((m.rows[0], m.ssm))
+    for pieces in sources.values():
         if len(pieces) > 1:
             joined = Joined(tuple(key for _, key in sorted(pieces)))
             found.update(dict.fromkeys(joined.keys, joined))
     return found
+
+
+def _fused(maps: list[TensorMap], rows: dict[str, int | None]) -> dict[str, tuple[int, ...]]:
+    """The maps of one parameter from several Hugging Face tensors, whose rows add up (a layer sized otherwise stays whole)."""
+    return {m.ssm: m.split for m in maps if len(m.hf) > 1 and rows.get(m.ssm) == sum(m.split)}
+
+
+def _rows(model: CompiledModel) -> dict[str, int | None]:
+    """State-dict key -> its tensor's row count (None for a scalar)."""
+    return {key: tensor.shape[0] if tensor.dim() else None for key, tensor in model.state_dict().items()}
 
 
 def _layout(model: CompiledModel) -> Layout | None:

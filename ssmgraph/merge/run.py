@@ -19,8 +19,7 @@ import torch
 
 from ssmgraph.blueprint import load_blueprint
 from ssmgraph.blueprint.yamlsafe import dump_yaml
-from ssmgraph.errors import SsmgraphError
-from ssmgraph.folders import atomic_directory, folder_lock, follow_link, holds_current_folder, refuse_checkpoint_target
+from ssmgraph.folders import atomic_directory, holds_current_folder
 from ssmgraph.graph.compile import compile_blueprint
 from ssmgraph.interop.hf.metadata import carried_metadata
 from ssmgraph.merge.align import permute_onto_base
@@ -31,8 +30,8 @@ from ssmgraph.merge.recipe import ModelSource, Recipe
 from ssmgraph.merge.report import write_report
 from ssmgraph.progress import phase
 from ssmgraph.safeio import check_fields, read_json
-from ssmgraph.serialization import check_replaceable, model_directory, weights_to_save, write_model_files
 from ssmgraph.serialization import load as load_model
+from ssmgraph.serialization import model_directory, replacing, weights_to_save, write_model_files
 from ssmgraph.train.fitting import fit_params, make_task
 from ssmgraph.train.tasks.base import Task
 
@@ -100,17 +99,13 @@ def _check_not_read_by(recipe: Recipe, out_dir: Path) -> None:
 def run_merge(recipe: Recipe, out_dir: Path, *, overwrite: bool = False, progress: bool = True) -> tuple[Path, MergeResult]:
     """Merge as the recipe says and write the result into ``out_dir`` (atomically), holding
     ``out_dir``'s lock from the first check to the last write."""
-    out_dir = follow_link(Path(out_dir))
-    refuse_checkpoint_target(out_dir, "--out")
-    with folder_lock(out_dir):
-        return _merge_into(recipe, out_dir, overwrite, progress)
+    # an earlier merge's output (a saved model) is replaced, never a folder of other files
+    with replacing(Path(out_dir), overwrite, what="--out") as target:
+        return _merge_into(recipe, target, progress)
 
 
-def _merge_into(recipe: Recipe, out_dir: Path, overwrite: bool, progress: bool) -> tuple[Path, MergeResult]:
+def _merge_into(recipe: Recipe, out_dir: Path, progress: bool) -> tuple[Path, MergeResult]:
     if out_dir.exists():
-        check_replaceable(out_dir)  # an earlier merge's output (a saved model), never a folder of other files
-        if not overwrite:
-            raise SsmgraphError(f"{out_dir} already exists; pass --overwrite to replace it")
         _check_not_read_by(recipe, out_dir)
     with phase("loading"):
         merge_plan = plan(recipe)

@@ -38,6 +38,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ssmgraph.merge.chunked import (
+    DOT_THRESHOLD,
+    L1_EPS,
+    SAMPLE,  # noqa: F401 - re-exported: the size past which the selection samples
+    argsort_mask,
+    consensus,
+    kth_largest_if_exact,
+)
+
 StateDict = dict[str, Tensor]
 State = Mapping[str, Tensor]
 
@@ -51,10 +60,6 @@ class Joined:
 
 Parts = Mapping[str, "Sequence[int] | Joined"]
 """State-dict key -> row counts of the tensors stacked in it (along dim 0), or the keys it is merged with."""
-DOT_THRESHOLD = 0.9995
-"""Above this |cos θ| SLERP falls back to linear interpolation (mergekit's threshold)."""
-L1_EPS = 1e-7
-"""DARE's L1 rescaling is skipped when either norm is below this (mergekit's ``rescaled_masked_tensor``)."""
 
 
 def linear(
@@ -277,51 +282,13 @@ def _top_magnitude(delta: Tensor, density: float) -> Tensor:
 def top_magnitude_mask(delta: Tensor, density: float) -> Tensor:
     """True at ``delta``'s k = max(1, ⌊density·n⌋) largest-magnitude entries (ties in ``torch.argsort``'s order).
 
-    The k-th largest magnitude v is found by selection (:func:`_kth_largest`, no sort); when
-    exactly k entries are ≥ v — no tie straddles the k-th place, so argsort's top k is that set
-    whatever its order among equals — the mask is |δ| ≥ v. Otherwise (ties at the boundary, NaN)
-    the top k of ``torch.argsort(descending=True)`` itself, mergekit's call."""
+    The k-th largest magnitude v is found by selection (:func:`ssmgraph.merge.chunked.kth_largest_magnitude`,
+    no sort); when exactly k entries are ≥ v — no tie straddles the k-th place, so argsort's top k is
+    that set whatever its order among equals — the mask is |δ| ≥ v. Otherwise (ties at the boundary,
+    NaN) the top k of ``torch.argsort(descending=True)`` itself, mergekit's call."""
     k = max(1, int(density * delta.numel()))
-    magnitudes = delta.abs().flatten()
-    v = _kth_largest(magnitudes, k)
-    if v is not None:
-        mask = magnitudes >= v
-        if int(torch.count_nonzero(mask)) == k:
-            return mask.view_as(delta)
-        del mask
-    order = torch.empty(magnitudes.shape, dtype=torch.long, device=magnitudes.device)
-    torch.sort(magnitudes, descending=True, out=(magnitudes, order))  # argsort's kernel, sorting its own copy in place
-    mask = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
-    mask[order[:k]] = True
-    return mask.view_as(delta)
-
-
-SAMPLE = 1 << 15
-"""Entries sampled (evenly strided) to bracket the k-th largest before selecting it exactly."""
-
-
-def _kth_largest(w: Tensor, k: int) -> Tensor | None:
-    """The k-th largest entry of 1-D ``w`` (1 ≤ k < n), or None when ``w`` holds a NaN.
-
-    A strided sample's order statistics bracket it, [lo, hi]; when the bracket is confirmed
-    (fewer than k entries above hi, at least k at or above lo) it is the (k − #above)-th largest
-    of the few entries inside, else the k-th largest of all (``torch.kthvalue``). Exact either way."""
-    n = w.numel()
-    if not 1 <= k < n or bool(torch.isnan(w.amax())):  # k = n: every entry (left to argsort)
-        return None
-    if n > 8 * SAMPLE:
-        sample = w[:: n // SAMPLE].sort(descending=True).values
-        m = sample.numel()
-        rank = k * m / n
-        margin = 8 * math.sqrt(m * (k / n) * (1 - k / n)) + 8
-        hi = sample[max(0, int(rank - margin))]
-        lo = sample[min(m - 1, int(rank + margin))]
-        above = int(torch.count_nonzero(w > hi))
-        if above < k:
-            band = w[(w >= lo) & (w <= hi)]
-            if above + band.numel() >= k:
-                return torch.kthvalue(band, band.numel() - (k - above) + 1).values
-    return torch.kthvalue(w, n - k + 1).values
+    v = kth_largest_if_exact(delta.reshape(-1), k)
+    return argsort_mask(delta, k) if v is None else delta.abs() >= v
 
 
 def random_mask(shape: Sequence[int], density: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -346,43 +313,3 @@ def l1_rescaled(delta: Tensor, mask: Tensor, rescale: bool) -> Tensor:
         return masked
     before, after = delta.abs().sum(), masked.abs().sum()
     return masked if before < L1_EPS or after < L1_EPS else masked * (before / after)
-
-
-def consensus(deltas: Tensor, weights: Sequence[float], majority: str, normalize: bool, *, inplace: bool = False) -> Tensor:
-    """Σ of the weighted deltas whose sign is the elected one (÷ the sum of their weights).
-    ``inplace``: ``deltas`` is overwritten (the same values, fewer temporaries)."""
-    w = torch.tensor(weights, dtype=deltas.dtype, device=deltas.device).view(-1, *[1] * (deltas.dim() - 1))
-    if majority not in ("sum", "count"):
-        raise ValueError(f"majority must be 'sum' or 'count', got {majority!r}")
-    if not inplace:
-        weighted = deltas * w
-        signs = weighted.sign()
-        if majority == "sum":
-            elected = torch.where(weighted.sum(0) >= 0, 1.0, -1.0)
-        else:
-            elected = torch.where(signs.sum(0) >= 0, 1.0, -1.0)
-        agree = signs == elected
-        merged = (weighted * agree).sum(0)
-        if not normalize:
-            return merged
-        divisor = (w * agree).sum(0)
-        return merged / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
-    weighted = deltas.mul_(w)
-    if majority == "sum":
-        positive = weighted.sum(0) >= 0
-    else:
-        positive = weighted.sign().sum(0) >= 0
-    # sign(x) == elected, without the signs: x > 0 where + is elected, x < 0 where − is
-    agree = torch.empty(weighted.shape, dtype=torch.bool, device=weighted.device)
-    for row, x in zip(agree, weighted):
-        torch.where(positive, x > 0, x < 0, out=row)
-    del positive
-    for x, a in zip(weighted, agree):  # row by row: the float copy of the mask a product makes is one row's
-        x.mul_(a)
-    merged = weighted.sum(0)
-    if not normalize:
-        return merged
-    for x, a, wi in zip(weighted, agree, w):  # w * agree, into the weighted deltas' buffer (summed: free)
-        x.copy_(a).mul_(wi)
-    divisor = weighted.sum(0)
-    return merged.div_(divisor.masked_fill_(divisor == 0, 1))

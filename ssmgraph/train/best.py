@@ -12,11 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ssmgraph.folders import atomic_directory
 from ssmgraph.graph.model import CompiledModel
-from ssmgraph.serialization import weights_to_save, write_model_files
+from ssmgraph.serialization import write_model
 from ssmgraph.train.config import TrainConfig
-from ssmgraph.train.errors import TrainingError
+from ssmgraph.train.errors import DAMAGED, TrainingError
 from ssmgraph.train.settings import mode_of, split_of
 
 BEST_DIR = "best"
@@ -69,23 +68,18 @@ class BestPolicy:
         return {"kept": self.kept, "best": self.best, "waited": self.waited}
 
     def load(self, stored: Any, source: Path) -> None:
-        fix = "the checkpoint is damaged: delete its directory to resume from the one before, or start again with --overwrite"
         if not isinstance(stored, dict):
-            raise TrainingError(f"{source}: key 'trainer.best' is not an object; {fix}")
+            raise TrainingError(f"{source}: key 'trainer.best' is not an object; {DAMAGED}")
         for key in ("kept", "best"):
             value = stored.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise TrainingError(f"{source}: key 'trainer.best.{key}' is not a number; {fix}")
+                raise TrainingError(f"{source}: key 'trainer.best.{key}' is not a number; {DAMAGED}")
         waited = stored.get("waited")
         if isinstance(waited, bool) or not isinstance(waited, int) or waited < 0:
-            raise TrainingError(f"{source}: key 'trainer.best.waited' is not a count; {fix}")
+            raise TrainingError(f"{source}: key 'trainer.best.waited' is not a count; {DAMAGED}")
         self.kept, self.best, self.waited = stored.get("kept"), stored.get("best"), waited
 
 
 def save_best(model: CompiledModel, run_dir: Path, step: int, metric: str, value: float) -> Path:
     """Write the model to RUN/best/ atomically; its meta.json names the step, metric and value."""
-    target = run_dir / BEST_DIR
-    with atomic_directory(target) as tmp:
-        extra = {"best": {"step": step, "metric": metric, "value": value}}
-        write_model_files(model, tmp, weights_to_save(model, model.tied), extra)
-    return target
+    return write_model(model, run_dir / BEST_DIR, {"best": {"step": step, "metric": metric, "value": value}})

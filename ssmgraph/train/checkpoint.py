@@ -33,11 +33,11 @@ from ssmgraph.graph.model import CompiledModel
 from ssmgraph.interop.hf.metadata import FILES_FOLDER, copy_files
 from ssmgraph.safeio import check_fields, read_json
 from ssmgraph.serialization import weights_to_save, write_model_files, write_safetensors
+from ssmgraph.train.errors import DAMAGED
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_FILE = "trainer.json"
 TRAINER_KEYS = ("data_rng", "torch_rng", "config")
-_DAMAGED = "the checkpoint is damaged: delete its directory to resume from the one before, or start again with --overwrite"
 
 
 def flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "") -> Any:
@@ -71,11 +71,13 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     keep: int,
     weights: Mapping[str, torch.Tensor] | None = None,
+    hf: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically, point LATEST at it, drop all but the last ``keep``.
 
     ``optimizer`` is the optimizer or its state dict, ``weights`` the model's (default: its own,
-    tied aliases dropped): a sharded run passes the full states it gathered."""
+    tied aliases dropped): a sharded run passes the full states it gathered. ``hf`` is the run's
+    :func:`carried_hf` (read once per run): the checkpoint carries it and its files."""
     name = f"step_{step:08d}"
     target = run_dir / CHECKPOINTS / name
     tensors: dict[str, torch.Tensor] = {}
@@ -83,7 +85,6 @@ def save_checkpoint(
     optimizer_tree = flatten(state, tensors, "optimizer")
     trainer_tree = flatten(trainer_state, tensors, "trainer")
     repair(run_dir / CHECKPOINTS)  # what a killed earlier write left (the trainer holds the run's lock)
-    hf = carried_hf(run_dir)
     with atomic_directory(target) as tmp:
         weights = weights if weights is not None else weights_to_save(model, model.tied)
         write_model_files(model, tmp, weights, {"hf": hf} if hf else None)
@@ -105,7 +106,7 @@ def carried_hf(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / RUN_FILE
     if not path.is_file():
         return None
-    record = read_json(path, what="cannot read the run record", error=CheckpointError, fix=_DAMAGED, finite=False)
+    record = read_json(path, what="cannot read the run record", error=CheckpointError, fix=DAMAGED, finite=False)
     hf = record.get("hf") if isinstance(record, dict) else None
     if not isinstance(hf, dict) or not isinstance(hf.get("config"), dict):
         return None
@@ -116,28 +117,28 @@ def load_trainer_state(checkpoint: Path) -> tuple[int, dict[str, Any], dict[str,
     """(step, optimizer state dict, trainer state) of a checkpoint directory, their types checked
     so that a damaged or tampered trainer.json is an error naming it, not a traceback mid-run."""
     path = checkpoint / TRAINER_FILE
-    meta = read_json(path, what="cannot read the training state", error=CheckpointError, fix=_DAMAGED)
-    check_fields(meta, {"step": int, "optimizer": dict, "trainer": dict}, source=path, error=CheckpointError, fix=_DAMAGED)
+    meta = read_json(path, what="cannot read the training state", error=CheckpointError, fix=DAMAGED)
+    check_fields(meta, {"step": int, "optimizer": dict, "trainer": dict}, source=path, error=CheckpointError, fix=DAMAGED)
     if meta["step"] < 0:
-        raise CheckpointError(f"{path}: key 'step': {meta['step']} is negative; {_DAMAGED}")
+        raise CheckpointError(f"{path}: key 'step': {meta['step']} is negative; {DAMAGED}")
     try:
         tensors = load_file(str(checkpoint / OPTIMIZER_FILE))
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(
-            f"{checkpoint / OPTIMIZER_FILE}: cannot read the optimizer state ({type(exc).__name__}: {exc}); {_DAMAGED}"
+            f"{checkpoint / OPTIMIZER_FILE}: cannot read the optimizer state ({type(exc).__name__}: {exc}); {DAMAGED}"
         ) from None
     try:
         optimizer, trainer = unflatten(meta["optimizer"], tensors), unflatten(meta["trainer"], tensors)
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a training state (missing or bad {exc}); {_DAMAGED}") from None
+        raise CheckpointError(f"{path}: not a training state (missing or bad {exc}); {DAMAGED}") from None
     check_fields(
-        optimizer, {"state": dict, "param_groups": list}, source=path, error=CheckpointError, where="optimizer", fix=_DAMAGED
+        optimizer, {"state": dict, "param_groups": list}, source=path, error=CheckpointError, where="optimizer", fix=DAMAGED
     )
     fields = {key: dict if key == "config" else torch.Tensor for key in (*TRAINER_KEYS, "cuda_rng")}
-    check_fields(trainer, fields, source=path, error=CheckpointError, optional={"cuda_rng"}, where="trainer", fix=_DAMAGED)
+    check_fields(trainer, fields, source=path, error=CheckpointError, optional={"cuda_rng"}, where="trainer", fix=DAMAGED)
     for key in sorted(fields.keys() & trainer.keys() - {"config"}):
         if trainer[key].dtype != torch.uint8:
             raise CheckpointError(
-                f"{path}: key 'trainer.{key}': an RNG state is a uint8 tensor, not {trainer[key].dtype}; {_DAMAGED}"
+                f"{path}: key 'trainer.{key}': an RNG state is a uint8 tensor, not {trainer[key].dtype}; {DAMAGED}"
             )
     return meta["step"], optimizer, trainer

@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ssmgraph.folders import atomic_directory
 from ssmgraph.graph.model import CompiledModel
-from ssmgraph.serialization import weights_to_save, write_model_files
+from ssmgraph.serialization import write_model
 from ssmgraph.train.errors import TrainingError
 
 EMA_DIR = "ema"
@@ -70,8 +69,5 @@ class WeightAverage:
 
     def save(self, run_dir: Path, step: int) -> Path:
         """Write the averaged model to RUN/ema/ (atomically: a kill leaves the previous one)."""
-        target = run_dir / EMA_DIR
-        with self.swapped(), atomic_directory(target) as tmp:
-            extra = {"ema": {"decay": self.decay, "step": step}}
-            write_model_files(self.model, tmp, weights_to_save(self.model, self.model.tied), extra)
-        return target
+        with self.swapped():
+            return write_model(self.model, run_dir / EMA_DIR, {"ema": {"decay": self.decay, "step": step}})

@@ -55,6 +55,15 @@ def make_task(name: str, options: Mapping[str, Any]) -> Task:
     return task
 
 
+def absolute_paths(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` of task ``name`` with those that name files (``Param(path=True)``: ``path``,
+    ``tokenizer``) made absolute from the working directory, ``~`` expanded: a run records them
+    so, and resumes or is evaluated from any directory."""
+    spec = get_registry().task(name)
+    paths = {p.name for p in spec.params if p.path} if spec is not None else set()
+    return {k: str(Path(v).expanduser().absolute()) if k in paths and isinstance(v, str) else v for k, v in options.items()}
+
+
 def fit_params(blueprint_source: str | Path, overrides: Mapping[str, Any], task: Task) -> dict[str, Any]:
     """Fill blueprint params the task determines (vocab, classes, features, max_len) unless set."""
     params = load_blueprint(blueprint_source, overrides).params

@@ -60,7 +60,7 @@ def check_loggers(names: list[str]) -> None:
 
 
 def open_loggers(run_dir: Path, config: TrainConfig, step: int) -> list[Logger]:
-    check_loggers(config.loggers)
+    """The config's loggers (checked with :func:`check_loggers` when the trainer was built)."""
     return [FACTORIES[name](run_dir, config, step) for name in config.loggers]
 
 

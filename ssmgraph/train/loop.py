@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,9 @@ import torch
 from ssmgraph.folders import latest_checkpoint
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.optim import param_groups
-from ssmgraph.train import distributed
+from ssmgraph.train import distributed, lora
 from ssmgraph.train.best import BestPolicy, save_best
-from ssmgraph.train.checkpoint import TRAINER_FILE, save_checkpoint
+from ssmgraph.train.checkpoint import TRAINER_FILE, carried_hf, save_checkpoint
 from ssmgraph.train.config import TrainConfig
 from ssmgraph.train.ema import WeightAverage
 from ssmgraph.train.errors import TrainingError
@@ -53,7 +54,10 @@ class TrainResult:
 
 
 class Trainer:
-    """Runs the steps of one run: logs metrics, evaluates and checkpoints at the config's intervals."""
+    """Runs the steps of one run: logs metrics, evaluates and checkpoints at the config's intervals.
+
+    Every run, new or resumed, builds one: the config is checked against the model, task and
+    processes (:func:`check_fit`) here, once (``train`` builds it before it writes the run folder)."""
 
     def __init__(self, model: CompiledModel, task: Task, config: TrainConfig, run_dir: Path, *, progress: bool = True):
         self.model, self.task, self.config, self.run_dir = model, task, config, run_dir
@@ -112,13 +116,18 @@ class Trainer:
         if self.step_start is not None and self.step_start[0] == self.step:
             self.set_rng_states(self.step_start[1])
 
+    @cached_property
+    def carried(self) -> dict[str, Any] | None:
+        """run.json's ``hf`` entry that each checkpoint carries, read at the first save (a new run
+        writes run.json once its trainer is built)."""
+        return carried_hf(self.run_dir)
+
     def save(self) -> Path | None:
         path = None
         weights, optimizer_state = checkpoint_state(self.model, self.optimizer)  # every process: fsdp gathers shards
         if self.dist.is_main:
-            path = save_checkpoint(
-                self.run_dir, self.step, self.model, optimizer_state, self.trainer_state(), self.config.keep_checkpoints, weights
-            )
+            state, keep = self.trainer_state(), self.config.keep_checkpoints
+            path = save_checkpoint(self.run_dir, self.step, self.model, optimizer_state, state, keep, weights, self.carried)
             if self.ema is not None:
                 self.ema.save(self.run_dir, self.step)
         distributed.barrier(self.dist)
@@ -200,6 +209,8 @@ class Trainer:
 
     # the run ------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Train to ``config.steps`` (or an early stop); a complete run of ``lora.merge`` also writes
+        ``RUN/merged/``."""
         config = self.config
         tokens_per_step = config.batch_size * self.task.seq_len
         last: dict[str, float] = {}
@@ -223,4 +234,5 @@ class Trainer:
                 interrupted = True
                 self.rewind_unfinished_step()
                 self.save()
+        lora.finish(self.run_dir, config, interrupted, self.dist.is_main)
         return TrainResult(self.run_dir, self.step, last, interrupted, self.model, self.task, self.policy.stopped)

@@ -28,7 +28,7 @@ from torch import nn
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.serialization import LORA_A, LORA_B, LORA_SCALING, WEIGHTS_FILE, load, save
 from ssmgraph.train.config import TrainConfig
-from ssmgraph.train.errors import TrainingError
+from ssmgraph.train.errors import DAMAGED, TrainingError
 from ssmgraph.train.recompute import layer_of, stack_paths
 
 KEYS: dict[str, type | tuple[type, ...]] = {
@@ -185,8 +185,7 @@ def load_adapters(model: nn.Module, tensors: Mapping[str, torch.Tensor], source:
         state[f"{path}.{'lora_A' if part == LORA_A else 'lora_B'}.default.weight"] = value
     if state.keys() != wanted:
         raise TrainingError(
-            f"{source}: the checkpoint's adapters ({len(state)}) are not those of the run's lora setting ({len(wanted)}); "
-            "the checkpoint is damaged: delete its directory to resume from the one before, or start again with --overwrite"
+            f"{source}: the checkpoint's adapters ({len(state)}) are not those of the run's lora setting ({len(wanted)}); {DAMAGED}"
         )
     model.load_state_dict(state, strict=False)
 

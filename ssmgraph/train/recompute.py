@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch.utils.checkpoint
-from torch import Tensor, nn
+from torch import Tensor
 
 from ssmgraph.blueprint.document import Body
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.train.errors import TrainingError
+from ssmgraph.train.step import ModelView
 
 
 @dataclass(frozen=True)
@@ -106,15 +107,11 @@ def _ordered(units: dict[str, Unit], unit_of: dict[str, str]) -> list[Unit]:
     return done
 
 
-class Recomputed(nn.Module):
-    """The model's forward with every stack layer checkpointed. It holds the model's own
-    sub-modules under their own names, so parameter names (and DDP's view of them) are the model's."""
+class Recomputed(ModelView):
+    """The model's forward with every stack layer checkpointed."""
 
     def __init__(self, model: CompiledModel):
-        super().__init__()
-        for name, child in model.named_children():
-            self.add_module(name, child)
-        self._model = [model]  # a list: not registered twice
+        super().__init__(model)
         self.units = plan(model)
 
     def forward(self, *inputs: Tensor) -> Any:

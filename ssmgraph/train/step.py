@@ -77,15 +77,20 @@ def _spans(part: Batch, window: int) -> list[Any]:
     return [((start, min(start + window, length)), holder) for start in range(0, length, window)]
 
 
-class WithState(nn.Module):
-    """``module(inputs, state) -> (outputs, state)``: the model's ``forward_with_state`` as a
-    module call (so DDP sees it), holding the model's sub-modules under their own names."""
+class ModelView(nn.Module):
+    """A module that calls the model its own way. It holds the model's sub-modules under their own
+    names, so parameter names (and DDP's view of them) are the model's."""
 
     def __init__(self, model: CompiledModel):
         super().__init__()
         for name, child in model.named_children():
             self.add_module(name, child)
-        self._model = [model]
+        self._model = [model]  # a list: not registered twice
+
+
+class WithState(ModelView):
+    """``module(inputs, state) -> (outputs, state)``: the model's ``forward_with_state`` as a
+    module call (so DDP sees it)."""
 
     def forward(self, inputs: Tensor, state: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
         return self._model[0].forward_with_state(inputs, state=state)

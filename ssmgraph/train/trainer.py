@@ -8,6 +8,7 @@ model in ssmgraph.train.fitting.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,9 @@ from ssmgraph.train.checkpoint import TRAINER_FILE, load_trainer_state
 from ssmgraph.train.config import TrainConfig
 from ssmgraph.train.errors import TrainingError
 from ssmgraph.train.evaluation import evaluate
-from ssmgraph.train.fitting import check_compatible, fit_params, make_task
+from ssmgraph.train.fitting import absolute_paths, check_compatible, fit_params, make_task
 from ssmgraph.train.init_source import carry_files, start_from
 from ssmgraph.train.loop import Trainer, TrainResult
-from ssmgraph.train.prepare import check_fit
 from ssmgraph.train.runs import (
     check_new_run_dir,
     check_run_path,
@@ -56,7 +56,8 @@ def train(
     saved model, run or Hugging Face folder (ssmgraph.train.init_source).
 
     With ``overwrite`` an earlier run in ``run_dir`` is deleted, but only once the task, the
-    blueprint and their fit have been checked: a typo never costs the old run."""
+    blueprint and their fit have been checked (the trainer is built first): a typo never costs
+    the old run. Task options that name files are recorded absolute (:func:`absolute_paths`)."""
     run_dir = follow_link(Path(run_dir))
     check_run_path(run_dir)
     dist = distributed.init()
@@ -64,6 +65,7 @@ def train(
         check_new_run_dir(run_dir, overwrite)
         if not config.task:
             raise TrainingError("no task: give --task NAME or 'task:' in the train config (`ssmgraph tasks` lists them)")
+        config = replace(config, task_options=absolute_paths(config.task, config.task_options))
         task = make_task(config.task, config.task_options)
         if init is not None:
             model, start = start_from(init, blueprint, overrides or {}, model_view)
@@ -77,7 +79,7 @@ def train(
         model = model.to(dist.device)
         check_compatible(model, task)
         model = lora.attach(model, config, world_size=dist.world_size)
-        check_fit(config, model, task, dist.world_size)
+        trainer = Trainer(model, task, config, run_dir, progress=progress)
         if dist.is_main:
             repair(run_dir.parent, only=run_dir.name)
             if overwrite:
@@ -91,9 +93,7 @@ def train(
             write_run_files(run_dir, record, config)
             carry_files(run_dir, record)
         distributed.barrier(dist)
-        result = Trainer(model, task, config, run_dir, progress=progress).run()
-        lora.finish(run_dir, config, result.interrupted, dist.is_main)
-        return result
+        return trainer.run()
 
 
 def resume(run_dir: str | Path, *, steps: int | None = None, progress: bool = True) -> TrainResult:
@@ -133,9 +133,7 @@ def _continue(run_dir: Path, steps: int | None, progress: bool) -> TrainResult:
     model = lora.attach(model, config, checkpoint, dist.world_size)
     trainer = Trainer(model, task, config, run_dir, progress=progress)
     _restore(trainer, checkpoint / TRAINER_FILE, step, optimizer_state, state)
-    result = trainer.run()
-    lora.finish(run_dir, config, result.interrupted, dist.is_main)
-    return result
+    return trainer.run()
 
 
 def _restore(trainer: Trainer, path: Path, step: int, optimizer_state: dict[str, Any], state: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ import math
 import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -358,6 +359,31 @@ def test_resume_of_a_text_run_gives_the_losses_of_an_uninterrupted_one(tmp_path,
         return [r["loss"] for r in read_metrics(run) if r["split"] == "train"]
 
     assert len(losses(tmp_path / "full")) == 4 and losses(tmp_path / "part") == losses(tmp_path / "full")
+
+
+def test_relative_data_and_tokenizer_paths_resume_and_evaluate_from_another_folder(tmp_path, bpe, monkeypatch):
+    from ssmgraph.train import TrainConfig, evaluate_run, resume, train
+    from ssmgraph.train.fitting import absolute_paths
+    from ssmgraph.train.generate import generate_text
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    write_jsonl(work / "data" / "d.jsonl", documents(60))
+    (work / "tok").mkdir()
+    (work / "tok" / "tokenizer.json").write_bytes(bpe.read_bytes())
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    options = {"path": "data", "tokenizer": "tok", "seq_len": 12}
+    config = TrainConfig(task="text", task_options=options, steps=2, batch_size=4, warmup_steps=1, eval_size=4)
+    train("lstm", work / "run", config, overrides={"d_model": 16, "layers": 1, "hidden": 16}, progress=False)
+    recorded = json.loads((work / "run" / "run.json").read_text())["config"]["task_options"]
+    assert recorded == {"path": str(work / "data"), "tokenizer": str(work / "tok"), "seq_len": 12}
+    assert config.task_options == {"path": "data", "tokenizer": "tok", "seq_len": 12}  # the caller's config as given
+    monkeypatch.chdir(elsewhere)  # where neither "data" nor "tok" is
+    assert resume(work / "run", steps=3, progress=False).step == 3
+    assert math.isfinite(evaluate_run(work / "run")["bits_per_byte"])
+    assert generate_text(work / "run", "d0001", 2, temperature=0.0, top_k=None, seed=0).startswith("d0001")
+    expanded = absolute_paths("bytes", {"path": "~/corpus", "seq_len": 4, "corpus": "en"})
+    assert expanded == {"path": str(Path.home() / "corpus"), "seq_len": 4, "corpus": "en"}
 
 
 def test_a_tokenizer_is_found_in_checkpoint_and_imported_model_folders(tmp_path, bpe):

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from ssmgraph.folders import atomic_directory, folder_lock, follow_link, refuse_checkpoint_target, refuse_sources
+from ssmgraph.folders import atomic_directory, refuse_sources
 from ssmgraph.graph.compile import compile_blueprint
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.interop.errors import HFExportError
-from ssmgraph.interop.hf.checkpoint import HFConfig, check_output, read_config, read_weights, write_checkpoint
+from ssmgraph.interop.hf.checkpoint import HFConfig, read_config, read_weights, replacing_output, write_checkpoint
 from ssmgraph.interop.hf.convert import check_structure, compile_layout, to_hf, to_ssmgraph
 from ssmgraph.interop.hf.gemma import Gemma
 from ssmgraph.interop.hf.gemma2 import Gemma2
@@ -50,14 +50,12 @@ def import_hf(source: str | Path, out: str | Path, *, overwrite: bool = False) -
     ``out`` holds a plain blueprint.yaml, model.safetensors and meta.json (which keeps the
     original config under ``hf``), and the tokenizer and generation files in ``hf/``;
     ``ssmgraph.load(out)`` rebuilds the model."""
-    source, out = Path(source).expanduser(), follow_link(Path(out).expanduser())
-    with folder_lock(out):
-        return _import(source, out, overwrite)
+    source = Path(source).expanduser()
+    with replacing_output(Path(out).expanduser(), overwrite, source=source, earlier=is_saved_model) as target:
+        return _import(source, target)
 
 
-def _import(source: Path, out: Path, overwrite: bool) -> Path:
-    check_output(out, overwrite, source=source, earlier=is_saved_model)
-    refuse_checkpoint_target(out)
+def _import(source: Path, out: Path) -> Path:
     with phase("reading"):
         config, model, state = _convert(source)
     with atomic_directory(out) as folder, phase("writing"):
@@ -91,13 +89,13 @@ def export_hf(run_dir: str | Path, out: str | Path, *, overwrite: bool = False) 
     """Write the model in ``run_dir`` (a saved model, or a training run's latest checkpoint) as a
     Hugging Face checkpoint directory ``out``: config.json and model.safetensors, and the tokenizer
     and generation files an import carried."""
-    run_dir, out = Path(run_dir).expanduser(), follow_link(Path(out).expanduser())
-    with folder_lock(out):
-        return _export(run_dir, out, overwrite)
+    run_dir = Path(run_dir).expanduser()
+    earlier = lambda folder: (folder / "config.json").is_file()
+    with replacing_output(Path(out).expanduser(), overwrite, source=run_dir, earlier=earlier) as target:
+        return _export(run_dir, target)
 
 
-def _export(run_dir: Path, out: Path, overwrite: bool) -> Path:
-    check_output(out, overwrite, source=run_dir, earlier=lambda folder: (folder / "config.json").is_file())
+def _export(run_dir: Path, out: Path) -> Path:
     directory = model_directory(run_dir)
     refuse_sources(out, [directory])
     model, meta = load(directory), read_meta(directory)

@@ -13,6 +13,7 @@ import json
 import pickle
 import re
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 from typing import Any
@@ -23,7 +24,7 @@ from safetensors.torch import load_file
 from ssmgraph.folders import holds_current_folder, under_a_file
 from ssmgraph.interop.errors import HFConfigError, HFFileError
 from ssmgraph.safeio import check_fields, check_items, describe, read_json
-from ssmgraph.serialization import write_safetensors
+from ssmgraph.serialization import replacing, write_safetensors
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -116,7 +117,7 @@ def read_weights(directory: Path) -> HFWeights:
         path = directory / name
         if not path.is_file():
             continue
-        files = shard_files(path) if name.endswith(".index.json") else [path]
+        files = read_shard_index(path)[0] if name.endswith(".index.json") else [path]
         weights = HFWeights(directory, {}, {})
         for file in files:
             for key, tensor in _read_file(file).items():
@@ -128,12 +129,14 @@ def read_weights(directory: Path) -> HFWeights:
     )
 
 
-def shard_files(index: Path) -> list[Path]:
-    """The shard files an index names, each inside the index's folder."""
+def read_shard_index(index: Path) -> tuple[list[Path], dict[str, str]]:
+    """The shard files an index names (sorted by name, each inside the index's folder and present),
+    and its ``weight_map`` (tensor name -> shard name)."""
     data = read_json(index, what="cannot read the weights index", error=HFFileError, fix=_REFETCH)
     check_fields(data, {"weight_map": dict}, source=index, error=HFFileError, fix=_REFETCH)
-    check_items(data["weight_map"], str, source=index, error=HFFileError, where="weight_map", fix=_REFETCH)
-    names = sorted(set(data["weight_map"].values()))
+    weight_map: dict[str, str] = data["weight_map"]
+    check_items(weight_map, str, source=index, error=HFFileError, where="weight_map", fix=_REFETCH)
+    names = sorted(set(weight_map.values()))
     for name in names:
         _check_inside(index, name)
     missing = [n for n in names if not (index.parent / n).is_file()]
@@ -141,7 +144,7 @@ def shard_files(index: Path) -> list[Path]:
         raise HFFileError(
             f"{index}: lists shards that are not there: {', '.join(missing)}", "download every shard the index names"
         )
-    return [index.parent / n for n in names]
+    return [index.parent / n for n in names], weight_map
 
 
 def _check_inside(index: Path, name: str) -> None:
@@ -196,10 +199,24 @@ def _refused(path: Path, exc: Exception) -> HFFileError:
     )
 
 
-def check_output(out: Path, overwrite: bool, *, source: Path, earlier: Callable[[Path], bool]) -> None:
-    """Refuse to write over the source (or a folder holding it), the current folder, a file, or
-    a non-empty directory — with ``overwrite``, only one that ``earlier`` recognises as a
-    previous output of the same conversion is replaced."""
+def replacing_output(
+    out: Path, overwrite: bool, *, source: Path, earlier: Callable[[Path], bool]
+) -> AbstractContextManager[Path]:
+    """:func:`ssmgraph.serialization.replacing` for a conversion's ``--out``: never the source (or a
+    folder holding it), the current folder, a file or a folder of other files; a non-empty folder
+    that ``earlier`` recognises as a previous output of the same conversion only with ``overwrite``."""
+    return replacing(
+        out,
+        overwrite,
+        replaceable=lambda folder: _check_output(folder, source, earlier),
+        exists=lambda folder: HFFileError(
+            f"{folder}: already exists", "pass --overwrite to replace it, or give --out another directory"
+        ),
+        empty_is_new=True,
+    )
+
+
+def _check_output(out: Path, source: Path, earlier: Callable[[Path], bool]) -> None:
     target, held = out.resolve(), source.resolve()
     if target == held or target in held.parents:
         raise HFFileError(
@@ -212,14 +229,11 @@ def check_output(out: Path, overwrite: bool, *, source: Path, earlier: Callable[
         raise HFFileError(f"{out}: lies under a file, not a directory", "give --out a directory path")
     if out.exists() and not out.is_dir():
         raise HFFileError(f"{out}: exists and is not a directory", "give --out a directory path")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise HFFileError(f"{out}: already exists", "pass --overwrite to replace it, or give --out another directory")
-        if not earlier(out):
-            raise HFFileError(
-                f"{out}: holds other files, not an earlier conversion; --overwrite replaces only that",
-                "give --out a new or empty directory",
-            )
+    if out.is_dir() and any(out.iterdir()) and not earlier(out):
+        raise HFFileError(
+            f"{out}: holds other files, not an earlier conversion; --overwrite replaces only that",
+            "give --out a new or empty directory",
+        )
 
 
 def write_checkpoint(folder: Path, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:

@@ -231,6 +231,12 @@ def out_bias(mix: dict[str, Any]) -> bool:
     return mix.get("bias", False) if mix.get("out_bias") is None else mix["out_bias"]
 
 
+def unbiased_rms(model: CompiledModel) -> bool:
+    """RMSNorm without offset and attention without qk-norm or biases: Mistral's and Phi-3's layers (windowed or not)."""
+    mix = mix_args(model)
+    return plain_rms(model) and not mix.get("qk_norm") and not mix.get("bias") and not out_bias(mix)
+
+
 def plain_rms(model: CompiledModel) -> bool:
     """Whether the first layer norm is ``norm.rms`` without offset (every Llama-layout family but Gemma; GPT-NeoX
     has ``norm.layer``)."""

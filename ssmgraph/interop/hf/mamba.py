@@ -15,7 +15,7 @@ which is what ssmgraph computes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ssmgraph.interop.errors import HFExportError
 from ssmgraph.interop.hf.checkpoint import HFConfig
@@ -33,13 +33,61 @@ MIXER_TENSORS = (
 )
 
 
+class MixerStack(Layout):
+    """Mamba's and Mamba-2's layout: token embedding, pre-RMSNorm residual layers of the mixer
+    (the ``signature`` block, whose tensors keep their Hugging Face names), final RMSNorm, LM head."""
+
+    mixer_tensors: ClassVar[tuple[str, ...]]
+    """The mixer's tensors without the optional biases."""
+    vocab: int
+    dim: int
+    layers: int
+    eps: float
+    tied: bool
+    conv_bias: bool
+    bias: bool
+
+    def stack(self, doc: str, mix: dict[str, Any]) -> dict[str, Any]:
+        """The blueprint of layers of the mixer built with ``mix``."""
+        body = {
+            "inputs": ["x"],
+            "nodes": {
+                "norm": {"block": "norm.rms", "in": "x", "args": {"eps": self.eps}},
+                "mix": {"block": self.signature, "in": "norm", "args": mix},
+                "out": {"block": "struct.add", "in": ["x", "mix"]},
+            },
+            "outputs": {"x": "out"},
+        }
+        final = {"block": "norm.rms", "args": {"eps": self.eps}}
+        return language_model(
+            self.model_type,
+            doc,
+            embed_node(self.vocab, self.dim),
+            body,
+            layers=self.layers,
+            final_norm=final,
+            vocab=self.vocab,
+            tied=self.tied,
+        )
+
+    def tensor_maps(self) -> list[TensorMap]:
+        t = self.prefix
+        names = self.mixer_tensors + ("conv1d.bias",) * self.conv_bias + ("in_proj.bias", "out_proj.bias") * self.bias
+        maps = [TensorMap("embed.weight", (f"{t}embeddings.weight",))]
+        for i in range(self.layers):
+            maps.append(TensorMap(f"blocks.{i}.norm.weight", (f"{t}layers.{i}.norm.weight",)))
+            maps += [TensorMap(f"blocks.{i}.mix.{n}", (f"{t}layers.{i}.mixer.{n}",)) for n in names]
+        return maps + [TensorMap("norm_f.weight", (f"{t}norm_f.weight",))] + lm_head_map(self.tied)
+
+
 @dataclass(frozen=True)
-class Mamba(Layout):
+class Mamba(MixerStack):
     model_type = "mamba"
     architecture = "MambaForCausalLM"
     title = "Mamba"
     signature = "mix.mamba"
     prefix = "backbone."
+    mixer_tensors = MIXER_TENSORS
 
     vocab: int
     dim: int
@@ -118,29 +166,10 @@ class Mamba(Layout):
             "bias": self.bias,
             **{k: getattr(self, k) for k in ("dt_min", "dt_max", "dt_init", "dt_scale", "dt_init_floor")},
         }
-        body = {
-            "inputs": ["x"],
-            "nodes": {
-                "norm": {"block": "norm.rms", "in": "x", "args": {"eps": self.eps}},
-                "mix": {"block": "mix.mamba", "in": "norm", "args": mix},
-                "out": {"block": "struct.add", "in": ["x", "mix"]},
-            },
-            "outputs": {"x": "out"},
-        }
         doc = (
             "Mamba (Hugging Face mamba): token embedding, pre-RMSNorm residual layers of the Mamba mixer, final RMSNorm, LM head."
         )
-        final = {"block": "norm.rms", "args": {"eps": self.eps}}
-        return language_model(
-            "mamba",
-            doc,
-            embed_node(self.vocab, self.dim),
-            body,
-            layers=self.layers,
-            final_norm=final,
-            vocab=self.vocab,
-            tied=self.tied,
-        )
+        return self.stack(doc, mix)
 
     def hf_config(self) -> dict[str, Any]:
         return {
@@ -164,12 +193,3 @@ class Mamba(Layout):
             "time_step_scale": self.dt_scale,
             "time_step_floor": self.dt_init_floor,
         }
-
-    def tensor_maps(self) -> list[TensorMap]:
-        t = self.prefix
-        names = MIXER_TENSORS + ("conv1d.bias",) * self.conv_bias + ("in_proj.bias", "out_proj.bias") * self.bias
-        maps = [TensorMap("embed.weight", (f"{t}embeddings.weight",))]
-        for i in range(self.layers):
-            maps.append(TensorMap(f"blocks.{i}.norm.weight", (f"{t}layers.{i}.norm.weight",)))
-            maps += [TensorMap(f"blocks.{i}.mix.{n}", (f"{t}layers.{i}.mixer.{n}",)) for n in names]
-        return maps + [TensorMap("norm_f.weight", (f"{t}norm_f.weight",))] + lm_head_map(self.tied)

@@ -28,13 +28,9 @@ from ssmgraph.interop.hf.checkpoint import HFConfig
 from ssmgraph.interop.hf.layout import (
     HELP_LAYOUTS,
     TOKEN_IDS,
-    Layout,
     ModelReader,
-    TensorMap,
-    embed_node,
-    language_model,
-    lm_head_map,
 )
+from ssmgraph.interop.hf.mamba import MixerStack
 
 MIXER_TENSORS = ("in_proj.weight", "conv1d.weight", "dt_bias", "A_log", "D", "norm.weight", "out_proj.weight")
 INFINITY = {"__float__": "Infinity"}
@@ -57,12 +53,13 @@ def read_dt_limit(config: HFConfig) -> tuple[float, float | None]:
 
 
 @dataclass(frozen=True)
-class Mamba2(Layout):
+class Mamba2(MixerStack):
     model_type = "mamba2"
     architecture = "Mamba2ForCausalLM"
     title = "Mamba-2"
     signature = "mix.mamba2"
     prefix = "backbone."
+    mixer_tensors = MIXER_TENSORS
     carried = (*TOKEN_IDS, "chunk_size")
 
     vocab: int
@@ -170,30 +167,11 @@ class Mamba2(Layout):
         }
         if self.chunk_size is not None:
             mix["chunk_size"] = self.chunk_size
-        body = {
-            "inputs": ["x"],
-            "nodes": {
-                "norm": {"block": "norm.rms", "in": "x", "args": {"eps": self.eps}},
-                "mix": {"block": "mix.mamba2", "in": "norm", "args": mix},
-                "out": {"block": "struct.add", "in": ["x", "mix"]},
-            },
-            "outputs": {"x": "out"},
-        }
         doc = (
             "Mamba-2 (Hugging Face mamba2): token embedding, pre-RMSNorm residual layers of the Mamba-2 (SSD) mixer, "
             "final RMSNorm, LM head."
         )
-        final = {"block": "norm.rms", "args": {"eps": self.eps}}
-        return language_model(
-            "mamba2",
-            doc,
-            embed_node(self.vocab, self.dim),
-            body,
-            layers=self.layers,
-            final_norm=final,
-            vocab=self.vocab,
-            tied=self.tied,
-        )
+        return self.stack(doc, mix)
 
     def hf_config(self) -> dict[str, Any]:
         lo, hi = self.dt_limit
@@ -221,12 +199,3 @@ class Mamba2(Layout):
             "time_step_floor": self.dt_init_floor,
             **limit,
         }
-
-    def tensor_maps(self) -> list[TensorMap]:
-        t = self.prefix
-        names = MIXER_TENSORS + ("conv1d.bias",) * self.conv_bias + ("in_proj.bias", "out_proj.bias") * self.bias
-        maps = [TensorMap("embed.weight", (f"{t}embeddings.weight",))]
-        for i in range(self.layers):
-            maps.append(TensorMap(f"blocks.{i}.norm.weight", (f"{t}layers.{i}.norm.weight",)))
-            maps += [TensorMap(f"blocks.{i}.mix.{n}", (f"{t}layers.{i}.mixer.{n}",)) for n in names]
-        return maps + [TensorMap("norm_f.weight", (f"{t}norm_f.weight",))] + lm_head_map(self.tied)

@@ -21,6 +21,7 @@ from ssmgraph.interop.errors import HFFileError
 from ssmgraph.serialization import model_directory, read_meta
 
 FILES_FOLDER = "hf"
+GENERATION_FILE = "generation_config.json"
 CARRIED_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -32,11 +33,13 @@ CARRIED_FILES = (
     "vocab.json",
     "vocab.txt",
     "merges.txt",
-    "generation_config.json",
+    GENERATION_FILE,
     "chat_template.jinja",
     "chat_template.json",
 )
 """The tokenizer and generation files of a checkpoint directory (``save_pretrained`` of a model and its tokenizer)."""
+TOKENIZER_FILES = tuple(name for name in CARRIED_FILES if name != GENERATION_FILE)
+"""The tokenizer's files among them (what ``save_pretrained`` of a tokenizer writes, with its chat template)."""
 MAX_FILE_BYTES = 1 << 30
 
 

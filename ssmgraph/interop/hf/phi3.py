@@ -19,7 +19,7 @@ from typing import Any
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.interop.hf.checkpoint import HFConfig
 from ssmgraph.interop.hf.layout import TensorMap, lm_head_map
-from ssmgraph.interop.hf.llama import Llama, mix_args, out_bias, plain_rms
+from ssmgraph.interop.hf.llama import Llama, unbiased_rms
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,7 @@ class Phi3(Llama):
 
     @classmethod
     def fits(cls, model: CompiledModel) -> bool:
-        mix = mix_args(model)
-        return plain_rms(model) and not mix.get("qk_norm") and not mix.get("bias") and not out_bias(mix)
+        return unbiased_rms(model)
 
     @classmethod
     def from_config(cls, config: HFConfig) -> Phi3:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.interop.hf.checkpoint import HFConfig
-from ssmgraph.interop.hf.llama import Llama, mix_args, out_bias, plain_rms
+from ssmgraph.interop.hf.llama import Llama, mix_args, out_bias, plain_rms, unbiased_rms
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,7 @@ class Mistral(Llama):
 
     @classmethod
     def fits(cls, model: CompiledModel) -> bool:
-        mix = mix_args(model)
-        return plain_rms(model) and not mix.get("qk_norm") and not mix.get("bias") and not out_bias(mix)
+        return unbiased_rms(model)
 
     @classmethod
     def from_config(cls, config: HFConfig) -> Mistral:

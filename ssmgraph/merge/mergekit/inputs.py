@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ssmgraph.interop.errors import HFFileError
-from ssmgraph.interop.hf.checkpoint import SAFETENSORS_FILE, read_config, shard_files
+from ssmgraph.interop.hf.checkpoint import SAFETENSORS_FILE, read_config, read_shard_index
 
 LAYER = re.compile(r"^(?P<head>(?:.*\.)?(?:layers|h|blocks)\.)(?P<index>\d+)\.(?P<rest>.+)$")
 """``model.layers.3.self_attn.q_proj.weight`` -> head ``model.layers.``, index 3, rest ``self_attn.q_proj.weight``."""
@@ -48,31 +48,32 @@ class HFInput:
         self.config: dict[str, Any] = read_config(folder).data
         index = folder / f"{SAFETENSORS_FILE}.index.json"
         if index.is_file():
-            files = shard_files(index)
+            files, weight_map = read_shard_index(index)
         elif (folder / SAFETENSORS_FILE).is_file():
-            files = [folder / SAFETENSORS_FILE]
+            files, weight_map = [folder / SAFETENSORS_FILE], {}
         else:
             raise HFFileError(
                 f"{folder}: no safetensors weights (model.safetensors or model.safetensors.index.json)",
                 "convert the weights to safetensors: model.save_pretrained(DIR) writes them",
             )
         self.index(files)
-        if index.is_file():
-            from ssmgraph.safeio import read_json
-
-            listed = set(read_json(index, what="cannot read the weights index", error=HFFileError)["weight_map"])
-            missing = sorted(listed - self.shapes.keys())
-            if missing:
-                raise HFFileError(
-                    f"{index}: names tensors that no shard holds: {', '.join(missing[:3])}", "download the checkpoint again"
-                )
+        missing = sorted(weight_map.keys() - self.shapes.keys())
+        if missing:
+            raise HFFileError(
+                f"{index}: names tensors that no shard holds: {', '.join(missing[:3])}", "download the checkpoint again"
+            )
 
     def index(self, files: list[Path]) -> None:
-        """Where each tensor of ``files`` lies, its shape and dtype, from the safetensors headers."""
+        """Where each tensor of ``files`` lies, its shape and dtype, from the safetensors headers; and
+        which layer each belongs to (the names matched against :data:`LAYER` once, here)."""
         self.parts: dict[str, tuple[int, ...]] = {}
         """Tensors that are several stacked by rows, merged part by part (ssmgraph models: ssm_inputs.py)."""
         self.where: dict[str, tuple[Path, int, int]] = {}
         self.shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        self.layers: dict[int, dict[str, str]] = {}
+        """Layer index -> rest -> full name of its tensors (``model.layers.3.mlp.up_proj.weight``: 3, ``mlp.up_proj.weight``)."""
+        self.outside: list[str] = []
+        """The tensors outside the layers (embeddings, final norm, head), in the files' order."""
         for file in files:
             try:
                 start, header = _header(file)
@@ -86,26 +87,26 @@ class HFInput:
                 raise HFFileError(
                     f"{file}: cannot read weights ({type(exc).__name__}: {exc})", "download the checkpoint again"
                 ) from None
+        for name in self.shapes:
+            m = LAYER.match(name)
+            if m:
+                self.layers.setdefault(int(m["index"]), {})[m["rest"]] = name
+            else:
+                self.outside.append(name)
 
     @property
     def num_layers(self) -> int | None:
         for key in LAYER_COUNT_KEYS:
             if isinstance(self.config.get(key), int):
                 return int(self.config[key])
-        found = {int(m["index"]) for m in map(LAYER.match, self.shapes) if m}
-        return max(found) + 1 if found else None
+        return max(self.layers) + 1 if self.layers else None
 
     def layer_names(self, index: int) -> dict[str, str]:
-        """rest -> full name of the tensors of layer ``index``."""
-        out = {}
-        for name in self.shapes:
-            m = LAYER.match(name)
-            if m and int(m["index"]) == index:
-                out[m["rest"]] = name
-        return out
+        """rest -> full name of the tensors of layer ``index`` (the index's own dict: not to be changed)."""
+        return self.layers.get(index, {})
 
     def outside_layers(self) -> list[str]:
-        return [name for name in self.shapes if not LAYER.match(name)]
+        return list(self.outside)
 
     def tensor(self, name: str) -> torch.Tensor:
         """The tensor, read from its file now into a fresh tensor: only this tensor's bytes enter

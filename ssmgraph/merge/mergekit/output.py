@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import struct
 import time
 from pathlib import Path
@@ -24,35 +23,18 @@ from typing import Any, BinaryIO
 import torch
 
 from ssmgraph.errors import SsmgraphError
-from ssmgraph.folders import (
-    atomic_directory,
-    folder_lock,
-    follow_link,
-    readable_by_others,
-    refuse_checkpoint_target,
-    refuse_sources,
-)
+from ssmgraph.folders import atomic_directory, readable_by_others
+from ssmgraph.interop.hf.metadata import GENERATION_FILE, TOKENIZER_FILES, copy_files
 from ssmgraph.merge.mergekit.dialect import MergekitConfig
 from ssmgraph.merge.mergekit.engine import MergePlan, Planned, merged_tensor, plan_merge
 from ssmgraph.merge.mergekit.inputs import CHUNK_BYTES, DTYPE_NAMES, LAYER_COUNT_KEYS
 from ssmgraph.merge.mergekit.ssm_inputs import SSMInput, check_ssm_output, finish_ssm_model
 from ssmgraph.progress import advance, phase
-from ssmgraph.serialization import FORMAT, WEIGHTS_FILE, is_saved_model
+from ssmgraph.serialization import FORMAT, WEIGHTS_FILE, is_saved_model, replacing
 
 CONFIG_MARKER = "mergekit_config.yml"
 DEFAULT_SHARD_SIZE = "5GB"
 """mergekit's default ``--out-shard-size`` (5B)."""
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 _CODES = {dtype: code for code, dtype in DTYPE_NAMES.items()}
 _UNITS = {
     "": 1,
@@ -167,13 +149,8 @@ def _config(plan: MergePlan) -> dict[str, Any]:
 def _copy_tokenizer(plan: MergePlan, folder: Path) -> list[str]:
     cfg = plan.config
     source = cfg.tokenizer_source or plan.reference.folder
-    copied = plan.vocab.save(folder) if plan.vocab is not None else []
-    for name in TOKENIZER_FILES if plan.vocab is None else ():
-        if (source / name).is_file():
-            shutil.copyfile(source / name, folder / name)
-            copied.append(name)
-    if (plan.reference.folder / "generation_config.json").is_file():
-        shutil.copyfile(plan.reference.folder / "generation_config.json", folder / "generation_config.json")
+    copied = plan.vocab.save(folder) if plan.vocab is not None else copy_files(source, folder, TOKENIZER_FILES)
+    copy_files(plan.reference.folder, folder, [GENERATION_FILE])
     if cfg.chat_template is not None:
         settings_path = folder / "tokenizer_config.json"
         settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
@@ -183,8 +160,12 @@ def _copy_tokenizer(plan: MergePlan, folder: Path) -> list[str]:
     return copied
 
 
-def _earlier_merge(folder: Path) -> bool:
-    return (folder / CONFIG_MARKER).is_file() and ((folder / "config.json").is_file() or is_saved_model(folder))
+def _check_earlier_merge(folder: Path) -> None:
+    """--overwrite replaces an earlier merge (or an empty folder), never other files."""
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        return
+    if not ((folder / CONFIG_MARKER).is_file() and ((folder / "config.json").is_file() or is_saved_model(folder))):
+        raise SsmgraphError(f"{folder} holds other files, not an earlier merge ({CONFIG_MARKER}); --overwrite replaces only that")
 
 
 def write_merge(plan: MergePlan, folder: Path, shard_bytes: int, seed: int = 0) -> dict[str, Any]:
@@ -211,24 +192,15 @@ def run_mergekit(
 ) -> dict[str, Any]:
     """Merge as the mergekit config says, into ``out_dir`` (atomically, under its lock)."""
     shard_bytes = parse_size(shard_size)
-    out_dir = follow_link(Path(out_dir))
-    refuse_checkpoint_target(out_dir, "--out")
-    refuse_sources(out_dir, cfg.models() + ([cfg.tokenizer_source] if cfg.tokenizer_source else []), "--out")
+    reads = cfg.models() + ([cfg.tokenizer_source] if cfg.tokenizer_source else [])
     started = time.perf_counter()
-    with folder_lock(out_dir):
-        if out_dir.exists():
-            if not overwrite:
-                raise SsmgraphError(f"{out_dir} already exists; pass --overwrite to replace it")
-            if not _earlier_merge(out_dir):
-                raise SsmgraphError(
-                    f"{out_dir} holds other files, not an earlier merge ({CONFIG_MARKER}); --overwrite replaces only that"
-                )
+    with replacing(Path(out_dir), overwrite, replaceable=_check_earlier_merge, reads=reads, what="--out") as target:
         with phase("planning"):
             plan = plan_merge(cfg)
         ssmgraph_model = isinstance(plan.reference, SSMInput)
         if ssmgraph_model:
             check_ssm_output(plan)
-        with atomic_directory(out_dir) as tmp, phase("merging", total=len(plan.tensors), unit="tensors"):
+        with atomic_directory(target) as tmp, phase("merging", total=len(plan.tensors), unit="tensors"):
             if ssmgraph_model:  # ssmgraph inputs give an ssmgraph model: one weights file, the reference's blueprint
                 _write_shard(tmp / WEIGHTS_FILE, plan.tensors, plan, torch.Generator().manual_seed(0), FORMAT)
                 summary = finish_ssm_model(plan, tmp)

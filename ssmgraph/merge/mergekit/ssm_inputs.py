@@ -70,8 +70,7 @@ class SSMInput(HFInput):
 
     @property
     def num_layers(self) -> int:
-        found = {int(m["index"]) for m in map(LAYER.match, self.shapes) if m}
-        return max(found) + 1 if found else 0  # a model without a stack: every tensor is outside the layers
+        return max(self.layers) + 1 if self.layers else 0  # a model without a stack: every tensor is outside the layers
 
 
 def describe(directory: Path, meta: dict[str, Any]) -> CompiledModel:
