@@ -116,8 +116,8 @@ STITCH_PARAMS = (
         "finetune",
         str,
         "stitch",
-        "what fine-tuning trains: the stitch, or the stitch and the norms of B's next layer (or B's final norm)",
-        choices=("stitch", "stitch+norm"),
+        "what fine-tuning trains: the stitch; also the norms of B's next layer; or also that whole layer (after B's last: its final norm)",
+        choices=("stitch", "stitch+norm", "stitch+block"),
     ),
     Param("finetune_pairs", int, 1, "fine-tune the best this many pairs (by closed form) and keep the best after", min=1),
     Param(

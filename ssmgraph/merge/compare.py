@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +34,23 @@ def tapped(model: CompiledModel, name: str) -> CompiledModel:
 
 
 @torch.no_grad()
-def hidden_states(model: CompiledModel, name: str, task: Task, batches: int, batch_size: int) -> dict[str, torch.Tensor]:
-    """Each layer's hidden states on held-out inputs, as (tokens × width) matrices."""
-    probe = tapped(model, name)
+def tapped_states(probe: CompiledModel, name: str, batches: Iterable[Any]) -> list[torch.Tensor]:
+    """The hidden states after each layer of ``probe`` (a model :func:`tapped` as ``name``) on
+    ``batches``' inputs, each layer's as one (tokens × width) float64 matrix."""
     layers: list[list[torch.Tensor]] = []
-    for batch in task.eval_batches(batch_size, size=batch_size * batches):
+    for batch in batches:
         _, taps = probe(batch.inputs, taps=[f"{name}.h"])
         found = model_taps(taps, name, "h")
         layers = layers or [[] for _ in found]
         for store, t in zip(layers, found):
             store.append(t.reshape(-1, t.shape[-1]).double())
-    return {f"{name}.{i}": torch.cat(chunks) for i, chunks in enumerate(layers)}
+    return [torch.cat(chunks) for chunks in layers]
+
+
+def hidden_states(model: CompiledModel, name: str, task: Task, batches: int, batch_size: int) -> dict[str, torch.Tensor]:
+    """Each layer's hidden states on held-out inputs, as (tokens × width) matrices."""
+    states = tapped_states(tapped(model, name), name, task.eval_batches(batch_size, size=batch_size * batches))
+    return {f"{name}.{i}": layer for i, layer in enumerate(states)}
 
 
 def _layer_prefix(folder: str) -> str:

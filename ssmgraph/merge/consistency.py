@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ssmgraph.merge.compose import model_taps
 from ssmgraph.merge.context import MergeError
+from ssmgraph.train.losses import batch_sums
 from ssmgraph.train.tasks.base import IGNORE, Task
 
 PEER_WEIGHTING = ("uniform", "confidence", "correct")
@@ -57,11 +58,11 @@ def peer_weight(logits: Tensor, targets: Tensor, how: str) -> Tensor | None:
 
 
 def task_loss(task: Task, logits: Tensor, targets: Tensor) -> Tensor:
-    if task.kind == "lm":
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
-    if task.kind == "classify":
-        return F.cross_entropy(logits.float(), targets)
-    raise MergeError(f"training models together needs a classification or language-model task, not {task.kind!r}")
+    """The task's mean cross-entropy over the scored positions (:func:`batch_sums`' loss / count)."""
+    if task.kind not in ("lm", "classify"):
+        raise MergeError(f"training models together needs a classification or language-model task, not {task.kind!r}")
+    sums = batch_sums(task.kind, logits, targets)
+    return sums.loss / sums.count
 
 
 def depth_pairs(n_a: int, n_b: int) -> list[tuple[int, int]]:
@@ -94,3 +95,12 @@ def split_outputs(out: Tensor | Mapping[str, Tensor], names: list[str]) -> dict[
     if not isinstance(out, Mapping):
         return {names[0]: out}
     return {n: next(v for k, v in out.items() if k.startswith(n + ".")) for n in names}
+
+
+def joint_outputs(
+    joint: torch.nn.Module, names: list[str], inputs: Tensor, *, taps: bool
+) -> tuple[dict[str, Tensor], Mapping[str, Tensor]]:
+    """One pass of a joint model: each model's logits and, with ``taps``, their projected hidden
+    states (``<model>.p``; else none)."""
+    out, found = joint(inputs, taps=[f"{n}.p" for n in names]) if taps else (joint(inputs), {})
+    return split_outputs(out, names), found

@@ -22,10 +22,10 @@ import torch
 from torch import Tensor
 
 from ssmgraph.graph.model import CompiledModel
-from ssmgraph.merge.consistency import kl, pair_feature_loss, split_outputs, task_loss
+from ssmgraph.merge.consistency import joint_outputs, kl, pair_feature_loss, split_outputs, task_loss
 from ssmgraph.merge.context import MergeContext, MergeError, MergeResult
 from ssmgraph.merge.joint import agreement, build_joint, metric_columns, train_joint, view
-from ssmgraph.merge.plots import curves
+from ssmgraph.merge.plots import loss_terms
 from ssmgraph.train.tasks.base import IGNORE, Task
 
 
@@ -42,8 +42,7 @@ def distill_loss(
     names = [student, *teachers]
     alpha, tau, feature_weight = params["alpha"], params["temperature"], params["feature_weight"]
     use_features = feature_weight > 0 and bool(teachers)
-    out, taps = joint(inputs, taps=[f"{n}.p" for n in names]) if use_features else (joint(inputs), {})
-    logits = split_outputs(out, names)
+    logits, taps = joint_outputs(joint, names, inputs, taps=use_features)
     keep = (targets != IGNORE) if task.kind == "lm" else None
     ce = task_loss(task, logits[student], targets)
     parts = {"ce": ce}
@@ -97,12 +96,7 @@ def run_distill(context: MergeContext) -> MergeResult:
     _check_vocab(joint, [student, *teachers], task)
     freeze_teachers(context, joint, teachers)
     teacher_models = {t: view(joint, t) for t in teachers}
-    size = context.recipe.data.eval_size
-
-    def follows(model: torch.nn.Module) -> dict[str, dict[str, float]]:
-        return {t: agreement(teacher_models[t], model, task, params["batch_size"], size) for t in teachers}
-
-    before = follows(view(joint, student))
+    students = {"before": view(joint, student)}  # the student's start, measured with the others after training
     log = train_joint(
         joint,
         lambda step, x, y: distill_loss(joint, student, teachers, task, x, y, params),
@@ -114,7 +108,7 @@ def run_distill(context: MergeContext) -> MergeResult:
     )
     distilled = view(joint, student)
     evaluation = {**{t: context.evaluate(m) for t, m in teacher_models.items()}, student: context.evaluate(distilled)}
-    agreements = {"before": before, "distilled": follows(distilled)}
+    students["distilled"] = distilled
     models = {}
     if params["baseline"]:
         single = build_joint(context, [student], share_embedding=False)
@@ -130,14 +124,15 @@ def run_distill(context: MergeContext) -> MergeResult:
         )
         models["alone"] = view(single, student)
         evaluation["alone"] = context.evaluate(models["alone"])
-        agreements["alone"] = follows(models["alone"])
+        students["alone"] = models["alone"]
+    agreements = agreement(teacher_models, students, task, params["batch_size"], context.recipe.data.eval_size)
     result = MergeResult(
         distilled,
         metrics={"student": student, "teachers": teachers, "evaluation": evaluation, "agreement": agreements, "log": log},
         models=models,
     )
     result.tables.append(_table(context, student, teachers, evaluation, agreements))
-    result.plots.append(_plot_losses(context, log))
+    result.plots.append(loss_terms(log, "distillation: loss terms", context.out_dir / "losses.png").name)
     result.notes.append(
         f"The output folder holds the distilled student {student!r}"
         + ("; models/alone the same student trained alone (same steps, data order and start)." if models else ".")
@@ -165,10 +160,3 @@ def _table(
             agree = agreements[key][first]
             rows.append([label, *[v for _, v in metric_columns(task, evaluation[name])], agree["kl"], agree["top1_agreement"]])
     return f"Held-out {context.recipe.data.task if context.recipe.data else ''}", header, rows
-
-
-def _plot_losses(context: MergeContext, log: list[dict[str, float]]) -> str:
-    steps = [r["step"] for r in log]
-    series = {key: (steps, [r[key] for r in log]) for key in sorted(log[0]) if key not in ("step", "loss")}
-    curves(series, "step", "loss", "distillation: loss terms", context.out_dir / "losses.png", log_y=True)
-    return "losses.png"

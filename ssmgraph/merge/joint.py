@@ -25,6 +25,7 @@ from ssmgraph.merge.context import MergeContext, MergeError
 from ssmgraph.merge.models import blueprint_of
 from ssmgraph.merge.similarity import linear_cka
 from ssmgraph.optim import param_groups
+from ssmgraph.train.config import scheduled_lr
 from ssmgraph.train.tasks.base import IGNORE, Task
 
 LossFn = Callable[[int, Tensor, Tensor], tuple[Tensor, dict[str, float]]]
@@ -48,14 +49,6 @@ def view(joint: CompiledModel, name: str) -> CompiledModel:
     model = compile_blueprint(joint.blueprint, model=name)
     model.load_state_dict({k: v for k, v in joint.state_dict().items() if k in model.state_dict()})
     return model
-
-
-def lr_at(step: int, steps: int, lr: float) -> float:
-    warmup = max(1, steps // 20)
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 @contextlib.contextmanager
@@ -89,10 +82,11 @@ def train_joint(
     trainable = [p for group in groups for p in group["params"]]
     data = torch.Generator().manual_seed(seed)
     log = []
+    warmup = max(1, params["steps"] // 20)  # then cosine down to lr / 10
     joint.train()
     with _bar(progress, params["steps"], label) as update:
         for step in range(params["steps"]):
-            scale = lr_at(step, params["steps"], params["lr"]) / max(params["lr"], 1e-12)
+            scale = scheduled_lr(step, params["steps"], params["lr"], warmup) / max(params["lr"], 1e-12)
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * scale
             batch = task.sample(params["batch_size"], data, "train")
@@ -136,19 +130,33 @@ def tap_cka(joint: CompiledModel, names: list[str], task: Task, batch_size: int,
 
 
 @torch.no_grad()
-def agreement(teacher: torch.nn.Module, student: torch.nn.Module, task: Task, batch_size: int, size: int) -> dict[str, float]:
-    """How closely ``student`` follows ``teacher`` on held-out inputs: KL(teacher ‖ student) per
-    scored position (nats) and the share of positions where their top predictions agree."""
-    teacher.eval(), student.eval()
-    total_kl, same, count = 0.0, 0.0, 0
+def agreement(
+    teachers: Mapping[str, torch.nn.Module], students: Mapping[str, torch.nn.Module], task: Task, batch_size: int, size: int
+) -> dict[str, dict[str, dict[str, float]]]:
+    """How closely each student follows each teacher on held-out inputs, ``{student: {teacher:
+    figures}}``: KL(teacher ‖ student) per scored position (nats) and the share of positions
+    where their top predictions agree. One pass: each model's logits once per batch."""
+    for model in [*teachers.values(), *students.values()]:
+        model.eval()
+    sums = {(s, t): [0.0, 0.0, 0] for s in students for t in teachers}
     for batch in task.eval_batches(batch_size, size=size):
-        t, s = _logits(teacher(batch.inputs)), _logits(student(batch.inputs))
-        keep = batch.targets != IGNORE if task.kind == "lm" else torch.ones(t.shape[:-1], dtype=torch.bool)
-        n = int(keep.sum())
-        total_kl += float(kl(t, s, 1.0, keep)) * n
-        same += float((t.argmax(-1) == s.argmax(-1))[keep].float().sum())
-        count += n
-    return {"kl": total_kl / max(count, 1), "top1_agreement": same / max(count, 1)}
+        taught = {name: _logits(teacher(batch.inputs)) for name, teacher in teachers.items()}
+        for s_name, student in students.items():
+            s = _logits(student(batch.inputs))
+            for t_name, t in taught.items():
+                keep = batch.targets != IGNORE if task.kind == "lm" else torch.ones(t.shape[:-1], dtype=torch.bool)
+                n = int(keep.sum())
+                totals = sums[s_name, t_name]
+                totals[0] += float(kl(t, s, 1.0, keep)) * n
+                totals[1] += float((t.argmax(-1) == s.argmax(-1))[keep].float().sum())
+                totals[2] += n
+    return {
+        s: {
+            t: {"kl": sums[s, t][0] / max(sums[s, t][2], 1), "top1_agreement": sums[s, t][1] / max(sums[s, t][2], 1)}
+            for t in teachers
+        }
+        for s in students
+    }
 
 
 def _logits(out: Tensor | Mapping[str, Tensor]) -> Tensor:

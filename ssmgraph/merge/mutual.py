@@ -31,14 +31,14 @@ from torch import Tensor
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.merge.consistency import (
     feature_loss,
+    joint_outputs,
     kl,
     peer_weight,
-    split_outputs,
     task_loss,
 )
 from ssmgraph.merge.context import MergeContext, MergeResult
 from ssmgraph.merge.joint import build_joint, metric_columns, tap_cka, train_joint, view
-from ssmgraph.merge.plots import curves
+from ssmgraph.merge.plots import loss_terms
 from ssmgraph.serialization import load as load_model
 from ssmgraph.train.tasks.base import IGNORE, Task
 
@@ -76,8 +76,7 @@ def joint_loss(
 ) -> tuple[Tensor, dict[str, float]]:
     """The training loss of one batch, and its parts (for the log)."""
     need_taps = w.feature > 0 and len(names) > 1
-    out, taps = joint(inputs, taps=[f"{n}.p" for n in names]) if need_taps else (joint(inputs), {})
-    logits = split_outputs(out, names)
+    logits, taps = joint_outputs(joint, names, inputs, taps=need_taps)
     keep = (targets != IGNORE) if task.kind == "lm" else None
     parts = {f"ce_{n}": task_loss(task, logits[n], targets) for n in names}
     total = sum(parts.values())
@@ -146,7 +145,7 @@ def run_mutual(context: MergeContext) -> MergeResult:
             [[k, cka_before[k], cka_after[k]] for k in cka_before],
         )
     )
-    result.plots.append(_plot_losses(context, log))
+    result.plots.append(loss_terms(log, "mutual training: loss terms", context.out_dir / "losses.png").name)
     result.notes.append(
         "The output folder holds the ensemble (mean of the models' logits, shared embedding); models/<name> holds each model, "
         "embedding included. CKA is a diagnostic (it ignores rotations of the hidden space)."
@@ -182,10 +181,3 @@ def _table(
         solo = metric_columns(task, alone[name])[0][1] if name in alone else ""
         rows.append([name if name != "ensemble" else "ensemble (mean of logits)", *together, solo])
     return f"Held-out {context.recipe.data.task}", header, rows
-
-
-def _plot_losses(context: MergeContext, log: list[dict[str, float]]) -> str:
-    steps = [r["step"] for r in log]
-    series = {key: (steps, [r[key] for r in log]) for key in sorted(log[0]) if key not in ("step", "loss")}
-    curves(series, "step", "loss", "mutual training: loss terms", context.out_dir / "losses.png", log_y=True)
-    return "losses.png"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +78,11 @@ def curves(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def loss_terms(log: Sequence[Mapping[str, float]], title: str, path: Path) -> Path:
+    """Each logged loss term of a training run (every key but ``step`` and the total ``loss``)
+    against the step, on a log scale (``mutual``, ``distill``)."""
+    steps = [r["step"] for r in log]
+    series = {key: (steps, [r[key] for r in log]) for key in sorted(log[0]) if key not in ("step", "loss")}
+    return curves(series, "step", "loss", title, path, log_y=True)

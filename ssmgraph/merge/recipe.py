@@ -19,7 +19,7 @@ blueprint errors (E110 unknown key, E111 missing key, E112 wrong value).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from ssmgraph.errors import Collector, Mark, did_you_mean
 from ssmgraph.merge.recipe_checks import check_finite, check_folder_name, check_mapping, key_mark_of, mark_of
 from ssmgraph.registry.plugins import Registry, get_registry
 from ssmgraph.registry.specs import MergeMethodSpec, Param
+from ssmgraph.train.fitting import absolute_paths
 
 
 @dataclass(frozen=True)
@@ -222,18 +223,8 @@ def _parse_data(errors: Collector, raw: Mapping[str, Any], registry: Registry, b
     else:
         where = mark_of(section, "options") if "options" in section else key_mark_of(section, "task")
         check_mapping(errors, values["options"], spec.params, "data.options", f"task {spec.name!r}", where)
-        values["options"] = task_paths(values["options"], spec.params, base_dir)
+        values["options"] = absolute_paths(values["task"], values["options"], base_dir)  # from the recipe's folder
     return DataSpec(values["task"], dict(values["options"]), values["batch_size"], values["eval_batches"], mark_of(raw, "data"))
-
-
-def task_paths(options: Mapping[str, Any], params: Sequence[Param], base_dir: Path) -> dict[str, Any]:
-    """Task options that name files (``Param(path=True)``, e.g. ``path`` of ``bytes``): a relative one
-    starts from the recipe's folder, as a checkpoint's does, not from the working directory."""
-    paths = {p.name for p in params if p.path}
-    return {
-        k: str((base_dir / v).absolute()) if k in paths and isinstance(v, str) and not Path(v).is_absolute() else v
-        for k, v in options.items()
-    }
 
 
 def _parse_models(errors: Collector, raw: Mapping[str, Any], base_dir: Path, top: Mark) -> list[ModelSource]:

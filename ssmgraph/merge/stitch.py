@@ -29,8 +29,8 @@ from ssmgraph.blueprint import Blueprint
 from ssmgraph.graph.compile import compile_blueprint
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.merge import maps
-from ssmgraph.merge.compare import tapped
-from ssmgraph.merge.compose import layer_stacks, model_taps, rename_node
+from ssmgraph.merge.compare import tapped, tapped_states
+from ssmgraph.merge.compose import layer_stacks, rename_node
 from ssmgraph.merge.consistency import depth_pairs
 from ssmgraph.merge.context import MergeError
 from ssmgraph.merge.models import LoadedModel, blueprint_of
@@ -212,29 +212,24 @@ def build_stitched(
 
 
 # ---- probing --------------------------------------------------------------------------------------
-@torch.no_grad()
-def probe(model: LoadedModel, task: Task, batches: list[Any]) -> tuple[list[Tensor], Tensor]:
-    """Hidden states after each layer (tokens × width, float64) and each token's label
-    (the sequence's class, or the token's target; -1 where none)."""
+def probe(model: LoadedModel, task: Task, *batch_lists: list[Any]) -> list[tuple[list[Tensor], Tensor]]:
+    """For each list of batches: the hidden states after each layer (tokens × width, float64)
+    and each token's label (the sequence's class, or the token's target; -1 where none)."""
     joint = tapped(model.model, model.name)
-    layers: list[list[Tensor]] = []
-    labels = []
-    for batch in batches:
-        _, taps = joint(batch.inputs, taps=[f"{model.name}.h"])
-        found = model_taps(taps, model.name, "h")
-        layers = layers or [[] for _ in found]
-        for store, t in zip(layers, found):
-            store.append(t.reshape(-1, t.shape[-1]).double())
-        length = batch.inputs.shape[1]
-        if task.kind == "classify":
-            labels.append(batch.targets[:, None].expand(-1, length).reshape(-1))
-        else:
-            labels.append(
-                torch.where(batch.targets == IGNORE, -1, batch.targets).reshape(-1)
-                if task.kind == "lm"
-                else torch.full((batch.inputs.shape[0] * length,), -1)
-            )
-    return [torch.cat(x) for x in layers], torch.cat(labels)
+    return [
+        (tapped_states(joint, model.name, batches), torch.cat([token_labels(task, batch) for batch in batches]))
+        for batches in batch_lists
+    ]
+
+
+def token_labels(task: Task, batch: Any) -> Tensor:
+    """Each token's label: its sequence's class, or its own target (-1 where none)."""
+    length = batch.inputs.shape[1]
+    if task.kind == "classify":
+        return batch.targets[:, None].expand(-1, length).reshape(-1)
+    if task.kind == "lm":
+        return torch.where(batch.targets == IGNORE, -1, batch.targets).reshape(-1)
+    return torch.full((batch.inputs.shape[0] * length,), -1)
 
 
 @torch.no_grad()

@@ -54,12 +54,15 @@ class RowScale(nn.Module):
 
 def trained_parameters(model: CompiledModel, blueprint: dict[str, Any], finetune: str) -> list[str]:
     """Names of the parameters fine-tuning trains: the stitch (and ``stitch_norm``) and, with
-    ``stitch+norm``, the norms B applies next (its first layer after the stitch, or its final norm)."""
+    ``stitch+norm``, the norms B applies next (its first layer after the stitch, or its final
+    norm); with ``stitch+block``, that whole first layer (or the final norm)."""
     prefixes = ["stitch.", "stitch_norm."]
-    if finetune == "stitch+norm":
+    if finetune in ("stitch+norm", "stitch+block"):
         nodes = blueprint["nodes"]
         stack = next((n for n, node in nodes.items() if n.startswith("b_") and node.get("repeat")), None)
-        if stack is not None:
+        if stack is not None and finetune == "stitch+block":
+            prefixes.append(f"{stack}.0.")
+        elif stack is not None:
             body = nodes[stack]["body"]["nodes"]
             prefixes += [f"{stack}.0.{n}." for n, node in body.items() if str(node.get("block", "")).startswith("norm.")]
         else:
@@ -120,10 +123,8 @@ class Search:
         train_gen = context.generator(11)
         probe_batches = [self.task.sample(data.batch_size, train_gen, "train") for _ in range(self.p["probe_batches"])]
         held_out = list(self.task.eval_batches(data.batch_size, size=data.eval_size))
-        self.feats_a, self.labels = probe(self.a, self.task, probe_batches)
-        self.feats_b, _ = probe(self.b, self.task, probe_batches)
-        self.test_a, _ = probe(self.a, self.task, held_out)
-        self.test_b, _ = probe(self.b, self.task, held_out)
+        (self.feats_a, self.labels), (self.test_a, _) = probe(self.a, self.task, probe_batches, held_out)
+        (self.feats_b, _), (self.test_b, _) = probe(self.b, self.task, probe_batches, held_out)
         self.tie, self.tie_info = resolve_tie(self.a, self.b, self.p["tie"])
 
     def fit(self, i: int, j: int, shuffle: bool = False) -> tuple[Tensor, Tensor]:
@@ -141,16 +142,18 @@ class Search:
         blueprint = stitched_blueprint(self.a, self.b, i, j, at=self.p["at"], tie=self.tie)
         return finetune(model, blueprint, self.task, self.p, self.batch_size, self.seed)
 
-    def score(self, i: int, j: int, weight: Tensor, bias: Tensor) -> dict[str, float]:
+    def score(self, i: int, j: int, weight: Tensor, bias: Tensor) -> tuple[dict[str, float], CompiledModel]:
+        """The pair's held-out figures, and its stitched model (closed form: to fine-tune or keep)."""
         test_a = read_at(self.a, self.test_a[i], i, self.p["at"])
         mapped = test_a @ weight.T.double() + bias.double()
-        figures = self.context.evaluate(self.build(i, j, weight, bias))
-        return {
-            **figures,
+        model = self.build(i, j, weight, bias)
+        figures = {
+            **self.context.evaluate(model),
             "r2": float(maps.r2_score(mapped, self.test_b[j])),
             "cka_before": float(linear_cka(test_a, self.test_b[j])),
             "cka_after": float(linear_cka(mapped, self.test_b[j])),
         }
+        return figures, model
 
     def controls(self, i: int, j: int, weight: Tensor, layers_a: int) -> dict[str, Any]:
         """A random orthogonal map of the same scale, the map fitted at A's farthest layer, and
@@ -188,14 +191,15 @@ def run_stitch(context: MergeContext) -> MergeResult:
     a, b, task = search.a, search.b, search.task
     pairs = [(p["layer_a"], p["layer_b"])] if forced else layer_pairs(sa.layers, sb.layers, p["pairs"])
     sources = {a.name: context.evaluate(a.model), b.name: context.evaluate(b.model)}
-    maps_at, scored = {}, {}
-    for i, j in pairs:
+    keep = max(1, p["finetune_pairs"]) if p["finetune_steps"] > 0 else 1
+    maps_at, scored, best = {}, {}, []
+    for n, (i, j) in enumerate(pairs):
         maps_at[i, j] = search.fit(i, j)
-        scored[f"{i},{j}"] = search.score(i, j, *maps_at[i, j])
-    ranked = sorted(pairs, key=lambda ij: rank_key(task.kind, scored[f"{ij[0]},{ij[1]}"]))
+        scored[f"{i},{j}"], model = search.score(i, j, *maps_at[i, j])
+        # the scored models of the best `keep` pairs so far (by rank, then order), fine-tuned or kept below
+        best = sorted([*best, (rank_key(task.kind, scored[f"{i},{j}"]), n, (i, j), model)], key=lambda c: c[:2])[:keep]
     candidates = []
-    for i, j in ranked[: max(1, p["finetune_pairs"]) if p["finetune_steps"] > 0 else 1]:
-        model = search.build(i, j, *maps_at[i, j])
+    for _, _, (i, j), model in best:
         entry: dict[str, Any] = {"layer_a": i, "layer_b": j, "closed_form": scored[f"{i},{j}"]}
         trained = maps_at[i, j][0].numel() + maps_at[i, j][1].numel()
         if p["finetune_steps"] > 0:

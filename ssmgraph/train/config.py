@@ -99,20 +99,27 @@ class TrainConfig:
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer step ``step`` (0-based): warm-up, then decay."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        if self.schedule == "constant":
-            return self.lr
-        span = max(1, self.steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
-        if self.schedule == "linear":
-            factor = 1.0 - progress
-        else:
-            factor = 0.5 * (1.0 + math.cos(math.pi * progress))
-        return self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * factor)
+        return scheduled_lr(step, self.steps, self.lr, self.warmup_steps, self.schedule, self.min_lr_ratio)
 
 
 assert [p.name for p in SCHEMA] == [f.name for f in fields(TrainConfig)]
+
+
+def scheduled_lr(step: int, steps: int, lr: float, warmup: int, schedule: str = "cosine", min_lr_ratio: float = 0.1) -> float:
+    """Learning rate for optimizer step ``step`` (0-based) of ``steps``: linear warm-up over
+    ``warmup`` steps, then ``schedule`` (cosine, linear or constant) down to ``min_lr_ratio · lr``
+    (training, and the merge methods that train)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if schedule == "constant":
+        return lr
+    span = max(1, steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    if schedule == "linear":
+        factor = 1.0 - progress
+    else:
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return lr * (min_lr_ratio + (1.0 - min_lr_ratio) * factor)
 
 
 def parse_config(raw: Any, source: str, overrides: Mapping[str, Any] | None = None) -> TrainConfig:

@@ -55,13 +55,17 @@ def make_task(name: str, options: Mapping[str, Any]) -> Task:
     return task
 
 
-def absolute_paths(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+def absolute_paths(name: str, options: Mapping[str, Any], base: Path | None = None) -> dict[str, Any]:
     """``options`` of task ``name`` with those that name files (``Param(path=True)``: ``path``,
-    ``tokenizer``) made absolute from the working directory, ``~`` expanded: a run records them
-    so, and resumes or is evaluated from any directory."""
+    ``tokenizer``) made absolute, ``~`` expanded: a relative one starts from ``base`` (a merge
+    recipe's folder, as its checkpoints do), by default from the working directory (a run records
+    them so, and resumes or is evaluated from any directory)."""
     spec = get_registry().task(name)
     paths = {p.name for p in spec.params if p.path} if spec is not None else set()
-    return {k: str(Path(v).expanduser().absolute()) if k in paths and isinstance(v, str) else v for k, v in options.items()}
+    start = base if base is not None else Path()
+    return {
+        k: str((start / Path(v).expanduser()).absolute()) if k in paths and isinstance(v, str) else v for k, v in options.items()
+    }
 
 
 def fit_params(blueprint_source: str | Path, overrides: Mapping[str, Any], task: Task) -> dict[str, Any]:

@@ -43,6 +43,32 @@ def test_kl_term_matches_its_definition():
     assert _kl(target, target, tau, None).abs() < 1e-6
 
 
+def test_the_task_loss_is_the_mean_cross_entropy_over_scored_positions():
+    """The training loss (train's batch sums, loss / count) equals the plain definition, to the
+    bit, values and gradients, with ignored positions in a language model's targets."""
+    from types import SimpleNamespace
+
+    from ssmgraph.merge.consistency import task_loss
+    from ssmgraph.train.tasks.base import IGNORE
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 11, generator=g, dtype=torch.float64).float().requires_grad_()
+    targets = torch.randint(0, 11, (3, 7), generator=g)
+    targets[torch.rand(3, 7, generator=g) < 0.3] = IGNORE
+    keep = targets != IGNORE
+    picked = logits[keep].log_softmax(-1).gather(-1, targets[keep][:, None])
+    reference = -picked.detach().double().sum() / keep.sum()
+    loss = task_loss(SimpleNamespace(kind="lm"), logits, targets)
+    reference_ce = F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1), ignore_index=IGNORE)
+    assert torch.equal(loss, reference_ce) and loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    assert torch.equal(*(torch.autograd.grad(v, logits)[0] for v in (loss, reference_ce)))
+    classes = torch.randint(0, 11, (3,), generator=g)
+    scores = logits[:, 0].detach().requires_grad_()
+    loss, reference_ce = task_loss(SimpleNamespace(kind="classify"), scores, classes), F.cross_entropy(scores, classes)
+    assert torch.equal(loss, reference_ce)
+    assert torch.equal(*(torch.autograd.grad(v, scores)[0] for v in (loss, reference_ce)))
+
+
 def test_joint_loss_is_the_sum_of_its_weighted_parts(tmp_path):
     from ssmgraph.merge.joint import build_joint
     from ssmgraph.merge.run import plan

@@ -47,3 +47,29 @@ def test_task_paths_resolve_from_the_recipe_folder(tmp_path, monkeypatch) -> Non
         bytes(en.sample(1, torch.Generator().manual_seed(0), "train").inputs[0].tolist()).decode()
         in "the quick brown fox jumps over the lazy dog. " * 3
     )
+
+
+def test_a_home_relative_task_path_in_a_recipe_resolves_to_the_home_folder(tmp_path, monkeypatch) -> None:
+    home = tmp_path / "home"
+    (home / "texts").mkdir(parents=True)
+    (home / "texts" / "en.txt").write_text("the quick brown fox jumps over the lazy dog. " * 20)
+    monkeypatch.setenv("HOME", str(home))
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "merge.yaml").write_text(
+        textwrap.dedent(
+            """
+            merge_method: linear
+            models: [{name: a, blueprint: gpt}, {name: b, blueprint: gpt}]
+            data: {task: bytes, options: {path: ~/texts/en.txt, seq_len: 8}}
+            """
+        )
+    )
+    recipe = load_recipe(folder / "merge.yaml")
+    assert recipe.data.options["path"] == str(home / "texts" / "en.txt")  # not <recipe folder>/~/texts/en.txt
+    context = SimpleNamespace(recipe=recipe, params={"options_a": {"path": "~/texts/en.txt"}, "options_b": {}})
+    en, _ = language_tasks(context)
+    assert (
+        bytes(en.sample(1, torch.Generator().manual_seed(0), "train").inputs[0].tolist()).decode()
+        in "the quick brown fox jumps over the lazy dog. " * 3
+    )

@@ -114,6 +114,29 @@ def test_fine_tuning_trains_only_what_the_levers_say():
         )
 
 
+def test_stitch_block_trains_b_next_layer_whole_and_nothing_after_it():
+    a, b = lm("a"), lm("b", blueprint="mamba_model", seed=1)
+    task = make_task("bytes", {"seq_len": 12})
+    for j in (0, 2):  # B continues with layers 1 and 2, or with its final norm only
+        model = build_stitched(a, b, 1, j, torch.randn(8, 8) / 3, torch.zeros(8))
+        blueprint = stitched_blueprint(a, b, 1, j)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        count = finetune(
+            model, blueprint, task, {"finetune": "stitch+block", "learn": "map", "finetune_steps": 3, "lr": 0.05}, 4, 0
+        )
+        names = set(trained_parameters(model, blueprint, "stitch+block"))
+        changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+        assert changed and changed <= names
+        outside = {n for n in names if not n.startswith("stitch.")}
+        if j == 0:
+            layer = {n for n, _ in model.named_parameters() if n.startswith("b_blocks.0.")}
+            assert outside == layer and len(layer) > 4  # the mixer's weights too, not only the norms
+            assert not any(n.startswith("b_blocks.1.") for n in names)
+        else:
+            assert outside == {"b_norm_f.weight", "b_norm_f.bias"}
+        assert count == sum(p.numel() for n, p in model.named_parameters() if n in names)
+
+
 def test_the_wrong_depth_control_is_the_farthest_layer():
     assert [farthest_layer(i, 4) for i in range(4)] == [3, 3, 0, 0]
     assert farthest_layer(1, 2) == 0 and farthest_layer(0, 1) == 0

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmgraph.graph.model import CompiledModel
+from ssmgraph.merge.compare import tapped
 from ssmgraph.merge.context import MergeContext
 from ssmgraph.merge.models import LoadedModel
 from ssmgraph.merge.plots import curves, pyplot
@@ -92,7 +93,8 @@ def layer_analysis(
     for batch, specialist in zip(batches, (a, b)):
         _, taps = model(batch.inputs, taps=["hidden"])
         hidden.append(layer_states(taps))
-        targets.append(specialist_states(specialist, batch.inputs, model.nodes["embed_blend"].out_type.dim))
+        probe = tapped(specialist.model, specialist.name)
+        targets.append(specialist_states(probe, specialist.name, batch.inputs, model.nodes["embed_blend"].out_type.dim))
     alphas = [float(m.alpha.mean()) for m, _ in blends(model, len(hidden[0]))]
     rows, recon, poly = [], [], []
     for layer in range(len(hidden[0])):

@@ -20,14 +20,13 @@ from ssmgraph.graph.model import CompiledModel
 from ssmgraph.merge.bspline import BSplineCurve
 from ssmgraph.merge.compare import tapped
 from ssmgraph.merge.compose import model_taps
+from ssmgraph.merge.consistency import task_loss
 from ssmgraph.merge.context import MergeContext
 from ssmgraph.merge.models import LoadedModel
-from ssmgraph.merge.recipe import task_paths
 from ssmgraph.merge.stitch import layer_stack
 from ssmgraph.merge.superpose.model import blends
-from ssmgraph.registry.plugins import get_registry
-from ssmgraph.train.fitting import make_task
-from ssmgraph.train.tasks.base import IGNORE, Task
+from ssmgraph.train.fitting import absolute_paths, make_task
+from ssmgraph.train.tasks.base import Task
 
 
 class AlphaAt(nn.Module):
@@ -46,23 +45,18 @@ class AlphaAt(nn.Module):
 def language_tasks(context: MergeContext) -> tuple[Task, Task]:
     """The recipe's task twice: with A's options (``options_a``) and with B's."""
     data = context.recipe.data
-    spec = get_registry().task(data.task)
-    params = spec.params if spec is not None else ()
-    a, b = (task_paths(context.params[key], params, context.recipe.directory) for key in ("options_a", "options_b"))
+    a, b = (absolute_paths(data.task, context.params[key], context.recipe.directory) for key in ("options_a", "options_b"))
     return make_task(data.task, {**data.options, **a}), make_task(data.task, {**data.options, **b})
 
 
 @torch.no_grad()
-def specialist_states(model: LoadedModel, inputs: Tensor, width: int | None = None) -> list[Tensor]:
-    """A source model's hidden state after each of its layers: the reconstruction targets,
-    padded with zeros to ``width`` (the superposed state's, where the model is narrower)."""
-    _, taps = tapped(model.model, model.name)(inputs, taps=[f"{model.name}.h"])
-    states = model_taps(taps, model.name, "h")
+def specialist_states(probe: CompiledModel, name: str, inputs: Tensor, width: int | None = None) -> list[Tensor]:
+    """A source model's hidden state after each of its layers (``probe``: the model ``name``
+    :func:`tapped`): the reconstruction targets, padded with zeros to ``width`` (the superposed
+    state's, where the model is narrower)."""
+    _, taps = probe(inputs, taps=[f"{name}.h"])
+    states = model_taps(taps, name, "h")
     return [F.pad(h, (0, width - h.shape[-1])) if width else h for h in states]
-
-
-def _lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
 
 
 def recon_error(hidden: list[Tensor], targets: list[Tensor]) -> Tensor:
@@ -98,17 +92,18 @@ def train_superposed(
     generator = context.generator(17)
     batch_size = context.recipe.data.batch_size
     log = []
+    probes = [(tapped(m.model, m.name), m.name) for m in (a, b)]
     model.train()
     for step in range(p["steps"]):
         lr = p["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / p["steps"])))
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch_a, batch_b = (task.sample(batch_size, generator, "train") for task in tasks)
-        states = specialist_states(a, batch_a.inputs, width), specialist_states(b, batch_b.inputs, width)
+        states = specialist_states(*probes[0], batch_a.inputs, width), specialist_states(*probes[1], batch_b.inputs, width)
         targets = [torch.cat(pair) for pair in zip(*states)]
         inputs, labels = torch.cat([batch_a.inputs, batch_b.inputs]), torch.cat([batch_a.targets, batch_b.targets])
         logits, taps = model(inputs, taps=["hidden"])
-        lm, recon = _lm_loss(logits, labels), recon_error(layer_states(taps), targets)
+        lm, recon = task_loss(tasks[0], logits, labels), recon_error(layer_states(taps), targets)
         loss = lm + p["recon_weight"] * recon
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
