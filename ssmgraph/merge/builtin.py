@@ -48,6 +48,13 @@ MUTUAL_PARAMS = (
         "weight of each position's KL towards a peer: equal, the peer's probability of the label, or 1 where the peer is right",
         choices=("uniform", "confidence", "correct"),
     ),
+    Param(
+        "kl_target",
+        str,
+        "peers",
+        "what each model's KL term follows: each of its peers (deep mutual learning), or the ensemble of all models",
+        choices=("peers", "ensemble"),
+    ),
     Param("d_common", int, 64, "width of the common space the taps are projected into", min=1),
     Param("share_embedding", bool, True, "the models read one token embedding (the first model's)"),
     Param("teacher", str, "", "a saved model or run directory to distill from ('' for none)"),

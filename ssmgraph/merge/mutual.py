@@ -5,6 +5,7 @@ shares a token embedding and taps each model's hidden states. Each step, on one 
 
     loss = Σ_k CE(y, p_k)                                       task loss of every model
          + kl_weight · Σ_k 1/(K−1) Σ_{l≠k} τ² KL_w(p_l ‖ p_k)     deep mutual learning (peers detached)
+           (kl_target: ensemble → Σ_k τ² KL_w(p̄ ‖ p_k), p̄ from the mean of all models' logits)
          + feature_weight · mean over pairs MSE(LN P_a h_a, LN P_b h_b)   feature consistency
          + distill_weight · Σ_k τ² KL(p_teacher ‖ p_k)            optional teacher
 
@@ -50,6 +51,7 @@ class Weights:
     distill: float
     temperature: float
     peer_weighting: str = "uniform"
+    target: str = "peers"
 
     @classmethod
     def of(cls, params: Mapping[str, Any]) -> Weights:
@@ -61,6 +63,7 @@ class Weights:
             params["distill_weight"],
             params["temperature"],
             params.get("peer_weighting", "uniform"),
+            params.get("kl_target", "peers"),
         )
 
     def ramped(self, step: int, warmup: int) -> Weights:
@@ -81,9 +84,7 @@ def joint_loss(
     parts = {f"ce_{n}": task_loss(task, logits[n], targets) for n in names}
     total = sum(parts.values())
     if w.kl > 0 and len(names) > 1:
-        weight = {n: peer_weight(logits[n], targets, w.peer_weighting) for n in names}
-        pairs = [(teacher, student) for student in names for teacher in names if teacher != student]
-        mutual = sum(kl(logits[t].detach(), logits[s], w.temperature, keep, weight[t]) for t, s in pairs) / (len(names) - 1)
+        mutual = _mutual_kl(logits, names, targets, keep, w)
         parts["kl"], total = mutual, total + w.kl * mutual
     if need_taps:
         feature = feature_loss(taps, names)
@@ -94,6 +95,18 @@ def joint_loss(
         distill = sum(kl(teacher_logits, logits[k], w.temperature, keep) for k in names)
         parts["distill"], total = distill, total + w.distill * distill
     return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def _mutual_kl(logits: Mapping[str, Tensor], names: list[str], targets: Tensor, keep: Tensor | None, w: Weights) -> Tensor:
+    """Each model's KL towards its peers (``target: peers``, the mean over the others) or
+    towards the ensemble, the mean of all models' logits (``ensemble``); targets detached."""
+    if w.target == "ensemble":
+        ensemble = torch.stack([logits[n].detach() for n in names]).mean(0)
+        weight = peer_weight(ensemble, targets, w.peer_weighting)
+        return sum(kl(ensemble, logits[s], w.temperature, keep, weight) for s in names)
+    weight = {n: peer_weight(logits[n], targets, w.peer_weighting) for n in names}
+    pairs = [(teacher, student) for student in names for teacher in names if teacher != student]
+    return sum(kl(logits[t].detach(), logits[s], w.temperature, keep, weight[t]) for t, s in pairs) / (len(names) - 1)
 
 
 def run_mutual(context: MergeContext) -> MergeResult:

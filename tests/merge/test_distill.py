@@ -114,3 +114,36 @@ def test_imported_hugging_face_models_distill_and_train_together(tmp_path):
         assert report["compatibility"] == "heterogeneous"
         assert "bits_per_byte" in report["metrics"]["evaluation"]["mamba"]
         assert ssmgraph.load(out)(torch.randint(0, 256, (1, 5))).shape == (1, 5, 256)
+
+
+def test_imported_hugging_face_models_stitch_and_superpose(tmp_path):
+    """The same two imported models (two layers each), stitched and put into superposition."""
+    transformers = pytest.importorskip("transformers")
+    from ssmgraph.interop import import_hf
+
+    common = {"vocab_size": 256, "hidden_size": 16, "num_hidden_layers": 2, "bos_token_id": None, "eos_token_id": None}
+    configs = {
+        "llama": transformers.LlamaConfig(
+            intermediate_size=24, num_attention_heads=2, num_key_value_heads=1, pad_token_id=None, **common
+        ),
+        "mamba": transformers.MambaConfig(state_size=4, conv_kernel=2, time_step_rank=2, pad_token_id=None, **common),
+    }
+    torch.manual_seed(0)
+    for name, config in configs.items():
+        model_class = transformers.LlamaForCausalLM if name == "llama" else transformers.MambaForCausalLM
+        model_class(config).save_pretrained(tmp_path / "hf" / name)
+        import_hf(tmp_path / "hf" / name, tmp_path / name)
+    data = "data: {task: bytes, options: {seq_len: 8}, batch_size: 2, eval_batches: 1}"
+    models = "models: [{name: llama, checkpoint: llama}, {name: mamba, checkpoint: mamba}]"
+    for method, parameters in (
+        ("stitch", "{pairs: all, probe_batches: 2, finetune_steps: 2, finetune: stitch+block}"),
+        ("superpose", "{steps: 2, options_a: {corpus: en}, options_b: {corpus: fr}, autoencoder: causal_conv}"),
+    ):
+        text = f"merge_method: {method}\n{models}\nparameters: {parameters}\n{data}\n"
+        out, _ = run_merge(recipe_from_text(text, "r.yaml", tmp_path), tmp_path / f"out-{method}", progress=False)
+        metrics = json.loads((out / "report.json").read_text())["metrics"]
+        if method == "stitch":
+            assert "bits_per_byte" in metrics["best"]["finetuned"] and set(metrics["sources"]) == {"llama", "mamba"}
+        else:
+            assert set(metrics["perplexity_ratio"]) == {"a", "b"} and metrics["superposed"]["bpb_b"] > 0
+        assert ssmgraph.load(out)(torch.randint(0, 256, (1, 5))).shape == (1, 5, 256)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from dataclasses import replace
 
 import pytest
 import torch
@@ -169,3 +170,31 @@ def test_a_language_model_mutual_run_reports_bits_and_gains(tmp_path):
         gain = metrics["alone"][name]["bits_per_byte"] - metrics["evaluation"][name]["bits_per_byte"]
         assert metrics["gain"][name] == pytest.approx(gain)
     assert "bits/byte (together)" in (out / "report.md").read_text()
+
+
+def test_the_ensemble_target_is_each_model_s_kl_towards_the_mean_of_all_logits():
+    from ssmgraph.merge.consistency import peer_weight
+    from ssmgraph.merge.mutual import _mutual_kl
+
+    torch.manual_seed(2)
+    names = ["a", "b", "c"]
+    logits = {n: torch.randn(2, 5, 7, requires_grad=True) for n in names}
+    targets = torch.randint(0, 7, (2, 5))
+    targets[0, 0] = -100
+    keep = targets != -100
+    w = Weights(kl=1.0, feature=0.0, distill=0.0, temperature=2.0, peer_weighting="confidence", target="ensemble")
+    mean = torch.stack([logits[n].detach() for n in names]).mean(0)
+    weight = peer_weight(mean, targets, "confidence")
+    expected = sum(_kl(mean, logits[n], 2.0, keep, weight) for n in names)
+    got = _mutual_kl(logits, names, targets, keep, w)
+    torch.testing.assert_close(got, expected)
+    peers = _mutual_kl(logits, names, targets, keep, replace(w, target="peers"))
+    assert not torch.allclose(got, peers)  # a different target, not a rescaling of the same one
+    got.backward()
+    assert all(logits[n].grad is not None and logits[n].grad.abs().sum() > 0 for n in names)
+    assert (
+        Weights.of(
+            {"kl_weight": 1.0, "feature_weight": 0.0, "distill_weight": 0.0, "temperature": 1.0, "kl_target": "ensemble"}
+        ).target
+        == "ensemble"
+    )
