@@ -173,10 +173,11 @@ def run_barrier(workdir: Path, out: Path) -> dict[str, Any]:
 
 
 # ---- mutual, lmmutual, distill: benchmarks/merge_mutual.py ------------------------------------------
-def run_recipe(text: str, workdir: Path, out: Path, name: str) -> dict[str, Any]:
+def run_recipe(text: str, workdir: Path, out: Path, name: str, plots: bool = True) -> dict[str, Any]:
+    """Run a merge recipe; its report (printed too), and its plots copied into ``out`` as ``<name>_*.png``."""
     recipe = recipe_from_text(textwrap.dedent(text), f"{name}.yaml", workdir)
     folder, _ = run_merge(recipe, workdir / name, overwrite=True, progress=False)
-    for png in folder.glob("*.png"):
+    for png in folder.glob("*.png") if plots else ():
         (out / f"{name}_{png.name}").write_bytes(png.read_bytes())
     report = json.loads((folder / "report.json").read_text())
     print((folder / "report.md").read_text(), flush=True)
