@@ -82,14 +82,17 @@ def test_a_short_distill_run_brings_the_student_closer_to_the_teacher(tmp_path):
     assert "top-1 agreement with teacher" in (out / "report.md").read_text()
 
 
-@pytest.mark.slow
-def test_imported_hugging_face_models_distill_and_train_together(tmp_path):
-    """Two tiny transformers models (random weights, one byte vocabulary), imported: a Llama
-    teaches a Mamba, and the two train together."""
+IMPORTED_MODELS = "models: [{name: llama, checkpoint: llama}, {name: mamba, checkpoint: mamba}]"
+IMPORTED_DATA = "data: {task: bytes, options: {seq_len: 8}, batch_size: 2, eval_batches: 1}"
+
+
+def _import_llama_and_mamba(tmp_path, layers: int) -> None:
+    """A tiny Llama and a tiny Mamba from transformers' config classes (random weights, one byte
+    vocabulary), saved and imported as ``tmp_path/llama`` and ``tmp_path/mamba``."""
     transformers = pytest.importorskip("transformers")
     from ssmgraph.interop import import_hf
 
-    common = {"vocab_size": 256, "hidden_size": 16, "num_hidden_layers": 1, "bos_token_id": None, "eos_token_id": None}
+    common = {"vocab_size": 256, "hidden_size": 16, "num_hidden_layers": layers, "bos_token_id": None, "eos_token_id": None}
     configs = {
         "llama": transformers.LlamaConfig(
             intermediate_size=24, num_attention_heads=2, num_key_value_heads=1, pad_token_id=None, **common
@@ -101,13 +104,18 @@ def test_imported_hugging_face_models_distill_and_train_together(tmp_path):
         model_class = transformers.LlamaForCausalLM if name == "llama" else transformers.MambaForCausalLM
         model_class(config).save_pretrained(tmp_path / "hf" / name)
         import_hf(tmp_path / "hf" / name, tmp_path / name)
-    data = "data: {task: bytes, options: {seq_len: 8}, batch_size: 2, eval_batches: 1}"
-    models = "models: [{name: llama, checkpoint: llama}, {name: mamba, checkpoint: mamba}]"
+
+
+@pytest.mark.slow
+def test_imported_hugging_face_models_distill_and_train_together(tmp_path):
+    """Two tiny transformers models (random weights, one byte vocabulary), imported: a Llama
+    teaches a Mamba, and the two train together."""
+    _import_llama_and_mamba(tmp_path, layers=1)
     for method, parameters in (
         ("distill", "{steps: 2, feature_weight: 0.5, d_common: 8}"),
         ("mutual", "{steps: 2, d_common: 8}"),
     ):
-        text = f"merge_method: {method}\n{models}\nparameters: {parameters}\n{data}\n"
+        text = f"merge_method: {method}\n{IMPORTED_MODELS}\nparameters: {parameters}\n{IMPORTED_DATA}\n"
         recipe = recipe_from_text(text, "r.yaml", tmp_path)
         out, _ = run_merge(recipe, tmp_path / f"out-{method}", progress=False)
         report = json.loads((out / "report.json").read_text())
@@ -118,28 +126,12 @@ def test_imported_hugging_face_models_distill_and_train_together(tmp_path):
 
 def test_imported_hugging_face_models_stitch_and_superpose(tmp_path):
     """The same two imported models (two layers each), stitched and put into superposition."""
-    transformers = pytest.importorskip("transformers")
-    from ssmgraph.interop import import_hf
-
-    common = {"vocab_size": 256, "hidden_size": 16, "num_hidden_layers": 2, "bos_token_id": None, "eos_token_id": None}
-    configs = {
-        "llama": transformers.LlamaConfig(
-            intermediate_size=24, num_attention_heads=2, num_key_value_heads=1, pad_token_id=None, **common
-        ),
-        "mamba": transformers.MambaConfig(state_size=4, conv_kernel=2, time_step_rank=2, pad_token_id=None, **common),
-    }
-    torch.manual_seed(0)
-    for name, config in configs.items():
-        model_class = transformers.LlamaForCausalLM if name == "llama" else transformers.MambaForCausalLM
-        model_class(config).save_pretrained(tmp_path / "hf" / name)
-        import_hf(tmp_path / "hf" / name, tmp_path / name)
-    data = "data: {task: bytes, options: {seq_len: 8}, batch_size: 2, eval_batches: 1}"
-    models = "models: [{name: llama, checkpoint: llama}, {name: mamba, checkpoint: mamba}]"
+    _import_llama_and_mamba(tmp_path, layers=2)
     for method, parameters in (
         ("stitch", "{pairs: all, probe_batches: 2, finetune_steps: 2, finetune: stitch+block}"),
         ("superpose", "{steps: 2, options_a: {corpus: en}, options_b: {corpus: fr}, autoencoder: causal_conv}"),
     ):
-        text = f"merge_method: {method}\n{models}\nparameters: {parameters}\n{data}\n"
+        text = f"merge_method: {method}\n{IMPORTED_MODELS}\nparameters: {parameters}\n{IMPORTED_DATA}\n"
         out, _ = run_merge(recipe_from_text(text, "r.yaml", tmp_path), tmp_path / f"out-{method}", progress=False)
         metrics = json.loads((out / "report.json").read_text())["metrics"]
         if method == "stitch":
