@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import ssmgraph
-from benchmarks.merge_results import run_recipe, train_model
+from benchmarks.merge_results import run_recipe, slug, train_model
 from ssmgraph.train.evaluation import evaluate
 from ssmgraph.train.fitting import make_task
 
@@ -131,8 +131,8 @@ def run(workdir: Path, out: Path, size: dict[str, Any] = FULL) -> dict[str, Any]
     levers = {"default (lstsq, residual, learn map, finetune stitch)": default}
     for lever, extra in lever_runs(size).items():
         params = _params(size, layer_a=chosen["layer_a"], layer_b=chosen["layer_b"], **extra)
-        slug = "lmstitch_lever_" + "".join(c if c.isalnum() else "_" for c in lever)
-        report = _stitch(runs, "gpt0", "mamba", params, size, workdir, out, slug)
+        name = f"lmstitch_lever_{slug(lever)}"
+        report = _stitch(runs, "gpt0", "mamba", params, size, workdir, out, name)
         levers[lever] = {
             "english": _best(report),
             "closed_form": report["metrics"]["best"]["closed_form"],

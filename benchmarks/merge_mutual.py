@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.merge_results import run_recipe, train_model
+from benchmarks.merge_results import run_recipe, run_seeds, train_model
 
 MUTUAL = """
 merge_method: mutual
@@ -41,12 +41,8 @@ def run_mutual(
     workdir: Path, out: Path, steps: int = 2000, seeds: tuple[int, ...] = (0, 1), control: bool = False
 ) -> dict[str, Any]:
     """At 2,000 steps the three peers are of comparable strength alone (94–97%); one run per seed."""
-    results = {}
-    for seed in seeds:
-        tuned = f"seed: {seed}\n" + MUTUAL.format(positions=ROPE, steps=steps, parameters=TUNED.format(warmup=steps // 5))
-        results["tuned" if seed == 0 else f"tuned, seed {seed}"] = run_recipe(
-            tuned, workdir, out, "mutual" if seed == 0 else f"mutual_seed{seed}", plots=seed == 0
-        )
+    tuned = MUTUAL.format(positions=ROPE, steps=steps, parameters=TUNED.format(warmup=steps // 5))
+    results = run_seeds(lambda seed: f"seed: {seed}\n{tuned}", seeds, workdir, out, "mutual")
     if control:  # the earlier recipe (KL and features from the first step) on the same peers
         text = MUTUAL.format(positions=ROPE, steps=steps, parameters=EARLIER)
         results["earlier_recipe"] = run_recipe(text, workdir, out, "mutual_earlier")
@@ -79,13 +75,11 @@ LM_MUTUAL = """
 def run_lmmutual(workdir: Path, out: Path, steps: int = 2000, seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any]:
     """At 2,000 steps the two peers are of equal strength alone (about 2.6 bits per byte); one run per seed
     (initialisation and data order)."""
-    results = {}
-    for seed in seeds:
-        text = LM_MUTUAL.format(peers=LM_PEERS, data=LM_DATA, seed=seed, steps=steps, warmup=steps // 5)
-        results[f"seed {seed}"] = run_recipe(
-            text, workdir, out, "lmmutual" if seed == 0 else f"lmmutual_seed{seed}", plots=seed == 0
-        )
-    return results
+
+    def recipe(seed: int) -> str:
+        return LM_MUTUAL.format(peers=LM_PEERS, data=LM_DATA, seed=seed, steps=steps, warmup=steps // 5)
+
+    return run_seeds(recipe, seeds, workdir, out, "lmmutual")
 
 
 def run_lmmutual_control(workdir: Path, out: Path, steps: int = 2000) -> dict[str, Any]:

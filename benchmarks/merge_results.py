@@ -30,6 +30,7 @@ import json
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,19 @@ def run_recipe(text: str, workdir: Path, out: Path, name: str, plots: bool = Tru
     report = json.loads((folder / "report.json").read_text())
     print((folder / "report.md").read_text(), flush=True)
     return report
+
+
+def slug(label: str) -> str:
+    """``label`` as a file-name part: every character that is not a letter or digit becomes ``_``."""
+    return "".join(c if c.isalnum() else "_" for c in label)
+
+
+def run_seeds(recipe: Callable[[int], str], seeds: tuple[int, ...], workdir: Path, out: Path, name: str) -> dict[str, Any]:
+    """One run of ``recipe(seed)`` per seed (``name``, then ``name_seed<k>``), plots kept for the first only."""
+    return {
+        f"seed {seed}": run_recipe(recipe(seed), workdir, out, name if i == 0 else f"{name}_seed{seed}", plots=i == 0)
+        for i, seed in enumerate(seeds)
+    }
 
 
 def run_mutual(workdir: Path, out: Path) -> dict[str, Any]:

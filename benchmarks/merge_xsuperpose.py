@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.merge_results import run_recipe, train_model
+from benchmarks.merge_results import run_recipe, slug, train_model
 
 SHAPES = {"d_model": 48, "layers": 2}
 OPTIONS = {"seq_len": 20, "valid_fraction": 0.5}
@@ -52,6 +52,6 @@ def run(workdir: Path, out: Path, steps: int = 400, superpose_steps: int = 1000)
         parameters: {{options_a: {{corpus: en}}, options_b: {{corpus: fr}}, {parameters}}}
         data: {{task: bytes, options: {OPTIONS}, batch_size: 32, eval_batches: 10}}
         """
-        slug = "xsuperpose" if label == "defaults" else "xsuperpose_" + "".join(c if c.isalnum() else "_" for c in label)
-        results[label] = run_recipe(text, workdir, out, slug, plots=label in (LEAD, "defaults"))
+        name = "xsuperpose" if label == "defaults" else f"xsuperpose_{slug(label)}"
+        results[label] = run_recipe(text, workdir, out, name, plots=label in (LEAD, "defaults"))
     return results
