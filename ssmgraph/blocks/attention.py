@@ -48,6 +48,7 @@ from torch.nn import functional as F
 from ssmgraph.blocks.norm import RMSNorm
 from ssmgraph.blocks.rope import ROPE_PARAMS, Rotary, apply_rope, check_rope_args, rope_angles
 from ssmgraph.ops.linear import Linear
+from ssmgraph.ops.precision import state_placement
 from ssmgraph.ops.softcap import capped_attention
 from ssmgraph.registry.hookspecs import hookimpl
 from ssmgraph.registry.specs import (
@@ -191,8 +192,7 @@ class Attention(nn.Module):
 
     def init_state(self, batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None) -> AttentionState:
         """An empty cache: (k, v) of shape (B, kv_heads, 0, head_dim) and no valid keys."""
-        dtype = dtype if dtype is not None else self.qkv.weight.dtype
-        device = device if device is not None else self.qkv.weight.device
+        device, dtype = state_placement(self.qkv.weight, device, dtype)
         empty = torch.zeros(batch, self.kv_heads, 0, self.head_dim, device=device, dtype=dtype)
         return empty, empty.clone(), torch.zeros(batch, 0, dtype=torch.bool, device=device)
 

@@ -47,7 +47,8 @@ def build_joint(context: MergeContext, names: list[str], *, share_embedding: boo
 def view(joint: CompiledModel, name: str) -> CompiledModel:
     """One part of ``joint`` (a model's name, or ``ensemble``) as a model of its own."""
     model = compile_blueprint(joint.blueprint, model=name)
-    model.load_state_dict({k: v for k, v in joint.state_dict().items() if k in model.state_dict()})
+    own = model.state_dict().keys()
+    model.load_state_dict({k: v for k, v in joint.state_dict().items() if k in own})
     return model
 
 
@@ -119,11 +120,11 @@ def tap_cka(joint: CompiledModel, names: list[str], task: Task, batch_size: int,
                 feats[n] = [[] for _ in layers]
             for store, t in zip(feats[n], layers):
                 store.append(t.reshape(-1, t.shape[-1]).double())
+    joined = {n: [torch.cat(x) for x in layers] for n, layers in feats.items()}
     out = {}
     for a_i, a in enumerate(names):
         for b in names[a_i + 1 :]:
-            fa = [torch.cat(x) for x in feats[a]]
-            fb = [torch.cat(x) for x in feats[b]]
+            fa, fb = joined[a], joined[b]
             values = [float(linear_cka(fa[i], fb[j])) for i, j in depth_pairs(len(fa), len(fb))]
             out[f"{a}~{b}"] = sum(values) / len(values)
     return out

@@ -126,10 +126,19 @@ class Search:
         (self.feats_a, self.labels), (self.test_a, _) = probe(self.a, self.task, probe_batches, held_out)
         (self.feats_b, _), (self.test_b, _) = probe(self.b, self.task, probe_batches, held_out)
         self.tie, self.tie_info = resolve_tie(self.a, self.b, self.p["tie"])
+        self._read: dict[tuple[str, int], Tensor] = {}
+
+    def read(self, split: str, i: int) -> Tensor:
+        """A's probe (``train``) or held-out (``test``) states after layer i as the map reads them
+        (:func:`read_at`), computed once per layer however many pairs and controls use them."""
+        if (split, i) not in self._read:
+            states = self.feats_a if split == "train" else self.test_a
+            self._read[split, i] = read_at(self.a, states[i], i, self.p["at"])
+        return self._read[split, i]
 
     def fit(self, i: int, j: int, shuffle: bool = False) -> tuple[Tensor, Tensor]:
         """The map from A's layer i to B's layer j (on a random pairing of the tokens with ``shuffle``)."""
-        X, Y = read_at(self.a, self.feats_a[i], i, self.p["at"]), self.feats_b[j]
+        X, Y = self.read("train", i), self.feats_b[j]
         if shuffle:
             Y = Y[torch.randperm(Y.shape[0], generator=self.context.generator(17))]
         p = self.p
@@ -144,7 +153,7 @@ class Search:
 
     def score(self, i: int, j: int, weight: Tensor, bias: Tensor) -> tuple[dict[str, float], CompiledModel]:
         """The pair's held-out figures, and its stitched model (closed form: to fine-tune or keep)."""
-        test_a = read_at(self.a, self.test_a[i], i, self.p["at"])
+        test_a = self.read("test", i)
         mapped = test_a @ weight.T.double() + bias.double()
         model = self.build(i, j, weight, bias)
         figures = {
@@ -162,7 +171,7 @@ class Search:
         rand = maps.random_orthogonal_map(weight.shape[1], weight.shape[0], self.seed)
         scale = weight.norm() / rand.weight.norm().clamp_min(1e-12)
         r_weight = (rand.weight * scale).to(weight.dtype)
-        mean_a = read_at(self.a, self.test_a[i], i, self.p["at"]).mean(0)
+        mean_a = self.read("test", i).mean(0)
         r_bias = (self.test_b[j].mean(0) - mean_a @ r_weight.T.double()).to(weight.dtype)
         runs = {"random orthogonal map": (i, r_weight, r_bias)}
         far = farthest_layer(i, layers_a)

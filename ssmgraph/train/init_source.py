@@ -25,14 +25,13 @@ from ssmgraph.folders import CHECKPOINTS
 from ssmgraph.graph.compile import compile_blueprint
 from ssmgraph.graph.model import CompiledModel
 from ssmgraph.interop.hf import read_hf
+from ssmgraph.interop.hf.checkpoint import CONFIG_FILE as HF_CONFIG
 from ssmgraph.interop.hf.checkpoint import read_config
 from ssmgraph.interop.hf.metadata import CARRIED_FILES, FILES_FOLDER, copy_files, listed_files
 from ssmgraph.registry.plugins import get_registry
 from ssmgraph.serialization import META_FILE, model_directory, read_meta
 from ssmgraph.serialization import load as load_model
 from ssmgraph.train.errors import TrainingError
-
-HF_CONFIG = "config.json"
 
 
 class InitError(TrainingError):

@@ -31,7 +31,7 @@ from ssmgraph.train.config import TrainConfig
 from ssmgraph.train.ema import WeightAverage
 from ssmgraph.train.errors import TrainingError
 from ssmgraph.train.evaluation import evaluate
-from ssmgraph.train.fsdp import checkpoint_state, load_optimizer
+from ssmgraph.train.fsdp import checkpoint_state, is_sharded, load_optimizer
 from ssmgraph.train.loggers import open_loggers
 from ssmgraph.train.losses import summarize
 from ssmgraph.train.metrics import MetricsLog
@@ -124,7 +124,8 @@ class Trainer:
 
     def save(self) -> Path | None:
         path = None
-        weights, optimizer_state = checkpoint_state(self.model, self.optimizer)  # every process: fsdp gathers shards
+        gathers = self.dist.is_main or is_sharded(self.model)  # every process takes part in gathering fsdp shards
+        weights, optimizer_state = checkpoint_state(self.model, self.optimizer) if gathers else ({}, {})
         if self.dist.is_main:
             state, keep = self.trainer_state(), self.config.keep_checkpoints
             path = save_checkpoint(self.run_dir, self.step, self.model, optimizer_state, state, keep, weights, self.carried)

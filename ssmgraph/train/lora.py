@@ -99,7 +99,7 @@ def attach(model: CompiledModel, config: TrainConfig, checkpoint: Path | None = 
     settings = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets)
     inject_adapter_in_model(settings, model)
     for name, param in model.named_parameters():
-        param.requires_grad_(".lora_A." in name or ".lora_B." in name)
+        param.requires_grad_(_is_peft(name))
     if checkpoint is not None:
         load_adapters(model, {k: v for k, v in load_file(str(checkpoint / WEIGHTS_FILE)).items() if _is_adapter(k)}, checkpoint)
     return model
@@ -164,7 +164,7 @@ def checkpoint_weights(model: nn.Module, weights: Mapping[str, torch.Tensor]) ->
         return dict(weights)
     out: dict[str, torch.Tensor] = {}
     for key, value in weights.items():
-        if ".lora_A." in key or ".lora_B." in key:
+        if _is_peft(key):
             path, part = key.split(".lora_")[0], "A" if ".lora_A." in key else "B"
             out[f"{path}.{LORA_A if part == 'A' else LORA_B}"] = value
             if part == "A":
