@@ -46,10 +46,12 @@ class OutputVocab:
         """``models``: every input, the base (or the first) first; ``source``: a tokenizer folder (null: the base's)."""
         from transformers import AutoTokenizer  # deferred: optional, and slow to import
 
-        tokenizers = {}
+        tokenizers, vocabs = {}, {}  # each model's tokenizer and its token -> id map, read once
         for model in models:
-            tokenizers[model.folder.resolve()] = _load(AutoTokenizer, model.folder)
-            size, vocab = _vocab_size(model), tokenizers[model.folder.resolve()].get_vocab()
+            folder = model.folder.resolve()
+            tokenizers[folder] = _load(AutoTokenizer, model.folder)
+            vocabs[folder] = tokenizers[folder].get_vocab()
+            size, vocab = _vocab_size(model), vocabs[folder]
             beyond = sorted(t for t, i in vocab.items() if i >= size)
             if beyond:
                 raise ValueError(
@@ -57,8 +59,8 @@ class OutputVocab:
                 )
         union_tokens: dict[str, None] = {}  # every token, in order of first appearance
         added: dict[str, Any] = {}  # content -> AddedToken, the first model's settings
-        for tokenizer in tokenizers.values():
-            own = tokenizer.get_vocab()
+        for folder, tokenizer in tokenizers.items():
+            own = vocabs[folder]
             union_tokens.update(dict.fromkeys(sorted(own, key=own.__getitem__)))  # by id: mergekit's order is a hash map's
             for info in tokenizer.added_tokens_decoder.values():
                 added.setdefault(info.content, info)
@@ -71,7 +73,7 @@ class OutputVocab:
             with tempfile.TemporaryDirectory() as folder:  # a copy: the base's own tokenizer stays as it is
                 base.save_pretrained(folder)
                 self.tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
-            known = base.get_vocab()
+            known = vocabs[models[0].folder.resolve()]
             for token in union_tokens:
                 if token not in added and token not in known:
                     self.tokenizer.add_tokens(token)
@@ -82,8 +84,7 @@ class OutputVocab:
         if sorted(vocab.values()) != list(range(self.size)):
             raise ValueError("the output tokenizer's ids are not 0 to its size - 1")
         self.rows: dict[Path, torch.Tensor] = {}
-        for folder, tokenizer in tokenizers.items():
-            own = tokenizer.get_vocab()
+        for folder, own in vocabs.items():
             rows = torch.full((self.size,), -1, dtype=torch.long)
             for token, index in vocab.items():
                 rows[index] = own.get(token, -1)
