@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 from torch import nn
 
 from ssmgraph.graph.model import CompiledModel
@@ -101,7 +101,9 @@ def attach(model: CompiledModel, config: TrainConfig, checkpoint: Path | None = 
     for name, param in model.named_parameters():
         param.requires_grad_(_is_peft(name))
     if checkpoint is not None:
-        load_adapters(model, {k: v for k, v in load_file(str(checkpoint / WEIGHTS_FILE)).items() if _is_adapter(k)}, checkpoint)
+        with safe_open(str(checkpoint / WEIGHTS_FILE), "pt") as weights:  # the adapters only, not the whole file
+            adapters = {k: weights.get_tensor(k) for k in weights.keys() if _is_adapter(k)}  # noqa: SIM118 (safe_open is not iterable)
+        load_adapters(model, adapters, checkpoint)
     return model
 
 

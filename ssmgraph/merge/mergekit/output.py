@@ -168,8 +168,7 @@ def _check_earlier_merge(folder: Path) -> None:
         raise SsmgraphError(f"{folder} holds other files, not an earlier merge ({CONFIG_MARKER}); --overwrite replaces only that")
 
 
-def write_merge(plan: MergePlan, folder: Path, shard_bytes: int, seed: int = 0) -> dict[str, Any]:
-    generator = torch.Generator().manual_seed(seed)
+def write_merge(plan: MergePlan, folder: Path, shard_bytes: int, generator: torch.Generator) -> dict[str, Any]:
     shards = shard_layout(plan.tensors, shard_bytes)
     (folder / "config.json").write_text(json.dumps(_config(plan), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if len(shards) == 1:
@@ -183,7 +182,6 @@ def write_merge(plan: MergePlan, folder: Path, shard_bytes: int, seed: int = 0) 
         index = {"metadata": {"total_size": sum(_nbytes(t) for t in plan.tensors)}, "weight_map": weight_map}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     tokenizer = _copy_tokenizer(plan, folder)
-    (folder / CONFIG_MARKER).write_text(plan.config.text, encoding="utf-8")
     return {"tensors": len(plan.tensors), "layers": plan.layers, "shards": len(shards), "tokenizer": tokenizer}
 
 
@@ -201,11 +199,12 @@ def run_mergekit(
         if ssmgraph_model:
             check_ssm_output(plan)
         with atomic_directory(target) as tmp, phase("merging", total=len(plan.tensors), unit="tensors"):
+            generator = torch.Generator().manual_seed(0)  # the random methods' draws (DARE), tensor after tensor
             if ssmgraph_model:  # ssmgraph inputs give an ssmgraph model: one weights file, the reference's blueprint
-                _write_shard(tmp / WEIGHTS_FILE, plan.tensors, plan, torch.Generator().manual_seed(0), FORMAT)
+                _write_shard(tmp / WEIGHTS_FILE, plan.tensors, plan, generator, FORMAT)
                 summary = finish_ssm_model(plan, tmp)
-                (tmp / CONFIG_MARKER).write_text(plan.config.text, encoding="utf-8")
             else:
-                summary = write_merge(plan, tmp, shard_bytes)
+                summary = write_merge(plan, tmp, shard_bytes, generator)
+            (tmp / CONFIG_MARKER).write_text(plan.config.text, encoding="utf-8")
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary
